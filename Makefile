@@ -1,0 +1,42 @@
+# leadcrm: `make run` starts the app, `make test` runs the tests.
+# Both set up a virtualenv with the pinned dependencies first.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+export FLASK_APP := app.py
+
+.PHONY: run test lint migrate bench clean
+
+$(BIN)/activate:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+$(VENV)/.installed: requirements.txt $(BIN)/activate
+	$(BIN)/pip install --quiet -r requirements.txt
+	touch $@
+
+$(VENV)/.installed-dev: requirements.txt requirements-dev.txt $(VENV)/.installed
+	$(BIN)/pip install --quiet -r requirements-dev.txt
+	touch $@
+
+## run: migrate the database and serve the app with gunicorn (HOST, PORT, WORKERS, DATABASE_URL)
+run: $(VENV)/.installed
+	$(BIN)/gunicorn --config gunicorn.conf.py app:app
+
+## migrate: bring the database schema up to date
+migrate: $(VENV)/.installed
+	$(BIN)/flask db upgrade
+
+## test: run the whole test suite
+test: $(VENV)/.installed-dev
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: $(VENV)/.installed-dev
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,192 @@
+"""Request and response shapes of the JSON API, and the source of its OpenAPI schemas."""
+
+from datetime import datetime
+from typing import Annotated, Generic, Literal, Optional, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+from leadcrm.models import (
+    EMAIL_MAX,
+    EXTERNAL_ID_MAX,
+    INT_MAX,
+    MESSAGE_MAX,
+    NAME_MAX,
+)
+
+Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=NAME_MAX)]
+Id = Annotated[int, Field(ge=1, le=INT_MAX)]
+Limit = Annotated[int, Field(ge=0, le=1_000_000, description="Limit of active leads (open contacts).")]
+# Bounded so that a source's total weight always fits an integer column.
+Weight = Annotated[int, Field(ge=0, le=1_000_000, description="Share of the source's traffic; 0 = does not serve it.")]
+Strategy = Literal["random", "deterministic"]
+Text = Annotated[str, StringConstraints(strip_whitespace=True)]
+
+
+class Strict(BaseModel):
+    """Request bodies: exact JSON types, unknown fields refused (typos surface at once)."""
+
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+
+class OperatorCreate(Strict):
+    name: Name
+    is_active: bool = True
+    max_active_leads: Limit
+
+
+class OperatorUpdate(Strict):
+    # Every field may be left out; none may be null.
+    name: Name = None  # type: ignore[assignment]
+    is_active: bool = None  # type: ignore[assignment]
+    max_active_leads: Limit = None  # type: ignore[assignment]
+
+
+class SourceCreate(Strict):
+    name: Name
+    strategy: Strategy = "random"
+
+
+class SourceUpdate(Strict):
+    name: Name = None  # type: ignore[assignment]
+    strategy: Strategy = None  # type: ignore[assignment]
+
+
+class WeightIn(Strict):
+    operator_id: Id
+    weight: Weight
+
+
+class RegisterIn(Strict):
+    """Exactly one of source_id / source_name; at least one of external_id, phone, email."""
+
+    source_id: Optional[Id] = None
+    source_name: Optional[Name] = None
+    external_id: Optional[Annotated[Text, StringConstraints(max_length=EXTERNAL_ID_MAX)]] = None
+    phone: Optional[Annotated[Text, StringConstraints(max_length=64)]] = Field(
+        None,
+        description="Any common format; stored as E.164. Without a country code it is read in LEADCRM_PHONE_REGION.",
+    )
+    email: Optional[Annotated[Text, StringConstraints(max_length=EMAIL_MAX)]] = None
+    name: Optional[Annotated[Text, StringConstraints(max_length=NAME_MAX)]] = None
+    message: Optional[Annotated[str, StringConstraints(max_length=MESSAGE_MAX)]] = None
+
+
+class Out(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+
+class OperatorOut(Out):
+    id: int
+    name: str
+    is_active: bool
+    max_active_leads: int
+    active_leads: int = Field(description="Load: the operator's open contacts.")
+
+
+class SourceOut(Out):
+    id: int
+    name: str
+    strategy: Strategy
+
+
+class WeightOut(Out):
+    operator_id: int
+    weight: int
+
+
+class ContactOut(Out):
+    id: int
+    lead_id: int
+    source_id: int
+    operator_id: Optional[int]
+    status: Literal["open", "closed"]
+    message: Optional[str]
+    created_at: datetime
+    assigned_at: Optional[datetime]
+    closed_at: Optional[datetime]
+
+
+class LeadOut(Out):
+    id: int
+    external_id: Optional[str]
+    phone: Optional[str]
+    email: Optional[str]
+    name: Optional[str]
+    created_at: datetime
+
+
+class LeadDetailOut(LeadOut):
+    contacts: list[ContactOut]
+
+
+class RegistrationOut(Out):
+    contact: ContactOut
+    lead: LeadOut
+    assigned_operator: Optional[OperatorOut] = Field(
+        description="null: no operator was eligible; the contact waits unassigned."
+    )
+
+
+T = TypeVar("T")
+
+
+class Page(BaseModel, Generic[T]):
+    items: list[T]
+    page: int
+    per_page: int
+    total: int
+
+
+class OperatorLoadOut(BaseModel):
+    operator_id: int
+    name: str
+    is_active: bool
+    active_leads: int
+    max_active_leads: int
+
+
+class SourceShareOut(BaseModel):
+    operator_id: int
+    weight: int
+    target_share: float = Field(description="weight / the source's total weight")
+    assigned_total: int = Field(description="Contacts of this source assigned to the operator so far.")
+
+
+class SourceStatusOut(BaseModel):
+    source_id: int
+    name: str
+    strategy: Strategy
+    operators: list[SourceShareOut]
+
+
+class DistributionStatusOut(BaseModel):
+    operators: list[OperatorLoadOut]
+    sources: list[SourceStatusOut]
+    unassigned_open: int = Field(description="Open contacts waiting without an operator.")
+
+
+class ErrorBody(BaseModel):
+    code: str
+    message: str
+    fields: Optional[dict[str, str]] = Field(None, description="Input field path -> what is wrong with it.")
+
+
+class ErrorOut(BaseModel):
+    error: ErrorBody
+
+
+class PageArgs(BaseModel):
+    page: int = Field(1, ge=1, le=INT_MAX)
+    per_page: int = Field(50, ge=1, le=500)
+
+
+class ContactFilter(PageArgs):
+    status: Optional[Literal["open", "closed"]] = None
+    operator_id: Optional[Id] = None
+    source_id: Optional[Id] = None
+    lead_id: Optional[Id] = None
+    unassigned: Optional[bool] = None
+
+
+class LeadSearch(PageArgs):
+    q: Optional[Annotated[Text, StringConstraints(max_length=NAME_MAX)]] = None

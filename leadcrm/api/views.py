@@ -1,0 +1,291 @@
+"""JSON API v1 views: parse the request, call the domain, commit, answer."""
+
+import json
+from dataclasses import asdict
+from typing import Any, TypeVar
+
+import sqlalchemy as sa
+from flask import current_app, request, url_for
+from pydantic import BaseModel, TypeAdapter
+from werkzeug.exceptions import BadRequest, UnsupportedMediaType
+
+from leadcrm import distribution, leads, operators, sources
+from leadcrm.api import bp
+from leadcrm.api.openapi import openapi_document
+from leadcrm.api.schemas import (
+    ContactFilter,
+    ContactOut,
+    DistributionStatusOut,
+    LeadDetailOut,
+    LeadOut,
+    LeadSearch,
+    OperatorCreate,
+    OperatorOut,
+    OperatorUpdate,
+    PageArgs,
+    RegisterIn,
+    RegistrationOut,
+    SourceCreate,
+    SourceOut,
+    SourceUpdate,
+    WeightIn,
+    WeightOut,
+)
+from leadcrm.errors import InvalidInput, NotFound
+from leadcrm.extensions import db
+from leadcrm.identity import normalize_phone, parse_identity
+from leadcrm.models import Contact
+
+M = TypeVar("M", bound=BaseModel)
+Response = tuple[Any, int] | tuple[Any, int, dict[str, str]] | Any
+
+weight_list = TypeAdapter(list[WeightIn])
+
+
+def json_body() -> Any:
+    """The request's JSON; 415 if it is not JSON, 400 if it does not parse."""
+    if not request.is_json:
+        raise UnsupportedMediaType("Send the body as JSON, with Content-Type: application/json.")
+    try:
+        return json.loads(request.get_data(cache=True))
+    except (ValueError, RecursionError) as exc:
+        raise BadRequest(f"The body is not valid JSON: {exc}") from None
+
+
+def parse(model: type[M], data: Any) -> M:
+    return model.model_validate(data)
+
+
+def query_args(model: type[M]) -> M:
+    # Query strings carry text: lax mode converts "2" to 2 and "true" to True.
+    return model.model_validate(request.args.to_dict())
+
+
+def dump(model: type[BaseModel], obj: Any) -> dict[str, Any]:
+    return model.model_validate(obj).model_dump(mode="json")
+
+
+def page_of(query: sa.Select[Any], args: PageArgs, model: type[BaseModel]) -> dict[str, Any]:
+    page = db.paginate(query, page=args.page, per_page=args.per_page, max_per_page=500, error_out=False)
+    return {
+        "items": [dump(model, item) for item in page.items],
+        "page": args.page,
+        "per_page": args.per_page,
+        "total": page.total,
+    }
+
+
+@bp.get("/openapi.json")
+def openapi_json() -> Response:
+    return openapi_document()
+
+
+# --- operators ---------------------------------------------------------------
+
+
+@bp.post("/operators/")
+def create_operator() -> Response:
+    body = parse(OperatorCreate, json_body())
+    operator = operators.create_operator(
+        db.session, name=body.name, max_active_leads=body.max_active_leads, is_active=body.is_active
+    )
+    db.session.commit()
+    return dump(OperatorOut, operator), 201, {"Location": url_for("api.get_operator", operator_id=operator.id)}
+
+
+@bp.get("/operators/")
+def list_operators() -> Response:
+    return page_of(operators.list_operators_query(), query_args(PageArgs), OperatorOut)
+
+
+@bp.get("/operators/<id:operator_id>")
+def get_operator(operator_id: int) -> Response:
+    return dump(OperatorOut, operators.get_operator(db.session, operator_id))
+
+
+@bp.patch("/operators/<id:operator_id>")
+def update_operator(operator_id: int) -> Response:
+    operator = operators.get_operator(db.session, operator_id)
+    body = parse(OperatorUpdate, json_body())
+    operators.update_operator(db.session, operator, body.model_dump(include=body.model_fields_set))
+    db.session.commit()
+    return dump(OperatorOut, operator)
+
+
+# --- sources -----------------------------------------------------------------
+
+
+@bp.post("/sources/")
+def create_source() -> Response:
+    body = parse(SourceCreate, json_body())
+    source = sources.create_source(db.session, name=body.name, strategy=body.strategy)
+    db.session.commit()
+    return dump(SourceOut, source), 201, {"Location": url_for("api.get_source", source_id=source.id)}
+
+
+@bp.get("/sources/")
+def list_sources() -> Response:
+    return page_of(sources.list_sources_query(), query_args(PageArgs), SourceOut)
+
+
+@bp.get("/sources/<id:source_id>")
+def get_source(source_id: int) -> Response:
+    return dump(SourceOut, sources.get_source(db.session, source_id))
+
+
+@bp.patch("/sources/<id:source_id>")
+def update_source(source_id: int) -> Response:
+    source = sources.get_source(db.session, source_id)
+    body = parse(SourceUpdate, json_body())
+    sources.update_source(db.session, source, body.model_dump(include=body.model_fields_set))
+    db.session.commit()
+    return dump(SourceOut, source)
+
+
+def _weights_response(source_id: int) -> list[dict[str, Any]]:
+    return [dump(WeightOut, row) for row in sources.source_weights(db.session, source_id)]
+
+
+@bp.get("/sources/<id:source_id>/config")
+def get_source_config(source_id: int) -> Response:
+    sources.get_source(db.session, source_id)
+    return _weights_response(source_id)
+
+
+@bp.post("/sources/<id:source_id>/config")
+def set_source_config(source_id: int) -> Response:
+    """An object sets one operator's weight; an array replaces the whole config."""
+    source = sources.get_source(db.session, source_id)
+    data = json_body()
+    if isinstance(data, list):
+        rows = weight_list.validate_python(data)
+        seen: dict[int, int] = {}
+        for index, row in enumerate(rows):
+            if row.operator_id in seen:
+                raise InvalidInput(
+                    "An operator appears twice in the config.",
+                    {f"{index}.operator_id": f"Operator {row.operator_id} also at index {seen[row.operator_id]}."},
+                )
+            seen[row.operator_id] = index
+        sources.set_weights(db.session, source, {r.operator_id: r.weight for r in rows}, replace=True)
+    else:
+        row = parse(WeightIn, data)
+        sources.set_weight(db.session, source, row.operator_id, row.weight)
+    db.session.commit()
+    return _weights_response(source_id)
+
+
+# --- contacts ----------------------------------------------------------------
+
+
+@bp.post("/contacts/register")
+def register_contact() -> Response:
+    body = parse(RegisterIn, json_body())
+    if (body.source_id is None) == (body.source_name is None):
+        message = "Give exactly one of source_id and source_name."
+        raise InvalidInput(message, {"source_id": message, "source_name": message})
+    identity = parse_identity(
+        external_id=body.external_id,
+        phone=body.phone,
+        email=body.email,
+        region=current_app.config["LEADCRM_PHONE_REGION"],
+    )
+    source = sources.find_source(db.session, source_id=body.source_id, source_name=body.source_name)
+    registration = distribution.register_contact(
+        db.session,
+        source=source,
+        identity=identity,
+        name=body.name or None,
+        message=body.message or None,
+    )
+    db.session.commit()
+    result = RegistrationOut(
+        contact=ContactOut.model_validate(registration.contact),
+        lead=LeadOut.model_validate(registration.lead),
+        assigned_operator=OperatorOut.model_validate(registration.operator) if registration.operator else None,
+    )
+    location = url_for("api.get_contact", contact_id=registration.contact.id)
+    return result.model_dump(mode="json"), 201, {"Location": location}
+
+
+@bp.get("/contacts/")
+def list_contacts() -> Response:
+    args = query_args(ContactFilter)
+    query = distribution.contacts_query(
+        status=args.status,
+        operator_id=args.operator_id,
+        source_id=args.source_id,
+        lead_id=args.lead_id,
+        unassigned=args.unassigned,
+    )
+    return page_of(query, args, ContactOut)
+
+
+@bp.get("/contacts/<id:contact_id>")
+def get_contact(contact_id: int) -> Response:
+    contact = db.session.get(Contact, contact_id)
+    if contact is None:
+        raise NotFound(f"No contact with id {contact_id}.")
+    return dump(ContactOut, contact)
+
+
+@bp.post("/contacts/<id:contact_id>/close")
+def close_contact(contact_id: int) -> Response:
+    contact = distribution.close_contact(db.session, contact_id)
+    db.session.commit()
+    return dump(ContactOut, contact)
+
+
+# --- leads -------------------------------------------------------------------
+
+
+@bp.get("/leads/")
+def list_leads() -> Response:
+    args = query_args(LeadSearch)
+    phone = None
+    if args.q:
+        try:
+            phone = normalize_phone(args.q, current_app.config["LEADCRM_PHONE_REGION"])
+        except InvalidInput:
+            phone = None
+    return page_of(leads.search_leads_query(args.q, phone), args, LeadOut)
+
+
+@bp.get("/leads/<id:lead_id>")
+def get_lead(lead_id: int) -> Response:
+    lead = leads.get_lead(db.session, lead_id)
+    contacts = db.session.scalars(distribution.contacts_query(lead_id=lead_id)).all()
+    return LeadDetailOut(
+        **LeadOut.model_validate(lead).model_dump(),
+        contacts=[ContactOut.model_validate(c) for c in contacts],
+    ).model_dump(mode="json")
+
+
+# --- status ------------------------------------------------------------------
+
+
+@bp.get("/distribution_status/")
+def distribution_status() -> Response:
+    status = distribution.distribution_status(db.session)
+    return DistributionStatusOut(
+        operators=[
+            {
+                "operator_id": o.id,
+                "name": o.name,
+                "is_active": o.is_active,
+                "active_leads": o.active_leads,
+                "max_active_leads": o.max_active_leads,
+            }
+            for o in status.operators
+        ],
+        sources=[
+            {
+                "source_id": s.source.id,
+                "name": s.source.name,
+                "strategy": s.source.strategy,
+                "operators": [asdict(share) for share in s.operators],
+            }
+            for s in status.sources
+        ],
+        unassigned_open=status.unassigned_open,
+    ).model_dump(mode="json")

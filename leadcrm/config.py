@@ -1,0 +1,15 @@
+"""Configuration read from the environment, with safe defaults."""
+
+import os
+
+
+class Config:
+    # Empty means: an SQLite file in the instance folder (set in create_app).
+    SQLALCHEMY_DATABASE_URI = os.environ.get("DATABASE_URL", "")
+    # Region used to read phone numbers written without a country code.
+    LEADCRM_PHONE_REGION = os.environ.get("LEADCRM_PHONE_REGION", "RU")
+    # Seconds a writer waits for SQLite's write lock before giving up.
+    LEADCRM_SQLITE_BUSY_TIMEOUT = float(os.environ.get("LEADCRM_SQLITE_BUSY_TIMEOUT", "30"))
+    SECRET_KEY = os.environ.get("SECRET_KEY", "")
+    # Bodies larger than this are refused with 413 before they are parsed.
+    MAX_CONTENT_LENGTH = 1024 * 1024

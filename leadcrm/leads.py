@@ -1,0 +1,78 @@
+"""Leads: recognising the same customer across sources."""
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from leadcrm.errors import Conflict, LeadConflict, NotFound
+from leadcrm.identity import LeadIdentity
+from leadcrm.models import Lead
+
+IDENTIFIERS = ("external_id", "phone", "email")  # in the order they are trusted
+# How often to look again when a concurrent request created the same lead first.
+RESOLVE_ATTEMPTS = 3
+
+
+def get_lead(session: Session, lead_id: int) -> Lead:
+    lead = session.get(Lead, lead_id)
+    if lead is None:
+        raise NotFound(f"No lead with id {lead_id}.")
+    return lead
+
+
+def resolve_lead(session: Session, identity: LeadIdentity, name: str | None) -> tuple[Lead, bool]:
+    """Find the lead ``identity`` points at, or create it. Returns (lead, created).
+
+    The lead is looked up by external_id, then phone, then email. Identifiers
+    and a name that the request brings and the found lead lacks are stored on
+    it. If the identifiers point at two different leads, LeadConflict is raised
+    and nothing is written.
+    """
+    wanted = {field: getattr(identity, field) for field in IDENTIFIERS if getattr(identity, field)}
+    for _ in range(RESOLVE_ATTEMPTS):
+        found = session.scalars(
+            sa.select(Lead).where(sa.or_(*(getattr(Lead, f) == v for f, v in wanted.items())))
+        ).all()
+        owners = {field: lead for field, value in wanted.items() for lead in found if getattr(lead, field) == value}
+        if len({lead.id for lead in owners.values()}) > 1:
+            raise LeadConflict(
+                "These identifiers belong to different leads.",
+                {field: f"Belongs to lead {lead.id}." for field, lead in owners.items()},
+            )
+        lead = next(iter(owners.values()), None)
+        try:
+            # A savepoint: if a concurrent request stored one of these
+            # identifiers first, the unique constraint refuses ours and we
+            # look again instead of failing the request.
+            with session.begin_nested():
+                created = lead is None
+                if lead is None:
+                    lead = Lead(**wanted, name=name)
+                    session.add(lead)
+                else:
+                    for field, value in wanted.items():
+                        if getattr(lead, field) is None:
+                            setattr(lead, field, value)
+                    if lead.name is None and name:
+                        lead.name = name
+                session.flush()
+            return lead, created
+        except sa.exc.IntegrityError:
+            continue
+    raise Conflict("The lead was changed by concurrent requests; try again.")
+
+
+def search_leads_query(q: str | None, phone: str | None = None) -> sa.Select[tuple[Lead]]:
+    """Leads whose external_id, phone, email or name contains ``q``, newest first.
+
+    ``phone`` is ``q`` read as a phone number, when it reads as one, so that
+    "8 (900) 123-45-67" finds +79001234567.
+    """
+    query = sa.select(Lead).order_by(Lead.id.desc())
+    if q:
+        conditions = [
+            column.icontains(q, autoescape=True) for column in (Lead.external_id, Lead.phone, Lead.email, Lead.name)
+        ]
+        if phone:
+            conditions.append(Lead.phone == phone)
+        query = query.where(sa.or_(*conditions))
+    return query

@@ -1,0 +1,142 @@
+"""The data model: operators, sources and their weights, leads and contacts."""
+
+from datetime import UTC, datetime
+from typing import Any, Optional
+
+import sqlalchemy as sa
+import sqlalchemy.orm as so
+
+from leadcrm.extensions import db
+
+NAME_MAX = 200
+EXTERNAL_ID_MAX = 200
+PHONE_MAX = 32  # E.164 is at most 16 characters; room for the '+' and future formats
+EMAIL_MAX = 320
+MESSAGE_MAX = 10_000
+# Largest value any id, limit or weight column holds on every supported database.
+INT_MAX = 2**31 - 1
+
+STRATEGIES = ("random", "deterministic")
+OPEN, CLOSED = "open", "closed"
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class UTCDateTime(sa.TypeDecorator[datetime]):
+    """A timestamp that is always timezone-aware UTC in Python.
+
+    SQLite keeps no zone, PostgreSQL does; this makes both read back the same.
+    """
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: Optional[datetime], dialect: Any) -> Optional[datetime]:
+        if value is not None and value.tzinfo is None:
+            raise ValueError("naive datetime given; use leadcrm.models.utcnow()")
+        return value.astimezone(UTC) if value is not None else None
+
+    def process_result_value(self, value: Optional[datetime], dialect: Any) -> Optional[datetime]:
+        if value is not None and value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value
+
+
+class Operator(db.Model):
+    __tablename__ = "operators"
+    __table_args__ = (
+        sa.CheckConstraint("max_active_leads >= 0", name="max_active_leads_not_negative"),
+        sa.CheckConstraint("active_leads >= 0", name="active_leads_not_negative"),
+    )
+
+    id: so.Mapped[int] = so.mapped_column(primary_key=True)
+    name: so.Mapped[str] = so.mapped_column(sa.String(NAME_MAX), unique=True)
+    is_active: so.Mapped[bool] = so.mapped_column(default=True)
+    max_active_leads: so.Mapped[int]
+    # The operator's load: how many open contacts it holds. Kept in step with
+    # the contacts table by the distribution engine, in the same transaction,
+    # so reading it never scans history.
+    active_leads: so.Mapped[int] = so.mapped_column(default=0, server_default="0")
+    created_at: so.Mapped[datetime] = so.mapped_column(UTCDateTime, default=utcnow)
+
+    def __repr__(self) -> str:
+        return f"<Operator {self.id} {self.name!r} {self.active_leads}/{self.max_active_leads}>"
+
+
+class Source(db.Model):
+    __tablename__ = "sources"
+    __table_args__ = (sa.CheckConstraint("strategy IN ('random', 'deterministic')", name="strategy_known"),)
+
+    id: so.Mapped[int] = so.mapped_column(primary_key=True)
+    name: so.Mapped[str] = so.mapped_column(sa.String(NAME_MAX), unique=True)
+    strategy: so.Mapped[str] = so.mapped_column(sa.String(20), default="random")
+    created_at: so.Mapped[datetime] = so.mapped_column(UTCDateTime, default=utcnow)
+
+    def __repr__(self) -> str:
+        return f"<Source {self.id} {self.name!r} {self.strategy}>"
+
+
+class SourceOperator(db.Model):
+    """One operator's weight for one source, and how many contacts it got from it.
+
+    A row with weight 0 means the operator does not serve the source; the row
+    is kept so that ``assigned_total`` (the source's history, which the
+    deterministic strategy balances against) survives a weight set to 0 and back.
+    """
+
+    __tablename__ = "source_operators"
+    __table_args__ = (
+        sa.CheckConstraint("weight >= 0", name="weight_not_negative"),
+        sa.CheckConstraint("assigned_total >= 0", name="assigned_total_not_negative"),
+    )
+
+    source_id: so.Mapped[int] = so.mapped_column(sa.ForeignKey("sources.id", ondelete="CASCADE"), primary_key=True)
+    operator_id: so.Mapped[int] = so.mapped_column(
+        sa.ForeignKey("operators.id", ondelete="CASCADE"), primary_key=True, index=True
+    )
+    weight: so.Mapped[int] = so.mapped_column(default=0)
+    assigned_total: so.Mapped[int] = so.mapped_column(default=0, server_default="0")
+
+
+class Lead(db.Model):
+    """An end customer. Any one of its identifiers finds it."""
+
+    __tablename__ = "leads"
+
+    id: so.Mapped[int] = so.mapped_column(primary_key=True)
+    external_id: so.Mapped[Optional[str]] = so.mapped_column(sa.String(EXTERNAL_ID_MAX), unique=True)
+    phone: so.Mapped[Optional[str]] = so.mapped_column(sa.String(PHONE_MAX), unique=True)
+    email: so.Mapped[Optional[str]] = so.mapped_column(sa.String(EMAIL_MAX), unique=True)
+    name: so.Mapped[Optional[str]] = so.mapped_column(sa.String(NAME_MAX))
+    created_at: so.Mapped[datetime] = so.mapped_column(UTCDateTime, default=utcnow)
+
+    def __repr__(self) -> str:
+        return f"<Lead {self.id} {self.external_id or self.phone or self.email}>"
+
+
+class Contact(db.Model):
+    """One appeal of a lead through a source; open until someone closes it."""
+
+    __tablename__ = "contacts"
+    __table_args__ = (
+        sa.CheckConstraint("status IN ('open', 'closed')", name="status_known"),
+        # Open contacts per operator (load checks), and the waiting queue
+        # (operator_id IS NULL AND status = 'open').
+        sa.Index("ix_contacts_operator_status", "operator_id", "status"),
+        sa.Index("ix_contacts_source_status", "source_id", "status"),
+    )
+
+    id: so.Mapped[int] = so.mapped_column(primary_key=True)
+    lead_id: so.Mapped[int] = so.mapped_column(sa.ForeignKey("leads.id"), index=True)
+    source_id: so.Mapped[int] = so.mapped_column(sa.ForeignKey("sources.id"))
+    operator_id: so.Mapped[Optional[int]] = so.mapped_column(sa.ForeignKey("operators.id"))
+    status: so.Mapped[str] = so.mapped_column(sa.String(10), default=OPEN)
+    message: so.Mapped[Optional[str]] = so.mapped_column(sa.Text)
+    created_at: so.Mapped[datetime] = so.mapped_column(UTCDateTime, default=utcnow)
+    assigned_at: so.Mapped[Optional[datetime]] = so.mapped_column(UTCDateTime)
+    closed_at: so.Mapped[Optional[datetime]] = so.mapped_column(UTCDateTime)
+
+    def __repr__(self) -> str:
+        return f"<Contact {self.id} lead={self.lead_id} op={self.operator_id} {self.status}>"

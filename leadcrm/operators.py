@@ -1,0 +1,49 @@
+"""Operators: the people contacts are distributed to."""
+
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from leadcrm.database import flush_unique
+from leadcrm.errors import NameTaken, UnknownOperator
+from leadcrm.models import Operator
+
+
+def get_operator(session: Session, operator_id: int) -> Operator:
+    operator = session.get(Operator, operator_id)
+    if operator is None:
+        raise UnknownOperator(f"No operator with id {operator_id}.")
+    return operator
+
+
+def list_operators_query() -> sa.Select[tuple[Operator]]:
+    return sa.select(Operator).order_by(Operator.id)
+
+
+def create_operator(session: Session, *, name: str, max_active_leads: int, is_active: bool = True) -> Operator:
+    """Add an operator; its name must be unique."""
+    operator = Operator(name=name, max_active_leads=max_active_leads, is_active=is_active)
+    session.add(operator)
+    flush_unique(session, _name_taken(name))
+    return operator
+
+
+def update_operator(session: Session, operator: Operator, changes: dict[str, Any]) -> Operator:
+    """Change any of name, is_active, max_active_leads.
+
+    A limit below the current load is allowed: the operator keeps its open
+    contacts and gets no new ones until the load falls under the limit.
+    """
+    for field in ("name", "is_active", "max_active_leads"):
+        if field in changes:
+            setattr(operator, field, changes[field])
+    flush_unique(session, _name_taken(operator.name))
+    return operator
+
+
+def _name_taken(name: str) -> NameTaken:
+    return NameTaken(
+        f"An operator named {name!r} already exists.",
+        {"name": "An operator with this name already exists."},
+    )

@@ -1,0 +1,117 @@
+"""Sources (channels contacts arrive through) and their per-operator weights."""
+
+from collections.abc import Iterable
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from leadcrm.database import flush_unique
+from leadcrm.errors import NameTaken, UnknownOperator, UnknownSource
+from leadcrm.models import Operator, Source, SourceOperator
+
+
+def get_source(session: Session, source_id: int) -> Source:
+    source = session.get(Source, source_id)
+    if source is None:
+        raise UnknownSource(f"No source with id {source_id}.", {"source_id": "Unknown source."})
+    return source
+
+
+def find_source(session: Session, *, source_id: int | None, source_name: str | None) -> Source:
+    """The source named by id or by name (exactly one of them is given)."""
+    if source_id is not None:
+        return get_source(session, source_id)
+    source = session.scalar(sa.select(Source).where(Source.name == source_name))
+    if source is None:
+        raise UnknownSource(f"No source named {source_name!r}.", {"source_name": "Unknown source."})
+    return source
+
+
+def lock_source(session: Session, source_id: int) -> None:
+    """Serialise changes to one source's weights and history (PostgreSQL row lock;
+    on SQLite the write transaction already holds the database lock)."""
+    session.execute(sa.select(Source.id).where(Source.id == source_id).with_for_update())
+
+
+def list_sources_query() -> sa.Select[tuple[Source]]:
+    return sa.select(Source).order_by(Source.id)
+
+
+def create_source(session: Session, *, name: str, strategy: str = "random") -> Source:
+    source = Source(name=name, strategy=strategy)
+    session.add(source)
+    flush_unique(session, _name_taken(name))
+    return source
+
+
+def update_source(session: Session, source: Source, changes: dict[str, Any]) -> Source:
+    for field in ("name", "strategy"):
+        if field in changes:
+            setattr(source, field, changes[field])
+    flush_unique(session, _name_taken(source.name))
+    return source
+
+
+def source_weights(session: Session, source_id: int) -> list[SourceOperator]:
+    """The operators serving a source (weight > 0), by operator id."""
+    return list(
+        session.scalars(
+            sa.select(SourceOperator)
+            .where(SourceOperator.source_id == source_id, SourceOperator.weight > 0)
+            .order_by(SourceOperator.operator_id)
+        )
+    )
+
+
+def set_weight(session: Session, source: Source, operator_id: int, weight: int) -> None:
+    """Set one operator's weight for ``source``; 0 stops it serving the source."""
+    set_weights(session, source, {operator_id: weight}, replace=False)
+
+
+def set_weights(session: Session, source: Source, weights: dict[int, int], *, replace: bool) -> None:
+    """Set several operators' weights at once.
+
+    With ``replace``, operators not in ``weights`` stop serving the source.
+    Rows are kept at weight 0 rather than deleted, so that the source's
+    assignment history per operator survives.
+    """
+    _check_operators_exist(session, weights.keys())
+    lock_source(session, source.id)
+    rows = {
+        row.operator_id: row
+        for row in session.scalars(sa.select(SourceOperator).where(SourceOperator.source_id == source.id))
+    }
+    if replace:
+        for operator_id, row in rows.items():
+            if operator_id not in weights:
+                row.weight = 0
+    for operator_id, weight in weights.items():
+        row = rows.get(operator_id)
+        if row is None:
+            if weight == 0:
+                continue
+            session.add(SourceOperator(source_id=source.id, operator_id=operator_id, weight=weight))
+        else:
+            row.weight = weight
+    session.flush()
+
+
+def _check_operators_exist(session: Session, operator_ids: Iterable[int]) -> None:
+    wanted = set(operator_ids)
+    if not wanted:
+        return
+    known = set(session.scalars(sa.select(Operator.id).where(Operator.id.in_(wanted))))
+    missing = sorted(wanted - known)
+    if missing:
+        raise UnknownOperator(
+            f"No operator with id {', '.join(map(str, missing))}.",
+            {"operator_id": f"Unknown operator: {', '.join(map(str, missing))}."},
+        )
+
+
+def _name_taken(name: str) -> NameTaken:
+    return NameTaken(
+        f"A source named {name!r} already exists.",
+        {"name": "A source with this name already exists."},
+    )

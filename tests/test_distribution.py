@@ -1,0 +1,234 @@
+"""The distribution engine, called directly on a real SQLite database."""
+
+import random
+from collections import Counter
+
+import pytest
+import sqlalchemy as sa
+
+from leadcrm import distribution, operators
+from leadcrm.distribution import Candidate, pick_operator, register_contact
+from leadcrm.errors import LeadConflict
+from leadcrm.extensions import db
+from leadcrm.identity import LeadIdentity, parse_identity
+from leadcrm.leads import resolve_lead
+from leadcrm.models import Contact, Lead, SourceOperator
+from tests.helpers import add_operator, add_source, assert_load_matches_open_contacts, phone
+
+pytestmark = pytest.mark.usefixtures("ctx")
+
+# Chi-square critical values at p = 0.001 by degrees of freedom.
+CHI2_CRITICAL_001 = {1: 10.83, 2: 13.82, 3: 16.27}
+
+
+def chi_square(observed: Counter, expected: dict[int, float]) -> float:
+    return sum((observed[k] - e) ** 2 / e for k, e in expected.items())
+
+
+# --- lead identity -------------------------------------------------------------
+
+
+def test_phone_numbers_in_any_format_are_one_lead() -> None:
+    source = add_source(weights={add_operator("Anna"): 1})
+    first = register_contact(
+        db.session,
+        source=source,
+        identity=parse_identity(external_id=None, phone="8 (900) 123-45-67", email=None, region="RU"),
+    )
+    second = register_contact(
+        db.session,
+        source=source,
+        identity=parse_identity(external_id=None, phone="+7 900 1234567", email=None, region="RU"),
+    )
+    assert first.lead.phone == "+79001234567"
+    assert second.lead.id == first.lead.id
+    assert first.lead_created and not second.lead_created
+
+
+def test_same_customer_through_two_sources_is_one_lead() -> None:
+    anna = add_operator("Anna")
+    telegram = add_source("telegram_bot", {anna: 1})
+    web = add_source("web_form", {anna: 1})
+    a = register_contact(db.session, source=telegram, identity=LeadIdentity(external_id="tg:42", phone="+79001234567"))
+    b = register_contact(db.session, source=web, identity=LeadIdentity(phone="+79001234567", email="x@example.com"))
+    assert a.lead.id == b.lead.id
+    assert db.session.scalar(sa.select(sa.func.count()).select_from(Lead)) == 1
+    assert {c.source_id for c in db.session.scalars(sa.select(Contact))} == {telegram.id, web.id}
+
+
+def test_lookup_order_is_external_id_then_phone_then_email() -> None:
+    by_external = Lead(external_id="crm-1")
+    db.session.add(by_external)
+    db.session.flush()
+    lead, created = resolve_lead(db.session, LeadIdentity(external_id="crm-1", phone="+79001112233"), None)
+    assert lead.id == by_external.id and not created
+
+
+def test_identifiers_the_found_lead_lacks_are_stored_on_it() -> None:
+    lead, _ = resolve_lead(db.session, LeadIdentity(phone="+79001234567"), None)
+    again, created = resolve_lead(
+        db.session, LeadIdentity(external_id="tg:7", phone="+79001234567", email="a@example.com"), "Ivan"
+    )
+    assert again.id == lead.id and not created
+    assert (again.external_id, again.email, again.name) == ("tg:7", "a@example.com", "Ivan")
+
+
+def test_known_identifiers_are_not_overwritten() -> None:
+    lead, _ = resolve_lead(db.session, LeadIdentity(external_id="tg:7", phone="+79001234567"), "Ivan")
+    again, _ = resolve_lead(db.session, LeadIdentity(external_id="tg:7", phone="+79007654321"), "Someone else")
+    assert again.id == lead.id
+    assert (again.phone, again.name) == ("+79001234567", "Ivan")
+
+
+def test_identifiers_of_two_different_leads_conflict_and_write_nothing() -> None:
+    source = add_source(weights={add_operator("Anna"): 1})
+    register_contact(db.session, source=source, identity=LeadIdentity(phone="+79001234567"))
+    register_contact(db.session, source=source, identity=LeadIdentity(email="b@example.com"))
+    db.session.commit()
+    with pytest.raises(LeadConflict) as info:
+        register_contact(db.session, source=source, identity=LeadIdentity(phone="+79001234567", email="b@example.com"))
+    assert set(info.value.fields) == {"phone", "email"}
+    db.session.rollback()
+    assert db.session.scalar(sa.select(sa.func.count()).select_from(Contact)) == 2
+    assert_load_matches_open_contacts()
+
+
+def test_invalid_identifiers_name_their_fields() -> None:
+    from leadcrm.errors import InvalidInput
+
+    with pytest.raises(InvalidInput) as info:
+        parse_identity(external_id=None, phone="12", email="not-an-email", region="RU")
+    assert set(info.value.fields) == {"phone", "email"}
+    with pytest.raises(InvalidInput):
+        parse_identity(external_id="  ", phone="", email=None, region="RU")
+
+
+# --- eligibility and limits ------------------------------------------------------
+
+
+def test_only_active_operators_with_weight_and_room_are_eligible() -> None:
+    serving = add_operator("Serving", 5)
+    inactive = add_operator("Inactive", 5, active=False)
+    zero = add_operator("ZeroWeight", 5)
+    full = add_operator("Full", 0)
+    add_operator("NotConfigured", 5)
+    source = add_source(weights={serving: 1, inactive: 5, zero: 0, full: 5})
+    assert [c.operator_id for c in distribution.eligible_candidates(db.session, source.id)] == [serving.id]
+    for n in range(5):
+        assert register_contact(db.session, source=source, identity=phone(n)).operator == serving
+
+
+def test_limit_is_never_exceeded_and_the_rest_wait_unassigned() -> None:
+    anna, boris = add_operator("Anna", 2), add_operator("Boris", 3)
+    source = add_source(weights={anna: 1, boris: 1})
+    results = [register_contact(db.session, source=source, identity=phone(n)) for n in range(8)]
+    by_operator = Counter(r.operator.id if r.operator else None for r in results)
+    assert by_operator == {anna.id: 2, boris.id: 3, None: 3}
+    waiting = [r.contact for r in results if r.operator is None]
+    assert all(c.status == "open" and c.operator_id is None and c.assigned_at is None for c in waiting)
+    assert_load_matches_open_contacts()
+
+
+def test_no_operator_configured_stores_the_contact_unassigned() -> None:
+    source = add_source()
+    registration = register_contact(db.session, source=source, identity=phone(1))
+    assert registration.operator is None
+    assert registration.contact.id is not None and registration.contact.status == "open"
+
+
+def test_closing_frees_capacity_once() -> None:
+    anna = add_operator("Anna", 1)
+    source = add_source(weights={anna: 1})
+    first = register_contact(db.session, source=source, identity=phone(1))
+    assert register_contact(db.session, source=source, identity=phone(2)).operator is None
+    closed = distribution.close_contact(db.session, first.contact.id)
+    assert closed.status == "closed" and closed.closed_at is not None
+    assert distribution.close_contact(db.session, first.contact.id).closed_at == closed.closed_at
+    db.session.refresh(anna)
+    assert anna.active_leads == 0
+    assert register_contact(db.session, source=source, identity=phone(3)).operator == anna
+    assert_load_matches_open_contacts()
+
+
+def test_lowering_the_limit_below_the_load_only_stops_new_assignments() -> None:
+    anna, boris = add_operator("Anna", 3), add_operator("Boris", 3)
+    source = add_source(weights={anna: 1}, strategy="deterministic")
+    for n in range(3):
+        register_contact(db.session, source=source, identity=phone(n))
+    operators.update_operator(db.session, anna, {"max_active_leads": 1})
+    assert register_contact(db.session, source=source, identity=phone(9)).operator is None
+    db.session.refresh(anna)
+    assert anna.active_leads == 3
+    assert boris.active_leads == 0
+
+
+# --- strategies ------------------------------------------------------------------
+
+
+def test_random_pick_follows_weights() -> None:
+    candidates = [Candidate(1, 10, 0), Candidate(2, 30, 0), Candidate(3, 60, 0)]
+    rng = random.Random(2026)
+    picks = Counter(pick_operator(candidates, "random", rng).operator_id for _ in range(10_000))
+    expected = {1: 1_000, 2: 3_000, 3: 6_000}
+    assert chi_square(picks, expected) < CHI2_CRITICAL_001[2], picks
+    # The same test refuses an unweighted pick: it is not a test that always passes.
+    uniform = Counter(rng.choice([1, 2, 3]) for _ in range(10_000))
+    assert chi_square(uniform, expected) > CHI2_CRITICAL_001[2]
+
+
+def test_random_registrations_follow_weights_10_30() -> None:
+    anna, boris = add_operator("Anna", 10_000), add_operator("Boris", 10_000)
+    source = add_source(weights={anna: 10, boris: 30})
+    rng = random.Random(7)
+    picks = Counter(
+        register_contact(db.session, source=source, identity=phone(n), rng=rng).operator.id for n in range(2_000)
+    )
+    assert chi_square(picks, {anna.id: 500, boris.id: 1_500}) < CHI2_CRITICAL_001[1], picks
+
+
+def _assert_within_one(history: list[int], weights: dict[int, int]) -> None:
+    total = sum(weights.values())
+    counts: Counter = Counter()
+    for n, operator_id in enumerate(history, start=1):
+        counts[operator_id] += 1
+        for op, w in weights.items():
+            assert abs(counts[op] - n * w / total) <= 1, (n, op, counts, weights)
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_deterministic_pick_stays_within_one_of_the_weight_share(seed: int) -> None:
+    rng = random.Random(seed)
+    weights = {op: rng.randint(1, 60) for op in range(1, rng.randint(2, 7))}
+    assigned: Counter = Counter()
+    history = []
+    for _ in range(500):
+        candidates = [Candidate(op, w, assigned[op]) for op, w in weights.items()]
+        chosen = pick_operator(candidates, "deterministic").operator_id
+        assigned[chosen] += 1
+        history.append(chosen)
+    _assert_within_one(history, weights)
+
+
+def test_deterministic_registrations_stay_within_one_of_the_weight_share() -> None:
+    ops = [add_operator(f"Op{i}", 1_000) for i in range(3)]
+    weights = {ops[0]: 10, ops[1]: 30, ops[2]: 60}
+    source = add_source(weights=weights, strategy="deterministic")
+    history = [register_contact(db.session, source=source, identity=phone(n)).operator.id for n in range(300)]
+    _assert_within_one(history, {op.id: w for op, w in weights.items()})
+    totals = dict(
+        db.session.execute(
+            sa.select(SourceOperator.operator_id, SourceOperator.assigned_total).where(
+                SourceOperator.source_id == source.id
+            )
+        ).all()
+    )
+    assert totals == {ops[0].id: 30, ops[1].id: 90, ops[2].id: 180}
+
+
+def test_deterministic_skips_full_operators_and_keeps_balancing_the_rest() -> None:
+    anna, boris, vera = add_operator("Anna", 2), add_operator("Boris", 100), add_operator("Vera", 100)
+    source = add_source(weights={anna: 1, boris: 1, vera: 2}, strategy="deterministic")
+    history = [register_contact(db.session, source=source, identity=phone(n)).operator.id for n in range(42)]
+    counts = Counter(history)
+    assert counts[anna.id] == 2
+    assert abs(counts[vera.id] - 2 * counts[boris.id]) <= 2, counts
