@@ -1,0 +1,446 @@
+"""The JSON API v1 through the Flask test client, on a real SQLite file."""
+
+import json
+from typing import Any
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+
+API = "/api/v1"
+
+
+def post(client: FlaskClient, path: str, body: Any = None, **kw: Any) -> Any:
+    return client.post(API + path, json=body, **kw)
+
+
+def create_operator(client: FlaskClient, name: str = "Anna", limit: int = 5, **extra: Any) -> dict:
+    response = post(client, "/operators/", {"name": name, "max_active_leads": limit, **extra})
+    assert response.status_code == 201, response.json
+    return response.json
+
+
+def create_source(client: FlaskClient, name: str = "telegram_bot", **extra: Any) -> dict:
+    response = post(client, "/sources/", {"name": name, **extra})
+    assert response.status_code == 201, response.json
+    return response.json
+
+
+def assert_error(response: Any, status: int, code: str | None = None, fields: set[str] | None = None) -> None:
+    assert response.status_code == status, response.json
+    assert response.is_json, response.data[:200]
+    error = response.json["error"]
+    assert isinstance(error["message"], str) and error["message"]
+    if code:
+        assert error["code"] == code
+    if fields is not None:
+        assert set(error.get("fields", {})) == fields, error
+
+
+@pytest.fixture
+def setup(client: FlaskClient) -> dict:
+    """Two operators (limits 2 and 1) serving one source with weights 10 / 30."""
+    anna = create_operator(client, "Anna", 2)
+    boris = create_operator(client, "Boris", 1)
+    source = create_source(client)
+    response = post(
+        client,
+        f"/sources/{source['id']}/config",
+        [{"operator_id": anna["id"], "weight": 10}, {"operator_id": boris["id"], "weight": 30}],
+    )
+    assert response.status_code == 200
+    return {"anna": anna, "boris": boris, "source": source}
+
+
+# --- operators -------------------------------------------------------------------
+
+
+def test_create_operator_returns_it_with_location(client: FlaskClient) -> None:
+    response = post(client, "/operators/", {"name": "  Anna  ", "max_active_leads": 3})
+    assert response.status_code == 201
+    assert response.json == {"id": 1, "name": "Anna", "is_active": True, "max_active_leads": 3, "active_leads": 0}
+    assert response.headers["Location"] == "/api/v1/operators/1"
+    assert client.get(response.headers["Location"]).json == response.json
+
+
+def test_list_operators_is_paginated(client: FlaskClient) -> None:
+    for n in range(5):
+        create_operator(client, f"Op{n}")
+    page = client.get(f"{API}/operators/?page=2&per_page=2").json
+    assert [o["name"] for o in page["items"]] == ["Op2", "Op3"]
+    assert (page["page"], page["per_page"], page["total"]) == (2, 2, 5)
+    assert client.get(f"{API}/operators/").json["per_page"] == 50
+
+
+@pytest.mark.parametrize("query", ["per_page=501", "per_page=0", "page=0", "page=x", "per_page=-1"])
+def test_bad_paging_is_422(client: FlaskClient, query: str) -> None:
+    assert_error(client.get(f"{API}/operators/?{query}"), 422, "validation_error")
+
+
+def test_patch_operator_changes_only_given_fields(client: FlaskClient) -> None:
+    operator = create_operator(client, "Anna", 5)
+    response = client.patch(f"{API}/operators/{operator['id']}", json={"is_active": False})
+    assert response.status_code == 200
+    assert response.json == {**operator, "is_active": False}
+    response = client.patch(f"{API}/operators/{operator['id']}", json={"name": "Anya", "max_active_leads": 0})
+    assert response.json == {**operator, "is_active": False, "name": "Anya", "max_active_leads": 0}
+
+
+def test_lowering_the_limit_below_the_load_is_allowed(client: FlaskClient, setup: dict) -> None:
+    anna = setup["anna"]
+    client.patch(f"{API}/operators/{setup['boris']['id']}", json={"is_active": False})
+    for n in range(2):
+        post(client, "/contacts/register", {"source_id": setup["source"]["id"], "phone": f"+7900000000{n}"})
+    response = client.patch(f"{API}/operators/{anna['id']}", json={"max_active_leads": 1})
+    assert response.status_code == 200
+    assert (response.json["active_leads"], response.json["max_active_leads"]) == (2, 1)
+    third = post(client, "/contacts/register", {"source_id": setup["source"]["id"], "phone": "+79000000009"})
+    assert third.json["assigned_operator"] is None
+
+
+@pytest.mark.parametrize(
+    ("body", "fields"),
+    [
+        ({"name": "X", "max_active_leads": -1}, {"max_active_leads"}),
+        ({"name": "X", "max_active_leads": "5"}, {"max_active_leads"}),
+        ({"name": "X", "max_active_leads": 2.5}, {"max_active_leads"}),
+        ({"name": "X", "max_active_leads": True}, {"max_active_leads"}),
+        ({"name": "X", "max_active_leads": 10**30}, {"max_active_leads"}),
+        ({"name": "", "max_active_leads": 1}, {"name"}),
+        ({"name": "   ", "max_active_leads": 1}, {"name"}),
+        ({"name": "x" * 201, "max_active_leads": 1}, {"name"}),
+        ({"name": "X" * 100_000, "max_active_leads": 1}, {"name"}),
+        ({"name": 5, "max_active_leads": 1}, {"name"}),
+        ({"name": "X", "max_active_leads": 1, "is_active": "yes"}, {"is_active"}),
+        ({"name": "X", "max_active_leads": 1, "colour": "red"}, {"colour"}),
+        ({"max_active_leads": 1}, {"name"}),
+        ({"name": "X"}, {"max_active_leads"}),
+        ([], {"body"}),
+        ("operator", {"body"}),
+        ("null", {"body"}),
+    ],
+)
+def test_invalid_operator_is_422_with_fields(client: FlaskClient, body: Any, fields: set[str]) -> None:
+    data = body if body == "null" else json.dumps(body)
+    response = client.post(f"{API}/operators/", data=data, content_type="application/json")
+    assert_error(response, 422, "validation_error", fields)
+    assert client.get(f"{API}/operators/").json["total"] == 0
+
+
+@pytest.mark.parametrize("body", [{"name": None}, {"max_active_leads": None}, {"is_active": None}, {"x": 1}])
+def test_invalid_patch_is_422_and_changes_nothing(client: FlaskClient, body: dict) -> None:
+    operator = create_operator(client)
+    assert_error(client.patch(f"{API}/operators/{operator['id']}", json=body), 422, "validation_error")
+    assert client.get(f"{API}/operators/{operator['id']}").json == operator
+
+
+def test_duplicate_operator_name_is_409(client: FlaskClient) -> None:
+    create_operator(client, "Anna")
+    assert_error(post(client, "/operators/", {"name": "Anna", "max_active_leads": 1}), 409, "name_taken", {"name"})
+    boris = create_operator(client, "Boris")
+    assert_error(client.patch(f"{API}/operators/{boris['id']}", json={"name": "Anna"}), 409, "name_taken")
+    assert client.get(f"{API}/operators/{boris['id']}").json["name"] == "Boris"
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("get", "/operators/99"),
+        ("patch", "/operators/99"),
+        ("get", "/sources/99"),
+        ("patch", "/sources/99"),
+        ("get", "/sources/99/config"),
+        ("post", "/sources/99/config"),
+        ("get", "/contacts/99"),
+        ("post", "/contacts/99/close"),
+        ("get", "/leads/99"),
+        ("get", "/operators/0"),
+        ("get", "/operators/-1"),
+        ("get", "/operators/abc"),
+        ("get", "/operators/99999999999999999999999"),
+        ("get", "/nowhere"),
+    ],
+)
+def test_unknown_ids_are_404_json(client: FlaskClient, method: str, path: str) -> None:
+    response = getattr(client, method)(API + path, json={"operator_id": 1, "weight": 1, "name": "X"})
+    assert_error(response, 404)
+
+
+# --- malformed requests ----------------------------------------------------------
+
+
+def test_malformed_json_is_400(client: FlaskClient) -> None:
+    response = client.post(f"{API}/operators/", data='{"name": "A",', content_type="application/json")
+    assert_error(response, 400, "bad_request")
+    response = client.post(f"{API}/operators/", data=b"\xff\xfe", content_type="application/json")
+    assert_error(response, 400, "bad_request")
+
+
+def test_deeply_nested_json_is_400_not_500(client: FlaskClient) -> None:
+    response = client.post(f"{API}/contacts/register", data="[" * 200_000, content_type="application/json")
+    assert_error(response, 400)
+
+
+def test_not_json_is_415(client: FlaskClient) -> None:
+    response = client.post(f"{API}/operators/", data="name=Anna", content_type="application/x-www-form-urlencoded")
+    assert_error(response, 415, "unsupported_media_type")
+
+
+def test_wrong_method_is_405_json_with_allow(client: FlaskClient) -> None:
+    response = client.delete(f"{API}/operators/")
+    assert_error(response, 405, "method_not_allowed")
+    assert "POST" in response.headers["Allow"]
+
+
+def test_oversized_body_is_413_json(client: FlaskClient) -> None:
+    response = client.post(f"{API}/operators/", data="x" * (2 * 1024 * 1024), content_type="application/json")
+    assert_error(response, 413)
+
+
+# --- sources and weights ------------------------------------------------------------
+
+
+def test_source_crud(client: FlaskClient) -> None:
+    source = create_source(client, "web_form")
+    assert source == {"id": 1, "name": "web_form", "strategy": "random"}
+    assert client.get(f"{API}/sources/1").json == source
+    changed = client.patch(f"{API}/sources/1", json={"strategy": "deterministic"}).json
+    assert changed == {**source, "strategy": "deterministic"}
+    assert client.get(f"{API}/sources/").json["items"] == [changed]
+    assert_error(post(client, "/sources/", {"name": "web_form"}), 409, "name_taken")
+    assert_error(post(client, "/sources/", {"name": "x", "strategy": "round_robin"}), 422, fields={"strategy"})
+
+
+def test_config_object_sets_one_weight_and_array_replaces_all(client: FlaskClient) -> None:
+    a, b, c = (create_operator(client, n)["id"] for n in ("A", "B", "C"))
+    source = create_source(client)["id"]
+    url = f"/sources/{source}/config"
+    assert post(client, url, {"operator_id": b, "weight": 3}).json == [{"operator_id": b, "weight": 3}]
+    assert post(client, url, {"operator_id": a, "weight": 1}).json == [
+        {"operator_id": a, "weight": 1},
+        {"operator_id": b, "weight": 3},
+    ]
+    assert post(client, url, {"operator_id": a, "weight": 0}).json == [{"operator_id": b, "weight": 3}]
+    replaced = post(client, url, [{"operator_id": c, "weight": 5}, {"operator_id": a, "weight": 2}])
+    assert replaced.status_code == 200
+    assert replaced.json == [{"operator_id": a, "weight": 2}, {"operator_id": c, "weight": 5}]
+    assert client.get(API + url).json == replaced.json
+    assert post(client, url, []).json == []
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "fields"),
+    [
+        ({"operator_id": 1, "weight": -1}, 422, {"weight"}),
+        ({"operator_id": 1, "weight": "3"}, 422, {"weight"}),
+        ({"operator_id": 1}, 422, {"weight"}),
+        ({"operator_id": 99, "weight": 1}, 404, {"operator_id"}),
+        ([{"operator_id": 1, "weight": 1}, {"operator_id": 1, "weight": 2}], 422, {"1.operator_id"}),
+        ([{"operator_id": 1, "weight": 1}, {"operator_id": 1}], 422, {"1.weight"}),
+        ([{"operator_id": 1, "weight": 1}, {"operator_id": 99, "weight": 2}], 404, {"operator_id"}),
+        ("weights", 422, {"body"}),
+    ],
+)
+def test_bad_config_changes_nothing(client: FlaskClient, body: Any, status: int, fields: set[str]) -> None:
+    create_operator(client, "A")
+    source = create_source(client)["id"]
+    post(client, f"/sources/{source}/config", {"operator_id": 1, "weight": 7})
+    assert_error(post(client, f"/sources/{source}/config", body), status, fields=fields)
+    assert client.get(f"{API}/sources/{source}/config").json == [{"operator_id": 1, "weight": 7}]
+
+
+# --- registration ---------------------------------------------------------------------
+
+
+def test_register_assigns_an_operator(client: FlaskClient, setup: dict) -> None:
+    response = post(
+        client,
+        "/contacts/register",
+        {"source_name": "telegram_bot", "phone": "8 900 123-45-67", "name": "Ivan", "message": "Hello"},
+    )
+    assert response.status_code == 201
+    body = response.json
+    assert set(body) == {"contact", "lead", "assigned_operator"}
+    assert body["assigned_operator"]["id"] in (setup["anna"]["id"], setup["boris"]["id"])
+    assert body["assigned_operator"]["active_leads"] == 1
+    assert body["lead"]["phone"] == "+79001234567" and body["lead"]["name"] == "Ivan"
+    contact = body["contact"]
+    assert contact["operator_id"] == body["assigned_operator"]["id"]
+    assert (contact["status"], contact["message"], contact["closed_at"]) == ("open", "Hello", None)
+    assert contact["created_at"].endswith("Z") and contact["assigned_at"]
+    assert response.headers["Location"] == f"/api/v1/contacts/{contact['id']}"
+    assert client.get(response.headers["Location"]).json == contact
+
+
+def test_register_with_nobody_eligible_waits_unassigned(client: FlaskClient, setup: dict) -> None:
+    codes = [
+        post(client, "/contacts/register", {"source_id": setup["source"]["id"], "external_id": f"tg:{n}"})
+        for n in range(5)
+    ]
+    assert [r.status_code for r in codes] == [201] * 5
+    waiting = [r.json for r in codes if r.json["assigned_operator"] is None]
+    assert len(waiting) == 2  # capacity is 2 + 1
+    assert all(w["contact"]["operator_id"] is None and w["contact"]["status"] == "open" for w in waiting)
+    listed = client.get(f"{API}/contacts/?unassigned=true").json
+    assert sorted(c["id"] for c in listed["items"]) == sorted(w["contact"]["id"] for w in waiting)
+    assert client.get(f"{API}/distribution_status/").json["unassigned_open"] == 2
+
+
+def test_same_lead_through_two_sources(client: FlaskClient, setup: dict) -> None:
+    create_source(client, "web_form")
+    first = post(
+        client, "/contacts/register", {"source_name": "telegram_bot", "external_id": "tg:1", "phone": "+79001234567"}
+    )
+    second = post(
+        client, "/contacts/register", {"source_name": "web_form", "phone": "89001234567", "email": "I@Example.com"}
+    )
+    assert first.json["lead"]["id"] == second.json["lead"]["id"]
+    lead = client.get(f"{API}/leads/{first.json['lead']['id']}").json
+    assert lead["email"] == "I@example.com" and lead["external_id"] == "tg:1"
+    assert [c["source_id"] for c in lead["contacts"]] == [2, 1]  # newest first
+
+
+def test_lead_conflict_is_409_and_stores_nothing(client: FlaskClient, setup: dict) -> None:
+    post(client, "/contacts/register", {"source_id": 1, "phone": "+79001234567"})
+    post(client, "/contacts/register", {"source_id": 1, "email": "b@example.com"})
+    response = post(client, "/contacts/register", {"source_id": 1, "phone": "+79001234567", "email": "b@example.com"})
+    assert_error(response, 409, "lead_conflict", {"phone", "email"})
+    assert client.get(f"{API}/contacts/").json["total"] == 2
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "fields"),
+    [
+        ({"phone": "+79001234567"}, 422, {"source_id", "source_name"}),
+        ({"source_id": 1, "source_name": "telegram_bot", "phone": "+79001234567"}, 422, {"source_id", "source_name"}),
+        ({"source_id": 1}, 422, {"external_id", "phone", "email"}),
+        ({"source_id": 1, "phone": "  ", "email": ""}, 422, {"external_id", "phone", "email"}),
+        ({"source_id": 1, "phone": "12"}, 422, {"phone"}),
+        ({"source_id": 1, "phone": "call me"}, 422, {"phone"}),
+        ({"source_id": 1, "email": "not-an-address"}, 422, {"email"}),
+        ({"source_id": 1, "phone": "1", "email": "x@"}, 422, {"phone", "email"}),
+        ({"source_id": "1", "phone": "+79001234567"}, 422, {"source_id"}),
+        ({"source_id": 0, "phone": "+79001234567"}, 422, {"source_id"}),
+        ({"source_id": 1, "phone": 79001234567}, 422, {"phone"}),
+        ({"source_id": 1, "external_id": "x" * 201}, 422, {"external_id"}),
+        ({"source_id": 1, "external_id": "x", "message": "m" * 10_001}, 422, {"message"}),
+        ({"source_id": 1, "external_id": "x", "name": "n" * 201}, 422, {"name"}),
+        ({"source_id": 99, "phone": "+79001234567"}, 404, {"source_id"}),
+        ({"source_name": "nope", "phone": "+79001234567"}, 404, {"source_name"}),
+    ],
+)
+def test_bad_registration_is_refused_and_stores_nothing(
+    client: FlaskClient, setup: dict, body: dict, status: int, fields: set[str]
+) -> None:
+    assert_error(post(client, "/contacts/register", body), status, fields=fields)
+    assert client.get(f"{API}/contacts/").json["total"] == 0
+    assert client.get(f"{API}/leads/").json["total"] == 0
+
+
+# --- contacts and leads ---------------------------------------------------------------
+
+
+def test_close_frees_the_slot_and_is_idempotent(client: FlaskClient, setup: dict) -> None:
+    client.patch(f"{API}/operators/{setup['anna']['id']}", json={"is_active": False})
+    first = post(client, "/contacts/register", {"source_id": 1, "phone": "+79000000001"}).json
+    assert first["assigned_operator"]["name"] == "Boris"
+    assert (
+        post(client, "/contacts/register", {"source_id": 1, "phone": "+79000000002"}).json["assigned_operator"] is None
+    )
+    closed = post(client, f"/contacts/{first['contact']['id']}/close")
+    assert closed.status_code == 200
+    assert closed.json["status"] == "closed" and closed.json["closed_at"]
+    again = post(client, f"/contacts/{first['contact']['id']}/close")
+    assert again.status_code == 200 and again.json == closed.json
+    assert client.get(f"{API}/operators/{setup['boris']['id']}").json["active_leads"] == 0
+    third = post(client, "/contacts/register", {"source_id": 1, "phone": "+79000000003"}).json
+    assert third["assigned_operator"]["name"] == "Boris"
+
+
+def test_contacts_filters(client: FlaskClient, setup: dict) -> None:
+    ids = [post(client, "/contacts/register", {"source_id": 1, "external_id": f"e{n}"}).json for n in range(4)]
+    post(client, f"/contacts/{ids[0]['contact']['id']}/close")
+
+    def listed(query: str) -> list[int]:
+        response = client.get(f"{API}/contacts/?{query}")
+        assert response.status_code == 200
+        return [c["id"] for c in response.json["items"]]
+
+    assert listed("") == [4, 3, 2, 1]
+    assert listed("status=closed") == [1]
+    assert listed("status=open") == [4, 3, 2]
+    assert listed("unassigned=true") == [4]
+    assert listed("unassigned=false&status=open") == [3, 2]
+    boris = setup["boris"]["id"]
+    assert listed(f"operator_id={boris}") == [
+        c["contact"]["id"] for c in reversed(ids) if c["assigned_operator"] and c["assigned_operator"]["id"] == boris
+    ]
+    assert listed("source_id=1&lead_id=2") == [2]
+    assert listed("source_id=2") == []
+    for bad in ("status=pending", "operator_id=x", "unassigned=maybe", "lead_id=-3"):
+        assert_error(client.get(f"{API}/contacts/?{bad}"), 422)
+
+
+def test_lead_search(client: FlaskClient, setup: dict) -> None:
+    post(client, "/contacts/register", {"source_id": 1, "phone": "+79001234567", "name": "Ivan Petrov"})
+    post(client, "/contacts/register", {"source_id": 1, "email": "maria@example.com", "external_id": "tg:100%"})
+
+    def found(q: str) -> list[str | None]:
+        return [
+            lead["name"] or lead["email"] for lead in client.get(f"{API}/leads/", query_string={"q": q}).json["items"]
+        ]
+
+    assert found("petrov") == ["Ivan Petrov"]
+    assert found("8 (900) 123-45-67") == ["Ivan Petrov"]
+    assert found("maria@") == ["maria@example.com"]
+    assert found("100%") == ["maria@example.com"]
+    assert found("%") == ["maria@example.com"]  # a literal percent sign, not a wildcard
+    assert found("nobody") == []
+    assert len(found("")) == 2
+
+
+# --- status and docs ------------------------------------------------------------------
+
+
+def test_distribution_status(client: FlaskClient, setup: dict) -> None:
+    for n in range(4):
+        post(client, "/contacts/register", {"source_id": 1, "external_id": f"e{n}"})
+    status = client.get(f"{API}/distribution_status/").json
+    assert status["operators"] == [
+        {"operator_id": 1, "name": "Anna", "is_active": True, "active_leads": 2, "max_active_leads": 2},
+        {"operator_id": 2, "name": "Boris", "is_active": True, "active_leads": 1, "max_active_leads": 1},
+    ]
+    (source,) = status["sources"]
+    assert (source["source_id"], source["name"], source["strategy"]) == (1, "telegram_bot", "random")
+    assert source["operators"] == [
+        {"operator_id": 1, "weight": 10, "target_share": 0.25, "assigned_total": 2},
+        {"operator_id": 2, "weight": 30, "target_share": 0.75, "assigned_total": 1},
+    ]
+    assert status["unassigned_open"] == 1
+
+
+def test_openapi_documents_every_api_route(app: Flask, client: FlaskClient) -> None:
+    document = client.get(f"{API}/openapi.json").json
+    assert document["openapi"].startswith("3.")
+    documented = {
+        (path, method) for path, item in document["paths"].items() for method in item if method != "parameters"
+    }
+    routed = set()
+    for rule in app.url_map.iter_rules():
+        if rule.rule.startswith(API) and rule.endpoint != "api.openapi_json":
+            path = rule.rule.removeprefix(API).replace("<id:", "{").replace(">", "}")
+            routed |= {(path, m.lower()) for m in rule.methods - {"HEAD", "OPTIONS"}}
+    assert documented == routed
+    schemas = document["components"]["schemas"]
+    assert {"RegisterIn", "RegistrationOut", "ErrorOut", "DistributionStatusOut"} <= set(schemas)
+
+
+def test_docs_page_uses_local_assets_only(client: FlaskClient) -> None:
+    page = client.get("/docs")
+    assert page.status_code == 200
+    html = page.get_data(as_text=True)
+    assert "http://" not in html and "https://" not in html
+    for asset in ("/docs/assets/swagger-ui-bundle.js", "/docs/assets/swagger-ui.css", "/static/docs.js"):
+        assert asset in html
+        with client.get(asset) as response:
+            assert response.status_code == 200
