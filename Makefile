@@ -6,7 +6,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 export FLASK_APP := app.py
 
-.PHONY: run test lint migrate bench clean
+.PHONY: run test lint migrate demo translations bench clean
+
+MO := translations/ru/LC_MESSAGES/messages.mo
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -20,8 +22,11 @@ $(VENV)/.installed-dev: requirements.txt requirements-dev.txt $(VENV)/.installed
 	$(BIN)/pip install --quiet -r requirements-dev.txt
 	touch $@
 
+$(MO): translations/ru/LC_MESSAGES/messages.po $(VENV)/.installed
+	$(BIN)/pybabel compile --statistics -d translations -D messages
+
 ## run: migrate the database and serve the app with gunicorn (HOST, PORT, WORKERS, DATABASE_URL)
-run: $(VENV)/.installed
+run: $(VENV)/.installed $(MO)
 	$(BIN)/gunicorn --config gunicorn.conf.py app:app
 
 ## migrate: bring the database schema up to date
@@ -29,10 +34,20 @@ migrate: $(VENV)/.installed
 	$(BIN)/flask db upgrade
 
 ## test: run the whole test suite
-test: $(VENV)/.installed-dev
+test: $(VENV)/.installed-dev $(MO)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+## demo: fill an empty database with a believable setup (then `make run`)
+demo: $(VENV)/.installed
+	$(BIN)/flask db upgrade
+	$(BIN)/flask leadcrm demo
+
+## translations: re-extract interface text and merge it into the catalogs
+translations: $(VENV)/.installed
+	$(BIN)/pybabel extract -F babel.cfg -k _l -k lazy_gettext --no-location --omit-header -o translations/messages.pot .
+	$(BIN)/pybabel update --no-location -w 100 -i translations/messages.pot -d translations -D messages
 
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check .

@@ -3,12 +3,13 @@
 import os
 from typing import Any
 
-from flask import Flask
+from flask import Flask, request
 from werkzeug.routing import IntegerConverter
 
 from leadcrm.config import Config
-from leadcrm.database import configure_engine
-from leadcrm.extensions import db, migrate
+from leadcrm.database import begin_write, configure_engine
+from leadcrm.extensions import babel, csrf, db, migrate
+from leadcrm.i18n import select_locale
 from leadcrm.models import INT_MAX
 
 PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -38,24 +39,62 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         app.config["SQLALCHEMY_DATABASE_URI"] = f"sqlite:///{path}"
     if app.config["SQLALCHEMY_DATABASE_URI"].startswith("postgresql"):
         app.config.setdefault("SQLALCHEMY_ENGINE_OPTIONS", {"pool_pre_ping": True})
+    if not app.config["SECRET_KEY"]:
+        app.config["SECRET_KEY"] = _instance_secret(app.instance_path)
     app.url_map.converters["id"] = IdConverter
     app.json.sort_keys = False  # type: ignore[attr-defined]  # keep fields in schema order
+    app.json.ensure_ascii = False  # type: ignore[attr-defined]  # names in Cyrillic stay readable
 
     db.init_app(app)
     migrate.init_app(app, db, directory=os.path.join(PROJECT_ROOT, "migrations"))
+    csrf.init_app(app)
+    babel.init_app(
+        app, locale_selector=select_locale, default_translation_directories=os.path.join(PROJECT_ROOT, "translations")
+    )
     with app.app_context():
         configure_engine(db.engine, app.config["LEADCRM_SQLITE_BUSY_TIMEOUT"])
+
+    @app.before_request
+    def start_write_transaction() -> None:
+        # Requests that change data take the write lock before their first read.
+        if request.method not in ("GET", "HEAD", "OPTIONS"):
+            begin_write(db.session)
 
     from leadcrm.api import bp as api_bp
     from leadcrm.api.docs import bp as docs_bp
     from leadcrm.api.errors import register_error_handlers
+    from leadcrm.demo import demo_cli
+    from leadcrm.web import register_web
 
+    # The JSON API is for integrations, not browsers: no CSRF token there.
+    csrf.exempt(api_bp)
     app.register_blueprint(api_bp, url_prefix="/api/v1")
     app.register_blueprint(docs_bp)
     register_error_handlers(app)
+    register_web(app)
+    app.cli.add_command(demo_cli)
 
     @app.get("/healthz")
     def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
     return app
+
+
+def _instance_secret(instance_path: str) -> str:
+    """A random secret kept in the instance folder, shared by all workers of this install."""
+    path = os.path.join(instance_path, "secret_key")
+    if not os.path.exists(path):
+        # Write it whole under another name, then link it into place: a worker
+        # starting at the same moment reads either no file or the full key.
+        tmp = f"{path}.{os.getpid()}"
+        with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
+            f.write(os.urandom(32).hex())
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            pass
+        finally:
+            os.unlink(tmp)
+    with open(path) as f:
+        return f.read().strip()

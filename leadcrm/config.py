@@ -10,6 +10,9 @@ class Config:
     LEADCRM_PHONE_REGION = os.environ.get("LEADCRM_PHONE_REGION", "RU")
     # Seconds a writer waits for SQLite's write lock before giving up.
     LEADCRM_SQLITE_BUSY_TIMEOUT = float(os.environ.get("LEADCRM_SQLITE_BUSY_TIMEOUT", "30"))
+    # Signs sessions and CSRF tokens. Empty: a random key kept in the instance folder.
     SECRET_KEY = os.environ.get("SECRET_KEY", "")
+    # CSRF tokens do not expire while the page stays open (intake works all day).
+    WTF_CSRF_TIME_LIMIT = None
     # Bodies larger than this are refused with 413 before they are parsed.
     MAX_CONTENT_LENGTH = 1024 * 1024

@@ -11,6 +11,8 @@ PostgreSQL: nothing special here; the distribution engine's conditional
 UPDATEs and row locks make decisions atomic at READ COMMITTED.
 """
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import sqlalchemy as sa
@@ -55,15 +57,17 @@ def begin_write(session: Session) -> None:
     session.connection(execution_options={WRITE_OPTION: True})
 
 
-def flush_unique(session: Session, error: Exception) -> None:
-    """Flush pending changes; if a unique constraint refuses them, raise ``error``.
+@contextmanager
+def unique_or(session: Session, error: Exception) -> Iterator[None]:
+    """Make the changes of the ``with`` body; if a unique constraint refuses them, raise ``error``.
 
-    The flush runs in a savepoint so the surrounding transaction stays usable.
-    Checking first with a SELECT is not enough: two requests can both see the
-    name free; the database's constraint is what decides.
+    The changes are flushed in a savepoint, so on refusal they are undone and
+    the surrounding transaction stays usable. Checking first with a SELECT is
+    not enough: two requests can both see a name free; the constraint decides.
     """
     try:
         with session.begin_nested():
+            yield
             session.flush()
     except sa.exc.IntegrityError:
         raise error from None

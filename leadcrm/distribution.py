@@ -11,8 +11,10 @@ re-checks the condition) alike, across any number of processes.
 
 import random
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import sqlalchemy as sa
+from flask_babel import lazy_gettext as _l
 from sqlalchemy.orm import Session
 
 from leadcrm.errors import NotFound
@@ -169,7 +171,7 @@ def close_contact(session: Session, contact_id: int) -> Contact:
     if contact is None:
         contact = session.get(Contact, contact_id)
         if contact is None:
-            raise NotFound(f"No contact with id {contact_id}.")
+            raise NotFound(_l("No contact with id %(id)s.", id=contact_id))
         return contact
     if contact.operator_id is not None:
         session.execute(
@@ -252,3 +254,30 @@ def contacts_query(
     elif unassigned is False:
         query = query.where(Contact.operator_id.is_not(None))
     return query
+
+
+@dataclass(frozen=True)
+class Waiting:
+    """A source's queue: open contacts with no operator yet."""
+
+    count: int
+    oldest_created_at: datetime | None
+
+
+def waiting_by_source(session: Session) -> dict[int, Waiting]:
+    """Queue length and oldest waiting contact per source (sources with a queue only)."""
+    rows = session.execute(
+        sa.select(Contact.source_id, sa.func.count(), sa.func.min(Contact.created_at))
+        .where(Contact.operator_id.is_(None), Contact.status == OPEN)
+        .group_by(Contact.source_id)
+    )
+    return {source_id: Waiting(count, _as_utc(oldest)) for source_id, count, oldest in rows}
+
+
+def _as_utc(value: datetime | str | None) -> datetime | None:
+    # Aggregates lose the column type: SQLite hands back text, PostgreSQL a datetime.
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    return value if value.tzinfo else value.replace(tzinfo=UTC)

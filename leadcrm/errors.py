@@ -1,5 +1,7 @@
 """Domain exceptions. Views map them to HTTP statuses or inline form errors."""
 
+from typing import Any
+
 
 class DomainError(Exception):
     """Base of every error the domain raises on purpose.
@@ -10,7 +12,9 @@ class DomainError(Exception):
 
     code = "domain_error"
 
-    def __init__(self, message: str, fields: dict[str, str] | None = None) -> None:
+    # Messages may be lazily translated strings (flask_babel.lazy_gettext):
+    # they take the reader's language when rendered, and str() gives the text.
+    def __init__(self, message: Any, fields: dict[str, Any] | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.fields = fields or {}

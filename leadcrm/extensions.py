@@ -1,7 +1,9 @@
 """Extensions created once and bound to the app in create_app."""
 
+from flask_babel import Babel
 from flask_migrate import Migrate
 from flask_sqlalchemy import SQLAlchemy
+from flask_wtf.csrf import CSRFProtect
 from sqlalchemy import MetaData
 from sqlalchemy.orm import DeclarativeBase
 
@@ -22,3 +24,5 @@ class Base(DeclarativeBase):
 db = SQLAlchemy(model_class=Base)
 # render_as_batch lets Alembic alter SQLite tables (it copies them).
 migrate = Migrate(render_as_batch=True)
+csrf = CSRFProtect()
+babel = Babel()

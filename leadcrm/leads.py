@@ -1,10 +1,11 @@
 """Leads: recognising the same customer across sources."""
 
 import sqlalchemy as sa
+from flask_babel import lazy_gettext as _l
 from sqlalchemy.orm import Session
 
-from leadcrm.errors import Conflict, LeadConflict, NotFound
-from leadcrm.identity import LeadIdentity
+from leadcrm.errors import Conflict, InvalidInput, LeadConflict, NotFound
+from leadcrm.identity import LeadIdentity, normalize_phone
 from leadcrm.models import Lead
 
 IDENTIFIERS = ("external_id", "phone", "email")  # in the order they are trusted
@@ -15,7 +16,7 @@ RESOLVE_ATTEMPTS = 3
 def get_lead(session: Session, lead_id: int) -> Lead:
     lead = session.get(Lead, lead_id)
     if lead is None:
-        raise NotFound(f"No lead with id {lead_id}.")
+        raise NotFound(_l("No lead with id %(id)s.", id=lead_id))
     return lead
 
 
@@ -35,8 +36,8 @@ def resolve_lead(session: Session, identity: LeadIdentity, name: str | None) -> 
         owners = {field: lead for field, value in wanted.items() for lead in found if getattr(lead, field) == value}
         if len({lead.id for lead in owners.values()}) > 1:
             raise LeadConflict(
-                "These identifiers belong to different leads.",
-                {field: f"Belongs to lead {lead.id}." for field, lead in owners.items()},
+                _l("These identifiers belong to different leads."),
+                {field: _l("Belongs to lead %(id)s.", id=lead.id) for field, lead in owners.items()},
             )
         lead = next(iter(owners.values()), None)
         try:
@@ -58,13 +59,13 @@ def resolve_lead(session: Session, identity: LeadIdentity, name: str | None) -> 
             return lead, created
         except sa.exc.IntegrityError:
             continue
-    raise Conflict("The lead was changed by concurrent requests; try again.")
+    raise Conflict(_l("The lead was changed by concurrent requests; try again."))
 
 
-def search_leads_query(q: str | None, phone: str | None = None) -> sa.Select[tuple[Lead]]:
+def search_leads_query(q: str | None, region: str) -> sa.Select[tuple[Lead]]:
     """Leads whose external_id, phone, email or name contains ``q``, newest first.
 
-    ``phone`` is ``q`` read as a phone number, when it reads as one, so that
+    When ``q`` reads as a phone number it also finds that number, so that
     "8 (900) 123-45-67" finds +79001234567.
     """
     query = sa.select(Lead).order_by(Lead.id.desc())
@@ -72,7 +73,9 @@ def search_leads_query(q: str | None, phone: str | None = None) -> sa.Select[tup
         conditions = [
             column.icontains(q, autoescape=True) for column in (Lead.external_id, Lead.phone, Lead.email, Lead.name)
         ]
-        if phone:
-            conditions.append(Lead.phone == phone)
+        try:
+            conditions.append(Lead.phone == normalize_phone(q, region))
+        except InvalidInput:
+            pass
         query = query.where(sa.or_(*conditions))
     return query

@@ -3,9 +3,10 @@
 from typing import Any
 
 import sqlalchemy as sa
+from flask_babel import lazy_gettext as _l
 from sqlalchemy.orm import Session
 
-from leadcrm.database import flush_unique
+from leadcrm.database import unique_or
 from leadcrm.errors import NameTaken, UnknownOperator
 from leadcrm.models import Operator
 
@@ -13,7 +14,7 @@ from leadcrm.models import Operator
 def get_operator(session: Session, operator_id: int) -> Operator:
     operator = session.get(Operator, operator_id)
     if operator is None:
-        raise UnknownOperator(f"No operator with id {operator_id}.")
+        raise UnknownOperator(_l("No operator with id %(id)s.", id=operator_id))
     return operator
 
 
@@ -24,8 +25,8 @@ def list_operators_query() -> sa.Select[tuple[Operator]]:
 def create_operator(session: Session, *, name: str, max_active_leads: int, is_active: bool = True) -> Operator:
     """Add an operator; its name must be unique."""
     operator = Operator(name=name, max_active_leads=max_active_leads, is_active=is_active)
-    session.add(operator)
-    flush_unique(session, _name_taken(name))
+    with unique_or(session, _name_taken(name)):
+        session.add(operator)
     return operator
 
 
@@ -35,15 +36,15 @@ def update_operator(session: Session, operator: Operator, changes: dict[str, Any
     A limit below the current load is allowed: the operator keeps its open
     contacts and gets no new ones until the load falls under the limit.
     """
-    for field in ("name", "is_active", "max_active_leads"):
-        if field in changes:
-            setattr(operator, field, changes[field])
-    flush_unique(session, _name_taken(operator.name))
+    with unique_or(session, _name_taken(changes.get("name", operator.name))):
+        for field in ("name", "is_active", "max_active_leads"):
+            if field in changes:
+                setattr(operator, field, changes[field])
     return operator
 
 
 def _name_taken(name: str) -> NameTaken:
     return NameTaken(
-        f"An operator named {name!r} already exists.",
-        {"name": "An operator with this name already exists."},
+        _l("An operator named “%(name)s” already exists.", name=name),
+        {"name": _l("An operator with this name already exists.")},
     )

@@ -4,9 +4,10 @@ from collections.abc import Iterable
 from typing import Any
 
 import sqlalchemy as sa
+from flask_babel import lazy_gettext as _l
 from sqlalchemy.orm import Session
 
-from leadcrm.database import flush_unique
+from leadcrm.database import unique_or
 from leadcrm.errors import NameTaken, UnknownOperator, UnknownSource
 from leadcrm.models import Operator, Source, SourceOperator
 
@@ -14,7 +15,7 @@ from leadcrm.models import Operator, Source, SourceOperator
 def get_source(session: Session, source_id: int) -> Source:
     source = session.get(Source, source_id)
     if source is None:
-        raise UnknownSource(f"No source with id {source_id}.", {"source_id": "Unknown source."})
+        raise UnknownSource(_l("No source with id %(id)s.", id=source_id), {"source_id": _l("Unknown source.")})
     return source
 
 
@@ -24,7 +25,7 @@ def find_source(session: Session, *, source_id: int | None, source_name: str | N
         return get_source(session, source_id)
     source = session.scalar(sa.select(Source).where(Source.name == source_name))
     if source is None:
-        raise UnknownSource(f"No source named {source_name!r}.", {"source_name": "Unknown source."})
+        raise UnknownSource(_l("No source named “%(name)s”.", name=source_name), {"source_name": _l("Unknown source.")})
     return source
 
 
@@ -40,16 +41,16 @@ def list_sources_query() -> sa.Select[tuple[Source]]:
 
 def create_source(session: Session, *, name: str, strategy: str = "random") -> Source:
     source = Source(name=name, strategy=strategy)
-    session.add(source)
-    flush_unique(session, _name_taken(name))
+    with unique_or(session, _name_taken(name)):
+        session.add(source)
     return source
 
 
 def update_source(session: Session, source: Source, changes: dict[str, Any]) -> Source:
-    for field in ("name", "strategy"):
-        if field in changes:
-            setattr(source, field, changes[field])
-    flush_unique(session, _name_taken(source.name))
+    with unique_or(session, _name_taken(changes.get("name", source.name))):
+        for field in ("name", "strategy"):
+            if field in changes:
+                setattr(source, field, changes[field])
     return source
 
 
@@ -104,14 +105,14 @@ def _check_operators_exist(session: Session, operator_ids: Iterable[int]) -> Non
     known = set(session.scalars(sa.select(Operator.id).where(Operator.id.in_(wanted))))
     missing = sorted(wanted - known)
     if missing:
+        ids = ", ".join(map(str, missing))
         raise UnknownOperator(
-            f"No operator with id {', '.join(map(str, missing))}.",
-            {"operator_id": f"Unknown operator: {', '.join(map(str, missing))}."},
+            _l("No operator with id %(id)s.", id=ids), {"operator_id": _l("Unknown operator: %(ids)s.", ids=ids)}
         )
 
 
 def _name_taken(name: str) -> NameTaken:
     return NameTaken(
-        f"A source named {name!r} already exists.",
-        {"name": "A source with this name already exists."},
+        _l("A source named “%(name)s” already exists.", name=name),
+        {"name": _l("A source with this name already exists.")},
     )

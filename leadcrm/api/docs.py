@@ -1,15 +1,10 @@
 """Interactive API docs at /docs, served from the swagger-ui-bundle package (no CDN)."""
 
-from flask import Blueprint, redirect, render_template, send_from_directory, url_for
+from flask import Blueprint, render_template, send_from_directory
 from flask.typing import ResponseReturnValue
 from swagger_ui_bundle import swagger_ui_path
 
 bp = Blueprint("docs", __name__)
-
-
-@bp.get("/")
-def index() -> ResponseReturnValue:
-    return redirect(url_for("docs.docs"))
 
 
 @bp.get("/docs")

@@ -17,11 +17,11 @@ STATUS_BY_ERROR: list[tuple[type[DomainError], int]] = [
 
 
 def error_response(
-    status: int, code: str, message: str, fields: dict[str, str] | None = None
+    status: int, code: str, message: Any, fields: dict[str, Any] | None = None
 ) -> tuple[dict[str, Any], int]:
-    body: dict[str, Any] = {"code": code, "message": message}
+    body: dict[str, Any] = {"code": code, "message": str(message)}
     if fields:
-        body["fields"] = fields
+        body["fields"] = {path: str(text) for path, text in fields.items()}
     return {"error": body}, status
 
 

@@ -33,7 +33,7 @@ from leadcrm.api.schemas import (
 )
 from leadcrm.errors import InvalidInput, NotFound
 from leadcrm.extensions import db
-from leadcrm.identity import normalize_phone, parse_identity
+from leadcrm.identity import parse_identity
 from leadcrm.models import Contact
 
 M = TypeVar("M", bound=BaseModel)
@@ -242,13 +242,7 @@ def close_contact(contact_id: int) -> Response:
 @bp.get("/leads/")
 def list_leads() -> Response:
     args = query_args(LeadSearch)
-    phone = None
-    if args.q:
-        try:
-            phone = normalize_phone(args.q, current_app.config["LEADCRM_PHONE_REGION"])
-        except InvalidInput:
-            phone = None
-    return page_of(leads.search_leads_query(args.q, phone), args, LeadOut)
+    return page_of(leads.search_leads_query(args.q, current_app.config["LEADCRM_PHONE_REGION"]), args, LeadOut)
 
 
 @bp.get("/leads/<id:lead_id>")

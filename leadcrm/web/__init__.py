@@ -1,0 +1,42 @@
+"""Server-rendered pages (Jinja2 + htmx). They call the same domain functions as the API."""
+
+from flask import Flask, redirect, request, url_for
+from flask.typing import ResponseReturnValue
+from flask_babel import get_locale
+from flask_wtf.csrf import CSRFError
+
+from leadcrm.i18n import LANGUAGE_COOKIE, LANGUAGES
+from leadcrm.web import contacts, intake, leads, load, operators, report, sources
+from leadcrm.web.rendering import render
+
+BLUEPRINTS = (load.bp, intake.bp, contacts.bp, leads.bp, operators.bp, sources.bp, report.bp)
+
+
+def register_web(app: Flask) -> None:
+    for bp in BLUEPRINTS:
+        app.register_blueprint(bp)
+
+    @app.context_processor
+    def interface() -> dict[str, object]:
+        return {"languages": LANGUAGES, "current_language": str(get_locale())}
+
+    @app.template_filter("percent")
+    def percent(share: float) -> str:
+        return f"{share * 100:.1f} %"
+
+    @app.get("/language/<code>")
+    def set_language(code: str) -> ResponseReturnValue:
+        """Remember the chosen interface language and go back where the user was."""
+        target = request.args.get("next", "")
+        if not target.startswith("/") or target.startswith("//"):
+            target = url_for("load.index")
+        response = redirect(target)
+        if code in LANGUAGES:
+            response.set_cookie(LANGUAGE_COOKIE, code, max_age=365 * 24 * 3600, samesite="Lax", httponly=True)
+        return response
+
+    @app.errorhandler(CSRFError)
+    def csrf_error(exc: CSRFError) -> ResponseReturnValue:
+        if request.path.startswith("/api/"):
+            return {"error": {"code": "csrf_failed", "message": exc.description}}, 400
+        return render("errors/csrf.html", reason=exc.description, status=400)

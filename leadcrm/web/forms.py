@@ -1,0 +1,51 @@
+"""HTML forms (Flask-WTF: CSRF, and field errors that keep what was typed)."""
+
+from flask_babel import lazy_gettext as _l
+from flask_wtf import FlaskForm
+from wtforms import BooleanField, IntegerField, SelectField, StringField, TextAreaField
+from wtforms.fields.choices import SelectChoice
+from wtforms.validators import DataRequired, InputRequired, Length, NumberRange, Optional
+
+from leadcrm.models import EMAIL_MAX, EXTERNAL_ID_MAX, MESSAGE_MAX, NAME_MAX
+
+LIMIT_MAX = 1_000_000
+WEIGHT_MAX = 1_000_000
+
+
+def strip(value: str | None) -> str | None:
+    return value.strip() if isinstance(value, str) else value
+
+
+class OperatorForm(FlaskForm):
+    name = StringField(_l("Name"), filters=[strip], validators=[DataRequired(), Length(max=NAME_MAX)])
+    max_active_leads = IntegerField(
+        _l("Limit of active leads"), validators=[InputRequired(), NumberRange(min=0, max=LIMIT_MAX)]
+    )
+    is_active = BooleanField(_l("Active"), default=True)
+
+
+class OperatorLimitForm(FlaskForm):
+    max_active_leads = IntegerField(
+        _l("Limit of active leads"), validators=[InputRequired(), NumberRange(min=0, max=LIMIT_MAX)]
+    )
+
+
+class SourceForm(FlaskForm):
+    name = StringField(_l("Name"), filters=[strip], validators=[DataRequired(), Length(max=NAME_MAX)])
+    strategy = SelectField(
+        _l("Distribution"),
+        choices=[
+            SelectChoice("random", _l("Random, by weights")),
+            SelectChoice("deterministic", _l("Deterministic, by weights")),
+        ],
+        default="random",
+    )
+
+
+class IntakeForm(FlaskForm):
+    source_id = SelectField(_l("Source"), coerce=int, validators=[InputRequired()])
+    phone = StringField(_l("Phone"), filters=[strip], validators=[Optional(), Length(max=64)])
+    email = StringField(_l("E-mail"), filters=[strip], validators=[Optional(), Length(max=EMAIL_MAX)])
+    external_id = StringField(_l("External id"), filters=[strip], validators=[Optional(), Length(max=EXTERNAL_ID_MAX)])
+    name = StringField(_l("Name"), filters=[strip], validators=[Optional(), Length(max=NAME_MAX)])
+    message = TextAreaField(_l("Message"), validators=[Optional(), Length(max=MESSAGE_MAX)])

@@ -1,0 +1,84 @@
+"""Intake: the form staff use all day to register contacts that come by phone or in person."""
+
+from flask import Blueprint, current_app, redirect, request, url_for
+from flask.typing import ResponseReturnValue
+from wtforms.fields.choices import SelectChoice
+
+from leadcrm import distribution
+from leadcrm.errors import DomainError
+from leadcrm.extensions import db
+from leadcrm.identity import parse_identity
+from leadcrm.models import Contact, Lead, Operator
+from leadcrm.sources import get_source, list_sources_query
+from leadcrm.web.forms import IntakeForm
+from leadcrm.web.rendering import changed, is_htmx, render
+
+bp = Blueprint("intake", __name__, url_prefix="/intake")
+
+
+def _form(formdata: object = None, source_id: int | None = None) -> IntakeForm:
+    form = IntakeForm(formdata=formdata) if formdata is not None else IntakeForm(formdata=None)
+    form.source_id.choices = [SelectChoice(s.id, s.name) for s in db.session.scalars(list_sources_query())]
+    if source_id is not None:
+        form.source_id.data = source_id
+    return form
+
+
+def _page(form: IntakeForm, status: int = 200, **result: object) -> ResponseReturnValue:
+    return render("intake/index.html", block="intake", status=status, form=form, **result)
+
+
+@bp.get("/")
+def index() -> ResponseReturnValue:
+    """The empty form; after a registration without JavaScript, also its result card."""
+    result: dict[str, object] = {}
+    contact_id = request.args.get("registered", type=int)
+    contact = db.session.get(Contact, contact_id) if contact_id else None
+    if contact is not None:
+        result = {
+            "contact": contact,
+            "lead": db.session.get(Lead, contact.lead_id),
+            "operator": db.session.get(Operator, contact.operator_id) if contact.operator_id else None,
+            "lead_created": request.args.get("new") == "1",
+        }
+    return _page(_form(source_id=contact.source_id if contact else None), **result)
+
+
+@bp.post("/")
+def register() -> ResponseReturnValue:
+    form = _form(request.form)
+    if form.validate():
+        try:
+            identity = parse_identity(
+                external_id=form.external_id.data,
+                phone=form.phone.data,
+                email=form.email.data,
+                region=current_app.config["LEADCRM_PHONE_REGION"],
+            )
+            registration = distribution.register_contact(
+                db.session,
+                source=get_source(db.session, form.source_id.data),
+                identity=identity,
+                name=form.name.data or None,
+                message=(form.message.data or "").strip() or None,
+            )
+        except DomainError as exc:
+            form.form_errors.append(exc.message)
+            for field, message in exc.fields.items():
+                getattr(form, field).errors.append(message)
+        else:
+            db.session.commit()
+            if not is_htmx():
+                new = "1" if registration.lead_created else "0"
+                return redirect(url_for(".index", registered=registration.contact.id, new=new))
+            # A fresh form for the next entry; the source stays chosen.
+            return changed(
+                _page(
+                    _form(source_id=form.source_id.data),
+                    contact=registration.contact,
+                    lead=registration.lead,
+                    operator=registration.operator,
+                    lead_created=registration.lead_created,
+                )
+            )
+    return _page(form, status=422)

@@ -1,0 +1,29 @@
+"""Leads: search by phone, e-mail, external id or name; one lead with all its contacts."""
+
+from flask import Blueprint, current_app, request
+from flask.typing import ResponseReturnValue
+
+from leadcrm import distribution
+from leadcrm import leads as domain
+from leadcrm.extensions import db
+from leadcrm.models import NAME_MAX, Lead
+from leadcrm.web.contacts import names_for
+from leadcrm.web.rendering import render
+
+bp = Blueprint("leads", __name__, url_prefix="/leads")
+
+
+@bp.get("/")
+def index() -> ResponseReturnValue:
+    q = request.args.get("q", "").strip()[:NAME_MAX]
+    page_number = min(max(request.args.get("page", 1, type=int), 1), 1_000_000)
+    query = domain.search_leads_query(q, current_app.config["LEADCRM_PHONE_REGION"])
+    page = db.paginate(query, page=page_number, per_page=50, error_out=False)
+    return render("leads/index.html", block="results", q=q, page=page)
+
+
+@bp.get("/<id:lead_id>")
+def detail(lead_id: int) -> ResponseReturnValue:
+    lead = db.get_or_404(Lead, lead_id)
+    contacts = list(db.session.scalars(distribution.contacts_query(lead_id=lead_id)))
+    return render("leads/detail.html", block="lead_contacts", lead=lead, contacts=contacts, **names_for(contacts))

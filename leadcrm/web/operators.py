@@ -1,0 +1,68 @@
+"""Operators page: list, create, and change limit or active state in place."""
+
+from flask import Blueprint, redirect, request, url_for
+from flask.typing import ResponseReturnValue
+
+from leadcrm import operators as domain
+from leadcrm.errors import DomainError
+from leadcrm.extensions import db
+from leadcrm.models import Operator
+from leadcrm.web.forms import OperatorForm, OperatorLimitForm
+from leadcrm.web.rendering import changed, is_htmx, render
+
+bp = Blueprint("operators", __name__, url_prefix="/operators")
+
+
+def _page(form: OperatorForm, status: int = 200, **context: object) -> ResponseReturnValue:
+    operators = db.session.scalars(domain.list_operators_query()).all()
+    return render(
+        "operators/index.html", block="operators_section", status=status, form=form, operators=operators, **context
+    )
+
+
+@bp.get("/")
+def index() -> ResponseReturnValue:
+    return _page(OperatorForm())
+
+
+@bp.post("/")
+def create() -> ResponseReturnValue:
+    form = OperatorForm()
+    if form.validate():
+        try:
+            domain.create_operator(
+                db.session,
+                name=form.name.data,
+                max_active_leads=form.max_active_leads.data,
+                is_active=form.is_active.data,
+            )
+        except DomainError as exc:
+            for field, message in exc.fields.items():
+                getattr(form, field).errors.append(message)
+        else:
+            db.session.commit()
+            if not is_htmx():
+                return redirect(url_for(".index"))
+            return changed(_page(OperatorForm(formdata=None)), "operators-changed")
+    return _page(form, status=422)
+
+
+@bp.post("/<id:operator_id>")
+def update(operator_id: int) -> ResponseReturnValue:
+    """One change from a row: a new limit, or the active toggle (``is_active`` = 1 / 0)."""
+    operator = db.get_or_404(Operator, operator_id)
+    form = OperatorLimitForm()
+    if "is_active" in request.form:
+        domain.update_operator(db.session, operator, {"is_active": request.form["is_active"] == "1"})
+    elif form.validate():
+        domain.update_operator(db.session, operator, {"max_active_leads": form.max_active_leads.data})
+    else:
+        # The row shows the error next to the limit, with what was typed.
+        invalid = {"row_form": form, "row_form_for": operator.id}
+        if is_htmx():
+            return render("operators/index.html", block="operator_row", status=422, operator=operator, **invalid)
+        return _page(OperatorForm(formdata=None), status=422, **invalid)
+    db.session.commit()
+    if not is_htmx():
+        return redirect(url_for(".index"))
+    return changed(render("operators/index.html", block="operator_row", operator=operator), "operators-changed")

@@ -1,0 +1,103 @@
+"""Sources page: list and create; per source, the weights editor and the strategy."""
+
+from flask import Blueprint, redirect, request, url_for
+from flask.typing import ResponseReturnValue
+from flask_babel import gettext as _
+
+from leadcrm import sources as domain
+from leadcrm.errors import DomainError
+from leadcrm.extensions import db
+from leadcrm.models import STRATEGIES, Operator, Source
+from leadcrm.operators import list_operators_query
+from leadcrm.web.forms import WEIGHT_MAX, SourceForm
+from leadcrm.web.rendering import changed, is_htmx, render
+
+bp = Blueprint("sources", __name__, url_prefix="/sources")
+
+
+def _list_page(form: SourceForm, status: int = 200) -> ResponseReturnValue:
+    sources = db.session.scalars(domain.list_sources_query()).all()
+    serving = {s.id: len(domain.source_weights(db.session, s.id)) for s in sources}
+    return render(
+        "sources/index.html", block="sources_section", status=status, form=form, sources=sources, serving=serving
+    )
+
+
+@bp.get("/")
+def index() -> ResponseReturnValue:
+    return _list_page(SourceForm())
+
+
+@bp.post("/")
+def create() -> ResponseReturnValue:
+    form = SourceForm()
+    if form.validate():
+        try:
+            source = domain.create_source(db.session, name=form.name.data, strategy=form.strategy.data)
+        except DomainError as exc:
+            for field, message in exc.fields.items():
+                getattr(form, field).errors.append(message)
+        else:
+            db.session.commit()
+            return redirect(url_for(".detail", source_id=source.id))
+    return _list_page(form, status=422)
+
+
+def _editor(
+    source: Source, status: int = 200, typed: dict[int, str] | None = None, errors: dict[int, str] | None = None
+) -> ResponseReturnValue:
+    weights = {row.operator_id: row.weight for row in domain.source_weights(db.session, source.id)}
+    total = sum(weights.values())
+    operators: list[Operator] = list(db.session.scalars(list_operators_query()))
+    return render(
+        "sources/detail.html",
+        block="editor",
+        status=status,
+        source=source,
+        strategies=STRATEGIES,
+        serving=[(op, weights[op.id], weights[op.id] / total) for op in operators if op.id in weights],
+        not_serving=[op for op in operators if op.id not in weights],
+        typed=typed or {},
+        errors=errors or {},
+    )
+
+
+@bp.get("/<id:source_id>")
+def detail(source_id: int) -> ResponseReturnValue:
+    return _editor(db.get_or_404(Source, source_id))
+
+
+@bp.post("/<id:source_id>")
+def save(source_id: int) -> ResponseReturnValue:
+    """Save the whole editor: every operator's weight (blank = 0) and the strategy."""
+    source = db.get_or_404(Source, source_id)
+    operator_ids = set(db.session.scalars(list_operators_query().with_only_columns(Operator.id)))
+    typed: dict[int, str] = {}
+    errors: dict[int, str] = {}
+    weights: dict[int, int] = {}
+    for key, value in request.form.items():
+        if not key.startswith("weight-"):
+            continue
+        try:
+            operator_id = int(key.removeprefix("weight-"))
+        except ValueError:
+            continue
+        if operator_id not in operator_ids:
+            continue
+        typed[operator_id] = value
+        text = value.strip() or "0"
+        if not text.isdigit() or int(text) > WEIGHT_MAX:
+            errors[operator_id] = _("A whole number from 0 to %(max)s.", max=f"{WEIGHT_MAX:,}")
+        else:
+            weights[operator_id] = int(text)
+    strategy = request.form.get("strategy", source.strategy)
+    if strategy not in STRATEGIES:
+        strategy = source.strategy
+    if errors:
+        return _editor(source, status=422, typed=typed, errors=errors)
+    domain.set_weights(db.session, source, weights, replace=True)
+    domain.update_source(db.session, source, {"strategy": strategy})
+    db.session.commit()
+    if not is_htmx():
+        return redirect(url_for(".detail", source_id=source.id))
+    return changed(_editor(source), "weights-changed")

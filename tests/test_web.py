@@ -1,0 +1,372 @@
+"""The HTML pages through the Flask test client: full pages, htmx fragments, forms, CSRF, languages."""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from babel.messages.pofile import read_po
+from flask.testing import FlaskClient
+
+from tests.servers import PROJECT_ROOT
+
+HTMX = {"HX-Request": "true"}
+PAGES = ["/", "/operators/", "/sources/", "/report/", "/intake/", "/contacts/", "/leads/"]
+
+
+def token(client: FlaskClient, path: str = "/") -> str:
+    html = client.get(path).get_data(as_text=True)
+    return re.search(r'name="csrf-token" content="([^"]+)"', html).group(1)
+
+
+def post_form(client: FlaskClient, path: str, data: dict, htmx: bool = False, **kw):
+    headers = {"X-CSRFToken": token(client)} if htmx else {}
+    if htmx:
+        headers.update(HTMX)
+    else:
+        data = {"csrf_token": token(client), **data}
+    return client.post(path, data=data, headers=headers, **kw)
+
+
+def text(response) -> str:
+    return response.get_data(as_text=True)
+
+
+@pytest.fixture
+def setup(client: FlaskClient) -> dict:
+    """Anna (limit 2) and Boris (limit 1) serve telegram_bot with weights 10 / 30, through the API."""
+    api = "/api/v1"
+    anna = client.post(f"{api}/operators/", json={"name": "Anna", "max_active_leads": 2}).json
+    boris = client.post(f"{api}/operators/", json={"name": "Boris", "max_active_leads": 1}).json
+    source = client.post(f"{api}/sources/", json={"name": "telegram_bot"}).json
+    client.post(
+        f"{api}/sources/{source['id']}/config",
+        json=[{"operator_id": anna["id"], "weight": 10}, {"operator_id": boris["id"], "weight": 30}],
+    )
+    return {"anna": anna, "boris": boris, "source": source}
+
+
+# --- every page -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", PAGES)
+def test_every_page_renders_in_full_and_as_a_fragment(client: FlaskClient, setup: dict, path: str) -> None:
+    full = client.get(path)
+    assert full.status_code == 200
+    assert "<html" in text(full) and 'href="/intake/"' in text(full)
+    assert "HX-Request" in full.headers["Vary"]
+    fragment = client.get(path, headers=HTMX)
+    assert fragment.status_code == 200
+    assert "<html" not in text(fragment) and "<nav" not in text(fragment)
+    assert "HX-Request" in fragment.headers["Vary"]
+
+
+@pytest.mark.parametrize("path", ["/sources/1", "/leads/1"])
+def test_detail_pages_render(client: FlaskClient, setup: dict, path: str) -> None:
+    client.post("/api/v1/contacts/register", json={"source_id": 1, "phone": "+79001234567"})
+    assert client.get(path).status_code == 200
+    assert "<html" not in text(client.get(path, headers=HTMX))
+
+
+@pytest.mark.parametrize("path", ["/sources/99", "/leads/99", "/operators/99"])
+def test_unknown_ids_are_404_pages(client: FlaskClient, path: str) -> None:
+    response = client.get(path) if path != "/operators/99" else post_form(client, path, {"max_active_leads": "1"})
+    assert response.status_code == 404
+    assert "<html" in text(response).lower()
+
+
+def test_empty_states_say_what_to_do_first(client: FlaskClient) -> None:
+    assert "No operators yet" in text(client.get("/"))
+    assert "There are no sources yet" in text(client.get("/intake/"))
+    assert "No contacts yet" in text(client.get("/contacts/"))
+
+
+# --- CSRF ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", ["/operators/", "/sources/", "/intake/", "/contacts/1/close"])
+def test_forms_without_csrf_token_are_refused(client: FlaskClient, setup: dict, path: str) -> None:
+    response = client.post(path, data={"name": "X", "max_active_leads": "1"})
+    assert response.status_code == 400
+    assert "could not be accepted" in text(response)
+    assert client.get("/api/v1/operators/").json["total"] == 2
+
+
+def test_htmx_requests_send_the_token_in_a_header(client: FlaskClient) -> None:
+    response = client.post("/operators/", data={"name": "X", "max_active_leads": "1"}, headers=HTMX)
+    assert response.status_code == 400
+    assert post_form(client, "/operators/", {"name": "X", "max_active_leads": "1"}, htmx=True).status_code == 200
+
+
+# --- operators --------------------------------------------------------------------------------
+
+
+def test_create_operator_without_javascript_redirects(client: FlaskClient) -> None:
+    response = post_form(client, "/operators/", {"name": "Anna", "max_active_leads": "3", "is_active": "y"})
+    assert response.status_code == 302 and response.headers["Location"] == "/operators/"
+    assert "Anna" in text(client.get("/operators/"))
+
+
+def test_create_operator_with_htmx_returns_the_section(client: FlaskClient) -> None:
+    response = post_form(client, "/operators/", {"name": "Anna", "max_active_leads": "3"}, htmx=True)
+    assert response.status_code == 200
+    assert 'id="operators-section"' in text(response) and "Anna" in text(response)
+    assert "<html" not in text(response)
+    assert "operators-changed" in response.headers["HX-Trigger"]
+    assert client.get("/api/v1/operators/1").json["is_active"] is False  # unchecked box: inactive
+
+
+@pytest.mark.parametrize(
+    ("data", "field", "message"),
+    [
+        ({"name": "Anna", "max_active_leads": "-1"}, "max_active_leads", "between 0 and"),
+        ({"name": "Anna", "max_active_leads": "many"}, "max_active_leads", "Not a valid integer"),
+        ({"name": "  ", "max_active_leads": "2"}, "name", "This field is required"),
+        ({"name": "Taken", "max_active_leads": "2"}, "name", "already exists"),
+    ],
+)
+def test_operator_form_errors_appear_next_to_the_field(
+    client: FlaskClient, data: dict, field: str, message: str
+) -> None:
+    client.post("/api/v1/operators/", json={"name": "Taken", "max_active_leads": 1})
+    for htmx in (False, True):
+        response = post_form(client, "/operators/", data, htmx=htmx)
+        assert response.status_code == 422
+        html = text(response)
+        assert f'<p class="error" id="{field}-error">' in html and message in html
+        assert f'value="{data["max_active_leads"]}"' in html  # what was typed stays
+    assert client.get("/api/v1/operators/").json["total"] == 1
+
+
+def test_limit_changes_in_place(client: FlaskClient, setup: dict) -> None:
+    response = post_form(client, "/operators/1", {"max_active_leads": "7"}, htmx=True)
+    assert response.status_code == 200
+    html = text(response)
+    assert html.lstrip().startswith('<tr id="operator-1"') and 'value="7"' in html
+    assert client.get("/api/v1/operators/1").json["max_active_leads"] == 7
+    bad = post_form(client, "/operators/1", {"max_active_leads": "-5"}, htmx=True)
+    assert bad.status_code == 422
+    assert 'value="-5"' in text(bad) and 'id="limit-1-error"' in text(bad)
+    assert client.get("/api/v1/operators/1").json["max_active_leads"] == 7
+    no_js = post_form(client, "/operators/1", {"max_active_leads": "-5"})
+    assert no_js.status_code == 422 and 'id="limit-1-error"' in text(no_js) and "<html" in text(no_js)
+
+
+def test_active_toggle_changes_in_place(client: FlaskClient, setup: dict) -> None:
+    response = post_form(client, "/operators/2", {"is_active": "0"}, htmx=True)
+    assert response.status_code == 200 and 'aria-pressed="false"' in text(response)
+    assert client.get("/api/v1/operators/2").json["is_active"] is False
+    post_form(client, "/operators/2", {"is_active": "1"})
+    assert client.get("/api/v1/operators/2").json["is_active"] is True
+
+
+# --- sources ---------------------------------------------------------------------------------
+
+
+def test_create_source_goes_to_its_weights(client: FlaskClient) -> None:
+    response = post_form(client, "/sources/", {"name": "web_form", "strategy": "deterministic"})
+    assert response.status_code == 302 and response.headers["Location"] == "/sources/1"
+    assert client.get("/api/v1/sources/1").json["strategy"] == "deterministic"
+    duplicate = post_form(client, "/sources/", {"name": "web_form", "strategy": "random"})
+    assert duplicate.status_code == 422 and "already exists" in text(duplicate)
+
+
+def test_weights_editor_saves_and_shows_new_shares(client: FlaskClient, setup: dict) -> None:
+    page = text(client.get("/sources/1"))
+    assert "25.0 %" in page and "75.0 %" in page
+    client.post("/api/v1/operators/", json={"name": "Vera", "max_active_leads": 3})
+    assert "Not serving it yet" in text(client.get("/sources/1"))
+    response = post_form(
+        client,
+        "/sources/1",
+        {"weight-1": "10", "weight-2": "", "weight-3": "30", "strategy": "deterministic"},
+        htmx=True,
+    )
+    assert response.status_code == 200
+    html = text(response)
+    assert 'data-testid="share-3">75.0 %' in html and 'data-testid="share-1">25.0 %' in html
+    assert "weight-2" in html.split("Not serving it yet")[1]
+    assert client.get("/api/v1/sources/1/config").json == [
+        {"operator_id": 1, "weight": 10},
+        {"operator_id": 3, "weight": 30},
+    ]
+    assert client.get("/api/v1/sources/1").json["strategy"] == "deterministic"
+
+
+def test_bad_weight_keeps_what_was_typed_and_saves_nothing(client: FlaskClient, setup: dict) -> None:
+    response = post_form(client, "/sources/1", {"weight-1": "-3", "weight-2": "50"}, htmx=True)
+    assert response.status_code == 422
+    html = text(response)
+    assert 'value="-3"' in html and 'value="50"' in html and "A whole number" in html
+    assert client.get("/api/v1/sources/1/config").json[1]["weight"] == 30
+
+
+# --- report ----------------------------------------------------------------------------------
+
+
+def test_report_shows_target_and_actual_shares_and_waiting(client: FlaskClient, setup: dict) -> None:
+    for n in range(4):
+        client.post("/api/v1/contacts/register", json={"source_id": 1, "external_id": f"e{n}"})
+    html = text(client.get("/report/"))
+    assert "target 25.0 %" in html and "target 75.0 %" in html
+    assert "actual 66.7 %" in html and "actual 33.3 %" in html  # Anna got 2 of 3, Boris 1 of 3
+    assert 'data-testid="waiting-1">1 waiting unassigned' in html
+
+
+# --- intake ------------------------------------------------------------------------------------
+
+
+def test_intake_registers_and_returns_a_fresh_form(client: FlaskClient, setup: dict) -> None:
+    data = {"source_id": "1", "phone": "8 900 123-45-67", "name": "Ivan", "message": "Hi"}
+    response = post_form(client, "/intake/", data, htmx=True)
+    assert response.status_code == 200
+    html = text(response)
+    assert "Assigned to" in html and "new lead" in html
+    assert "8 900 123-45-67" not in html and 'value="Ivan"' not in html  # the form is cleared
+    assert re.search(r'<option selected value="1">|<option value="1" selected>', html)  # the source stays chosen
+    assert "autofocus" in html
+    assert response.headers["HX-Trigger"] == "contacts-changed"
+    again = text(post_form(client, "/intake/", {"source_id": "1", "phone": "+79001234567"}, htmx=True))
+    assert "returning lead" in again
+
+
+def test_intake_without_javascript_redirects_to_the_result(client: FlaskClient, setup: dict) -> None:
+    response = post_form(client, "/intake/", {"source_id": "1", "email": "a@example.com"})
+    assert response.status_code == 302
+    page = text(client.get(response.headers["Location"]))
+    assert "Assigned to" in page and "a@example.com" in page
+
+
+def test_intake_with_nobody_free_says_waiting(client: FlaskClient, setup: dict) -> None:
+    for n in range(3):
+        post_form(client, "/intake/", {"source_id": "1", "external_id": f"x{n}"}, htmx=True)
+    html = text(post_form(client, "/intake/", {"source_id": "1", "external_id": "x9"}, htmx=True))
+    assert "Waiting: no operator is free" in html
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        ({"source_id": "1", "phone": "12345", "email": "me@", "name": "Ivan"}, ["phone-error", "email-error"]),
+        ({"source_id": "1", "name": "Ivan"}, ["phone-error", "email-error", "external_id-error"]),
+        ({"source_id": "99", "phone": "+79001234567", "name": "Ivan"}, ["source_id-error"]),
+        ({"source_id": "x", "phone": "+79001234567", "name": "Ivan"}, ["source_id-error"]),
+    ],
+)
+def test_intake_errors_are_inline_and_keep_what_was_typed(
+    client: FlaskClient, setup: dict, data: dict, expected: list
+) -> None:
+    for htmx in (False, True):
+        response = post_form(client, "/intake/", data, htmx=htmx)
+        assert response.status_code == 422
+        html = text(response)
+        for error_id in expected:
+            assert f'id="{error_id}"' in html
+        assert 'value="Ivan"' in html
+    assert client.get("/api/v1/contacts/").json["total"] == 0
+
+
+def test_intake_lead_conflict_is_shown_and_nothing_is_lost(client: FlaskClient, setup: dict) -> None:
+    client.post("/api/v1/contacts/register", json={"source_id": 1, "phone": "+79001234567"})
+    client.post("/api/v1/contacts/register", json={"source_id": 1, "email": "b@example.com"})
+    data = {"source_id": "1", "phone": "+79001234567", "email": "b@example.com", "message": "keep me"}
+    response = post_form(client, "/intake/", data, htmx=True)
+    assert response.status_code == 422
+    html = text(response)
+    assert "belong to different leads" in html and "Belongs to lead 1" in html
+    assert "keep me" in html
+    assert client.get("/api/v1/contacts/").json["total"] == 2
+
+
+# --- contacts and leads ------------------------------------------------------------------------
+
+
+def test_contacts_list_filters(client: FlaskClient, setup: dict) -> None:
+    for n in range(4):
+        client.post("/api/v1/contacts/register", json={"source_id": 1, "external_id": f"e{n}", "message": f"msg-{n}"})
+    html = text(client.get("/contacts/?unassigned=true", headers=HTMX))
+    assert "msg-3" in html and "msg-0" not in html
+    html = text(client.get("/contacts/?status=open&operator_id=2"))
+    assert html.count('<tr id="contact-') == 1
+    assert client.get("/contacts/?operator_id=abc&status=nonsense").status_code == 200
+
+
+def test_close_from_the_list_updates_the_row_and_the_load(client: FlaskClient, setup: dict) -> None:
+    contact = client.post("/api/v1/contacts/register", json={"source_id": 1, "phone": "+79001234567"}).json
+    operator_id = contact["assigned_operator"]["id"]
+    response = post_form(client, f"/contacts/{contact['contact']['id']}/close", {}, htmx=True)
+    assert response.status_code == 200
+    assert "closed" in text(response) and "<html" not in text(response)
+    assert response.headers["HX-Trigger"] == "contacts-changed"
+    assert f'data-testid="load-{operator_id}">0 / ' in text(client.get("/"))
+    no_js = post_form(client, f"/contacts/{contact['contact']['id']}/close", {"next": "/contacts/?status=open"})
+    assert no_js.status_code == 302 and no_js.headers["Location"] == "/contacts/?status=open"
+
+
+def test_leads_search_and_detail(client: FlaskClient, setup: dict) -> None:
+    client.post("/api/v1/sources/", json={"name": "web_form"})
+    client.post("/api/v1/contacts/register", json={"source_id": 1, "phone": "+79001234567", "name": "Ivan Petrov"})
+    client.post("/api/v1/contacts/register", json={"source_id": 2, "phone": "89001234567", "message": "second"})
+    assert "Ivan Petrov" in text(client.get("/leads/?q=8 900 123 45 67", headers=HTMX))
+    assert "No leads match" in text(client.get("/leads/?q=nobody"))
+    detail = text(client.get("/leads/1"))
+    assert "telegram_bot" in detail and "web_form" in detail and "second" in detail
+
+
+def test_user_text_is_escaped(client: FlaskClient, setup: dict) -> None:
+    client.post(
+        "/api/v1/contacts/register", json={"source_id": 1, "external_id": "x", "name": "<script>alert(1)</script>"}
+    )
+    for path in ("/contacts/", "/leads/", "/leads/1"):
+        html = text(client.get(path))
+        assert "<script>alert(1)" not in html and "&lt;script&gt;alert(1)" in html
+
+
+# --- languages ---------------------------------------------------------------------------------
+
+
+def test_language_follows_the_browser_and_can_be_switched(client: FlaskClient) -> None:
+    assert "<h1>Нагрузка</h1>" in text(client.get("/", headers={"Accept-Language": "ru-RU,ru;q=0.9"}))
+    assert "<h1>Load</h1>" in text(client.get("/", headers={"Accept-Language": "de"}))
+    response = client.get("/language/ru?next=/operators/")
+    assert response.status_code == 302 and response.headers["Location"] == "/operators/"
+    assert "<h1>Операторы</h1>" in text(client.get("/operators/"))  # remembered in a cookie
+    client.get("/language/en")
+    assert "<h1>Operators</h1>" in text(client.get("/operators/", headers={"Accept-Language": "ru"}))
+
+
+@pytest.mark.parametrize("target", ["//evil.example/", "https://evil.example/", "evil"])
+def test_language_switch_never_redirects_elsewhere(client: FlaskClient, target: str) -> None:
+    assert client.get(f"/language/ru?next={target}").headers["Location"] == "/"
+
+
+def test_api_answers_in_english_whatever_the_browser_says(client: FlaskClient) -> None:
+    response = client.get("/api/v1/operators/9", headers={"Accept-Language": "ru"})
+    assert response.json["error"]["message"] == "No operator with id 9."
+
+
+def test_russian_catalog_is_complete(tmp_path: Path) -> None:
+    pot = tmp_path / "messages.pot"
+    subprocess.run(
+        [Path(sys.executable).parent / "pybabel", "extract", "-F", "babel.cfg", "-k", "_l",
+         "-k", "lazy_gettext", "--no-location", "--omit-header", "-o", str(pot), "."],
+        cwd=PROJECT_ROOT, check=True, capture_output=True,
+    )  # fmt: skip
+    with open(pot, "rb") as f:
+        wanted = {m.id for m in read_po(f) if m.id}
+    with open(PROJECT_ROOT / "translations/ru/LC_MESSAGES/messages.po", "rb") as f:
+        catalog = read_po(f)
+    translated = {m.id for m in catalog if m.id and all(m.string if isinstance(m.string, tuple) else [m.string])}
+    assert not catalog.fuzzy
+    assert wanted - translated == set(), "untranslated: run `make translations` and fill translations/ru"
+
+
+def test_load_counters_follow_web_actions(client: FlaskClient, setup: dict) -> None:
+    for n in range(3):
+        post_form(client, "/intake/", {"source_id": "1", "external_id": f"x{n}"}, htmx=True)
+    post_form(client, "/contacts/1/close", {}, htmx=True)
+    status = client.get("/api/v1/distribution_status/").json
+    assert sum(op["active_leads"] for op in status["operators"]) == 2
+    open_contacts = client.get("/api/v1/contacts/?status=open&unassigned=false").json["total"]
+    assert open_contacts == 2
