@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 export FLASK_APP := app.py
 
-.PHONY: run test lint migrate demo translations bench clean
+.PHONY: run test lint migrate demo translations screenshots bench clean
 
 MO := translations/ru/LC_MESSAGES/messages.mo
 
@@ -48,6 +48,10 @@ demo: $(VENV)/.installed
 translations: $(VENV)/.installed
 	$(BIN)/pybabel extract -F babel.cfg -k _l -k lazy_gettext --no-location --omit-header -o translations/messages.pot .
 	$(BIN)/pybabel update --no-location -w 100 -i translations/messages.pot -d translations -D messages
+
+## screenshots: refresh docs/screenshots/ from the demo data (needs Chromium)
+screenshots: $(VENV)/.installed-dev $(MO)
+	$(BIN)/python docs/take_screenshots.py
 
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check .

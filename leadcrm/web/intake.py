@@ -5,7 +5,7 @@ from flask.typing import ResponseReturnValue
 from wtforms.fields.choices import SelectChoice
 
 from leadcrm import distribution
-from leadcrm.errors import DomainError
+from leadcrm.errors import DomainError, InvalidInput
 from leadcrm.extensions import db
 from leadcrm.identity import parse_identity
 from leadcrm.models import Contact, Lead, Operator
@@ -63,7 +63,9 @@ def register() -> ResponseReturnValue:
                 message=(form.message.data or "").strip() or None,
             )
         except DomainError as exc:
-            form.form_errors.append(exc.message)
+            # Field errors speak for themselves; say more only when they do not.
+            if not isinstance(exc, InvalidInput) or not exc.fields:
+                form.form_errors.append(exc.message)
             for field, message in exc.fields.items():
                 getattr(form, field).errors.append(message)
         else:
