@@ -38,7 +38,10 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         path = os.path.join(app.instance_path, "leadcrm.sqlite3")
         app.config["SQLALCHEMY_DATABASE_URI"] = f"sqlite:///{path}"
     if app.config["SQLALCHEMY_DATABASE_URI"].startswith("postgresql"):
-        app.config.setdefault("SQLALCHEMY_ENGINE_OPTIONS", {"pool_pre_ping": True})
+        # A sync gunicorn worker serves one request at a time: a small pool per
+        # process (total = workers x pool) keeps PostgreSQL's connection count in
+        # check; pre-ping replaces connections the server closed.
+        app.config.setdefault("SQLALCHEMY_ENGINE_OPTIONS", {"pool_pre_ping": True, "pool_size": 2, "max_overflow": 2})
     if not app.config["SECRET_KEY"]:
         app.config["SECRET_KEY"] = _instance_secret(app.instance_path)
     app.url_map.converters["id"] = IdConverter

@@ -1,47 +1,42 @@
-"""Fixtures: a fresh app on a real, migrated SQLite file per test."""
+"""Fixtures: a fresh app on a real, migrated database per test, on every configured backend."""
 
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
-from flask_migrate import upgrade
 
 from leadcrm import create_app
 from leadcrm.extensions import db
+from tests.backends import POSTGRES_URL, PostgresBackend, SqliteBackend
 
 
-def make_app(path: Path, **config: Any) -> Flask:
-    return create_app({"TESTING": True, "SQLALCHEMY_DATABASE_URI": f"sqlite:///{path}", **config})
-
-
-@pytest.fixture(scope="session")
-def migrated_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An empty database built by the real Alembic migrations, once per run."""
-    path = tmp_path_factory.mktemp("template") / "leadcrm.sqlite3"
-    app = make_app(path)
-    with app.app_context():
-        upgrade()
-        db.engine.dispose()
-    return path
-
-
-@pytest.fixture
-def db_path(migrated_db: Path, tmp_path: Path) -> Path:
-    path = tmp_path / "leadcrm.sqlite3"
-    shutil.copy(migrated_db, path)
-    return path
+@pytest.fixture(scope="session", params=["sqlite", "postgresql"])
+def backend(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    """SQLite always; PostgreSQL when LEADCRM_TEST_POSTGRES_URL names a database to use."""
+    if request.param == "postgresql":
+        if not POSTGRES_URL:
+            pytest.skip("PostgreSQL not configured: set LEADCRM_TEST_POSTGRES_URL (.ci/run does)")
+        chosen = PostgresBackend(POSTGRES_URL)
+    else:
+        chosen = SqliteBackend(tmp_path_factory.mktemp("sqlite"))
+    yield chosen
+    chosen.close()
 
 
 @pytest.fixture
-def app(db_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Flask]:
+def database_url(backend, tmp_path: Path) -> str:
+    return backend.fresh_url(tmp_path)
+
+
+@pytest.fixture
+def app(database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Flask]:
     monkeypatch.setenv("LEADCRM_INSTANCE_PATH", str(tmp_path / "instance"))
-    app = make_app(db_path)
+    app = create_app({"TESTING": True, "SQLALCHEMY_DATABASE_URI": database_url})
     yield app
     with app.app_context():
+        db.session.remove()
         db.engine.dispose()
 
 

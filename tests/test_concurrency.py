@@ -1,24 +1,46 @@
-"""Concurrent registrations and closes against the real app under gunicorn (4 worker processes)."""
+"""Concurrent registrations, closes and operator flips against the real app under gunicorn.
 
+SQLite: one gunicorn with 4 worker processes. PostgreSQL: two gunicorn
+instances on different ports with 3 workers each, on one database, the load
+split across both, as behind a load balancer.
+"""
+
+import itertools
 import random
-import sqlite3
 import threading
 from collections import Counter
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from datetime import datetime
 from pathlib import Path
 
 import pytest
 import requests
+import sqlalchemy as sa
 
 from tests.servers import gunicorn
 
 pytestmark = pytest.mark.slow
 
-REGISTRATIONS = 600
-CUSTOMERS = 150
+REGISTRATIONS = 2000
+CUSTOMERS = 400
 CLIENT_THREADS = 32
 LIMITS = [1, 2, 3, 1, 2, 3]
+
+
+@pytest.fixture
+def servers(backend, tmp_path: Path) -> Iterator[tuple[str, list[str]]]:
+    """(database URL, base URLs of the app servers sharing it)."""
+    url = backend.empty_url(tmp_path)
+    layout = [4] if backend.name == "sqlite" else [3, 3]
+    with ExitStack() as stack:
+        # One after the other: the first one's master migrates the empty database.
+        bases = [
+            stack.enter_context(gunicorn(url, tmp_path, workers=workers, name=f"gunicorn{i}"))
+            for i, workers in enumerate(layout)
+        ]
+        yield url, bases
 
 
 def fetch_all(session: requests.Session, base: str, path: str) -> list[dict]:
@@ -50,99 +72,131 @@ def max_concurrent_open(contacts: list[dict]) -> dict[int, int]:
     return dict(peak)
 
 
-def test_limits_hold_under_concurrent_registrations_and_closes(tmp_path: Path) -> None:
-    db_file = tmp_path / "leadcrm.sqlite3"
-    with gunicorn(f"sqlite:///{db_file}", tmp_path, workers=4) as base:
-        api = f"{base}/api/v1"
-        setup = requests.Session()
-        ops = [
-            setup.post(f"{api}/operators/", json={"name": f"Op{i}", "max_active_leads": limit}).json()
-            for i, limit in enumerate(LIMITS)
-        ]
-        idle = setup.post(
-            f"{api}/operators/", json={"name": "Idle", "max_active_leads": 100, "is_active": False}
-        ).json()
-        telegram = setup.post(f"{api}/sources/", json={"name": "telegram_bot"}).json()
-        phone_line = setup.post(f"{api}/sources/", json={"name": "phone_line", "strategy": "deterministic"}).json()
-        weights = [{"operator_id": op["id"], "weight": 10 * (i + 1)} for i, op in enumerate(ops)]
-        weights.append({"operator_id": idle["id"], "weight": 100})
-        assert setup.post(f"{api}/sources/{telegram['id']}/config", json=weights).status_code == 200
-        assert setup.post(f"{api}/sources/{phone_line['id']}/config", json=weights[2:]).status_code == 200
+def test_limits_hold_under_concurrent_registrations_closes_and_flips(servers) -> None:
+    database_url, bases = servers
+    apis = [f"{base}/api/v1" for base in bases]
+    api = apis[0]
+    setup = requests.Session()
+    ops = [
+        setup.post(f"{api}/operators/", json={"name": f"Op{i}", "max_active_leads": limit}).json()
+        for i, limit in enumerate(LIMITS)
+    ]
+    idle = setup.post(f"{api}/operators/", json={"name": "Idle", "max_active_leads": 100, "is_active": False}).json()
+    telegram = setup.post(f"{api}/sources/", json={"name": "telegram_bot"}).json()
+    phone_line = setup.post(f"{api}/sources/", json={"name": "phone_line", "strategy": "deterministic"}).json()
+    weights = [{"operator_id": op["id"], "weight": 10 * (i + 1)} for i, op in enumerate(ops)]
+    weights.append({"operator_id": idle["id"], "weight": 100})
+    assert setup.post(f"{api}/sources/{telegram['id']}/config", json=weights).status_code == 200
+    assert setup.post(f"{api}/sources/{phone_line['id']}/config", json=weights[2:]).status_code == 200
 
-        local = threading.local()
-        rng = random.Random(1)
-        bodies = []
-        for n in range(REGISTRATIONS):
-            customer = rng.randrange(CUSTOMERS)
-            body = {"phone": f"+7900{customer:07d}", "message": f"appeal {n}"}
-            if customer % 2:
-                body["external_id"] = f"tg:{customer}"
-            if n % 2:
-                body["source_id"] = telegram["id"]
-            else:
-                body["source_name"] = phone_line["name"]
-            bodies.append(body)
+    rng = random.Random(1)
+    bodies = []
+    for n in range(REGISTRATIONS):
+        customer = rng.randrange(CUSTOMERS)
+        body = {"phone": f"+7900{customer:07d}", "message": f"appeal {n}"}
+        if customer % 2:
+            body["external_id"] = f"tg:{customer}"
+        if n % 2:
+            body["source_id"] = telegram["id"]
+        else:
+            body["source_name"] = phone_line["name"]
+        bodies.append((apis[n % len(apis)], body))
 
-        def register(body: dict) -> tuple[int, dict]:
-            session = getattr(local, "session", None) or requests.Session()
-            local.session = session
-            response = session.post(f"{api}/contacts/register", json=body, timeout=60)
-            return response.status_code, response.json()
+    local = threading.local()
 
-        done = threading.Event()
-        closed: list[int] = []
+    def register(job: tuple[str, dict]) -> tuple[int, dict]:
+        target, body = job
+        session = getattr(local, "session", None) or requests.Session()
+        local.session = session
+        response = session.post(f"{target}/contacts/register", json=body, timeout=60)
+        return response.status_code, response.json()
 
-        def close_some() -> None:
-            session = requests.Session()
-            while not done.is_set():
-                page = session.get(f"{api}/contacts/", params={"status": "open", "unassigned": "false", "per_page": 3})
-                for contact in page.json()["items"]:
-                    response = session.post(f"{api}/contacts/{contact['id']}/close", timeout=60)
-                    assert response.status_code == 200
-                    closed.append(contact["id"])
+    done = threading.Event()
+    closed: list[int] = []
+    flips: list[int] = []
 
-        closer = threading.Thread(target=close_some)
-        closer.start()
-        try:
-            with ThreadPoolExecutor(CLIENT_THREADS) as pool:
-                results = list(pool.map(register, bodies))
-        finally:
-            done.set()
-            closer.join()
+    def close_some() -> None:
+        session = requests.Session()
+        for target in itertools.cycle(apis):
+            if done.is_set():
+                return
+            page = session.get(f"{target}/contacts/", params={"status": "open", "unassigned": "false", "per_page": 3})
+            for contact in page.json()["items"]:
+                response = session.post(f"{target}/contacts/{contact['id']}/close", timeout=60)
+                assert response.status_code == 200
+                closed.append(contact["id"])
 
-        statuses = Counter(status for status, _ in results)
-        assert statuses == {201: REGISTRATIONS}, statuses
-        created_ids = [body["contact"]["id"] for _, body in results]
-        assert len(set(created_ids)) == REGISTRATIONS
-        assert len(closed) > 10, "the closer should have run alongside the registrations"
+    def flip_operators() -> None:
+        session = requests.Session()
+        flipper = random.Random(2)
+        for target in itertools.cycle(apis):
+            if done.wait(0.05):
+                return
+            op = flipper.choice(ops)
+            response = session.patch(f"{target}/operators/{op['id']}", json={"is_active": flipper.random() < 0.7})
+            assert response.status_code == 200
+            flips.append(op["id"])
 
-        contacts = fetch_all(setup, api, "/contacts/")
-        assert sorted(c["id"] for c in contacts) == sorted(created_ids)
-        assigned = [c for c in contacts if c["operator_id"] is not None]
-        unassigned = [c for c in contacts if c["operator_id"] is None]
-        assert len(assigned) + len(unassigned) == REGISTRATIONS
-        assert unassigned, "small limits should have left some contacts waiting"
-        assert all(c["status"] == "open" for c in unassigned)
+    helpers = [threading.Thread(target=close_some), threading.Thread(target=flip_operators)]
+    for helper in helpers:
+        helper.start()
+    try:
+        with ThreadPoolExecutor(CLIENT_THREADS) as pool:
+            results = list(pool.map(register, bodies))
+    finally:
+        done.set()
+        for helper in helpers:
+            helper.join()
+    for op in ops:  # everyone active again for the checks below
+        setup.patch(f"{api}/operators/{op['id']}", json={"is_active": True})
 
-        limits = {op["id"]: op["max_active_leads"] for op in ops}
-        peaks = max_concurrent_open(contacts)
-        assert idle["id"] not in peaks
-        for operator_id, peak in peaks.items():
-            assert peak <= limits[operator_id], (operator_id, peak, limits[operator_id])
-        open_by_operator = Counter(c["operator_id"] for c in assigned if c["status"] == "open")
-        for op in ops:
-            now = setup.get(f"{api}/operators/{op['id']}").json()
-            assert now["active_leads"] == open_by_operator[op["id"]] <= op["max_active_leads"]
+    statuses = Counter(status for status, _ in results)
+    assert statuses == {201: REGISTRATIONS}, statuses
+    created_ids = [body["contact"]["id"] for _, body in results]
+    assert len(set(created_ids)) == REGISTRATIONS
+    assert len(closed) > 10 and len(flips) > 10, "the helpers should have run alongside the registrations"
 
-        status = setup.get(f"{api}/distribution_status/").json()
-        assert status["unassigned_open"] == len(unassigned)
-        history = Counter(c["operator_id"] for c in assigned)
-        for source in status["sources"]:
-            for share in source["operators"]:
-                assert share["assigned_total"] <= history[share["operator_id"]]
-        assert sum(s["assigned_total"] for src in status["sources"] for s in src["operators"]) == len(assigned)
+    contacts = fetch_all(setup, api, "/contacts/")
+    assert sorted(c["id"] for c in contacts) == sorted(created_ids), "every 201 is one stored contact, nothing else"
+    by_id = {c["id"]: c for c in contacts}
+    for _, body in results:  # what each 201 said is what was stored
+        stored = by_id[body["contact"]["id"]]
+        assert stored["operator_id"] == (body["assigned_operator"] or {}).get("id")
+        assert stored["lead_id"] == body["lead"]["id"]
+    assigned = [c for c in contacts if c["operator_id"] is not None]
+    unassigned = [c for c in contacts if c["operator_id"] is None]
+    assert len(assigned) + len(unassigned) == REGISTRATIONS
+    assert unassigned, "small limits should have left some contacts waiting"
+    assert all(c["status"] == "open" for c in unassigned)
 
-    with sqlite3.connect(db_file) as con:
-        assert con.execute("SELECT count(*) FROM contacts").fetchone()[0] == REGISTRATIONS
-        leads = con.execute("SELECT count(*), count(DISTINCT phone) FROM leads").fetchone()
-        assert leads[0] == leads[1] == len({b["phone"] for b in bodies})
+    limits = {op["id"]: op["max_active_leads"] for op in ops}
+    peaks = max_concurrent_open(contacts)
+    assert idle["id"] not in peaks
+    for operator_id, peak in peaks.items():
+        assert peak <= limits[operator_id], (operator_id, peak, limits[operator_id])
+    open_by_operator = Counter(c["operator_id"] for c in assigned if c["status"] == "open")
+    for op in ops:
+        now = setup.get(f"{api}/operators/{op['id']}").json()
+        assert now["active_leads"] == open_by_operator[op["id"]] <= op["max_active_leads"]
+
+    status = setup.get(f"{api}/distribution_status/").json()
+    assert status["unassigned_open"] == len(unassigned)
+    assert sum(s["assigned_total"] for src in status["sources"] for s in src["operators"]) == len(assigned)
+
+    # And straight from the database, with no app code in between.
+    engine = sa.create_engine(database_url)
+    try:
+        with engine.connect() as conn:
+            assert conn.scalar(sa.text("SELECT count(*) FROM contacts")) == REGISTRATIONS
+            leads, phones = conn.execute(sa.text("SELECT count(*), count(DISTINCT phone) FROM leads")).one()
+            assert leads == phones == len({body["phone"] for _, body in bodies})
+            mismatched = conn.execute(
+                sa.text(
+                    "SELECT o.id, o.active_leads, count(c.id) FROM operators o "
+                    "LEFT JOIN contacts c ON c.operator_id = o.id AND c.status = 'open' "
+                    "GROUP BY o.id, o.active_leads HAVING o.active_leads != count(c.id)"
+                )
+            ).all()
+            assert mismatched == []
+    finally:
+        engine.dispose()
