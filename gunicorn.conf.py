@@ -4,12 +4,16 @@ import multiprocessing
 import os
 
 bind = f"{os.environ.get('HOST', '127.0.0.1')}:{os.environ.get('PORT', '8000')}"
-workers = int(os.environ.get("WORKERS", multiprocessing.cpu_count() * 2 + 1))
+# SQLite has one write lock: more processes than cores only queue on it and
+# get descheduled while holding it (measured in bench/results.md: 2 workers
+# beat 5 on 2 cores). PostgreSQL overlaps database waits: the usual 2n+1.
+_on_sqlite = (os.environ.get("DATABASE_URL") or "sqlite").startswith("sqlite")
+_cpus = multiprocessing.cpu_count()
+workers = int(os.environ.get("WORKERS") or (_cpus if _on_sqlite else 2 * _cpus + 1))
 # Sync workers: each request is short and database-bound.
 worker_class = "sync"
 timeout = 30
 graceful_timeout = 10
-keepalive = 5
 # Not preloaded: every worker builds its own app and database engine after
 # the fork, so no connection or pool is ever shared between processes.
 preload_app = False

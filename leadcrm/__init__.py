@@ -7,7 +7,7 @@ from flask import Flask, request
 from werkzeug.routing import IntegerConverter
 
 from leadcrm.config import Config
-from leadcrm.database import begin_write, configure_engine
+from leadcrm.database import begin_write, configure_engine, sqlite_connect_args
 from leadcrm.extensions import babel, csrf, db, migrate
 from leadcrm.i18n import select_locale
 from leadcrm.models import INT_MAX
@@ -37,6 +37,11 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     if not app.config["SQLALCHEMY_DATABASE_URI"]:
         path = os.path.join(app.instance_path, "leadcrm.sqlite3")
         app.config["SQLALCHEMY_DATABASE_URI"] = f"sqlite:///{path}"
+    if app.config["SQLALCHEMY_DATABASE_URI"].startswith("sqlite"):
+        app.config.setdefault(
+            "SQLALCHEMY_ENGINE_OPTIONS",
+            {"connect_args": sqlite_connect_args(app.config["LEADCRM_SQLITE_BUSY_TIMEOUT"])},
+        )
     if app.config["SQLALCHEMY_DATABASE_URI"].startswith("postgresql"):
         # A sync gunicorn worker serves one request at a time: a small pool per
         # process (total = workers x pool) keeps PostgreSQL's connection count in
@@ -55,7 +60,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         app, locale_selector=select_locale, default_translation_directories=os.path.join(PROJECT_ROOT, "translations")
     )
     with app.app_context():
-        configure_engine(db.engine, app.config["LEADCRM_SQLITE_BUSY_TIMEOUT"])
+        configure_engine(db.engine)
 
     @app.before_request
     def start_write_transaction() -> None:

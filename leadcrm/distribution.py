@@ -11,17 +11,19 @@ re-checks the condition) alike, across any number of processes.
 
 import random
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 
 import sqlalchemy as sa
 from flask_babel import lazy_gettext as _l
 from sqlalchemy.orm import Session
 
+from leadcrm import storage
 from leadcrm.errors import NotFound
 from leadcrm.identity import LeadIdentity
 from leadcrm.leads import resolve_lead
-from leadcrm.models import CLOSED, OPEN, Contact, Lead, Operator, Source, SourceOperator, utcnow
+from leadcrm.models import OPEN, Contact, Operator, Source, SourceOperator, utcnow
 from leadcrm.sources import lock_source
+from leadcrm.storage import ContactRecord, LeadRecord, OperatorRecord, SourceRecord
 
 # Stateless and fork-safe: gunicorn workers never share a random sequence.
 _system_random = random.SystemRandom()
@@ -38,26 +40,16 @@ class Candidate:
 
 @dataclass(frozen=True)
 class Registration:
-    contact: Contact
-    lead: Lead
+    contact: ContactRecord
+    lead: LeadRecord
     lead_created: bool
-    operator: Operator | None
+    operator: OperatorRecord | None
 
 
 def eligible_candidates(session: Session, source_id: int) -> list[Candidate]:
     """Operators that serve the source, are active and have a free slot, by id."""
-    rows = session.execute(
-        sa.select(SourceOperator.operator_id, SourceOperator.weight, SourceOperator.assigned_total)
-        .join(Operator, Operator.id == SourceOperator.operator_id)
-        .where(
-            SourceOperator.source_id == source_id,
-            SourceOperator.weight > 0,
-            Operator.is_active.is_(True),
-            Operator.active_leads < Operator.max_active_leads,
-        )
-        .order_by(SourceOperator.operator_id)
-    )
-    return [Candidate(*row) for row in rows]
+    cursor = storage.Tx.of(session).execute(storage.ELIGIBLE, {"source_id": source_id, "active": True})
+    return [Candidate(*row) for row in cursor.fetchall()]
 
 
 def pick_operator(candidates: list[Candidate], strategy: str, rng: random.Random | None = None) -> Candidate | None:
@@ -81,22 +73,15 @@ def pick_operator(candidates: list[Candidate], strategy: str, rng: random.Random
     return (rng or _system_random).choices(candidates, weights=[c.weight for c in candidates])[0]
 
 
-def claim_operator(session: Session, operator_id: int) -> Operator | None:
+def claim_operator(session: Session, operator_id: int) -> OperatorRecord | None:
     """Take one slot of the operator's limit, if it is still active and has one."""
-    return session.scalar(
-        sa.update(Operator)
-        .where(
-            Operator.id == operator_id,
-            Operator.is_active.is_(True),
-            Operator.active_leads < Operator.max_active_leads,
-        )
-        .values(active_leads=Operator.active_leads + 1)
-        .returning(Operator),
-        execution_options={"populate_existing": True},
-    )
+    row = storage.Tx.of(session).execute(storage.CLAIM, {"id": operator_id, "active": True}).fetchone()
+    return storage.operator_record(row) if row else None
 
 
-def assign_operator(session: Session, source: Source, rng: random.Random | None = None) -> Operator | None:
+def assign_operator(
+    session: Session, source: Source | SourceRecord, rng: random.Random | None = None
+) -> OperatorRecord | None:
     """Pick and claim an operator for one new contact of ``source``, or None."""
     if source.strategy == "deterministic":
         # The pick depends on every operator's history for this source: take
@@ -108,14 +93,8 @@ def assign_operator(session: Session, source: Source, rng: random.Random | None 
         assert chosen is not None
         operator = claim_operator(session, chosen.operator_id)
         if operator is not None:
-            session.execute(
-                sa.update(SourceOperator)
-                .where(
-                    SourceOperator.source_id == source.id,
-                    SourceOperator.operator_id == operator.id,
-                )
-                .values(assigned_total=SourceOperator.assigned_total + 1),
-                execution_options={"synchronize_session": False},
+            storage.Tx.of(session).execute(
+                storage.COUNT_ASSIGNMENT, {"source_id": source.id, "operator_id": operator.id}
             )
             return operator
         # Another transaction took its last slot since we looked: pick again.
@@ -126,7 +105,7 @@ def assign_operator(session: Session, source: Source, rng: random.Random | None 
 def register_contact(
     session: Session,
     *,
-    source: Source,
+    source: Source | SourceRecord,
     identity: LeadIdentity,
     name: str | None = None,
     message: str | None = None,
@@ -136,12 +115,26 @@ def register_contact(
 
     Resolves (or creates) the lead, picks an eligible operator and stores the
     contact with it; when no operator is eligible the contact is stored open
-    and unassigned. Flushes; the caller commits.
+    and unassigned. Writes in the session's transaction; the caller commits.
     """
     lead, lead_created = resolve_lead(session, identity, name)
     operator = assign_operator(session, source, rng)
     now = utcnow()
-    contact = Contact(
+    tx = storage.Tx.of(session)
+    stored_now = tx.time(now)
+    (contact_id,) = tx.execute(
+        storage.INSERT_CONTACT,
+        {
+            "lead_id": lead.id,
+            "source_id": source.id,
+            "operator_id": operator.id if operator else None,
+            "message": message,
+            "created_at": stored_now,
+            "assigned_at": stored_now if operator else None,
+        },
+    ).fetchone()
+    contact = ContactRecord(
+        id=contact_id,
         lead_id=lead.id,
         source_id=source.id,
         operator_id=operator.id if operator else None,
@@ -149,37 +142,27 @@ def register_contact(
         message=message,
         created_at=now,
         assigned_at=now if operator else None,
+        closed_at=None,
     )
-    session.add(contact)
-    session.flush()
     return Registration(contact=contact, lead=lead, lead_created=lead_created, operator=operator)
 
 
-def close_contact(session: Session, contact_id: int) -> Contact:
+def close_contact(session: Session, contact_id: int) -> ContactRecord:
     """Close an open contact and free its operator's slot.
 
     Closing a closed contact changes nothing. Only the request that actually
     flips the status gives the slot back, so concurrent closes free it once.
     """
-    contact = session.scalar(
-        sa.update(Contact)
-        .where(Contact.id == contact_id, Contact.status == OPEN)
-        .values(status=CLOSED, closed_at=utcnow())
-        .returning(Contact),
-        execution_options={"populate_existing": True},
-    )
-    if contact is None:
-        contact = session.get(Contact, contact_id)
-        if contact is None:
+    closed_at = storage.Tx.of(session).time(utcnow())
+    row = storage.Tx.of(session).execute(storage.CLOSE_CONTACT, {"id": contact_id, "closed_at": closed_at}).fetchone()
+    if row is None:
+        row = storage.Tx.of(session).execute(storage.GET_CONTACT, {"id": contact_id}).fetchone()
+        if row is None:
             raise NotFound(_l("No contact with id %(id)s.", id=contact_id))
-        return contact
+        return storage.contact_record(row)
+    contact = storage.contact_record(row)
     if contact.operator_id is not None:
-        session.execute(
-            sa.update(Operator)
-            .where(Operator.id == contact.operator_id)
-            .values(active_leads=Operator.active_leads - 1),
-            execution_options={"synchronize_session": False},
-        )
+        storage.Tx.of(session).execute(storage.RELEASE_SLOT, {"id": contact.operator_id})
     return contact
 
 
@@ -193,30 +176,38 @@ class SourceShare:
 
 @dataclass(frozen=True)
 class SourceStatus:
-    source: Source
+    source: sa.Row
     operators: list[SourceShare]
 
 
 @dataclass(frozen=True)
 class DistributionStatus:
-    operators: list[Operator]
+    operators: list[sa.Row]
     sources: list[SourceStatus]
     unassigned_open: int
 
 
+OPERATORS = Operator.__table__
+SOURCE_OPERATORS = SourceOperator.__table__
+CONTACTS = Contact.__table__
+
+
 def distribution_status(session: Session) -> DistributionStatus:
     """Every operator's load and every source's weights and history, in four queries."""
-    operators = list(session.scalars(sa.select(Operator).order_by(Operator.id)))
-    sources = list(session.scalars(sa.select(Source).order_by(Source.id)))
-    shares: dict[int, list[SourceOperator]] = {}
-    for row in session.scalars(
-        sa.select(SourceOperator)
-        .where(SourceOperator.weight > 0)
-        .order_by(SourceOperator.source_id, SourceOperator.operator_id)
+    conn = session.connection()
+    operators = conn.execute(sa.select(OPERATORS).order_by(OPERATORS.c.id)).all()
+    sources = conn.execute(sa.select(Source.__table__).order_by(Source.__table__.c.id)).all()
+    so = SOURCE_OPERATORS.c
+    shares: dict[int, list[sa.Row]] = {}
+    for row in conn.execute(
+        sa.select(so.source_id, so.operator_id, so.weight, so.assigned_total)
+        .where(so.weight > 0)
+        .order_by(so.source_id, so.operator_id)
     ):
         shares.setdefault(row.source_id, []).append(row)
-    unassigned = session.scalar(
-        sa.select(sa.func.count()).select_from(Contact).where(Contact.operator_id.is_(None), Contact.status == OPEN)
+    c = CONTACTS.c
+    unassigned = conn.scalar(
+        sa.select(sa.func.count()).select_from(CONTACTS).where(c.operator_id.is_(None), c.status == OPEN)
     )
     statuses = []
     for source in sources:
@@ -271,13 +262,5 @@ def waiting_by_source(session: Session) -> dict[int, Waiting]:
         .where(Contact.operator_id.is_(None), Contact.status == OPEN)
         .group_by(Contact.source_id)
     )
-    return {source_id: Waiting(count, _as_utc(oldest)) for source_id, count, oldest in rows}
-
-
-def _as_utc(value: datetime | str | None) -> datetime | None:
-    # Aggregates lose the column type: SQLite hands back text, PostgreSQL a datetime.
-    if value is None:
-        return None
-    if isinstance(value, str):
-        value = datetime.fromisoformat(value)
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
+    # An aggregate loses the column's type: SQLite hands back text, PostgreSQL a datetime.
+    return {source_id: Waiting(count, storage.from_db_time(oldest)) for source_id, count, oldest in rows}

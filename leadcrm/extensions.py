@@ -21,7 +21,9 @@ class Base(DeclarativeBase):
     )
 
 
-db = SQLAlchemy(model_class=Base)
+# Objects stay readable after commit: a view renders what it just wrote
+# without reloading every row.
+db = SQLAlchemy(model_class=Base, session_options={"expire_on_commit": False})
 # render_as_batch lets Alembic alter SQLite tables (it copies them).
 migrate = Migrate(render_as_batch=True)
 csrf = CSRFProtect()

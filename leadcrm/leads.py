@@ -1,12 +1,16 @@
 """Leads: recognising the same customer across sources."""
 
+from dataclasses import replace
+
 import sqlalchemy as sa
 from flask_babel import lazy_gettext as _l
 from sqlalchemy.orm import Session
 
+from leadcrm import storage
 from leadcrm.errors import Conflict, InvalidInput, LeadConflict, NotFound
 from leadcrm.identity import LeadIdentity, normalize_phone
-from leadcrm.models import Lead
+from leadcrm.models import Lead, utcnow
+from leadcrm.storage import LeadRecord
 
 IDENTIFIERS = ("external_id", "phone", "email")  # in the order they are trusted
 # How often to look again when a concurrent request created the same lead first.
@@ -20,7 +24,7 @@ def get_lead(session: Session, lead_id: int) -> Lead:
     return lead
 
 
-def resolve_lead(session: Session, identity: LeadIdentity, name: str | None) -> tuple[Lead, bool]:
+def resolve_lead(session: Session, identity: LeadIdentity, name: str | None) -> tuple[LeadRecord, bool]:
     """Find the lead ``identity`` points at, or create it. Returns (lead, created).
 
     The lead is looked up by external_id, then phone, then email. Identifiers
@@ -28,11 +32,10 @@ def resolve_lead(session: Session, identity: LeadIdentity, name: str | None) -> 
     it. If the identifiers point at two different leads, LeadConflict is raised
     and nothing is written.
     """
-    wanted = {field: getattr(identity, field) for field in IDENTIFIERS if getattr(identity, field)}
+    given = {field: getattr(identity, field) for field in IDENTIFIERS}
+    wanted = {field: value for field, value in given.items() if value}
     for _ in range(RESOLVE_ATTEMPTS):
-        found = session.scalars(
-            sa.select(Lead).where(sa.or_(*(getattr(Lead, f) == v for f, v in wanted.items())))
-        ).all()
+        found = [storage.lead_record(row) for row in storage.Tx.of(session).execute(storage.FIND_LEADS, given)]
         owners = {field: lead for field, value in wanted.items() for lead in found if getattr(lead, field) == value}
         if len({lead.id for lead in owners.values()}) > 1:
             raise LeadConflict(
@@ -40,25 +43,24 @@ def resolve_lead(session: Session, identity: LeadIdentity, name: str | None) -> 
                 {field: _l("Belongs to lead %(id)s.", id=lead.id) for field, lead in owners.items()},
             )
         lead = next(iter(owners.values()), None)
+        if lead is None:
+            now = utcnow()
+            params = {**given, "name": name, "created_at": storage.Tx.of(session).time(now)}
+            row = storage.Tx.of(session).execute(storage.INSERT_LEAD, params).fetchone()
+            if row is None:
+                continue  # a concurrent request stored one of these identifiers first: look again
+            return LeadRecord(id=row[0], **given, name=name, created_at=now), True
+        changes = {field: value for field, value in wanted.items() if getattr(lead, field) is None}
+        if name and lead.name is None:
+            changes["name"] = name
+        if not changes:
+            return lead, False
         try:
-            # A savepoint: if a concurrent request stored one of these
-            # identifiers first, the unique constraint refuses ours and we
-            # look again instead of failing the request.
             with session.begin_nested():
-                created = lead is None
-                if lead is None:
-                    lead = Lead(**wanted, name=name)
-                    session.add(lead)
-                else:
-                    for field, value in wanted.items():
-                        if getattr(lead, field) is None:
-                            setattr(lead, field, value)
-                    if lead.name is None and name:
-                        lead.name = name
-                session.flush()
-            return lead, created
+                session.execute(sa.update(Lead).where(Lead.id == lead.id).values(**changes))
+            return replace(lead, **changes), False
         except sa.exc.IntegrityError:
-            continue
+            continue  # an identifier we add was just stored on another lead: look again
     raise Conflict(_l("The lead was changed by concurrent requests; try again."))
 
 

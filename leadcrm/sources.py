@@ -7,9 +7,11 @@ import sqlalchemy as sa
 from flask_babel import lazy_gettext as _l
 from sqlalchemy.orm import Session
 
+from leadcrm import storage
 from leadcrm.database import unique_or
 from leadcrm.errors import NameTaken, UnknownOperator, UnknownSource
 from leadcrm.models import Operator, Source, SourceOperator
+from leadcrm.storage import SourceRecord
 
 
 def get_source(session: Session, source_id: int) -> Source:
@@ -19,20 +21,28 @@ def get_source(session: Session, source_id: int) -> Source:
     return source
 
 
-def find_source(session: Session, *, source_id: int | None, source_name: str | None) -> Source:
+def find_source(session: Session, *, source_id: int | None, source_name: str | None) -> SourceRecord:
     """The source named by id or by name (exactly one of them is given)."""
     if source_id is not None:
-        return get_source(session, source_id)
-    source = session.scalar(sa.select(Source).where(Source.name == source_name))
-    if source is None:
-        raise UnknownSource(_l("No source named “%(name)s”.", name=source_name), {"source_name": _l("Unknown source.")})
-    return source
+        row = storage.Tx.of(session).execute(storage.SOURCE_BY_ID, {"id": source_id}).fetchone()
+        if row is None:
+            raise UnknownSource(_l("No source with id %(id)s.", id=source_id), {"source_id": _l("Unknown source.")})
+    else:
+        row = storage.Tx.of(session).execute(storage.SOURCE_BY_NAME, {"name": source_name}).fetchone()
+        if row is None:
+            raise UnknownSource(
+                _l("No source named “%(name)s”.", name=source_name), {"source_name": _l("Unknown source.")}
+            )
+    return SourceRecord(*row)
 
 
 def lock_source(session: Session, source_id: int) -> None:
-    """Serialise changes to one source's weights and history (PostgreSQL row lock;
-    on SQLite the write transaction already holds the database lock)."""
-    session.execute(sa.select(Source.id).where(Source.id == source_id).with_for_update())
+    """Serialise changes to one source's weights and history: a row lock on PostgreSQL.
+
+    On SQLite the write transaction already holds the database's only write lock.
+    """
+    if storage.Tx.of(session).dialect != "sqlite":
+        storage.Tx.of(session).execute(storage.LOCK_SOURCE, {"id": source_id})
 
 
 def list_sources_query() -> sa.Select[tuple[Source]]:

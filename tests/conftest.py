@@ -50,3 +50,9 @@ def ctx(app: Flask) -> Iterator[None]:
     """An app context, for tests that call the domain directly."""
     with app.app_context():
         yield
+
+
+def pytest_report_header() -> str:
+    if POSTGRES_URL:
+        return "databases: SQLite files and PostgreSQL (LEADCRM_TEST_POSTGRES_URL)"
+    return "databases: SQLite files only; PostgreSQL runs skip (set LEADCRM_TEST_POSTGRES_URL, as .ci/run does)"

@@ -9,7 +9,7 @@ from leadcrm.errors import DomainError, InvalidInput
 from leadcrm.extensions import db
 from leadcrm.identity import parse_identity
 from leadcrm.models import Contact, Lead, Operator
-from leadcrm.sources import get_source, list_sources_query
+from leadcrm.sources import find_source, list_sources_query
 from leadcrm.web.forms import IntakeForm
 from leadcrm.web.rendering import changed, is_htmx, render
 
@@ -57,7 +57,7 @@ def register() -> ResponseReturnValue:
             )
             registration = distribution.register_contact(
                 db.session,
-                source=get_source(db.session, form.source_id.data),
+                source=find_source(db.session, source_id=form.source_id.data, source_name=None),
                 identity=identity,
                 name=form.name.data or None,
                 message=(form.message.data or "").strip() or None,

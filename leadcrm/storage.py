@@ -1,0 +1,180 @@
+"""The registration path's SQL, written out and run on the driver connection.
+
+Registration is leadcrm's hot path, and on SQLite all writers take turns on
+one lock, so whatever runs inside the write transaction limits throughput.
+SQLAlchemy Core costs about 40 us of Python per statement on top of the
+driver's 7 us (bench/results.md); this module runs the few statements of
+``register`` and ``close`` directly on the DBAPI connection that SQLAlchemy
+manages, inside the session's transaction. Everything else uses the ORM.
+
+Statements are written once with ``:name`` placeholders and translated to
+each driver's style; they use only SQL that SQLite (3.35+) and PostgreSQL
+share (RETURNING, ON CONFLICT DO NOTHING).
+"""
+
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session, scoped_session
+
+
+@dataclass(frozen=True, slots=True)
+class SourceRecord:
+    id: int
+    name: str
+    strategy: str
+
+
+@dataclass(frozen=True, slots=True)
+class LeadRecord:
+    id: int
+    external_id: str | None
+    phone: str | None
+    email: str | None
+    name: str | None
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class OperatorRecord:
+    id: int
+    name: str
+    is_active: bool
+    max_active_leads: int
+    active_leads: int
+
+
+@dataclass(frozen=True, slots=True)
+class ContactRecord:
+    id: int
+    lead_id: int
+    source_id: int
+    operator_id: int | None
+    status: str
+    message: str | None
+    created_at: datetime
+    assigned_at: datetime | None
+    closed_at: datetime | None
+
+
+class Sql:
+    """One statement with ``:name`` placeholders, in each driver's parameter style."""
+
+    def __init__(self, text: str) -> None:
+        self.text = " ".join(text.split())
+        self.by_dialect = {"sqlite": self.text, "postgresql": re.sub(r"(?<![:\w]):(\w+)", r"%(\1)s", self.text)}
+
+
+class Tx:
+    """The session's current transaction, seen at the driver level.
+
+    Built once per unit of work (``Tx.of(session)``): going through the
+    session for every statement would cost more than the statements.
+    """
+
+    __slots__ = ("dialect", "_driver", "_errors")
+
+    def __init__(self, session: Session) -> None:
+        conn = session.connection()
+        self.dialect: str = conn.dialect.name
+        self._driver = conn.connection.driver_connection
+        self._errors = conn.dialect.loaded_dbapi.Error
+
+    @classmethod
+    def of(cls, session: Session | scoped_session[Session]) -> "Tx":
+        """The Tx of the session's current transaction (beginning one if needed)."""
+        if isinstance(session, scoped_session):
+            session = session()
+        cached = session.info.get("leadcrm_tx")
+        if cached is not None and cached[0] is session.get_transaction():
+            return cached[1]
+        tx = cls(session)
+        session.info["leadcrm_tx"] = (session.get_transaction(), tx)
+        return tx
+
+    def execute(self, statement: Sql, params: dict[str, Any]) -> Any:
+        """Run ``statement``; returns the DBAPI cursor. Driver errors come out as SQLAlchemy's."""
+        cursor = self._driver.cursor()
+        sql = statement.by_dialect[self.dialect]
+        try:
+            cursor.execute(sql, params)
+        except self._errors as exc:
+            raise sa.exc.DBAPIError.instance(sql, params, exc, self._errors) from exc
+        return cursor
+
+    def time(self, value: datetime) -> Any:
+        """A UTC timestamp as the column stores it: SQLAlchemy's text format on SQLite."""
+        if self.dialect == "sqlite":
+            return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+        return value
+
+
+def from_db_time(value: datetime | str | None) -> datetime | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+SOURCE_BY_NAME = Sql("SELECT id, name, strategy FROM sources WHERE name = :name")
+SOURCE_BY_ID = Sql("SELECT id, name, strategy FROM sources WHERE id = :id")
+# PostgreSQL only: SQLite's write transaction already excludes every other writer.
+LOCK_SOURCE = Sql("SELECT id FROM sources WHERE id = :id FOR UPDATE")
+
+LEAD_COLUMNS = "id, external_id, phone, email, name, created_at"
+# An absent identifier is passed as NULL, and "column = NULL" matches nothing.
+FIND_LEADS = Sql(
+    f"SELECT {LEAD_COLUMNS} FROM leads WHERE external_id = :external_id OR phone = :phone OR email = :email"
+)
+# Nothing is inserted (no row returned) when a concurrent request stored one
+# of these identifiers first.
+INSERT_LEAD = Sql(
+    "INSERT INTO leads (external_id, phone, email, name, created_at) "
+    "VALUES (:external_id, :phone, :email, :name, :created_at) ON CONFLICT DO NOTHING RETURNING id"
+)
+
+ELIGIBLE = Sql(
+    """SELECT so.operator_id, so.weight, so.assigned_total
+       FROM source_operators so JOIN operators o ON o.id = so.operator_id
+       WHERE so.source_id = :source_id AND so.weight > 0 AND o.is_active = :active
+         AND o.active_leads < o.max_active_leads
+       ORDER BY so.operator_id"""
+)
+# The conditional claim: no row comes back when the operator is full or inactive.
+CLAIM = Sql(
+    """UPDATE operators SET active_leads = active_leads + 1
+       WHERE id = :id AND is_active = :active AND active_leads < max_active_leads
+       RETURNING id, name, is_active, max_active_leads, active_leads"""
+)
+COUNT_ASSIGNMENT = Sql(
+    "UPDATE source_operators SET assigned_total = assigned_total + 1 "
+    "WHERE source_id = :source_id AND operator_id = :operator_id"
+)
+INSERT_CONTACT = Sql(
+    "INSERT INTO contacts (lead_id, source_id, operator_id, status, message, created_at, assigned_at) "
+    "VALUES (:lead_id, :source_id, :operator_id, 'open', :message, :created_at, :assigned_at) RETURNING id"
+)
+
+CONTACT_COLUMNS = "id, lead_id, source_id, operator_id, status, message, created_at, assigned_at, closed_at"
+CLOSE_CONTACT = Sql(
+    f"UPDATE contacts SET status = 'closed', closed_at = :closed_at "
+    f"WHERE id = :id AND status = 'open' RETURNING {CONTACT_COLUMNS}"
+)
+GET_CONTACT = Sql(f"SELECT {CONTACT_COLUMNS} FROM contacts WHERE id = :id")
+RELEASE_SLOT = Sql("UPDATE operators SET active_leads = active_leads - 1 WHERE id = :id")
+
+
+def lead_record(row: tuple) -> LeadRecord:
+    return LeadRecord(*row[:5], created_at=from_db_time(row[5]))
+
+
+def contact_record(row: tuple) -> ContactRecord:
+    return ContactRecord(*row[:6], *(from_db_time(value) for value in row[6:9]))
+
+
+def operator_record(row: tuple) -> OperatorRecord:
+    return OperatorRecord(row[0], row[1], bool(row[2]), row[3], row[4])
