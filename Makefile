@@ -53,6 +53,12 @@ translations: $(VENV)/.installed
 screenshots: $(VENV)/.installed-dev $(MO)
 	$(BIN)/python docs/take_screenshots.py
 
+## bench: measure throughput, growth, page times and accuracy; writes bench/results.md (about 6 minutes)
+bench: $(VENV)/.installed-dev $(MO)
+	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get install -y -q wrk >/dev/null; } || \
+		{ echo "make bench needs wrk: apt-get install wrk"; exit 1; }
+	$(BIN)/python bench/bench.py
+
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .

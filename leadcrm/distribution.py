@@ -10,8 +10,10 @@ re-checks the condition) alike, across any number of processes.
 """
 
 import random
+from bisect import bisect_right
 from dataclasses import dataclass
 from datetime import datetime
+from itertools import accumulate
 
 import sqlalchemy as sa
 from flask_babel import lazy_gettext as _l
@@ -30,15 +32,6 @@ _system_random = random.SystemRandom()
 
 
 @dataclass(frozen=True)
-class Candidate:
-    """An operator eligible for a source's next contact."""
-
-    operator_id: int
-    weight: int
-    assigned_total: int  # contacts of this source it has been given so far
-
-
-@dataclass(frozen=True)
 class Registration:
     contact: ContactRecord
     lead: LeadRecord
@@ -46,31 +39,28 @@ class Registration:
     operator: OperatorRecord | None
 
 
-def eligible_candidates(session: Session, source_id: int) -> list[Candidate]:
-    """Operators that serve the source, are active and have a free slot, by id."""
-    cursor = storage.Tx.of(session).execute(storage.ELIGIBLE, {"source_id": source_id, "active": True})
-    return [Candidate(*row) for row in cursor.fetchall()]
+def pick_operator(session: Session, source: Source | SourceRecord, rng: random.Random | None = None) -> int | None:
+    """The operator the source's strategy picks for its next contact; None if nobody is eligible.
 
-
-def pick_operator(candidates: list[Candidate], strategy: str, rng: random.Random | None = None) -> Candidate | None:
-    """Choose among eligible candidates by the source's strategy.
-
-    ``random``: each candidate with probability weight / total weight.
-    ``deterministic``: the candidate furthest behind its weight share of the
-    source's assigned contacts (smooth weighted round robin over the history):
-    with W the candidates' total weight and n their assigned contacts, the one
+    Eligible: serves the source (weight > 0), active, load below its limit.
+    ``random``: each eligible operator with probability weight / total weight.
+    ``deterministic``: the one furthest behind its weight share of the source's
+    assigned contacts (smooth weighted round robin over the history): with W
+    the eligible operators' total weight and n their assigned contacts, the one
     maximising (n + 1) * weight - W * assigned_total; ties go to the lowest id.
+    Nothing is claimed here.
     """
-    if not candidates:
+    params = {"source_id": source.id, "active": True}
+    rows = storage.Tx.of(session).execute(storage.ELIGIBLE, params).fetchall()  # (id, weight, assigned_total)
+    if not rows:
         return None
-    if strategy == "deterministic":
-        total_weight = sum(c.weight for c in candidates)
-        assigned = sum(c.assigned_total for c in candidates)
-        return max(
-            candidates,
-            key=lambda c: ((assigned + 1) * c.weight - total_weight * c.assigned_total, -c.operator_id),
-        )
-    return (rng or _system_random).choices(candidates, weights=[c.weight for c in candidates])[0]
+    if source.strategy == "deterministic":
+        total_weight = sum(row[1] for row in rows)
+        assigned = sum(row[2] for row in rows)
+        return max(rows, key=lambda row: ((assigned + 1) * row[1] - total_weight * row[2], -row[0]))[0]
+    # Lay the weights end to end and see where a uniform point falls.
+    ends = list(accumulate(row[1] for row in rows))
+    return rows[bisect_right(ends, (rng or _system_random).random() * ends[-1])][0]
 
 
 def claim_operator(session: Session, operator_id: int) -> OperatorRecord | None:
@@ -87,18 +77,15 @@ def assign_operator(
         # The pick depends on every operator's history for this source: take
         # turns per source so that two requests do not both use the same counts.
         lock_source(session, source.id)
-    candidates = eligible_candidates(session, source.id)
-    while candidates:
-        chosen = pick_operator(candidates, source.strategy, rng)
-        assert chosen is not None
-        operator = claim_operator(session, chosen.operator_id)
+    while (operator_id := pick_operator(session, source, rng)) is not None:
+        operator = claim_operator(session, operator_id)
         if operator is not None:
             storage.Tx.of(session).execute(
                 storage.COUNT_ASSIGNMENT, {"source_id": source.id, "operator_id": operator.id}
             )
             return operator
-        # Another transaction took its last slot since we looked: pick again.
-        candidates.remove(chosen)
+        # Another transaction took its last slot since we looked (PostgreSQL):
+        # it is no longer eligible, so the next pick skips it.
     return None
 
 
@@ -192,10 +179,23 @@ SOURCE_OPERATORS = SourceOperator.__table__
 CONTACTS = Contact.__table__
 
 
+def operator_loads(session: Session) -> list[sa.Row]:
+    """Every operator with its load and limit, by id (the counters: no history is read)."""
+    op = OPERATORS.c
+    query = sa.select(op.id, op.name, op.is_active, op.active_leads, op.max_active_leads).order_by(op.id)
+    return session.connection().execute(query).all()
+
+
+def unassigned_open(session: Session) -> int:
+    """Open contacts waiting without an operator (an index range, not a scan of history)."""
+    c = CONTACTS.c
+    query = sa.select(sa.func.count()).select_from(CONTACTS).where(c.operator_id.is_(None), c.status == OPEN)
+    return session.connection().scalar(query) or 0
+
+
 def distribution_status(session: Session) -> DistributionStatus:
     """Every operator's load and every source's weights and history, in four queries."""
     conn = session.connection()
-    operators = conn.execute(sa.select(OPERATORS).order_by(OPERATORS.c.id)).all()
     sources = conn.execute(sa.select(Source.__table__).order_by(Source.__table__.c.id)).all()
     so = SOURCE_OPERATORS.c
     shares: dict[int, list[sa.Row]] = {}
@@ -205,10 +205,6 @@ def distribution_status(session: Session) -> DistributionStatus:
         .order_by(so.source_id, so.operator_id)
     ):
         shares.setdefault(row.source_id, []).append(row)
-    c = CONTACTS.c
-    unassigned = conn.scalar(
-        sa.select(sa.func.count()).select_from(CONTACTS).where(c.operator_id.is_(None), c.status == OPEN)
-    )
     statuses = []
     for source in sources:
         rows = shares.get(source.id, [])
@@ -219,7 +215,9 @@ def distribution_status(session: Session) -> DistributionStatus:
                 operators=[SourceShare(r.operator_id, r.weight, r.weight / total, r.assigned_total) for r in rows],
             )
         )
-    return DistributionStatus(operators=operators, sources=statuses, unassigned_open=unassigned or 0)
+    return DistributionStatus(
+        operators=operator_loads(session), sources=statuses, unassigned_open=unassigned_open(session)
+    )
 
 
 def contacts_query(

@@ -7,6 +7,8 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
+from leadcrm.api.schemas import DistributionStatusOut
+
 API = "/api/v1"
 
 
@@ -406,6 +408,7 @@ def test_distribution_status(client: FlaskClient, setup: dict) -> None:
     for n in range(4):
         post(client, "/contacts/register", {"source_id": 1, "external_id": f"e{n}"})
     status = client.get(f"{API}/distribution_status/").json
+    DistributionStatusOut.model_validate(status)  # the documented shape
     assert status["operators"] == [
         {"operator_id": 1, "name": "Anna", "is_active": True, "active_leads": 2, "max_active_leads": 2},
         {"operator_id": 2, "name": "Boris", "is_active": True, "active_leads": 1, "max_active_leads": 1},
