@@ -219,11 +219,16 @@ def throughput(url: str, workdir: Path, seconds: int) -> dict:
         # Warm up every worker's imports, pools and statement caches.
         wrk(f"{base}/healthz", seconds=2)
         wrk(f"{base}/api/v1/contacts/register", seconds=2, script_args=["bench_source", "warmup"])
+        # The ceiling is measured before and after registration, and the ratio
+        # taken against the higher of the two: a noisy neighbour slowing one
+        # ceiling run must not flatter the ratio.
+        ceiling_before = wrk(f"{base}/healthz", seconds=seconds)
         before = count_contacts(url)
-        ceiling = wrk(f"{base}/healthz", seconds=seconds)
         register = wrk(f"{base}/api/v1/contacts/register", seconds=seconds, script_args=["bench_source", "main"])
         stored = count_contacts(url) - before
-    return {"ceiling": ceiling, "register": register, "stored": stored}
+        ceiling_after = wrk(f"{base}/healthz", seconds=seconds)
+    ceiling = max(ceiling_before, ceiling_after, key=lambda run: run["rps"])
+    return {"ceiling": ceiling, "ceilings": (ceiling_before, ceiling_after), "register": register, "stored": stored}
 
 
 def growth(url: str, workdir: Path, seconds: int, big_history: int) -> dict:
@@ -343,20 +348,25 @@ def report(results: dict, args: argparse.Namespace, elapsed: float) -> str:
         "",
         f"## Registration throughput ({args.seconds} s, 8 concurrent keep-alive clients)",
         "",
-        "| database | endpoint | requests/s | p50 | p99 | non-2xx | of the ceiling |",
-        "|---|---|---|---|---|---|---|",
+        "The ceiling is GET /healthz on the same server, measured before and after the registrations; the",
+        "ratio is taken against the higher of the two.",
+        "",
     ]
     for name in ("sqlite", "postgresql"):
         if name not in results["throughput"]:
             continue
         t = results["throughput"][name]
         c, r = t["ceiling"], t["register"]
-        lines.append(f"| {name} | GET /healthz (ceiling) | {c['rps']:.0f} | {ms(c['p50'])} | {ms(c['p99'])} | "
-                     f"{c['non2xx']} | 100 % |")  # fmt: skip
+        lines += ["| database | endpoint | requests/s | p50 | p99 | non-2xx | of the ceiling |",
+                  "|---|---|---|---|---|---|---|"]  # fmt: skip
+        for label, run in zip(("before", "after"), t["ceilings"], strict=True):
+            lines.append(f"| {name} | GET /healthz (ceiling, {label}) | {run['rps']:.0f} | {ms(run['p50'])} | "
+                         f"{ms(run['p99'])} | {run['non2xx']} | {run['rps'] / c['rps'] * 100:.0f} % |")  # fmt: skip
         lines.append(f"| {name} | POST /api/v1/contacts/register | {r['rps']:.0f} | {ms(r['p50'])} | {ms(r['p99'])} "
                      f"| {r['non2xx']} | **{r['rps'] / c['rps'] * 100:.0f} %** |")  # fmt: skip
         lines.append("")
-        lines.append(f"{name}: {r['requests']} registrations answered, {t['stored']} contacts stored.")
+        lines.append(f"{name}: {r['requests']} registrations counted by wrk, {t['stored']} contacts stored "
+                     "(wrk stops counting at the deadline with up to 8 requests in flight).")  # fmt: skip
         lines.append("")
     g = results["growth"]
     lines += [

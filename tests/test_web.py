@@ -336,6 +336,15 @@ def test_language_follows_the_browser_and_can_be_switched(client: FlaskClient) -
     assert "<h1>Operators</h1>" in text(client.get("/operators/", headers={"Accept-Language": "ru"}))
 
 
+def test_form_errors_are_translated(client: FlaskClient) -> None:
+    ru = {"Accept-Language": "ru"}
+    html = text(client.get("/operators/", headers=ru))
+    csrf = re.search(r'name="csrf-token" content="([^"]+)"', html).group(1)
+    response = client.post("/operators/", data={"csrf_token": csrf, "name": "", "max_active_leads": "-1"}, headers=ru)
+    assert response.status_code == 422
+    assert "Обязательное поле." in text(response) and "Значение должно быть между 0 и 1000000." in text(response)
+
+
 @pytest.mark.parametrize("target", ["//evil.example/", "https://evil.example/", "evil"])
 def test_language_switch_never_redirects_elsewhere(client: FlaskClient, target: str) -> None:
     assert client.get(f"/language/ru?next={target}").headers["Location"] == "/"
