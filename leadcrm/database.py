@@ -37,21 +37,19 @@ class SQLiteConnection(sqlite3.Connection):
     def __init__(self, database: str, *args: Any, **kwargs: Any) -> None:
         super().__init__(database, *args, **kwargs)
         memory = database in ("", ":memory:") or str(database).startswith("file::memory:")
-        self._lock_path = None if memory else f"{database}-writelock"
-        self._lock_fd: int | None = None
+        # Opened once per connection; each write transaction only locks and unlocks it.
+        self._lock_fd = None if memory else os.open(f"{database}-writelock", os.O_RDWR | os.O_CREAT, 0o600)
+        self._locked = False
 
     def lock_for_write(self) -> None:
-        if self._lock_path is None or self._lock_fd is not None:
-            return
-        fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o600)
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        self._lock_fd = fd
+        if self._lock_fd is not None and not self._locked:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+            self._locked = True
 
     def _unlock(self) -> None:
-        if self._lock_fd is not None:
-            fd, self._lock_fd = self._lock_fd, None
-            fcntl.flock(fd, fcntl.LOCK_UN)
-            os.close(fd)
+        if self._locked:
+            self._locked = False
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
 
     def commit(self) -> None:
         try:
@@ -70,6 +68,9 @@ class SQLiteConnection(sqlite3.Connection):
             super().close()
         finally:
             self._unlock()
+            if self._lock_fd is not None:
+                os.close(self._lock_fd)
+                self._lock_fd = None
 
 
 def sqlite_connect_args(busy_timeout: float) -> dict[str, Any]:
