@@ -6,10 +6,22 @@ from wtforms import BooleanField, IntegerField, SelectField, StringField, TextAr
 from wtforms.fields.choices import SelectChoice
 from wtforms.validators import DataRequired, InputRequired, Length, NumberRange, Optional
 
+from leadcrm.errors import DomainError, InvalidInput
 from leadcrm.models import EMAIL_MAX, EXTERNAL_ID_MAX, MESSAGE_MAX, NAME_MAX
 
 LIMIT_MAX = 1_000_000
 WEIGHT_MAX = 1_000_000
+
+
+def show_domain_error(form: FlaskForm, exc: DomainError) -> None:
+    """Put a domain error's messages next to the fields they name.
+
+    The form-level message is shown only when no field explains the error.
+    """
+    if not exc.fields or not isinstance(exc, InvalidInput):
+        form.form_errors.append(exc.message)
+    for field, message in exc.fields.items():
+        getattr(form, field).errors.append(message)
 
 
 def strip(value: str | None) -> str | None:

@@ -5,12 +5,12 @@ from flask.typing import ResponseReturnValue
 from wtforms.fields.choices import SelectChoice
 
 from leadcrm import distribution
-from leadcrm.errors import DomainError, InvalidInput
+from leadcrm.errors import DomainError
 from leadcrm.extensions import db
 from leadcrm.identity import parse_identity
 from leadcrm.models import Contact, Lead, Operator
 from leadcrm.sources import find_source, list_sources_query
-from leadcrm.web.forms import IntakeForm
+from leadcrm.web.forms import IntakeForm, show_domain_error
 from leadcrm.web.rendering import changed, is_htmx, render
 
 bp = Blueprint("intake", __name__, url_prefix="/intake")
@@ -63,11 +63,7 @@ def register() -> ResponseReturnValue:
                 message=(form.message.data or "").strip() or None,
             )
         except DomainError as exc:
-            # Field errors speak for themselves; say more only when they do not.
-            if not isinstance(exc, InvalidInput) or not exc.fields:
-                form.form_errors.append(exc.message)
-            for field, message in exc.fields.items():
-                getattr(form, field).errors.append(message)
+            show_domain_error(form, exc)
         else:
             db.session.commit()
             if not is_htmx():

@@ -7,7 +7,7 @@ from leadcrm import operators as domain
 from leadcrm.errors import DomainError
 from leadcrm.extensions import db
 from leadcrm.models import Operator
-from leadcrm.web.forms import OperatorForm, OperatorLimitForm
+from leadcrm.web.forms import OperatorForm, OperatorLimitForm, show_domain_error
 from leadcrm.web.rendering import changed, is_htmx, render
 
 bp = Blueprint("operators", __name__, url_prefix="/operators")
@@ -37,8 +37,7 @@ def create() -> ResponseReturnValue:
                 is_active=form.is_active.data,
             )
         except DomainError as exc:
-            for field, message in exc.fields.items():
-                getattr(form, field).errors.append(message)
+            show_domain_error(form, exc)
         else:
             db.session.commit()
             if not is_htmx():

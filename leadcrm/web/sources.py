@@ -9,7 +9,7 @@ from leadcrm.errors import DomainError
 from leadcrm.extensions import db
 from leadcrm.models import STRATEGIES, Operator, Source
 from leadcrm.operators import list_operators_query
-from leadcrm.web.forms import WEIGHT_MAX, SourceForm
+from leadcrm.web.forms import WEIGHT_MAX, SourceForm, show_domain_error
 from leadcrm.web.rendering import changed, is_htmx, render
 
 bp = Blueprint("sources", __name__, url_prefix="/sources")
@@ -35,8 +35,7 @@ def create() -> ResponseReturnValue:
         try:
             source = domain.create_source(db.session, name=form.name.data, strategy=form.strategy.data)
         except DomainError as exc:
-            for field, message in exc.fields.items():
-                getattr(form, field).errors.append(message)
+            show_domain_error(form, exc)
         else:
             db.session.commit()
             return redirect(url_for(".detail", source_id=source.id))
