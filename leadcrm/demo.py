@@ -13,6 +13,7 @@ from leadcrm.database import begin_write
 from leadcrm.extensions import db
 from leadcrm.identity import LeadIdentity
 from leadcrm.models import OPEN, Contact, Operator, Source
+from leadcrm.sources import find_source
 
 demo_cli = AppGroup("leadcrm", help="leadcrm maintenance and demo commands.")
 
@@ -64,7 +65,8 @@ def _customer(n: int) -> tuple[LeadIdentity, str]:
 @click.option("--simulate", is_flag=True, help="Then keep registering and closing contacts until Ctrl+C.")
 @click.option("--rate", default=2.0, show_default=True, help="Registrations per second while simulating.")
 @click.option("--seed", default=2026, show_default=True, help="Random seed, for a repeatable demo.")
-def demo(lead_count: int, simulate: bool, rate: float, seed: int) -> None:
+@click.option("--steps", default=0, show_default=True, help="Stop simulating after this many registrations (0: never).")
+def demo(lead_count: int, simulate: bool, rate: float, seed: int, steps: int) -> None:
     """Fill an empty database with operators, sources, weights and contacts."""
     rng = random.Random(seed)
     begin_write(db.session)
@@ -90,7 +92,7 @@ def demo(lead_count: int, simulate: bool, rate: float, seed: int) -> None:
         click.echo(f"Created {len(ops)} operators, {len(all_sources)} sources and {lead_count} leads.")
     db.session.commit()
     if simulate:
-        _simulate(rng, rate)
+        _simulate(rng, rate, steps)
 
 
 def _close_random(rng: random.Random) -> bool:
@@ -103,23 +105,21 @@ def _close_random(rng: random.Random) -> bool:
     return True
 
 
-def _simulate(rng: random.Random, rate: float) -> None:
+def _simulate(rng: random.Random, rate: float, steps: int) -> None:
     click.echo(f"Simulating about {rate:g} registrations a second; Ctrl+C stops.")
-    all_sources = db.session.scalars(sa.select(Source).order_by(Source.id)).all()
-    if not all_sources:
+    source_ids = db.session.scalars(sa.select(Source.id).order_by(Source.id)).all()
+    db.session.commit()  # each step below is a write transaction of its own
+    if not source_ids:
         raise click.ClickException("No sources to register contacts through.")
     registered = closed = 0
     try:
-        while True:
+        while not steps or registered < steps:
             begin_write(db.session)
+            # Read the source inside the step: a supervisor may change its strategy meanwhile.
+            source = find_source(db.session, source_id=rng.choice(source_ids), source_name=None)
             identity, name = _customer(rng.randrange(1000))
             distribution.register_contact(
-                db.session,
-                source=rng.choice(all_sources),
-                identity=identity,
-                name=name,
-                message=rng.choice(MESSAGES),
-                rng=rng,
+                db.session, source=source, identity=identity, name=name, message=rng.choice(MESSAGES), rng=rng
             )
             registered += 1
             # Close slightly less often than we register, so the load drifts up and down.
@@ -131,4 +131,4 @@ def _simulate(rng: random.Random, rate: float) -> None:
             time.sleep(rng.expovariate(rate))
     except KeyboardInterrupt:
         db.session.rollback()
-        click.echo(f"Stopped after {registered} registrations and {closed} closes.")
+    click.echo(f"Stopped after {registered} registrations and {closed} closes.")
