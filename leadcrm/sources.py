@@ -75,6 +75,13 @@ def source_weights(session: Session, source_id: int) -> list[SourceOperator]:
     )
 
 
+def serving_counts(session: Session) -> dict[int, int]:
+    """How many operators serve each source (weight > 0), in one query; sources nobody serves are absent."""
+    so = SourceOperator
+    query = sa.select(so.source_id, sa.func.count()).where(so.weight > 0).group_by(so.source_id)
+    return dict(session.execute(query).all())
+
+
 def set_weight(session: Session, source: Source, operator_id: int, weight: int) -> None:
     """Set one operator's weight for ``source``; 0 stops it serving the source."""
     set_weights(session, source, {operator_id: weight}, replace=False)

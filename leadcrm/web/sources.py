@@ -17,7 +17,8 @@ bp = Blueprint("sources", __name__, url_prefix="/sources")
 
 def _list_page(form: SourceForm, status: int = 200) -> ResponseReturnValue:
     sources = db.session.scalars(domain.list_sources_query()).all()
-    serving = {s.id: len(domain.source_weights(db.session, s.id)) for s in sources}
+    counts = domain.serving_counts(db.session)
+    serving = {s.id: counts.get(s.id, 0) for s in sources}
     return render(
         "sources/index.html", block="sources_section", status=status, form=form, sources=sources, serving=serving
     )
