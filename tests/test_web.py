@@ -76,6 +76,21 @@ def test_unknown_ids_are_404_pages(client: FlaskClient, path: str) -> None:
     assert "<html" in text(response).lower()
 
 
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/intake/?registered=99999999999999999999999",
+        "/intake/?registered=-1",
+        "/leads/?page=99999999999999999999999",
+        "/leads/?q=" + "x" * 5000,
+        "/contacts/?page=99999999999999999999999&operator_id=-5",
+        "/language/xx",
+    ],
+)
+def test_odd_query_strings_never_fail(client: FlaskClient, setup: dict, path: str) -> None:
+    assert client.get(path).status_code in (200, 302)
+
+
 def test_empty_states_say_what_to_do_first(client: FlaskClient) -> None:
     assert "No operators yet" in text(client.get("/"))
     assert "There are no sources yet" in text(client.get("/intake/"))

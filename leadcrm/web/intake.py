@@ -8,7 +8,7 @@ from leadcrm import distribution
 from leadcrm.errors import DomainError
 from leadcrm.extensions import db
 from leadcrm.identity import parse_identity
-from leadcrm.models import Contact, Lead, Operator
+from leadcrm.models import INT_MAX, Contact, Lead, Operator
 from leadcrm.sources import find_source, list_sources_query
 from leadcrm.web.forms import IntakeForm, show_domain_error
 from leadcrm.web.rendering import changed, is_htmx, render
@@ -17,7 +17,8 @@ bp = Blueprint("intake", __name__, url_prefix="/intake")
 
 
 def _form(formdata: object = None, source_id: int | None = None) -> IntakeForm:
-    form = IntakeForm(formdata=formdata) if formdata is not None else IntakeForm(formdata=None)
+    """The intake form; ``formdata`` None gives an empty one (not the request's)."""
+    form = IntakeForm(formdata=formdata)
     form.source_id.choices = [SelectChoice(s.id, s.name) for s in db.session.scalars(list_sources_query())]
     if source_id is not None:
         form.source_id.data = source_id
@@ -33,7 +34,7 @@ def index() -> ResponseReturnValue:
     """The empty form; after a registration without JavaScript, also its result card."""
     result: dict[str, object] = {}
     contact_id = request.args.get("registered", type=int)
-    contact = db.session.get(Contact, contact_id) if contact_id else None
+    contact = db.session.get(Contact, contact_id) if contact_id and 0 < contact_id <= INT_MAX else None
     if contact is not None:
         result = {
             "contact": contact,
