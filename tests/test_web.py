@@ -209,6 +209,13 @@ def test_weights_editor_saves_and_shows_new_shares(client: FlaskClient, setup: d
     assert client.get("/api/v1/sources/1").json["strategy"] == "deterministic"
 
 
+@pytest.mark.parametrize("typed", ["-3", "²", "1.5", "9" * 5000, "1000001", "ten"])
+def test_any_bad_weight_is_an_inline_error(client: FlaskClient, setup: dict, typed: str) -> None:
+    response = post_form(client, "/sources/1", {"weight-1": typed, "weight-2": "50"}, htmx=True)
+    assert response.status_code == 422 and "A whole number" in text(response)
+    assert client.get("/api/v1/sources/1/config").json[1]["weight"] == 30
+
+
 def test_bad_weight_keeps_what_was_typed_and_saves_nothing(client: FlaskClient, setup: dict) -> None:
     response = post_form(client, "/sources/1", {"weight-1": "-3", "weight-2": "50"}, htmx=True)
     assert response.status_code == 422

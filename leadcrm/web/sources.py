@@ -62,6 +62,15 @@ def _editor(
     )
 
 
+def _weight(text: str) -> int | None:
+    """A typed weight: blank is 0; anything but a plain whole number in range is None."""
+    text = text.strip() or "0"
+    if not (text.isascii() and text.isdigit()) or len(text) > 7:
+        return None
+    weight = int(text)
+    return weight if weight <= WEIGHT_MAX else None
+
+
 @bp.get("/<id:source_id>")
 def detail(source_id: int) -> ResponseReturnValue:
     return _editor(db.get_or_404(Source, source_id))
@@ -85,11 +94,11 @@ def save(source_id: int) -> ResponseReturnValue:
         if operator_id not in operator_ids:
             continue
         typed[operator_id] = value
-        text = value.strip() or "0"
-        if not text.isdigit() or int(text) > WEIGHT_MAX:
+        weight = _weight(value)
+        if weight is None:
             errors[operator_id] = _("A whole number from 0 to %(max)s.", max=f"{WEIGHT_MAX:,}")
         else:
-            weights[operator_id] = int(text)
+            weights[operator_id] = weight
     strategy = request.form.get("strategy", source.strategy)
     if strategy not in STRATEGIES:
         strategy = source.strategy
