@@ -68,10 +68,11 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         if request.method not in ("GET", "HEAD", "OPTIONS"):
             begin_write(db.session)
 
+    from leadcrm import demo  # noqa: F401  (adds `flask leadcrm demo`)
     from leadcrm.api import bp as api_bp
     from leadcrm.api.docs import bp as docs_bp
     from leadcrm.api.errors import register_error_handlers
-    from leadcrm.demo import demo_cli
+    from leadcrm.cli import cli
     from leadcrm.web import register_web
 
     # The JSON API is for integrations, not browsers: no CSRF token there.
@@ -80,7 +81,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     app.register_blueprint(docs_bp)
     register_error_handlers(app)
     register_web(app)
-    app.cli.add_command(demo_cli)
+    app.cli.add_command(cli)
 
     @app.get("/healthz")
     def healthz() -> dict[str, str]:

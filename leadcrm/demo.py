@@ -6,16 +6,14 @@ import time
 import click
 import sqlalchemy as sa
 from flask import current_app
-from flask.cli import AppGroup
 
 from leadcrm import distribution, operators, sources
+from leadcrm.cli import cli
 from leadcrm.database import begin_write
 from leadcrm.extensions import db
 from leadcrm.identity import LeadIdentity
 from leadcrm.models import OPEN, Contact, Operator, Source
 from leadcrm.sources import find_source
-
-demo_cli = AppGroup("leadcrm", help="leadcrm maintenance and demo commands.")
 
 OPERATORS = [
     ("Анна Смирнова", 8),
@@ -60,7 +58,7 @@ def _customer(n: int) -> tuple[LeadIdentity, str]:
     return identity, f"{FIRST_NAMES[n % len(FIRST_NAMES)]} #{n}"
 
 
-@demo_cli.command("demo")
+@cli.command("demo")
 @click.option("--leads", "lead_count", default=300, show_default=True, help="How many customers to register.")
 @click.option("--simulate", is_flag=True, help="Then keep registering and closing contacts until Ctrl+C.")
 @click.option("--rate", default=2.0, show_default=True, help="Registrations per second while simulating.")

@@ -11,6 +11,7 @@ re-checks the condition) alike, across any number of processes.
 
 import random
 from bisect import bisect_right
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from itertools import accumulate
@@ -24,7 +25,6 @@ from leadcrm.errors import NotFound
 from leadcrm.identity import LeadIdentity
 from leadcrm.leads import resolve_lead
 from leadcrm.models import OPEN, Contact, Operator, Source, SourceOperator, utcnow
-from leadcrm.sources import lock_source
 from leadcrm.storage import ContactRecord, LeadRecord, OperatorRecord, SourceRecord
 
 # Stateless and fork-safe: gunicorn workers never share a random sequence.
@@ -76,7 +76,7 @@ def assign_operator(
     if source.strategy == "deterministic":
         # The pick depends on every operator's history for this source: take
         # turns per source so that two requests do not both use the same counts.
-        lock_source(session, source.id)
+        storage.lock_source(storage.Tx.of(session), source.id)
     while (operator_id := pick_operator(session, source, rng)) is not None:
         operator = claim_operator(session, operator_id)
         if operator is not None:
@@ -150,7 +150,47 @@ def close_contact(session: Session, contact_id: int) -> ContactRecord:
     contact = storage.contact_record(row)
     if contact.operator_id is not None:
         storage.Tx.of(session).execute(storage.RELEASE_SLOT, {"id": contact.operator_id})
+        drain_for_operator(session, contact.operator_id)
     return contact
+
+
+def drain_queue(session: Session, source_ids: Iterable[int], rng: random.Random | None = None) -> int:
+    """Give waiting contacts of these sources an operator, oldest first, while anyone eligible has room.
+
+    Each assignment goes through the source's strategy and the same atomic
+    claim as a registration, so a freed operator does not take a whole
+    backlog when others serving the source have room too, and no contact is
+    assigned twice. Returns how many contacts were assigned. Idempotent.
+    """
+    tx = storage.Tx.of(session)
+    oldest = storage.OLDEST_WAITING if tx.dialect == "sqlite" else storage.OLDEST_WAITING_LOCKED
+    assigned = 0
+    for source_id in sorted(set(source_ids)):
+        row = tx.execute(storage.SOURCE_BY_ID, {"id": source_id}).fetchone()
+        if row is None:
+            continue
+        source = SourceRecord(*row)
+        while (waiting := tx.execute(oldest, {"source_id": source_id}).fetchone()) is not None:
+            operator = assign_operator(session, source, rng)
+            if operator is None:
+                break
+            params = {"id": waiting[0], "operator_id": operator.id, "assigned_at": tx.time(utcnow())}
+            if tx.execute(storage.ASSIGN_WAITING, params).rowcount != 1:  # cannot happen under our locks
+                raise RuntimeError(f"waiting contact {waiting[0]} changed under its lock")
+            assigned += 1
+    return assigned
+
+
+def drain_for_operator(session: Session, operator_id: int) -> int:
+    """After an operator got room: drain the queues of every source it serves."""
+    tx = storage.Tx.of(session)
+    return drain_queue(session, [row[0] for row in tx.execute(storage.SOURCES_SERVED_BY, {"id": operator_id})])
+
+
+def drain_all(session: Session) -> int:
+    """Drain every source that has waiting contacts (the safety-net sweep)."""
+    tx = storage.Tx.of(session)
+    return drain_queue(session, [row[0] for row in tx.execute(storage.SOURCES_WITH_WAITING, {})])
 
 
 @dataclass(frozen=True)
@@ -165,6 +205,7 @@ class SourceShare:
 class SourceStatus:
     source: sa.Row
     operators: list[SourceShare]
+    waiting: "Waiting"
 
 
 @dataclass(frozen=True)
@@ -194,7 +235,7 @@ def unassigned_open(session: Session) -> int:
 
 
 def distribution_status(session: Session) -> DistributionStatus:
-    """Every operator's load and every source's weights and history, in four queries."""
+    """Every operator's load, every source's weights, history and queue, in five queries."""
     conn = session.connection()
     sources = conn.execute(sa.select(Source.__table__).order_by(Source.__table__.c.id)).all()
     so = SOURCE_OPERATORS.c
@@ -205,6 +246,7 @@ def distribution_status(session: Session) -> DistributionStatus:
         .order_by(so.source_id, so.operator_id)
     ):
         shares.setdefault(row.source_id, []).append(row)
+    queues = waiting_by_source(session)
     statuses = []
     for source in sources:
         rows = shares.get(source.id, [])
@@ -213,6 +255,7 @@ def distribution_status(session: Session) -> DistributionStatus:
             SourceStatus(
                 source=source,
                 operators=[SourceShare(r.operator_id, r.weight, r.weight / total, r.assigned_total) for r in rows],
+                waiting=queues.get(source.id, NO_QUEUE),
             )
         )
     return DistributionStatus(
@@ -251,6 +294,9 @@ class Waiting:
 
     count: int
     oldest_created_at: datetime | None
+
+
+NO_QUEUE = Waiting(0, None)
 
 
 def waiting_by_source(session: Session) -> dict[int, Waiting]:

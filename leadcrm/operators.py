@@ -7,6 +7,7 @@ from flask_babel import lazy_gettext as _l
 from sqlalchemy.orm import Session
 
 from leadcrm.database import unique_or
+from leadcrm.distribution import drain_for_operator
 from leadcrm.errors import NameTaken, UnknownOperator
 from leadcrm.models import Operator
 
@@ -34,12 +35,18 @@ def update_operator(session: Session, operator: Operator, changes: dict[str, Any
     """Change any of name, is_active, max_active_leads.
 
     A limit below the current load is allowed: the operator keeps its open
-    contacts and gets no new ones until the load falls under the limit.
+    contacts and gets no new ones until the load falls under the limit. When
+    the change gives the operator room (activated, limit raised), the waiting
+    contacts of the sources it serves are distributed in the same transaction.
     """
+    had_room_before = operator.is_active, operator.max_active_leads
     with unique_or(session, _name_taken(changes.get("name", operator.name))):
         for field in ("name", "is_active", "max_active_leads"):
             if field in changes:
                 setattr(operator, field, changes[field])
+    if (operator.is_active and not had_room_before[0]) or operator.max_active_leads > had_room_before[1]:
+        drain_for_operator(session, operator.id)
+        session.refresh(operator)  # the drain changed its load in SQL
     return operator
 
 

@@ -9,6 +9,7 @@ from sqlalchemy.orm import Session
 
 from leadcrm import storage
 from leadcrm.database import unique_or
+from leadcrm.distribution import drain_queue
 from leadcrm.errors import NameTaken, UnknownOperator, UnknownSource
 from leadcrm.models import Operator, Source, SourceOperator
 from leadcrm.storage import SourceRecord
@@ -34,15 +35,6 @@ def find_source(session: Session, *, source_id: int | None, source_name: str | N
                 _l("No source named “%(name)s”.", name=source_name), {"source_name": _l("Unknown source.")}
             )
     return SourceRecord(*row)
-
-
-def lock_source(session: Session, source_id: int) -> None:
-    """Serialise changes to one source's weights and history: a row lock on PostgreSQL.
-
-    On SQLite the write transaction already holds the database's only write lock.
-    """
-    if storage.Tx.of(session).dialect != "sqlite":
-        storage.Tx.of(session).execute(storage.LOCK_SOURCE, {"id": source_id})
 
 
 def list_sources_query() -> sa.Select[tuple[Source]]:
@@ -95,7 +87,7 @@ def set_weights(session: Session, source: Source, weights: dict[int, int], *, re
     assignment history per operator survives.
     """
     _check_operators_exist(session, weights.keys())
-    lock_source(session, source.id)
+    storage.lock_source(storage.Tx.of(session), source.id)
     rows = {
         row.operator_id: row
         for row in session.scalars(sa.select(SourceOperator).where(SourceOperator.source_id == source.id))
@@ -104,15 +96,20 @@ def set_weights(session: Session, source: Source, weights: dict[int, int], *, re
         for operator_id, row in rows.items():
             if operator_id not in weights:
                 row.weight = 0
+    grew = False  # an operator added or given more weight: waiting contacts may now have somewhere to go
     for operator_id, weight in weights.items():
         row = rows.get(operator_id)
         if row is None:
             if weight == 0:
                 continue
             session.add(SourceOperator(source_id=source.id, operator_id=operator_id, weight=weight))
+            grew = True
         else:
+            grew = grew or weight > row.weight
             row.weight = weight
     session.flush()
+    if grew:
+        drain_queue(session, [source.id])
 
 
 def _check_operators_exist(session: Session, operator_ids: Iterable[int]) -> None:

@@ -112,6 +112,15 @@ class Tx:
         return value
 
 
+def lock_source(tx: Tx, source_id: int) -> None:
+    """Serialise changes to one source's weights and history: a row lock on PostgreSQL.
+
+    On SQLite the write transaction already holds the database's only write lock.
+    """
+    if tx.dialect != "sqlite":
+        tx.execute(LOCK_SOURCE, {"id": source_id})
+
+
 def from_db_time(value: datetime | str | None) -> datetime | None:
     if value is None:
         return None
@@ -160,6 +169,22 @@ COUNT_ASSIGNMENT = Sql(
 INSERT_CONTACT = Sql(
     "INSERT INTO contacts (lead_id, source_id, operator_id, status, message, created_at, assigned_at) "
     "VALUES (:lead_id, :source_id, :operator_id, 'open', :message, :created_at, :assigned_at) RETURNING id"
+)
+
+# The waiting queue: a source's oldest open contact without an operator. On
+# PostgreSQL the row is locked, and one locked by a concurrent drain is skipped.
+OLDEST_WAITING = Sql(
+    "SELECT id FROM contacts WHERE source_id = :source_id AND operator_id IS NULL AND status = 'open' "
+    "ORDER BY created_at, id LIMIT 1"
+)
+OLDEST_WAITING_LOCKED = Sql(OLDEST_WAITING.text + " FOR UPDATE SKIP LOCKED")
+ASSIGN_WAITING = Sql(
+    "UPDATE contacts SET operator_id = :operator_id, assigned_at = :assigned_at "
+    "WHERE id = :id AND operator_id IS NULL AND status = 'open'"
+)
+SOURCES_SERVED_BY = Sql("SELECT source_id FROM source_operators WHERE operator_id = :id AND weight > 0")
+SOURCES_WITH_WAITING = Sql(
+    "SELECT DISTINCT source_id FROM contacts WHERE operator_id IS NULL AND status = 'open' ORDER BY source_id"
 )
 
 CONTACT_COLUMNS = "id, lead_id, source_id, operator_id, status, message, created_at, assigned_at, closed_at"

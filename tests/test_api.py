@@ -346,9 +346,6 @@ def test_close_frees_the_slot_and_is_idempotent(client: FlaskClient, setup: dict
     client.patch(f"{API}/operators/{setup['anna']['id']}", json={"is_active": False})
     first = post(client, "/contacts/register", {"source_id": 1, "phone": "+79000000001"}).json
     assert first["assigned_operator"]["name"] == "Boris"
-    assert (
-        post(client, "/contacts/register", {"source_id": 1, "phone": "+79000000002"}).json["assigned_operator"] is None
-    )
     closed = post(client, f"/contacts/{first['contact']['id']}/close")
     assert closed.status_code == 200
     assert closed.json["status"] == "closed" and closed.json["closed_at"]
@@ -359,24 +356,44 @@ def test_close_frees_the_slot_and_is_idempotent(client: FlaskClient, setup: dict
     assert third["assigned_operator"]["name"] == "Boris"
 
 
+def test_waiting_contacts_get_the_capacity_that_appears(client: FlaskClient, setup: dict) -> None:
+    client.patch(f"{API}/operators/{setup['anna']['id']}", json={"is_active": False})
+    first = post(client, "/contacts/register", {"source_id": 1, "phone": "+79000000001"}).json
+    waiting = [post(client, "/contacts/register", {"source_id": 1, "external_id": f"w{n}"}).json for n in range(3)]
+    assert all(w["assigned_operator"] is None for w in waiting)
+    status = client.get(f"{API}/distribution_status/").json
+    assert status["sources"][0]["waiting"] == 3
+    assert status["sources"][0]["oldest_waiting_at"] == waiting[0]["contact"]["created_at"]
+    # Closing Boris's contact hands his slot to the oldest waiting contact, in the same request.
+    post(client, f"/contacts/{first['contact']['id']}/close")
+    assert client.get(f"{API}/contacts/{waiting[0]['contact']['id']}").json["operator_id"] == setup["boris"]["id"]
+    # Activating Anna (limit 2) takes the next two; the answer shows her new load.
+    anna = client.patch(f"{API}/operators/{setup['anna']['id']}", json={"is_active": True}).json
+    assert anna["active_leads"] == 2
+    assert client.get(f"{API}/contacts/?unassigned=true").json["total"] == 0
+    status = client.get(f"{API}/distribution_status/").json
+    assert (status["sources"][0]["waiting"], status["sources"][0]["oldest_waiting_at"]) == (0, None)
+
+
 def test_contacts_filters(client: FlaskClient, setup: dict) -> None:
-    ids = [post(client, "/contacts/register", {"source_id": 1, "external_id": f"e{n}"}).json for n in range(4)]
-    post(client, f"/contacts/{ids[0]['contact']['id']}/close")
+    for n in range(5):  # room for 3: contacts 4 and 5 wait
+        post(client, "/contacts/register", {"source_id": 1, "external_id": f"e{n}"})
+    post(client, "/contacts/1/close")  # its slot goes to contact 4
 
     def listed(query: str) -> list[int]:
         response = client.get(f"{API}/contacts/?{query}")
         assert response.status_code == 200
         return [c["id"] for c in response.json["items"]]
 
-    assert listed("") == [4, 3, 2, 1]
+    assert listed("") == [5, 4, 3, 2, 1]
     assert listed("status=closed") == [1]
-    assert listed("status=open") == [4, 3, 2]
-    assert listed("unassigned=true") == [4]
-    assert listed("unassigned=false&status=open") == [3, 2]
+    assert listed("status=open") == [5, 4, 3, 2]
+    assert listed("unassigned=true") == [5]
+    assert listed("unassigned=false&status=open") == [4, 3, 2]
     boris = setup["boris"]["id"]
-    assert listed(f"operator_id={boris}") == [
-        c["contact"]["id"] for c in reversed(ids) if c["assigned_operator"] and c["assigned_operator"]["id"] == boris
-    ]
+    everything = client.get(f"{API}/contacts/").json["items"]
+    assert listed(f"operator_id={boris}") == [c["id"] for c in everything if c["operator_id"] == boris]
+    assert listed(f"operator_id={boris}")  # Boris got at least one
     assert listed("source_id=1&lead_id=2") == [2]
     assert listed("source_id=2") == []
     for bad in ("status=pending", "operator_id=x", "unassigned=maybe", "lead_id=-3"):

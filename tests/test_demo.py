@@ -1,7 +1,10 @@
 """`flask leadcrm demo` on a real database, through Flask's CLI runner."""
 
+import sqlalchemy as sa
 from flask import Flask
 
+from leadcrm.extensions import db
+from leadcrm.models import Operator
 from tests.test_web import text
 
 
@@ -35,3 +38,20 @@ def test_simulation_registers_and_closes_and_keeps_counters_exact(app: Flask) ->
     status = client.get("/api/v1/distribution_status/").json
     open_assigned = client.get("/api/v1/contacts/?status=open&unassigned=false").json["total"]
     assert sum(op["active_leads"] for op in status["operators"]) == open_assigned
+
+
+def test_drain_command_is_a_safe_sweep(app: Flask) -> None:
+    runner = app.test_cli_runner()
+    client = app.test_client()
+    anna = client.post("/api/v1/operators/", json={"name": "Anna", "max_active_leads": 0}).json
+    client.post("/api/v1/sources/", json={"name": "s"})
+    client.post("/api/v1/sources/1/config", json={"operator_id": anna["id"], "weight": 1})
+    for n in range(3):
+        client.post("/api/v1/contacts/register", json={"source_id": 1, "external_id": f"x{n}"})
+    assert "Assigned 0 waiting contacts." in runner.invoke(args=["leadcrm", "drain"]).output
+    with app.app_context():  # room made behind the engine's back, as a hand edit would
+        db.session.execute(sa.update(Operator).values(max_active_leads=2))
+        db.session.commit()
+    assert "Assigned 2 waiting contacts." in runner.invoke(args=["leadcrm", "drain"]).output
+    assert "Assigned 0 waiting contacts." in runner.invoke(args=["leadcrm", "drain"]).output
+    assert client.get("/api/v1/operators/1").json["active_leads"] == 2

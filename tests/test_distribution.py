@@ -12,7 +12,7 @@ from leadcrm.errors import LeadConflict
 from leadcrm.extensions import db
 from leadcrm.identity import LeadIdentity, parse_identity
 from leadcrm.leads import resolve_lead
-from leadcrm.models import Contact, Lead, SourceOperator
+from leadcrm.models import Contact, Lead, Operator, SourceOperator
 from tests.helpers import add_operator, add_source, assert_load_matches_open_contacts, phone
 
 pytestmark = pytest.mark.usefixtures("ctx")
@@ -140,13 +140,79 @@ def test_closing_frees_capacity_once() -> None:
     anna = add_operator("Anna", 1)
     source = add_source(weights={anna: 1})
     first = register_contact(db.session, source=source, identity=phone(1))
-    assert register_contact(db.session, source=source, identity=phone(2)).operator is None
     closed = distribution.close_contact(db.session, first.contact.id)
     assert closed.status == "closed" and closed.closed_at is not None
     assert distribution.close_contact(db.session, first.contact.id).closed_at == closed.closed_at
     db.session.refresh(anna)
     assert anna.active_leads == 0
     assert register_contact(db.session, source=source, identity=phone(3)).operator.id == anna.id
+    assert_load_matches_open_contacts()
+
+
+# --- the waiting queue -------------------------------------------------------------
+
+
+def contact_operator(contact_id: int) -> int | None:
+    return db.session.scalar(sa.select(Contact.operator_id).where(Contact.id == contact_id))
+
+
+def test_closing_gives_the_freed_slot_to_the_oldest_waiting_contact() -> None:
+    anna = add_operator("Anna", 1)
+    source = add_source(weights={anna: 1})
+    first = register_contact(db.session, source=source, identity=phone(1))
+    waiting = [register_contact(db.session, source=source, identity=phone(n)).contact for n in (2, 3)]
+    assert all(c.operator_id is None for c in waiting)
+    distribution.close_contact(db.session, first.contact.id)
+    assert contact_operator(waiting[0].id) == anna.id  # the oldest first
+    assert contact_operator(waiting[1].id) is None
+    assert db.session.scalar(sa.select(Contact.assigned_at).where(Contact.id == waiting[0].id)) is not None
+    assert_load_matches_open_contacts()
+
+
+def test_raising_a_limit_activating_or_adding_a_weight_drains_the_queue() -> None:
+    anna, boris, vera = add_operator("Anna", 0), add_operator("Boris", 5, active=False), add_operator("Vera", 5)
+    source = add_source(weights={anna: 1, boris: 1})
+    waiting = [register_contact(db.session, source=source, identity=phone(n)).contact.id for n in range(6)]
+    assert all(contact_operator(c) is None for c in waiting)
+    operators.update_operator(db.session, anna, {"max_active_leads": 2})
+    assert [contact_operator(c) for c in waiting[:3]] == [anna.id, anna.id, None]
+    operators.update_operator(db.session, boris, {"is_active": True})
+    assert [contact_operator(c) for c in waiting[2:]] == [boris.id] * 4
+    extra = [register_contact(db.session, source=source, identity=phone(n)).contact.id for n in range(10, 13)]
+    assert [contact_operator(c) for c in extra] == [boris.id, None, None]
+    from leadcrm import sources
+
+    sources.set_weight(db.session, source, vera.id, 3)
+    assert [contact_operator(c) for c in extra[1:]] == [vera.id, vera.id]
+    assert_load_matches_open_contacts()
+
+
+@pytest.mark.parametrize("strategy", ["deterministic", "random"])
+def test_the_strategy_shares_a_backlog_between_operators_with_room(strategy: str) -> None:
+    anna, boris = add_operator("Anna", 100), add_operator("Boris", 100)
+    source = add_source(strategy=strategy)  # nobody serves it yet: everything waits
+    waiting = [register_contact(db.session, source=source, identity=phone(n)).contact.id for n in range(40)]
+    from leadcrm import sources
+
+    sources.set_weights(db.session, source, {anna.id: 1, boris.id: 1}, replace=True)
+    shares = Counter(contact_operator(c) for c in waiting)
+    assert sum(shares.values()) == 40 and None not in shares
+    if strategy == "deterministic":
+        assert shares == {anna.id: 20, boris.id: 20}
+    else:
+        assert 8 <= shares[anna.id] <= 32  # not the whole backlog to one of them
+    assert_load_matches_open_contacts()
+
+
+def test_drain_all_is_idempotent() -> None:
+    anna = add_operator("Anna", 1)
+    source = add_source(weights={anna: 1})
+    for n in range(3):
+        register_contact(db.session, source=source, identity=phone(n))
+    assert distribution.drain_all(db.session) == 0  # nobody has room
+    db.session.execute(sa.update(Operator).values(max_active_leads=2))  # behind the engine's back
+    assert distribution.drain_all(db.session) == 1
+    assert distribution.drain_all(db.session) == 0
     assert_load_matches_open_contacts()
 
 

@@ -157,6 +157,8 @@ class SourceStatusOut(BaseModel):
     name: str
     strategy: Strategy
     operators: list[SourceShareOut]
+    waiting: int = Field(description="Open contacts of this source waiting for an operator (its queue).")
+    oldest_waiting_at: Optional[datetime] = Field(description="When the oldest of them arrived; null if none wait.")
 
 
 class DistributionStatusOut(BaseModel):

@@ -1,6 +1,7 @@
 """JSON API v1 views: parse the request, call the domain, commit, answer."""
 
 import json
+from datetime import datetime
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
@@ -256,6 +257,11 @@ def get_lead(lead_id: int) -> Response:
 # --- status ------------------------------------------------------------------
 
 
+def _utc_text(value: datetime | None) -> str | None:
+    # As pydantic writes the other timestamps: ISO 8601 with a Z.
+    return value.isoformat().replace("+00:00", "Z") if value else None
+
+
 @bp.get("/distribution_status/")
 def distribution_status() -> Response:
     # Plain dicts, not pydantic models: with 1,000 operators and 30 sources the
@@ -287,6 +293,8 @@ def distribution_status() -> Response:
                     }
                     for share in s.operators
                 ],
+                "waiting": s.waiting.count,
+                "oldest_waiting_at": _utc_text(s.waiting.oldest_created_at),
             }
             for s in status.sources
         ],
