@@ -47,7 +47,7 @@ demo: $(VENV)/.installed
 ## translations: re-extract interface text and merge it into the catalogs
 translations: $(VENV)/.installed
 	$(BIN)/pybabel extract -F babel.cfg -k _l -k lazy_gettext --no-location --omit-header -o translations/messages.pot .
-	$(BIN)/pybabel update --no-location -w 100 -i translations/messages.pot -d translations -D messages
+	$(BIN)/pybabel update -w 100 -i translations/messages.pot -d translations -D messages
 
 ## screenshots: refresh docs/screenshots/ from the demo data (needs Chromium)
 screenshots: $(VENV)/.installed-dev $(MO)

@@ -24,7 +24,7 @@ from leadcrm import storage
 from leadcrm.errors import NotFound
 from leadcrm.identity import LeadIdentity
 from leadcrm.leads import resolve_lead
-from leadcrm.models import OPEN, Contact, Operator, Source, SourceOperator, utcnow
+from leadcrm.models import OPEN, Contact, ContactEvent, Operator, Source, SourceOperator, utcnow
 from leadcrm.storage import ContactRecord, LeadRecord, OperatorRecord, SourceRecord
 
 # Stateless and fork-safe: gunicorn workers never share a random sequence.
@@ -120,6 +120,7 @@ def register_contact(
             "assigned_at": stored_now if operator else None,
         },
     ).fetchone()
+    tx.record(contact_id, "registered", None, operator.id if operator else None, stored_now)
     contact = ContactRecord(
         id=contact_id,
         lead_id=lead.id,
@@ -140,18 +141,26 @@ def close_contact(session: Session, contact_id: int) -> ContactRecord:
     Closing a closed contact changes nothing. Only the request that actually
     flips the status gives the slot back, so concurrent closes free it once.
     """
-    closed_at = storage.Tx.of(session).time(utcnow())
-    row = storage.Tx.of(session).execute(storage.CLOSE_CONTACT, {"id": contact_id, "closed_at": closed_at}).fetchone()
+    tx = storage.Tx.of(session)
+    closed_at = tx.time(utcnow())
+    row = tx.execute(storage.CLOSE_CONTACT, {"id": contact_id, "closed_at": closed_at}).fetchone()
     if row is None:
-        row = storage.Tx.of(session).execute(storage.GET_CONTACT, {"id": contact_id}).fetchone()
+        row = tx.execute(storage.GET_CONTACT, {"id": contact_id}).fetchone()
         if row is None:
             raise NotFound(_l("No contact with id %(id)s.", id=contact_id))
         return storage.contact_record(row)
     contact = storage.contact_record(row)
+    tx.record(contact.id, "closed", contact.operator_id, None, closed_at)
     if contact.operator_id is not None:
-        storage.Tx.of(session).execute(storage.RELEASE_SLOT, {"id": contact.operator_id})
+        tx.execute(storage.RELEASE_SLOT, {"id": contact.operator_id})
         drain_for_operator(session, contact.operator_id)
     return contact
+
+
+def contact_events(session: Session, contact_id: int) -> list[ContactEvent]:
+    """A contact's history, oldest first."""
+    query = sa.select(ContactEvent).where(ContactEvent.contact_id == contact_id).order_by(ContactEvent.id)
+    return list(session.scalars(query))
 
 
 def drain_queue(session: Session, source_ids: Iterable[int], rng: random.Random | None = None) -> int:
@@ -174,9 +183,11 @@ def drain_queue(session: Session, source_ids: Iterable[int], rng: random.Random 
             operator = assign_operator(session, source, rng)
             if operator is None:
                 break
-            params = {"id": waiting[0], "operator_id": operator.id, "assigned_at": tx.time(utcnow())}
+            now = tx.time(utcnow())
+            params = {"id": waiting[0], "operator_id": operator.id, "assigned_at": now}
             if tx.execute(storage.ASSIGN_WAITING, params).rowcount != 1:  # cannot happen under our locks
                 raise RuntimeError(f"waiting contact {waiting[0]} changed under its lock")
+            tx.record(waiting[0], "queue", None, operator.id, now)
             assigned += 1
     return assigned
 

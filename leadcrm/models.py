@@ -17,6 +17,8 @@ MESSAGE_MAX = 10_000
 INT_MAX = 2**31 - 1
 
 STRATEGIES = ("random", "deterministic")
+# Why a contact's assignment changed (ContactEvent.reason).
+REASONS = ("registered", "queue", "sticky", "manual", "override", "closed", "reopened")
 OPEN, CLOSED = "open", "closed"
 
 
@@ -140,3 +142,30 @@ class Contact(db.Model):
 
     def __repr__(self) -> str:
         return f"<Contact {self.id} lead={self.lead_id} op={self.operator_id} {self.status}>"
+
+
+class ContactEvent(db.Model):
+    """One change of a contact's assignment, and why: its history.
+
+    ``registered``: stored, with its first operator (or none: it waits);
+    ``queue``: a waiting contact got an operator when capacity appeared;
+    ``closed``: closed, its operator's slot given back (the contact keeps who
+    handled it). ``actor`` names the user or token that made the change, once
+    accounts exist.
+    """
+
+    __tablename__ = "contact_events"
+    __table_args__ = (
+        sa.CheckConstraint(
+            "reason IN ('registered', 'queue', 'sticky', 'manual', 'override', 'closed', 'reopened')",
+            name="reason_known",
+        ),
+    )
+
+    id: so.Mapped[int] = so.mapped_column(primary_key=True)
+    contact_id: so.Mapped[int] = so.mapped_column(sa.ForeignKey("contacts.id"), index=True)
+    reason: so.Mapped[str] = so.mapped_column(sa.String(20))
+    from_operator_id: so.Mapped[Optional[int]] = so.mapped_column(sa.ForeignKey("operators.id"))
+    to_operator_id: so.Mapped[Optional[int]] = so.mapped_column(sa.ForeignKey("operators.id"))
+    actor: so.Mapped[Optional[str]] = so.mapped_column(sa.String(NAME_MAX))
+    created_at: so.Mapped[datetime] = so.mapped_column(UTCDateTime, default=utcnow)

@@ -105,6 +105,19 @@ class Tx:
             raise sa.exc.DBAPIError.instance(sql, params, exc, self._errors) from exc
         return cursor
 
+    def record(
+        self, contact_id: int, reason: str, from_operator_id: int | None, to_operator_id: int | None, at: Any
+    ) -> None:
+        """Add one event to the contact's history (``at`` as ``time()`` gives it)."""
+        params = {
+            "contact_id": contact_id,
+            "reason": reason,
+            "from_operator_id": from_operator_id,
+            "to_operator_id": to_operator_id,
+            "created_at": at,
+        }
+        self.execute(INSERT_EVENT, params)
+
     def time(self, value: datetime) -> Any:
         """A UTC timestamp as the column stores it: SQLAlchemy's text format on SQLite."""
         if self.dialect == "sqlite":
@@ -185,6 +198,12 @@ ASSIGN_WAITING = Sql(
 SOURCES_SERVED_BY = Sql("SELECT source_id FROM source_operators WHERE operator_id = :id AND weight > 0")
 SOURCES_WITH_WAITING = Sql(
     "SELECT DISTINCT source_id FROM contacts WHERE operator_id IS NULL AND status = 'open' ORDER BY source_id"
+)
+
+# The history: one row per change of a contact's assignment.
+INSERT_EVENT = Sql(
+    "INSERT INTO contact_events (contact_id, reason, from_operator_id, to_operator_id, created_at) "
+    "VALUES (:contact_id, :reason, :from_operator_id, :to_operator_id, :created_at)"
 )
 
 CONTACT_COLUMNS = "id, lead_id, source_id, operator_id, status, message, created_at, assigned_at, closed_at"

@@ -375,6 +375,26 @@ def test_waiting_contacts_get_the_capacity_that_appears(client: FlaskClient, set
     assert (status["sources"][0]["waiting"], status["sources"][0]["oldest_waiting_at"]) == (0, None)
 
 
+def test_every_assignment_change_is_in_the_contact_history(client: FlaskClient, setup: dict) -> None:
+    client.patch(f"{API}/operators/{setup['anna']['id']}", json={"is_active": False})
+    boris = setup["boris"]["id"]
+    first = post(client, "/contacts/register", {"source_id": 1, "external_id": "a"}).json["contact"]["id"]
+    second = post(client, "/contacts/register", {"source_id": 1, "external_id": "b"}).json["contact"]["id"]
+    post(client, f"/contacts/{first}/close")
+    post(client, f"/contacts/{first}/close")  # changes nothing, records nothing
+
+    def events(contact_id: int) -> list[tuple]:
+        response = client.get(f"{API}/contacts/{contact_id}/events")
+        assert response.status_code == 200
+        for event in response.json:
+            assert event["contact_id"] == contact_id and event["created_at"].endswith("Z") and event["actor"] is None
+        return [(e["reason"], e["from_operator_id"], e["to_operator_id"]) for e in response.json]
+
+    assert events(first) == [("registered", None, boris), ("closed", boris, None)]
+    assert events(second) == [("registered", None, None), ("queue", None, boris)]
+    assert_error(client.get(f"{API}/contacts/99/events"), 404)
+
+
 def test_contacts_filters(client: FlaskClient, setup: dict) -> None:
     for n in range(5):  # room for 3: contacts 4 and 5 wait
         post(client, "/contacts/register", {"source_id": 1, "external_id": f"e{n}"})

@@ -345,6 +345,24 @@ def test_user_text_is_escaped(client: FlaskClient, setup: dict) -> None:
         assert "<script>alert(1)" not in html and "&lt;script&gt;alert(1)" in html
 
 
+# --- history -----------------------------------------------------------------------------
+
+
+def test_contact_and_lead_pages_show_the_history(client: FlaskClient, setup: dict) -> None:
+    client.patch("/api/v1/operators/2", json={"is_active": False})
+    for n in range(3):  # Anna takes two, the third waits
+        client.post("/api/v1/contacts/register", json={"source_id": 1, "phone": "+79001234567", "message": f"m{n}"})
+    post_form(client, "/contacts/1/close", {}, htmx=True)  # contact 3 leaves the queue for Anna
+    page = text(client.get("/contacts/3"))
+    assert "from the queue" in page and "registered" in page and "Anna" in page
+    assert "<html" in page and "History" in page
+    lead_page = text(client.get("/leads/1"))
+    assert lead_page.count('href="/contacts/1"') >= 1 and "closed" in lead_page and "from the queue" in lead_page
+    ru = text(client.get("/contacts/3", headers={"Accept-Language": "ru"}))
+    assert "из очереди" in ru and "История" in ru
+    assert client.get("/contacts/99").status_code == 404
+
+
 # --- languages ---------------------------------------------------------------------------------
 
 
@@ -390,6 +408,7 @@ def test_russian_catalog_is_complete(tmp_path: Path) -> None:
         catalog = read_po(f)
     translated = {m.id for m in catalog if m.id and all(m.string if isinstance(m.string, tuple) else [m.string])}
     assert not catalog.fuzzy
+    assert [m.id for m in catalog if m.id and m.fuzzy] == [], "fuzzy guesses left from `make translations`"
     assert wanted - translated == set(), "untranslated: run `make translations` and fill translations/ru"
 
 

@@ -97,6 +97,7 @@ def openapi_document() -> dict[str, Any]:
         s.ContactOut,
         s.LeadOut,
         s.LeadDetailOut,
+        s.EventOut,
         s.DistributionStatusOut,
         s.ErrorOut,
     ]
@@ -194,6 +195,14 @@ def openapi_document() -> dict[str, Any]:
             "parameters": [_id("contact_id")],
             "get": _op(
                 "Get a contact", {"200": _json(_ref(s.ContactOut), "The contact."), **_errors(404)}, tag="contacts"
+            ),
+        },
+        "/contacts/{contact_id}/events": {
+            "parameters": [_id("contact_id")],
+            "get": _op(
+                "A contact's history: every change of its assignment and why, oldest first",
+                {"200": _json({"type": "array", "items": _ref(s.EventOut)}, "The events."), **_errors(404)},
+                tag="contacts",
             ),
         },
         "/contacts/{contact_id}/close": {

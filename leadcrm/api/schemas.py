@@ -119,6 +119,16 @@ class LeadDetailOut(LeadOut):
     contacts: list[ContactOut]
 
 
+class EventOut(Out):
+    id: int
+    contact_id: int
+    reason: Literal["registered", "queue", "sticky", "manual", "override", "closed", "reopened"]
+    from_operator_id: Optional[int]
+    to_operator_id: Optional[int]
+    actor: Optional[str] = Field(description="Who made the change, once accounts exist.")
+    created_at: datetime
+
+
 class RegistrationOut(Out):
     contact: ContactOut
     lead: LeadOut

@@ -15,6 +15,7 @@ from leadcrm.api.openapi import openapi_document
 from leadcrm.api.schemas import (
     ContactFilter,
     ContactOut,
+    EventOut,
     LeadDetailOut,
     LeadOut,
     LeadSearch,
@@ -226,6 +227,13 @@ def get_contact(contact_id: int) -> Response:
     if contact is None:
         raise NotFound(f"No contact with id {contact_id}.")
     return dump(ContactOut, contact)
+
+
+@bp.get("/contacts/<id:contact_id>/events")
+def get_contact_events(contact_id: int) -> Response:
+    if db.session.get(Contact, contact_id) is None:
+        raise NotFound(f"No contact with id {contact_id}.")
+    return [dump(EventOut, event) for event in distribution.contact_events(db.session, contact_id)]
 
 
 @bp.post("/contacts/<id:contact_id>/close")

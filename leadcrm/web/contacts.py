@@ -7,7 +7,7 @@ from pydantic import ValidationError
 from leadcrm import distribution
 from leadcrm.api.schemas import ContactFilter
 from leadcrm.extensions import db
-from leadcrm.models import Contact, Lead, Operator, Source
+from leadcrm.models import Contact, ContactEvent, Lead, Operator, Source
 from leadcrm.operators import list_operators_query
 from leadcrm.sources import list_sources_query
 from leadcrm.web.rendering import changed, is_htmx, render
@@ -54,6 +54,32 @@ def index() -> ResponseReturnValue:
         source_choices=db.session.scalars(list_sources_query()).all(),
         operator_choices=db.session.scalars(list_operators_query()).all(),
         **names_for(list(page.items)),
+    )
+
+
+def history_of(contact_ids: list[int]) -> tuple[list, dict[int, object]]:
+    """The events of these contacts, oldest first, and the operators they name."""
+    events = list(
+        db.session.scalars(
+            db.select(ContactEvent).where(ContactEvent.contact_id.in_(contact_ids)).order_by(ContactEvent.id)
+        )
+    )
+    named = {e.from_operator_id for e in events} | {e.to_operator_id for e in events}
+    named.discard(None)
+    operators = {op.id: op for op in db.session.scalars(db.select(Operator).where(Operator.id.in_(named)))}
+    return events, operators
+
+
+@bp.get("/<id:contact_id>")
+def detail(contact_id: int) -> ResponseReturnValue:
+    contact = db.get_or_404(Contact, contact_id)
+    events, event_operators = history_of([contact.id])
+    return render(
+        "contacts/detail.html",
+        contact=contact,
+        events=events,
+        event_operators=event_operators,
+        **names_for([contact]),
     )
 
 

@@ -7,7 +7,7 @@ from leadcrm import distribution
 from leadcrm import leads as domain
 from leadcrm.extensions import db
 from leadcrm.models import NAME_MAX, Lead
-from leadcrm.web.contacts import names_for
+from leadcrm.web.contacts import history_of, names_for
 from leadcrm.web.rendering import render
 
 bp = Blueprint("leads", __name__, url_prefix="/leads")
@@ -26,4 +26,13 @@ def index() -> ResponseReturnValue:
 def detail(lead_id: int) -> ResponseReturnValue:
     lead = db.get_or_404(Lead, lead_id)
     contacts = list(db.session.scalars(distribution.contacts_query(lead_id=lead_id)))
-    return render("leads/detail.html", block="lead_contacts", lead=lead, contacts=contacts, **names_for(contacts))
+    events, event_operators = history_of([c.id for c in contacts])
+    return render(
+        "leads/detail.html",
+        block="lead_contacts",
+        lead=lead,
+        contacts=contacts,
+        events=events,
+        event_operators=event_operators,
+        **names_for(contacts),
+    )
