@@ -89,6 +89,20 @@ def assign_operator(
     return None
 
 
+def back_to_latest_operator(session: Session, source: Source | SourceRecord, lead_id: int) -> OperatorRecord | None:
+    """For a sticky source: claim the operator of the lead's latest contact through it, if it still can take it."""
+    tx = storage.Tx.of(session)
+    latest = tx.execute(storage.LATEST_OPERATOR, {"lead_id": lead_id, "source_id": source.id}).fetchone()
+    if latest is None:
+        return None
+    params = {"id": latest[0], "active": True, "source_id": source.id}
+    row = tx.execute(storage.CLAIM_IF_SERVING, params).fetchone()
+    if row is None:
+        return None
+    tx.execute(storage.COUNT_ASSIGNMENT, {"source_id": source.id, "operator_id": row[0]})
+    return storage.operator_record(row)
+
+
 def register_contact(
     session: Session,
     *,
@@ -105,7 +119,13 @@ def register_contact(
     and unassigned. Writes in the session's transaction; the caller commits.
     """
     lead, lead_created = resolve_lead(session, identity, name)
-    operator = assign_operator(session, source, rng)
+    operator = None
+    reason = "registered"
+    if source.sticky and not lead_created:
+        operator = back_to_latest_operator(session, source, lead.id)
+        reason = "sticky" if operator else reason
+    if operator is None:
+        operator = assign_operator(session, source, rng)
     now = utcnow()
     tx = storage.Tx.of(session)
     stored_now = tx.time(now)
@@ -120,7 +140,7 @@ def register_contact(
             "assigned_at": stored_now if operator else None,
         },
     ).fetchone()
-    tx.record(contact_id, "registered", None, operator.id if operator else None, stored_now)
+    tx.record(contact_id, reason, None, operator.id if operator else None, stored_now)
     contact = ContactRecord(
         id=contact_id,
         lead_id=lead.id,

@@ -74,6 +74,9 @@ class Source(db.Model):
     id: so.Mapped[int] = so.mapped_column(primary_key=True)
     name: so.Mapped[str] = so.mapped_column(sa.String(NAME_MAX), unique=True)
     strategy: so.Mapped[str] = so.mapped_column(sa.String(20), default="random")
+    # Returning leads go back to the operator of their latest contact through
+    # this source, while that operator serves it and has room.
+    sticky: so.Mapped[bool] = so.mapped_column(default=False, server_default=sa.false())
     created_at: so.Mapped[datetime] = so.mapped_column(UTCDateTime, default=utcnow)
 
     def __repr__(self) -> str:

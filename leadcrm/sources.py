@@ -41,8 +41,8 @@ def list_sources_query() -> sa.Select[tuple[Source]]:
     return sa.select(Source).order_by(Source.id)
 
 
-def create_source(session: Session, *, name: str, strategy: str = "random") -> Source:
-    source = Source(name=name, strategy=strategy)
+def create_source(session: Session, *, name: str, strategy: str = "random", sticky: bool = False) -> Source:
+    source = Source(name=name, strategy=strategy, sticky=sticky)
     with unique_or(session, _name_taken(name)):
         session.add(source)
     return source
@@ -50,7 +50,7 @@ def create_source(session: Session, *, name: str, strategy: str = "random") -> S
 
 def update_source(session: Session, source: Source, changes: dict[str, Any]) -> Source:
     with unique_or(session, _name_taken(changes.get("name", source.name))):
-        for field in ("name", "strategy"):
+        for field in ("name", "strategy", "sticky"):
             if field in changes:
                 setattr(source, field, changes[field])
     return source

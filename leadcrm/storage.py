@@ -26,6 +26,7 @@ class SourceRecord:
     id: int
     name: str
     strategy: str
+    sticky: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,8 +143,8 @@ def from_db_time(value: datetime | str | None) -> datetime | None:
     return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
-SOURCE_BY_NAME = Sql("SELECT id, name, strategy FROM sources WHERE name = :name")
-SOURCE_BY_ID = Sql("SELECT id, name, strategy FROM sources WHERE id = :id")
+SOURCE_BY_NAME = Sql("SELECT id, name, strategy, sticky FROM sources WHERE name = :name")
+SOURCE_BY_ID = Sql("SELECT id, name, strategy, sticky FROM sources WHERE id = :id")
 # PostgreSQL only: SQLite's write transaction already excludes every other writer.
 LOCK_SOURCE = Sql("SELECT id FROM sources WHERE id = :id FOR UPDATE")
 
@@ -173,6 +174,19 @@ ELIGIBLE = Sql(
 CLAIM = Sql(
     """UPDATE operators SET active_leads = active_leads + 1
        WHERE id = :id AND is_active = :active AND active_leads < max_active_leads
+       RETURNING id, name, is_active, max_active_leads, active_leads"""
+)
+# sticky: the operator of the lead's latest assigned contact through the source ...
+LATEST_OPERATOR = Sql(
+    "SELECT operator_id FROM contacts WHERE lead_id = :lead_id AND source_id = :source_id "
+    "AND operator_id IS NOT NULL ORDER BY id DESC LIMIT 1"
+)
+# ... claimed only if it still serves the source, is active and has room.
+CLAIM_IF_SERVING = Sql(
+    """UPDATE operators SET active_leads = active_leads + 1
+       WHERE id = :id AND is_active = :active AND active_leads < max_active_leads
+         AND EXISTS (SELECT 1 FROM source_operators
+                     WHERE source_id = :source_id AND operator_id = :id AND weight > 0)
        RETURNING id, name, is_active, max_active_leads, active_leads"""
 )
 COUNT_ASSIGNMENT = Sql(

@@ -204,7 +204,7 @@ def test_oversized_body_is_413_json(client: FlaskClient) -> None:
 
 def test_source_crud(client: FlaskClient) -> None:
     source = create_source(client, "web_form")
-    assert source == {"id": 1, "name": "web_form", "strategy": "random"}
+    assert source == {"id": 1, "name": "web_form", "strategy": "random", "sticky": False}
     assert client.get(f"{API}/sources/1").json == source
     changed = client.patch(f"{API}/sources/1", json={"strategy": "deterministic"}).json
     assert changed == {**source, "strategy": "deterministic"}
@@ -373,6 +373,36 @@ def test_waiting_contacts_get_the_capacity_that_appears(client: FlaskClient, set
     assert client.get(f"{API}/contacts/?unassigned=true").json["total"] == 0
     status = client.get(f"{API}/distribution_status/").json
     assert (status["sources"][0]["waiting"], status["sources"][0]["oldest_waiting_at"]) == (0, None)
+
+
+def test_sticky_source_sends_a_returning_lead_back_to_its_operator(client: FlaskClient, setup: dict) -> None:
+    assert client.patch(f"{API}/sources/1", json={"sticky": True}).json["sticky"] is True
+    for name in ("anna", "boris"):
+        client.patch(f"{API}/operators/{setup[name]['id']}", json={"max_active_leads": 100})
+    first = post(client, "/contacts/register", {"source_id": 1, "phone": "+79001234567"}).json
+    operator = first["assigned_operator"]["id"]
+    other_lead = post(client, "/contacts/register", {"source_id": 1, "phone": "+79007654321"}).json
+    for _ in range(6):  # random weights 10 / 30 would scatter these; sticky keeps them together
+        again = post(client, "/contacts/register", {"source_id": 1, "phone": "8 900 123-45-67"}).json
+        assert again["assigned_operator"]["id"] == operator
+        assert client.get(f"{API}/contacts/{again['contact']['id']}/events").json[0]["reason"] == "sticky"
+    assert other_lead["lead"]["id"] != first["lead"]["id"]
+    # Once that operator stops serving the source, the normal strategy applies.
+    post(client, "/sources/1/config", {"operator_id": operator, "weight": 0})
+    moved = post(client, "/contacts/register", {"source_id": 1, "phone": "+79001234567"}).json
+    assert moved["assigned_operator"]["id"] != operator
+    assert client.get(f"{API}/contacts/{moved['contact']['id']}/events").json[0]["reason"] == "registered"
+    # A full operator is skipped the same way.
+    client.patch(f"{API}/operators/{moved['assigned_operator']['id']}", json={"max_active_leads": 0})
+    assert (
+        post(client, "/contacts/register", {"source_id": 1, "phone": "+79001234567"}).json["assigned_operator"] is None
+    )
+
+
+def test_sticky_is_off_by_default_and_validated(client: FlaskClient) -> None:
+    assert create_source(client)["sticky"] is False
+    assert_error(post(client, "/sources/", {"name": "x", "sticky": "yes"}), 422, fields={"sticky"})
+    assert_error(client.patch(f"{API}/sources/1", json={"sticky": None}), 422, fields={"sticky"})
 
 
 def test_every_assignment_change_is_in_the_contact_history(client: FlaskClient, setup: dict) -> None:

@@ -41,14 +41,21 @@ class OperatorUpdate(Strict):
     max_active_leads: Limit = None  # type: ignore[assignment]
 
 
+Sticky = Annotated[
+    bool, Field(description="Returning leads go back to the operator of their latest contact through this source.")
+]
+
+
 class SourceCreate(Strict):
     name: Name
     strategy: Strategy = "random"
+    sticky: Sticky = False
 
 
 class SourceUpdate(Strict):
     name: Name = None  # type: ignore[assignment]
     strategy: Strategy = None  # type: ignore[assignment]
+    sticky: Sticky = None  # type: ignore[assignment]
 
 
 class WeightIn(Strict):
@@ -87,6 +94,7 @@ class SourceOut(Out):
     id: int
     name: str
     strategy: Strategy
+    sticky: bool
 
 
 class WeightOut(Out):

@@ -118,7 +118,7 @@ def update_operator(operator_id: int) -> Response:
 @bp.post("/sources/")
 def create_source() -> Response:
     body = parse(SourceCreate, json_body())
-    source = sources.create_source(db.session, name=body.name, strategy=body.strategy)
+    source = sources.create_source(db.session, name=body.name, strategy=body.strategy, sticky=body.sticky)
     db.session.commit()
     return dump(SourceOut, source), 201, {"Location": url_for("api.get_source", source_id=source.id)}
 

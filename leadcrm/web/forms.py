@@ -52,6 +52,7 @@ class SourceForm(FlaskForm):
         ],
         default="random",
     )
+    sticky = BooleanField(_l("Returning leads go back to their operator"), default=False)
 
 
 class IntakeForm(FlaskForm):

@@ -34,7 +34,9 @@ def create() -> ResponseReturnValue:
     form = SourceForm()
     if form.validate():
         try:
-            source = domain.create_source(db.session, name=form.name.data, strategy=form.strategy.data)
+            source = domain.create_source(
+                db.session, name=form.name.data, strategy=form.strategy.data, sticky=form.sticky.data
+            )
         except DomainError as exc:
             show_domain_error(form, exc)
         else:
@@ -105,7 +107,7 @@ def save(source_id: int) -> ResponseReturnValue:
     if errors:
         return _editor(source, status=422, typed=typed, errors=errors)
     domain.set_weights(db.session, source, weights, replace=True)
-    domain.update_source(db.session, source, {"strategy": strategy})
+    domain.update_source(db.session, source, {"strategy": strategy, "sticky": request.form.get("sticky") == "1"})
     db.session.commit()
     if not is_htmx():
         return redirect(url_for(".detail", source_id=source.id))
