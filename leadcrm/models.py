@@ -13,6 +13,7 @@ EXTERNAL_ID_MAX = 200
 PHONE_MAX = 32  # E.164 is at most 16 characters; room for the '+' and future formats
 EMAIL_MAX = 320
 MESSAGE_MAX = 10_000
+IDEMPOTENCY_KEY_MAX = 200
 # Largest value any id, limit or weight column holds on every supported database.
 INT_MAX = 2**31 - 1
 
@@ -172,3 +173,21 @@ class ContactEvent(db.Model):
     to_operator_id: so.Mapped[Optional[int]] = so.mapped_column(sa.ForeignKey("operators.id"))
     actor: so.Mapped[Optional[str]] = so.mapped_column(sa.String(NAME_MAX))
     created_at: so.Mapped[datetime] = so.mapped_column(UTCDateTime, default=utcnow)
+
+
+class IdempotencyKey(db.Model):
+    """A register request's ``Idempotency-Key`` and the answer it got, kept 24 hours.
+
+    The row is taken before the registration runs and filled in the same
+    transaction, so a retry that arrives while the first attempt is still
+    running waits for it (PostgreSQL) or queues behind it (SQLite).
+    """
+
+    __tablename__ = "idempotency_keys"
+
+    key: so.Mapped[str] = so.mapped_column(sa.String(IDEMPOTENCY_KEY_MAX), primary_key=True)
+    request_hash: so.Mapped[str] = so.mapped_column(sa.String(64))
+    status_code: so.Mapped[Optional[int]]
+    response_body: so.Mapped[Optional[str]] = so.mapped_column(sa.Text)
+    location: so.Mapped[Optional[str]] = so.mapped_column(sa.String(200))
+    created_at: so.Mapped[datetime] = so.mapped_column(UTCDateTime, default=utcnow, index=True)

@@ -220,6 +220,18 @@ INSERT_EVENT = Sql(
     "VALUES (:contact_id, :reason, :from_operator_id, :to_operator_id, :created_at)"
 )
 
+# Idempotency keys (leadcrm/idempotency.py).
+FORGET_EXPIRED_KEY = Sql("DELETE FROM idempotency_keys WHERE key = :key AND created_at < :before")
+CLAIM_KEY = Sql(
+    "INSERT INTO idempotency_keys (key, request_hash, created_at) VALUES (:key, :request_hash, :created_at) "
+    "ON CONFLICT DO NOTHING RETURNING key"
+)
+GET_KEY = Sql("SELECT request_hash, status_code, response_body, location FROM idempotency_keys WHERE key = :key")
+REMEMBER_ANSWER = Sql(
+    "UPDATE idempotency_keys SET status_code = :status_code, response_body = :body, location = :location "
+    "WHERE key = :key"
+)
+
 CONTACT_COLUMNS = "id, lead_id, source_id, operator_id, status, message, created_at, assigned_at, closed_at"
 CLOSE_CONTACT = Sql(
     f"UPDATE contacts SET status = 'closed', closed_at = :closed_at "

@@ -16,7 +16,7 @@ from leadcrm import create_app
 from leadcrm.extensions import db
 
 POSTGRES_URL = os.environ.get("LEADCRM_TEST_POSTGRES_URL", "")
-TABLES = ("contact_events", "contacts", "source_operators", "leads", "sources", "operators")
+TABLES = ("idempotency_keys", "contact_events", "contacts", "source_operators", "leads", "sources", "operators")
 
 
 def migrate(url: str) -> None:

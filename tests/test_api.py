@@ -375,6 +375,66 @@ def test_waiting_contacts_get_the_capacity_that_appears(client: FlaskClient, set
     assert (status["sources"][0]["waiting"], status["sources"][0]["oldest_waiting_at"]) == (0, None)
 
 
+def test_a_retry_with_the_same_idempotency_key_gets_the_first_answer(client: FlaskClient, setup: dict) -> None:
+    body = {"source_id": 1, "phone": "+79001234567", "message": "hello"}
+    first = post(client, "/contacts/register", body, headers={"Idempotency-Key": "order-42"})
+    assert first.status_code == 201 and "Idempotent-Replayed" not in first.headers
+    # The same JSON, spelled differently, is the same request.
+    retry = client.post(
+        f"{API}/contacts/register",
+        data='{"message":"hello",  "phone":"+79001234567","source_id":1}',
+        content_type="application/json",
+        headers={"Idempotency-Key": "order-42"},
+    )
+    assert retry.status_code == 201 and retry.headers["Idempotent-Replayed"] == "true"
+    assert retry.data == first.data and retry.headers["Location"] == first.headers["Location"]
+    assert client.get(f"{API}/contacts/").json["total"] == 1
+    assert client.get(f"{API}/operators/{first.json['assigned_operator']['id']}").json["active_leads"] == 1
+    # The same key with another body is refused, and stores nothing.
+    other = post(client, "/contacts/register", {**body, "message": "other"}, headers={"Idempotency-Key": "order-42"})
+    assert_error(other, 409, "idempotency_key_reused", {"Idempotency-Key"})
+    # Another key is another registration; no key, too.
+    assert post(client, "/contacts/register", body, headers={"Idempotency-Key": "order-43"}).json["contact"]["id"] == 2
+    assert post(client, "/contacts/register", body).json["contact"]["id"] == 3
+
+
+def test_idempotency_keys_expire_after_a_day(app, client: FlaskClient, setup: dict) -> None:
+    from datetime import timedelta
+
+    import sqlalchemy as sa
+
+    from leadcrm.extensions import db
+    from leadcrm.models import IdempotencyKey, utcnow
+
+    body = {"source_id": 1, "external_id": "x"}
+    post(client, "/contacts/register", body, headers={"Idempotency-Key": "k"})
+    with app.app_context():
+        db.session.execute(sa.update(IdempotencyKey).values(created_at=utcnow() - timedelta(hours=25)))
+        db.session.commit()
+    again = post(client, "/contacts/register", body, headers={"Idempotency-Key": "k"})
+    assert again.status_code == 201 and "Idempotent-Replayed" not in again.headers
+    assert again.json["contact"]["id"] == 2
+
+
+def test_a_failed_request_does_not_use_up_its_key(client: FlaskClient, setup: dict) -> None:
+    bad = post(
+        client, "/contacts/register", {"source_id": 99, "phone": "+79001234567"}, headers={"Idempotency-Key": "k"}
+    )
+    assert_error(bad, 404)
+    good = post(
+        client, "/contacts/register", {"source_id": 1, "phone": "+79001234567"}, headers={"Idempotency-Key": "k"}
+    )
+    assert good.status_code == 201
+
+
+@pytest.mark.parametrize("key", ["", "   ", "k" * 201])
+def test_bad_idempotency_keys_are_422(client: FlaskClient, setup: dict, key: str) -> None:
+    response = post(
+        client, "/contacts/register", {"source_id": 1, "external_id": "x"}, headers={"Idempotency-Key": key}
+    )
+    assert_error(response, 422, fields={"Idempotency-Key"})
+
+
 def test_sticky_source_sends_a_returning_lead_back_to_its_operator(client: FlaskClient, setup: dict) -> None:
     assert client.patch(f"{API}/sources/1", json={"sticky": True}).json["sticky"] is True
     for name in ("anna", "boris"):

@@ -210,3 +210,27 @@ def test_limits_hold_under_concurrent_registrations_closes_and_flips(servers) ->
             assert mismatched == []
     finally:
         engine.dispose()
+
+
+def test_concurrent_retries_with_one_idempotency_key_store_one_contact(servers) -> None:
+    database_url, bases = servers
+    api = f"{bases[0]}/api/v1"
+    setup = requests.Session()
+    operator = setup.post(f"{api}/operators/", json={"name": "Anna", "max_active_leads": 100}).json()
+    source = setup.post(f"{api}/sources/", json={"name": "web_form"}).json()
+    setup.post(f"{api}/sources/{source['id']}/config", json={"operator_id": operator["id"], "weight": 1})
+    body = {"source_id": source["id"], "phone": "+79001234567", "message": "retried"}
+
+    def send(n: int) -> tuple[int, dict]:
+        target = bases[n % len(bases)]
+        response = requests.post(
+            f"{target}/api/v1/contacts/register", json=body, headers={"Idempotency-Key": "retry-1"}, timeout=60
+        )
+        return response.status_code, response.json()
+
+    with ThreadPoolExecutor(16) as pool:
+        results = list(pool.map(send, range(40)))
+    assert {status for status, _ in results} == {201}
+    assert len({answer["contact"]["id"] for _, answer in results}) == 1
+    assert setup.get(f"{api}/contacts/").json()["total"] == 1
+    assert setup.get(f"{api}/operators/{operator['id']}").json()["active_leads"] == 1

@@ -173,6 +173,16 @@ def openapi_document() -> dict[str, Any]:
                 "Register a contact and distribute it",
                 {"201": _created(s.RegistrationOut, "Contact"), **_errors(*BODY_ERRORS, 404, 409)},
                 body=_ref(s.RegisterIn),
+                params=[
+                    _param(
+                        "Idempotency-Key",
+                        {"type": "string", "minLength": 1, "maxLength": 200},
+                        "header",
+                        description="Retry-safe: the same key with the same body within 24 hours returns the "
+                        "original response and stores nothing new (header Idempotent-Replayed: true); the same key "
+                        "with a different body is a 409.",
+                    )
+                ],
                 tag="contacts",
             ),
         },

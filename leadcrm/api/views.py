@@ -5,11 +5,12 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
+from flask import Response as FlaskResponse
 from flask import current_app, request, url_for
 from pydantic import BaseModel, TypeAdapter
 from werkzeug.exceptions import BadRequest, UnsupportedMediaType
 
-from leadcrm import distribution, leads, operators, sources
+from leadcrm import distribution, idempotency, leads, operators, sources
 from leadcrm.api import bp
 from leadcrm.api.openapi import openapi_document
 from leadcrm.api.schemas import (
@@ -34,7 +35,7 @@ from leadcrm.api.schemas import (
 from leadcrm.errors import InvalidInput, NotFound
 from leadcrm.extensions import db
 from leadcrm.identity import parse_identity
-from leadcrm.models import Contact
+from leadcrm.models import IDEMPOTENCY_KEY_MAX, Contact
 
 M = TypeVar("M", bound=BaseModel)
 Response = tuple[Any, int] | tuple[Any, int, dict[str, str]] | Any
@@ -180,7 +181,12 @@ def set_source_config(source_id: int) -> Response:
 
 @bp.post("/contacts/register")
 def register_contact() -> Response:
-    body = parse(RegisterIn, json_body())
+    key = request.headers.get("Idempotency-Key")
+    if key is not None and not 1 <= len(key.strip()) <= IDEMPOTENCY_KEY_MAX:
+        message = f"An Idempotency-Key has 1 to {IDEMPOTENCY_KEY_MAX} characters."
+        raise InvalidInput(message, {"Idempotency-Key": message})
+    data = json_body()
+    body = parse(RegisterIn, data)
     if (body.source_id is None) == (body.source_name is None):
         message = "Give exactly one of source_id and source_name."
         raise InvalidInput(message, {"source_id": message, "source_name": message})
@@ -190,6 +196,10 @@ def register_contact() -> Response:
         email=body.email,
         region=current_app.config["LEADCRM_PHONE_REGION"],
     )
+    if key is not None:
+        replay = idempotency.claim_key(db.session, key.strip(), idempotency.request_hash(data))
+        if replay is not None:
+            return _stored_answer(replay, replayed=True)
     source = sources.find_source(db.session, source_id=body.source_id, source_name=body.source_name)
     registration = distribution.register_contact(
         db.session,
@@ -198,14 +208,29 @@ def register_contact() -> Response:
         name=body.name or None,
         message=body.message or None,
     )
-    db.session.commit()
     result = RegistrationOut(
         contact=ContactOut.model_validate(registration.contact),
         lead=LeadOut.model_validate(registration.lead),
         assigned_operator=OperatorOut.model_validate(registration.operator) if registration.operator else None,
     )
-    location = url_for("api.get_contact", contact_id=registration.contact.id)
-    return result.model_dump(mode="json"), 201, {"Location": location}
+    answer = idempotency.StoredAnswer(
+        status_code=201,
+        body=current_app.json.dumps(result.model_dump(mode="json")),
+        location=url_for("api.get_contact", contact_id=registration.contact.id),
+    )
+    if key is not None:
+        idempotency.remember_answer(db.session, key.strip(), answer)
+    db.session.commit()
+    return _stored_answer(answer, replayed=False)
+
+
+def _stored_answer(answer: idempotency.StoredAnswer, *, replayed: bool) -> FlaskResponse:
+    response = FlaskResponse(answer.body, answer.status_code, mimetype="application/json")
+    if answer.location:
+        response.headers["Location"] = answer.location
+    if replayed:
+        response.headers["Idempotent-Replayed"] = "true"
+    return response
 
 
 @bp.get("/contacts/")
