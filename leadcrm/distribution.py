@@ -21,7 +21,7 @@ from flask_babel import lazy_gettext as _l
 from sqlalchemy.orm import Session
 
 from leadcrm import storage
-from leadcrm.errors import NotFound
+from leadcrm.errors import Conflict, InvalidInput, NotFound, UnknownOperator
 from leadcrm.identity import LeadIdentity
 from leadcrm.leads import resolve_lead
 from leadcrm.models import OPEN, Contact, ContactEvent, Operator, Source, SourceOperator, utcnow
@@ -175,6 +175,76 @@ def close_contact(session: Session, contact_id: int) -> ContactRecord:
         tx.execute(storage.RELEASE_SLOT, {"id": contact.operator_id})
         drain_for_operator(session, contact.operator_id)
     return contact
+
+
+def get_open_or_closed(session: Session, contact_id: int) -> ContactRecord:
+    row = storage.Tx.of(session).execute(storage.GET_CONTACT, {"id": contact_id}).fetchone()
+    if row is None:
+        raise NotFound(_l("No contact with id %(id)s.", id=contact_id))
+    return storage.contact_record(row)
+
+
+def assign_by_hand(session: Session, contact_id: int, operator_id: int, *, override: bool = False) -> ContactRecord:
+    """A supervisor gives an open contact (waiting or not) to a chosen operator.
+
+    The operator must be active; past its limit only with ``override``, which
+    the history records as such. The previous operator's slot is given back
+    (and may go to a waiting contact at once).
+    """
+    tx = storage.Tx.of(session)
+    contact = get_open_or_closed(session, contact_id)
+    if contact.status != OPEN:
+        raise InvalidInput(_l("A closed contact cannot be assigned; reopen it first."), {"status": _l("Closed.")})
+    if contact.operator_id == operator_id:
+        return contact
+    claim = storage.CLAIM_PAST_LIMIT if override else storage.CLAIM
+    operator = tx.execute(claim, {"id": operator_id, "active": True}).fetchone()
+    if operator is None:
+        exists = tx.execute(storage.OPERATOR_STATE, {"id": operator_id}).fetchone()
+        if exists is None:
+            raise UnknownOperator(_l("No operator with id %(id)s.", id=operator_id), {"operator_id": _l("Unknown.")})
+        message = _l("This operator is full; assign past the limit only with an override.")
+        if not exists[0]:
+            message = _l("This operator is inactive.")
+        raise InvalidInput(message, {"operator_id": message})
+    now = tx.time(utcnow())
+    params = {"id": contact.id, "operator_id": operator_id, "assigned_at": now, "previous": contact.operator_id}
+    if tx.execute(storage.MOVE_CONTACT, params).rowcount != 1:
+        raise Conflict(_l("The contact changed meanwhile; look again."))
+    tx.execute(storage.COUNT_ASSIGNMENT, {"source_id": contact.source_id, "operator_id": operator_id})
+    full = operator[4] > operator[3]  # active_leads > max_active_leads after the claim
+    tx.record(contact.id, "override" if override and full else "manual", contact.operator_id, operator_id, now)
+    if contact.operator_id is not None:
+        tx.execute(storage.RELEASE_SLOT, {"id": contact.operator_id})
+        drain_for_operator(session, contact.operator_id)
+    return get_open_or_closed(session, contact.id)
+
+
+def reopen_contact(session: Session, contact_id: int, rng: random.Random | None = None) -> ContactRecord:
+    """Open a closed contact again: back to its operator if that one still serves the source and has room,
+    otherwise through the source's strategy, otherwise it waits. Reopening an open contact changes nothing."""
+    tx = storage.Tx.of(session)
+    contact = get_open_or_closed(session, contact_id)
+    if contact.status == OPEN:
+        return contact
+    tx.execute(storage.REOPEN_CONTACT, {"id": contact.id})
+    source = SourceRecord(*tx.execute(storage.SOURCE_BY_ID, {"id": contact.source_id}).fetchone())
+    operator = None
+    if contact.operator_id is not None:
+        params = {"id": contact.operator_id, "active": True, "source_id": source.id}
+        row = tx.execute(storage.CLAIM_IF_SERVING, params).fetchone()
+        if row is not None:
+            tx.execute(storage.COUNT_ASSIGNMENT, {"source_id": source.id, "operator_id": row[0]})
+            operator = storage.operator_record(row)
+    if operator is None:
+        operator = assign_operator(session, source, rng)
+    now = tx.time(utcnow())
+    if operator is not None:
+        tx.execute(
+            storage.MOVE_CONTACT, {"id": contact.id, "operator_id": operator.id, "assigned_at": now, "previous": None}
+        )
+    tx.record(contact.id, "reopened", None, operator.id if operator else None, now)
+    return get_open_or_closed(session, contact.id)
 
 
 def contact_events(session: Session, contact_id: int) -> list[ContactEvent]:

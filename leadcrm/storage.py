@@ -232,6 +232,21 @@ REMEMBER_ANSWER = Sql(
     "WHERE key = :key"
 )
 
+# Manual work: a supervisor moves an open contact, or reopens a closed one.
+CLAIM_PAST_LIMIT = Sql(
+    """UPDATE operators SET active_leads = active_leads + 1 WHERE id = :id AND is_active = :active
+       RETURNING id, name, is_active, max_active_leads, active_leads"""
+)
+MOVE_CONTACT = Sql(
+    "UPDATE contacts SET operator_id = :operator_id, assigned_at = :assigned_at "
+    "WHERE id = :id AND status = 'open' AND operator_id IS NOT DISTINCT FROM :previous"
+)
+OPERATOR_STATE = Sql("SELECT is_active, active_leads, max_active_leads FROM operators WHERE id = :id")
+REOPEN_CONTACT = Sql(
+    "UPDATE contacts SET status = 'open', closed_at = NULL, operator_id = NULL, assigned_at = NULL "
+    "WHERE id = :id AND status = 'closed'"
+)
+
 CONTACT_COLUMNS = "id, lead_id, source_id, operator_id, status, message, created_at, assigned_at, closed_at"
 CLOSE_CONTACT = Sql(
     f"UPDATE contacts SET status = 'closed', closed_at = :closed_at "

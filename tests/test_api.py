@@ -574,3 +574,81 @@ def test_docs_page_uses_local_assets_only(client: FlaskClient) -> None:
         assert asset in html
         with client.get(asset) as response:
             assert response.status_code == 200
+
+
+# --- manual work, reopening, export ---------------------------------------------------------
+
+
+def test_assign_by_hand_respects_limits_unless_overridden(client: FlaskClient, setup: dict) -> None:
+    anna, boris = setup["anna"]["id"], setup["boris"]["id"]
+    client.patch(f"{API}/operators/{boris}", json={"is_active": False})
+    a = post(client, "/contacts/register", {"source_id": 1, "external_id": "a"}).json["contact"]["id"]
+    post(client, "/contacts/register", {"source_id": 1, "external_id": "b"})  # Anna is full now (2/2)
+    waiting = post(client, "/contacts/register", {"source_id": 1, "external_id": "c"}).json["contact"]["id"]
+    assert_error(post(client, f"/contacts/{waiting}/assign", {"operator_id": anna}), 422, fields={"operator_id"})
+    assert_error(post(client, f"/contacts/{waiting}/assign", {"operator_id": boris}), 422, fields={"operator_id"})
+    assert_error(post(client, f"/contacts/{waiting}/assign", {"operator_id": 99}), 404, fields={"operator_id"})
+    assert_error(post(client, "/contacts/99/assign", {"operator_id": anna}), 404)
+    assert_error(post(client, f"/contacts/{waiting}/assign", {"operator_id": anna, "override": "yes"}), 422)
+    moved = post(client, f"/contacts/{waiting}/assign", {"operator_id": anna, "override": True})
+    assert moved.status_code == 200 and moved.json["operator_id"] == anna
+    assert client.get(f"{API}/operators/{anna}").json["active_leads"] == 3  # past the limit of 2, on purpose
+    events = client.get(f"{API}/contacts/{waiting}/events").json
+    assert (events[-1]["reason"], events[-1]["from_operator_id"], events[-1]["to_operator_id"]) == (
+        "override",
+        None,
+        anna,
+    )
+    # Moving a contact from Anna to Boris (active again, with room) gives Anna's slot back.
+    client.patch(f"{API}/operators/{boris}", json={"is_active": True})
+    assert post(client, f"/contacts/{a}/assign", {"operator_id": boris}).json["operator_id"] == boris
+    assert client.get(f"{API}/operators/{anna}").json["active_leads"] == 2
+    assert client.get(f"{API}/contacts/{a}/events").json[-1]["reason"] == "manual"
+    post(client, f"/contacts/{a}/close")
+    assert_error(post(client, f"/contacts/{a}/assign", {"operator_id": anna}), 422)
+
+
+def test_reopen_goes_back_to_the_operator_or_through_distribution(client: FlaskClient, setup: dict) -> None:
+    anna, boris = setup["anna"]["id"], setup["boris"]["id"]
+    first = post(client, "/contacts/register", {"source_id": 1, "external_id": "a"}).json
+    operator = first["assigned_operator"]["id"]
+    contact = first["contact"]["id"]
+    post(client, f"/contacts/{contact}/close")
+    reopened = post(client, f"/contacts/{contact}/reopen")
+    assert reopened.status_code == 200
+    assert (reopened.json["status"], reopened.json["operator_id"], reopened.json["closed_at"]) == (
+        "open",
+        operator,
+        None,
+    )
+    assert client.get(f"{API}/contacts/{contact}/events").json[-1]["reason"] == "reopened"
+    assert post(client, f"/contacts/{contact}/reopen").json == reopened.json  # open already: nothing changes
+    # Its operator now inactive: the strategy picks the other one.
+    post(client, f"/contacts/{contact}/close")
+    client.patch(f"{API}/operators/{operator}", json={"is_active": False})
+    other = ({anna, boris} - {operator}).pop()
+    assert post(client, f"/contacts/{contact}/reopen").json["operator_id"] == other
+    assert_error(post(client, "/contacts/99/reopen"), 404)
+    status = client.get(f"{API}/distribution_status/").json
+    open_assigned = client.get(f"{API}/contacts/?status=open&unassigned=false").json["total"]
+    assert sum(o["active_leads"] for o in status["operators"]) == open_assigned
+
+
+def test_export_csv_follows_the_filters_and_defuses_formulas(client: FlaskClient, setup: dict) -> None:
+    import csv
+    import io
+
+    post(client, "/contacts/register", {"source_id": 1, "phone": "+79001234567", "name": "=HYPERLINK(1)"})
+    post(client, "/contacts/register", {"source_id": 1, "email": "b@example.com", "message": 'a, "quoted"\nline'})
+    post(client, "/contacts/1/close")
+    response = client.get(f"{API}/contacts/export.csv")
+    assert response.status_code == 200 and response.mimetype == "text/csv"
+    assert "attachment" in response.headers["Content-Disposition"]
+    rows = list(csv.DictReader(io.StringIO(response.get_data(as_text=True))))
+    assert [r["contact_id"] for r in rows] == ["2", "1"]
+    assert rows[1]["lead_name"] == "'=HYPERLINK(1)" and rows[1]["phone"] == "+79001234567"
+    assert rows[0]["message"] == 'a, "quoted"\nline' and rows[1]["status"] == "closed"
+    assert rows[1]["operator"] in ("Anna", "Boris") and rows[1]["closed_at"].endswith("Z")
+    only_open = list(csv.DictReader(io.StringIO(client.get(f"{API}/contacts/export.csv?status=open").text)))
+    assert [r["contact_id"] for r in only_open] == ["2"]
+    assert_error(client.get(f"{API}/contacts/export.csv?status=nonsense"), 422)

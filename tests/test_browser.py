@@ -137,13 +137,14 @@ def test_supervisor_and_intake_work_without_reloads(server: str, browser) -> Non
 
     # Close Boris's contact from the contacts list: the waiting contact takes his slot at once ...
     page.goto(f"{server}/contacts/?operator_id=2")
-    page.get_by_role("button", name="Close").first.click()
+    rows = page.locator("table.contacts")
+    rows.get_by_role("button", name="Close").first.click()
     expect(load.get_by_test_id("unassigned-open")).to_have_text("0")
     expect(load.get_by_test_id("load-2")).to_have_text("1 / 1")
     # ... and the list, told by the HX-Trigger event, shows it; closing that one too, the load falls.
-    expect(page.get_by_role("button", name="Close")).to_have_count(1)
-    page.get_by_role("button", name="Close").click()
-    expect(page.get_by_role("button", name="Close")).to_have_count(0)
+    expect(rows.get_by_role("button", name="Close")).to_have_count(1)
+    rows.get_by_role("button", name="Close").click()
+    expect(rows.get_by_role("button", name="Close")).to_have_count(0)
     expect(load.get_by_test_id("load-2")).to_have_text("0 / 1")
     assert load.evaluate("window.__sameDocument") is True
     shot(page, "contacts")

@@ -420,3 +420,63 @@ def test_load_counters_follow_web_actions(client: FlaskClient, setup: dict) -> N
     assert sum(op["active_leads"] for op in status["operators"]) == 2
     open_contacts = client.get("/api/v1/contacts/?status=open&unassigned=false").json["total"]
     assert open_contacts == 2
+
+
+# --- manual work ----------------------------------------------------------------------------
+
+
+def test_assign_and_reassign_from_the_contact_page(client: FlaskClient, setup: dict) -> None:
+    client.patch("/api/v1/operators/2", json={"is_active": False})
+    for n in range(3):  # Anna 2/2, the third waits
+        client.post("/api/v1/contacts/register", json={"source_id": 1, "external_id": f"x{n}"})
+    page = text(client.get("/contacts/3"))
+    assert "Assign to an operator" in page and "Serve this source and have room" not in page  # nobody has room
+    refused = post_form(client, "/contacts/3/assign", {"operator_id": "1"})
+    assert refused.status_code == 422 and 'id="operator_id-error"' in text(refused) and "override" in text(refused)
+    assert client.get("/api/v1/contacts/3").json["operator_id"] is None
+    done = post_form(client, "/contacts/3/assign", {"operator_id": "1", "override": "1"})
+    assert done.status_code == 302 and done.headers["Location"] == "/contacts/3"
+    assert client.get("/api/v1/contacts/3").json["operator_id"] == 1
+    assert "assigned past the limit" in text(client.get("/contacts/3"))
+    client.patch("/api/v1/operators/2", json={"is_active": True})
+    assert "Serve this source and have room" in text(client.get("/contacts/3"))
+    post_form(client, "/contacts/3/assign", {"operator_id": "2"})
+    assert client.get("/api/v1/contacts/3").json["operator_id"] == 2
+    assert post_form(client, "/contacts/3/assign", {"operator_id": "abc"}).status_code == 422
+
+
+def test_reopen_from_the_contact_page(client: FlaskClient, setup: dict) -> None:
+    client.post("/api/v1/contacts/register", json={"source_id": 1, "external_id": "x"})
+    post_form(client, "/contacts/1/close", {})
+    assert "Reopen" in text(client.get("/contacts/1"))
+    response = post_form(client, "/contacts/1/reopen", {})
+    assert response.status_code == 302
+    assert client.get("/api/v1/contacts/1").json["status"] == "open"
+    assert "reopened" in text(client.get("/contacts/1"))
+
+
+def test_bulk_close_and_reassign_all_or_nothing(client: FlaskClient, setup: dict) -> None:
+    client.patch("/api/v1/operators/2", json={"max_active_leads": 10})
+    client.patch("/api/v1/operators/1", json={"max_active_leads": 10})
+    for n in range(4):
+        client.post("/api/v1/contacts/register", json={"source_id": 1, "external_id": f"x{n}"})
+    page = text(client.get("/contacts/"))
+    assert page.count('form="bulk-form"') == 4 and 'href="/api/v1/contacts/export.csv"' in page
+    closed = post_form(client, "/contacts/bulk", {"action": "close", "contact_id": ["1", "2"], "next": "/contacts/"})
+    assert closed.status_code == 302 and closed.headers["Location"] == "/contacts/"
+    assert [c["status"] for c in client.get("/api/v1/contacts/?per_page=10").json["items"]] == [
+        "open",
+        "open",
+        "closed",
+        "closed",
+    ]
+    moved = post_form(client, "/contacts/bulk", {"action": "reassign", "operator_id": "2", "contact_id": ["3", "4"]})
+    assert moved.status_code == 302
+    assert {client.get(f"/api/v1/contacts/{n}").json["operator_id"] for n in (3, 4)} == {2}
+    # Anna full (limit 0): reassigning both to her fails, so neither moves.
+    client.patch("/api/v1/operators/1", json={"max_active_leads": 0})
+    refused = post_form(client, "/contacts/bulk", {"action": "reassign", "operator_id": "1", "contact_id": ["3", "4"]})
+    assert refused.status_code == 422 and "override" in text(refused)
+    assert {client.get(f"/api/v1/contacts/{n}").json["operator_id"] for n in (3, 4)} == {2}
+    assert post_form(client, "/contacts/bulk", {"action": "close"}).status_code == 422
+    assert post_form(client, "/contacts/bulk", {"action": "dance", "contact_id": "3"}).status_code == 422

@@ -57,6 +57,13 @@ PAGING = [
     _param("per_page", {"type": "integer", "minimum": 1, "maximum": 500, "default": 50}),
 ]
 BODY_ERRORS = (400, 415, 422)
+CONTACT_FILTERS = [
+    _param("status", {"type": "string", "enum": ["open", "closed"]}),
+    _param("operator_id", {"type": "integer", "minimum": 1}),
+    _param("source_id", {"type": "integer", "minimum": 1}),
+    _param("lead_id", {"type": "integer", "minimum": 1}),
+    _param("unassigned", {"type": "boolean"}),
+]
 
 
 def _op(
@@ -92,6 +99,7 @@ def openapi_document() -> dict[str, Any]:
         s.SourceOut,
         s.WeightIn,
         s.WeightOut,
+        s.AssignIn,
         s.RegisterIn,
         s.RegistrationOut,
         s.ContactOut,
@@ -190,14 +198,7 @@ def openapi_document() -> dict[str, Any]:
             "get": _op(
                 "List contacts, newest first",
                 {"200": _json(_page(s.ContactOut), "A page of contacts."), **_errors(422)},
-                params=[
-                    _param("status", {"type": "string", "enum": ["open", "closed"]}),
-                    _param("operator_id", {"type": "integer", "minimum": 1}),
-                    _param("source_id", {"type": "integer", "minimum": 1}),
-                    _param("lead_id", {"type": "integer", "minimum": 1}),
-                    _param("unassigned", {"type": "boolean"}),
-                    *PAGING,
-                ],
+                params=[*CONTACT_FILTERS, *PAGING],
                 tag="contacts",
             ),
         },
@@ -212,6 +213,38 @@ def openapi_document() -> dict[str, Any]:
             "get": _op(
                 "A contact's history: every change of its assignment and why, oldest first",
                 {"200": _json({"type": "array", "items": _ref(s.EventOut)}, "The events."), **_errors(404)},
+                tag="contacts",
+            ),
+        },
+        "/contacts/{contact_id}/assign": {
+            "parameters": [_id("contact_id")],
+            "post": _op(
+                "Give an open contact to a chosen operator (past its limit only with override); "
+                "the previous operator's slot goes back to the queue",
+                {"200": _json(_ref(s.ContactOut), "The contact."), **_errors(*BODY_ERRORS, 404, 409)},
+                body=_ref(s.AssignIn),
+                tag="contacts",
+            ),
+        },
+        "/contacts/{contact_id}/reopen": {
+            "parameters": [_id("contact_id")],
+            "post": _op(
+                "Reopen a closed contact: back to its operator if it still can take it, else distributed again",
+                {"200": _json(_ref(s.ContactOut), "The contact."), **_errors(404)},
+                tag="contacts",
+            ),
+        },
+        "/contacts/export.csv": {
+            "get": _op(
+                "The contacts matching the filters, as CSV",
+                {
+                    "200": {
+                        "description": "CSV, one contact a row.",
+                        "content": {"text/csv": {"schema": {"type": "string"}}},
+                    },
+                    **_errors(422),
+                },
+                params=CONTACT_FILTERS,
                 tag="contacts",
             ),
         },

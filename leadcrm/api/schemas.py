@@ -63,6 +63,11 @@ class WeightIn(Strict):
     weight: Weight
 
 
+class AssignIn(Strict):
+    operator_id: Id
+    override: bool = Field(False, description="Allow assigning past the operator's limit (recorded as override).")
+
+
 class RegisterIn(Strict):
     """Exactly one of source_id / source_name; at least one of external_id, phone, email."""
 

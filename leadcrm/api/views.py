@@ -6,14 +6,15 @@ from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from flask import Response as FlaskResponse
-from flask import current_app, request, url_for
+from flask import current_app, request, stream_with_context, url_for
 from pydantic import BaseModel, TypeAdapter
 from werkzeug.exceptions import BadRequest, UnsupportedMediaType
 
-from leadcrm import distribution, idempotency, leads, operators, sources
+from leadcrm import distribution, export, idempotency, leads, operators, sources
 from leadcrm.api import bp
 from leadcrm.api.openapi import openapi_document
 from leadcrm.api.schemas import (
+    AssignIn,
     ContactFilter,
     ContactOut,
     EventOut,
@@ -259,6 +260,38 @@ def get_contact_events(contact_id: int) -> Response:
     if db.session.get(Contact, contact_id) is None:
         raise NotFound(f"No contact with id {contact_id}.")
     return [dump(EventOut, event) for event in distribution.contact_events(db.session, contact_id)]
+
+
+@bp.post("/contacts/<id:contact_id>/assign")
+def assign_contact(contact_id: int) -> Response:
+    """Give an open contact to a chosen operator (past its limit only with override)."""
+    body = parse(AssignIn, json_body())
+    contact = distribution.assign_by_hand(db.session, contact_id, body.operator_id, override=body.override)
+    db.session.commit()
+    return dump(ContactOut, contact)
+
+
+@bp.post("/contacts/<id:contact_id>/reopen")
+def reopen_contact(contact_id: int) -> Response:
+    contact = distribution.reopen_contact(db.session, contact_id)
+    db.session.commit()
+    return dump(ContactOut, contact)
+
+
+@bp.get("/contacts/export.csv")
+def export_contacts() -> FlaskResponse:
+    """The contacts matching the list's filters, as CSV (streamed: any number of rows)."""
+    args = query_args(ContactFilter)
+    return contacts_csv_response(args)
+
+
+def contacts_csv_response(filters: ContactFilter) -> FlaskResponse:
+    """A streamed CSV download of the contacts matching ``filters`` (shared with the contacts page)."""
+    query = distribution.contacts_query(**filters.model_dump(exclude={"page", "per_page"}))
+    rows = stream_with_context(export.contacts_csv(db.session, query))
+    response = FlaskResponse(rows, mimetype="text/csv")
+    response.headers["Content-Disposition"] = 'attachment; filename="contacts.csv"'
+    return response
 
 
 @bp.post("/contacts/<id:contact_id>/close")

@@ -2,12 +2,14 @@
 
 from flask import Blueprint, redirect, request, url_for
 from flask.typing import ResponseReturnValue
+from flask_babel import gettext as _
 from pydantic import ValidationError
 
 from leadcrm import distribution
 from leadcrm.api.schemas import ContactFilter
+from leadcrm.errors import DomainError, InvalidInput
 from leadcrm.extensions import db
-from leadcrm.models import Contact, ContactEvent, Lead, Operator, Source
+from leadcrm.models import INT_MAX, Contact, ContactEvent, Lead, Operator, Source, SourceOperator
 from leadcrm.operators import list_operators_query
 from leadcrm.sources import list_sources_query
 from leadcrm.web.rendering import changed, is_htmx, render
@@ -39,8 +41,7 @@ def names_for(contacts: list[Contact]) -> dict[str, dict[int, object]]:
     }
 
 
-@bp.get("/")
-def index() -> ResponseReturnValue:
+def _list_page(status: int = 200, bulk_error: str | None = None) -> ResponseReturnValue:
     filters = read_filters()
     query = distribution.contacts_query(**filters.model_dump(exclude={"page", "per_page"}))
     page = db.paginate(query, page=filters.page, per_page=PER_PAGE, error_out=False)
@@ -48,13 +49,20 @@ def index() -> ResponseReturnValue:
     return render(
         "contacts/index.html",
         block="contacts_list",
+        status=status,
         page=page,
         filters=filters,
         filter_args=args,
+        bulk_error=bulk_error,
         source_choices=db.session.scalars(list_sources_query()).all(),
         operator_choices=db.session.scalars(list_operators_query()).all(),
         **names_for(list(page.items)),
     )
+
+
+@bp.get("/")
+def index() -> ResponseReturnValue:
+    return _list_page()
 
 
 def history_of(contact_ids: list[int]) -> tuple[list, dict[int, object]]:
@@ -70,17 +78,99 @@ def history_of(contact_ids: list[int]) -> tuple[list, dict[int, object]]:
     return events, operators
 
 
-@bp.get("/<id:contact_id>")
-def detail(contact_id: int) -> ResponseReturnValue:
-    contact = db.get_or_404(Contact, contact_id)
+def operator_choices(source_id: int) -> tuple[list, list]:
+    """Operators to offer for a contact of ``source_id``: (serving it with room, everyone else), by name."""
+    serving = set(
+        db.session.scalars(
+            db.select(SourceOperator.operator_id).where(
+                SourceOperator.source_id == source_id, SourceOperator.weight > 0
+            )
+        )
+    )
+    first, rest = [], []
+    for op in db.session.scalars(db.select(Operator).order_by(Operator.name)):
+        has_room = op.is_active and op.active_leads < op.max_active_leads
+        (first if op.id in serving and has_room else rest).append(op)
+    return first, rest
+
+
+def _detail(contact: object, status: int = 200, error: str | None = None) -> ResponseReturnValue:
     events, event_operators = history_of([contact.id])
+    first, rest = operator_choices(contact.source_id)
     return render(
         "contacts/detail.html",
+        status=status,
         contact=contact,
         events=events,
         event_operators=event_operators,
+        offer_first=first,
+        offer_rest=rest,
+        assign_error=error,
         **names_for([contact]),
     )
+
+
+@bp.get("/<id:contact_id>")
+def detail(contact_id: int) -> ResponseReturnValue:
+    return _detail(db.get_or_404(Contact, contact_id))
+
+
+def _back(default: str) -> ResponseReturnValue:
+    target = request.form.get("next", "")
+    return redirect(target if target.startswith("/") and not target.startswith("//") else default)
+
+
+@bp.post("/<id:contact_id>/assign")
+def assign(contact_id: int) -> ResponseReturnValue:
+    """Assign or reassign by hand; past the limit only with the override box ticked."""
+    contact = db.get_or_404(Contact, contact_id)
+    operator_id = request.form.get("operator_id", type=int)
+    try:
+        if operator_id is None or not 0 < operator_id <= INT_MAX:
+            raise InvalidInput(_("Choose an operator."), {"operator_id": _("Choose an operator.")})
+        distribution.assign_by_hand(db.session, contact.id, operator_id, override=request.form.get("override") == "1")
+    except DomainError as exc:
+        db.session.rollback()
+        return _detail(
+            db.get_or_404(Contact, contact_id), status=422, error=str(exc.fields.get("operator_id", exc.message))
+        )
+    db.session.commit()
+    return changed(_back(url_for(".detail", contact_id=contact.id)))
+
+
+@bp.post("/<id:contact_id>/reopen")
+def reopen(contact_id: int) -> ResponseReturnValue:
+    db.get_or_404(Contact, contact_id)
+    distribution.reopen_contact(db.session, contact_id)
+    db.session.commit()
+    return changed(_back(url_for(".detail", contact_id=contact_id)))
+
+
+@bp.post("/bulk")
+def bulk() -> ResponseReturnValue:
+    """Close, or reassign, every selected contact: all of them or, on any error, none."""
+    ids = sorted({int(v) for v in request.form.getlist("contact_id") if v.isascii() and v.isdigit() and len(v) < 10})
+    action = request.form.get("action")
+    try:
+        if not ids:
+            raise InvalidInput(_("Select at least one contact."))
+        if action == "close":
+            for contact_id in ids:
+                distribution.close_contact(db.session, contact_id)
+        elif action == "reassign":
+            operator_id = request.form.get("operator_id", type=int)
+            if operator_id is None or not 0 < operator_id <= INT_MAX:
+                raise InvalidInput(_("Choose an operator."))
+            override = request.form.get("override") == "1"
+            for contact_id in ids:
+                distribution.assign_by_hand(db.session, contact_id, operator_id, override=override)
+        else:
+            raise InvalidInput(_("Choose what to do with the selected contacts."))
+    except DomainError as exc:
+        db.session.rollback()
+        return _list_page(status=422, bulk_error=str(exc.message))
+    db.session.commit()
+    return changed(_back(url_for(".index")))
 
 
 @bp.post("/<id:contact_id>/close")
@@ -88,6 +178,5 @@ def close(contact_id: int) -> ResponseReturnValue:
     contact = distribution.close_contact(db.session, contact_id)
     db.session.commit()
     if not is_htmx():
-        target = request.form.get("next", "")
-        return redirect(target if target.startswith("/") and not target.startswith("//") else url_for(".index"))
+        return _back(url_for(".index"))
     return changed(render("contacts/index.html", block="contact_row", contact=contact, **names_for([contact])))
