@@ -208,6 +208,17 @@ def test_limits_hold_under_concurrent_registrations_closes_and_flips(servers) ->
                 )
             ).all()
             assert mismatched == []
+            # The history: one "registered" per contact, and no contact taken from the queue twice.
+            assert conn.scalar(sa.text("SELECT count(*) FROM contact_events WHERE reason = 'registered'")) == (
+                REGISTRATIONS
+            )
+            twice = conn.execute(
+                sa.text(
+                    "SELECT contact_id FROM contact_events WHERE reason = 'queue' "
+                    "GROUP BY contact_id HAVING count(*) > 1"
+                )
+            ).all()
+            assert twice == []
     finally:
         engine.dispose()
 

@@ -91,6 +91,17 @@ def test_odd_query_strings_never_fail(client: FlaskClient, setup: dict, path: st
     assert client.get(path).status_code in (200, 302)
 
 
+def test_load_page_shows_each_queue_and_its_age(client: FlaskClient, setup: dict) -> None:
+    client.patch("/api/v1/operators/1", json={"max_active_leads": 0})
+    client.patch("/api/v1/operators/2", json={"max_active_leads": 0})
+    for n in range(2):
+        client.post("/api/v1/contacts/register", json={"source_id": 1, "external_id": f"w{n}"})
+    html = text(client.get("/", headers=HTMX))
+    assert 'data-testid="unassigned-open">2<' in html
+    assert "telegram_bot · oldest waiting for" in html and "second" in html
+    assert "ждёт" in text(client.get("/", headers={**HTMX, "Accept-Language": "ru"}))
+
+
 def test_empty_states_say_what_to_do_first(client: FlaskClient) -> None:
     assert "No operators yet" in text(client.get("/"))
     assert "There are no sources yet" in text(client.get("/intake/"))

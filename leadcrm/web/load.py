@@ -3,10 +3,11 @@
 import sqlalchemy as sa
 from flask import Blueprint
 from flask.typing import ResponseReturnValue
+from flask_babel import format_timedelta
 
 from leadcrm.distribution import operator_loads, unassigned_open, waiting_by_source
 from leadcrm.extensions import db
-from leadcrm.models import Source
+from leadcrm.models import Source, utcnow
 from leadcrm.web.rendering import render
 
 bp = Blueprint("load", __name__)
@@ -15,12 +16,16 @@ bp = Blueprint("load", __name__)
 @bp.get("/")
 def index() -> ResponseReturnValue:
     waiting = waiting_by_source(db.session)
+    now = utcnow()
     names = dict(db.session.execute(sa.select(Source.id, Source.name)).all())
     return render(
         "load/index.html",
         block="load_table",
         operators=operator_loads(db.session),
         unassigned_open=unassigned_open(db.session),
-        waiting=[(names[source_id], w) for source_id, w in sorted(waiting.items())],
+        waiting=[
+            (names[source_id], w, format_timedelta(now - w.oldest_created_at, threshold=1.1))
+            for source_id, w in sorted(waiting.items())
+        ],
         sources_count=len(names),
     )
