@@ -12,7 +12,7 @@ def add_operator(name: str, limit: int = 10, *, active: bool = True) -> Operator
     return operators.create_operator(db.session, name=name, max_active_leads=limit, is_active=active)
 
 
-def add_source(name: str = "telegram_bot", weights: dict[Operator, int] | None = None, **kw: str) -> Source:
+def add_source(name: str = "telegram_bot", weights: dict[Operator, int] | None = None, **kw: object) -> Source:
     source = sources.create_source(db.session, name=name, **kw)
     if weights:
         sources.set_weights(db.session, source, {op.id: w for op, w in weights.items()}, replace=True)

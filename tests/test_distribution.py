@@ -295,3 +295,49 @@ def test_deterministic_skips_full_operators_and_keeps_balancing_the_rest() -> No
     counts = Counter(history)
     assert counts[anna.id] == 2
     assert abs(counts[vera.id] - 2 * counts[boris.id]) <= 2, counts
+
+
+# --- manual work and returning leads -----------------------------------------------------
+
+
+def test_assign_by_hand_moves_a_contact_and_frees_the_old_slot_for_the_queue() -> None:
+    from leadcrm.errors import InvalidInput
+
+    anna, boris = add_operator("Anna", 1), add_operator("Boris", 5)
+    source = add_source(weights={anna: 1})
+    first = register_contact(db.session, source=source, identity=phone(1)).contact
+    waiting = register_contact(db.session, source=source, identity=phone(2)).contact
+    moved = distribution.assign_by_hand(db.session, first.id, boris.id)
+    assert moved.operator_id == boris.id
+    assert contact_operator(waiting.id) == anna.id  # Anna's freed slot went to the waiting contact
+    with pytest.raises(InvalidInput):
+        distribution.assign_by_hand(db.session, first.id, anna.id)  # Anna is full again
+    assert distribution.assign_by_hand(db.session, first.id, anna.id, override=True).operator_id == anna.id
+    reasons = [e.reason for e in distribution.contact_events(db.session, first.id)]
+    assert reasons == ["registered", "manual", "override"]
+    assert_load_matches_open_contacts()
+
+
+def test_reopen_returns_to_the_operator_or_waits() -> None:
+    anna = add_operator("Anna", 1)
+    source = add_source(weights={anna: 1})
+    first = register_contact(db.session, source=source, identity=phone(1)).contact
+    distribution.close_contact(db.session, first.id)
+    assert distribution.reopen_contact(db.session, first.id).operator_id == anna.id
+    distribution.close_contact(db.session, first.id)
+    register_contact(db.session, source=source, identity=phone(2))  # takes Anna's only slot
+    reopened = distribution.reopen_contact(db.session, first.id)
+    assert (reopened.status, reopened.operator_id) == ("open", None)  # it waits in the queue
+    assert_load_matches_open_contacts()
+
+
+def test_sticky_only_when_the_source_asks_for_it() -> None:
+    ops = [add_operator(f"Op{i}", 100) for i in range(4)]
+    plain = add_source("plain", weights=dict.fromkeys(ops, 1))
+    sticky = add_source("sticky", weights=dict.fromkeys(ops, 1), sticky=True)
+    rng = random.Random(3)
+    plain_ops = {register_contact(db.session, source=plain, identity=phone(1), rng=rng).operator.id for _ in range(12)}
+    sticky_ops = {
+        register_contact(db.session, source=sticky, identity=phone(1), rng=rng).operator.id for _ in range(12)
+    }
+    assert len(plain_ops) > 1 and len(sticky_ops) == 1
