@@ -7,7 +7,7 @@ from flask_wtf.csrf import CSRFError
 
 from leadcrm.i18n import LANGUAGE_COOKIE, LANGUAGES
 from leadcrm.web import contacts, intake, leads, load, operators, report, sources
-from leadcrm.web.rendering import render
+from leadcrm.web.rendering import local_target, render
 
 BLUEPRINTS = (load.bp, intake.bp, contacts.bp, leads.bp, operators.bp, sources.bp, report.bp)
 
@@ -27,10 +27,7 @@ def register_web(app: Flask) -> None:
     @app.get("/language/<code>")
     def set_language(code: str) -> ResponseReturnValue:
         """Remember the chosen interface language and go back where the user was."""
-        target = request.args.get("next", "")
-        if not target.startswith("/") or target.startswith("//"):
-            target = url_for("load.index")
-        response = redirect(target)
+        response = redirect(local_target(request.args.get("next"), url_for("load.index")))
         if code in LANGUAGES:
             response.set_cookie(LANGUAGE_COOKIE, code, max_age=365 * 24 * 3600, samesite="Lax", httponly=True)
         return response

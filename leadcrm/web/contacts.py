@@ -12,7 +12,7 @@ from leadcrm.extensions import db
 from leadcrm.models import INT_MAX, Contact, ContactEvent, Lead, Operator, Source, SourceOperator
 from leadcrm.operators import list_operators_query
 from leadcrm.sources import list_sources_query
-from leadcrm.web.rendering import changed, is_htmx, render
+from leadcrm.web.rendering import changed, is_htmx, local_target, render
 
 bp = Blueprint("contacts", __name__, url_prefix="/contacts")
 PER_PAGE = 50
@@ -116,8 +116,7 @@ def detail(contact_id: int) -> ResponseReturnValue:
 
 
 def _back(default: str) -> ResponseReturnValue:
-    target = request.form.get("next", "")
-    return redirect(target if target.startswith("/") and not target.startswith("//") else default)
+    return redirect(local_target(request.form.get("next"), default))
 
 
 @bp.post("/<id:contact_id>/assign")

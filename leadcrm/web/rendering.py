@@ -22,6 +22,13 @@ def render(template: str, block: str | None = None, status: int = 200, **context
     return response
 
 
+def local_target(target: str | None, default: str) -> str:
+    """``target`` if it is a path on this site, else ``default``: no redirect leads elsewhere."""
+    if target and target.startswith("/") and not target.startswith(("//", "/\\")):
+        return target
+    return default
+
+
 def changed(response: Response, *events: str) -> Response:
     """Tell the page (live tables listen on body) what changed: an HX-Trigger header."""
     response.headers["HX-Trigger"] = ", ".join(events or ("contacts-changed",))
