@@ -60,6 +60,12 @@ def claim_key(session: Session, key: str, fingerprint: str) -> StoredAnswer | No
     return StoredAnswer(status_code, body, location)
 
 
+def forget_expired(session: Session) -> int:
+    """Delete every key older than 24 hours; returns how many."""
+    tx = storage.Tx.of(session)
+    return tx.execute(storage.FORGET_EXPIRED_KEYS, {"before": tx.time(utcnow() - KEEP_FOR)}).rowcount
+
+
 def remember_answer(session: Session, key: str, answer: StoredAnswer) -> None:
     """Store the answer for ``key``, in the registration's transaction."""
     params = {"key": key, "status_code": answer.status_code, "body": answer.body, "location": answer.location}

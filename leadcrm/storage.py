@@ -222,6 +222,7 @@ INSERT_EVENT = Sql(
 
 # Idempotency keys (leadcrm/idempotency.py).
 FORGET_EXPIRED_KEY = Sql("DELETE FROM idempotency_keys WHERE key = :key AND created_at < :before")
+FORGET_EXPIRED_KEYS = Sql("DELETE FROM idempotency_keys WHERE created_at < :before")
 CLAIM_KEY = Sql(
     "INSERT INTO idempotency_keys (key, request_hash, created_at) VALUES (:key, :request_hash, :created_at) "
     "ON CONFLICT DO NOTHING RETURNING key"

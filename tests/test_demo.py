@@ -55,3 +55,24 @@ def test_drain_command_is_a_safe_sweep(app: Flask) -> None:
     assert "Assigned 2 waiting contacts." in runner.invoke(args=["leadcrm", "drain"]).output
     assert "Assigned 0 waiting contacts." in runner.invoke(args=["leadcrm", "drain"]).output
     assert client.get("/api/v1/operators/1").json["active_leads"] == 2
+
+
+def test_drain_forgets_expired_idempotency_keys(app: Flask) -> None:
+    from datetime import timedelta
+
+    from leadcrm.models import IdempotencyKey, utcnow
+
+    client = app.test_client()
+    client.post("/api/v1/sources/", json={"name": "s"})
+    for key in ("old", "new"):
+        client.post(
+            "/api/v1/contacts/register", json={"source_id": 1, "external_id": key}, headers={"Idempotency-Key": key}
+        )
+    with app.app_context():
+        db.session.execute(
+            sa.update(IdempotencyKey).where(IdempotencyKey.key == "old").values(created_at=utcnow() - timedelta(days=2))
+        )
+        db.session.commit()
+    assert "Forgot 1 expired idempotency key." in app.test_cli_runner().invoke(args=["leadcrm", "drain"]).output
+    with app.app_context():
+        assert db.session.scalars(sa.select(IdempotencyKey.key)).all() == ["new"]
