@@ -69,9 +69,15 @@ def test_detail_pages_render(client: FlaskClient, setup: dict, path: str) -> Non
     assert "<html" not in text(client.get(path, headers=HTMX))
 
 
-@pytest.mark.parametrize("path", ["/sources/99", "/leads/99", "/operators/99"])
+@pytest.mark.parametrize(
+    "path", ["/sources/99", "/leads/99", "/operators/99", "/contacts/99/close", "/contacts/99/reopen"]
+)
 def test_unknown_ids_are_404_pages(client: FlaskClient, path: str) -> None:
-    response = client.get(path) if path != "/operators/99" else post_form(client, path, {"max_active_leads": "1"})
+    response = (
+        client.get(path)
+        if "/sources/" in path or "/leads/" in path
+        else post_form(client, path, {"max_active_leads": "1"})
+    )
     assert response.status_code == 404
     assert "<html" in text(response).lower()
 

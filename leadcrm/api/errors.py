@@ -5,7 +5,7 @@ from typing import Any
 import sqlalchemy as sa
 from flask import Flask, current_app, request
 from pydantic import ValidationError
-from werkzeug.exceptions import HTTPException, InternalServerError
+from werkzeug.exceptions import HTTPException, InternalServerError, default_exceptions
 
 from leadcrm.errors import Conflict, DomainError, InvalidInput, NotFound
 
@@ -42,6 +42,9 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(DomainError)
     def domain_error(exc: DomainError) -> Any:
         status = next((s for cls, s in STATUS_BY_ERROR if isinstance(exc, cls)), 400)
+        if not _is_api_request():
+            # A page: the plain HTML error page for that status.
+            return default_exceptions[status](description=str(exc.message))
         return error_response(status, exc.code, exc.message, exc.fields)
 
     @app.errorhandler(ValidationError)

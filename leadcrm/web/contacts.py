@@ -119,15 +119,21 @@ def _back(default: str) -> ResponseReturnValue:
     return redirect(local_target(request.form.get("next"), default))
 
 
+def _chosen_operator() -> tuple[int, bool]:
+    """The operator picked in an assign form, and whether its override box is ticked."""
+    operator_id = request.form.get("operator_id", type=int)
+    if operator_id is None or not 0 < operator_id <= INT_MAX:
+        raise InvalidInput(_("Choose an operator."), {"operator_id": _("Choose an operator.")})
+    return operator_id, request.form.get("override") == "1"
+
+
 @bp.post("/<id:contact_id>/assign")
 def assign(contact_id: int) -> ResponseReturnValue:
     """Assign or reassign by hand; past the limit only with the override box ticked."""
     contact = db.get_or_404(Contact, contact_id)
-    operator_id = request.form.get("operator_id", type=int)
     try:
-        if operator_id is None or not 0 < operator_id <= INT_MAX:
-            raise InvalidInput(_("Choose an operator."), {"operator_id": _("Choose an operator.")})
-        distribution.assign_by_hand(db.session, contact.id, operator_id, override=request.form.get("override") == "1")
+        operator_id, override = _chosen_operator()
+        distribution.assign_by_hand(db.session, contact.id, operator_id, override=override)
     except DomainError as exc:
         db.session.rollback()
         return _detail(
@@ -139,7 +145,6 @@ def assign(contact_id: int) -> ResponseReturnValue:
 
 @bp.post("/<id:contact_id>/reopen")
 def reopen(contact_id: int) -> ResponseReturnValue:
-    db.get_or_404(Contact, contact_id)
     distribution.reopen_contact(db.session, contact_id)
     db.session.commit()
     return changed(_back(url_for(".detail", contact_id=contact_id)))
@@ -157,10 +162,7 @@ def bulk() -> ResponseReturnValue:
             for contact_id in ids:
                 distribution.close_contact(db.session, contact_id)
         elif action == "reassign":
-            operator_id = request.form.get("operator_id", type=int)
-            if operator_id is None or not 0 < operator_id <= INT_MAX:
-                raise InvalidInput(_("Choose an operator."))
-            override = request.form.get("override") == "1"
+            operator_id, override = _chosen_operator()
             for contact_id in ids:
                 distribution.assign_by_hand(db.session, contact_id, operator_id, override=override)
         else:
