@@ -23,14 +23,20 @@ access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms'
 errorlog = "-"
 
 
-def on_starting(server):  # noqa: ARG001 - gunicorn's hook signature
-    """Bring the schema up to date once, in the master, before any worker starts."""
+def on_starting(server):
+    """Bring the schema up to date once, in the master, before any worker starts.
+
+    On an empty database this also creates the first supervisor, "admin".
+    """
     from flask_migrate import upgrade
 
     from leadcrm import create_app
+    from leadcrm.cli import ensure_first_admin
     from leadcrm.extensions import db
 
     app = create_app()
     with app.app_context():
         upgrade()
+        ensure_first_admin(server.log.warning)
+        db.session.remove()
         db.engine.dispose()

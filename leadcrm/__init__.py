@@ -62,6 +62,11 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     with app.app_context():
         configure_engine(db.engine)
 
+    from leadcrm.auth import init_auth, public
+
+    # First: who is asking and may they (reads only; ends its transaction).
+    init_auth(app)
+
     @app.before_request
     def start_write_transaction() -> None:
         # Requests that change data take the write lock before their first read.
@@ -75,8 +80,6 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     from leadcrm.cli import cli
     from leadcrm.web import register_web
 
-    # The JSON API is for integrations, not browsers: no CSRF token there.
-    csrf.exempt(api_bp)
     app.register_blueprint(api_bp, url_prefix="/api/v1")
     app.register_blueprint(docs_bp)
     register_error_handlers(app)
@@ -84,6 +87,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     app.cli.add_command(cli)
 
     @app.get("/healthz")
+    @public
     def healthz() -> dict[str, str]:
         return {"status": "ok"}
 

@@ -1,12 +1,19 @@
 """`flask leadcrm ...`: maintenance commands for cron, systemd timers and people."""
 
+from collections.abc import Callable
+from typing import NoReturn
+
 import click
+from flask import current_app
 from flask.cli import AppGroup
 
+from leadcrm import accounts
 from leadcrm.database import begin_write
 from leadcrm.distribution import drain_all
+from leadcrm.errors import DomainError
 from leadcrm.extensions import db
 from leadcrm.idempotency import forget_expired
+from leadcrm.models import INTAKE, ROLES
 
 cli = AppGroup("leadcrm", help="leadcrm maintenance and demo commands.")
 
@@ -26,3 +33,64 @@ def drain() -> None:
     db.session.commit()
     click.echo(f"Assigned {assigned} waiting contact{'s' if assigned != 1 else ''}.")
     click.echo(f"Forgot {forgotten} expired idempotency key{'s' if forgotten != 1 else ''}.")
+
+
+users_cli = AppGroup("users", help="Manage user accounts (also on the Users page).")
+cli.add_command(users_cli)
+
+
+def _fail(exc: DomainError) -> NoReturn:
+    details = " ".join(str(message) for message in exc.fields.values())
+    raise click.ClickException(f"{exc.message} {details}".strip())
+
+
+@users_cli.command("create")
+@click.argument("username")
+@click.option("--role", type=click.Choice(ROLES), default=INTAKE, show_default=True)
+@click.password_option(help="Asked for when not given (read from stdin when it is not a terminal).")
+def create_user(username: str, role: str, password: str) -> None:
+    """Add a user."""
+    begin_write(db.session)
+    try:
+        user = accounts.create_user(db.session, username=username, password=password, role=role)
+    except DomainError as exc:
+        _fail(exc)
+    db.session.commit()
+    click.echo(f"Created {user.role} {user.username!r}.")
+
+
+@users_cli.command("set-password")
+@click.argument("username")
+@click.password_option(help="Asked for when not given (read from stdin when it is not a terminal).")
+def set_password(username: str, password: str) -> None:
+    """Give a user a new password (their open sessions end); also reactivates them."""
+    begin_write(db.session)
+    user = accounts.find_user(db.session, username)
+    if user is None:
+        raise click.ClickException(f"No user {username!r}.")
+    try:
+        accounts.set_password(db.session, user, password)
+    except DomainError as exc:
+        _fail(exc)
+    user.is_active = True
+    db.session.commit()
+    click.echo(f"Password of {user.username!r} changed.")
+
+
+@users_cli.command("list")
+def list_users() -> None:
+    """Show every user with role and state."""
+    for user in accounts.list_users(db.session):
+        click.echo(f"{user.username}\t{user.role}\t{'active' if user.is_active else 'inactive'}")
+
+
+def ensure_first_admin(log: Callable[[str], None]) -> None:
+    """On an empty database create supervisor "admin" (LEADCRM_ADMIN_PASSWORD, or a random password logged once)."""
+    begin_write(db.session)
+    generated = accounts.ensure_admin(db.session, current_app.config["LEADCRM_ADMIN_PASSWORD"] or None)
+    db.session.commit()
+    if generated:
+        log(
+            f"Created supervisor 'admin' with password: {generated}  "
+            "(shown only now; log in and change it on the Users page)"
+        )

@@ -16,3 +16,14 @@ class Config:
     WTF_CSRF_TIME_LIMIT = None
     # Bodies larger than this are refused with 413 before they are parsed.
     MAX_CONTENT_LENGTH = 1024 * 1024
+    # The login cookie: not readable by scripts, not sent on cross-site posts.
+    # It is also marked Secure whenever a request arrives over HTTPS.
+    SESSION_COOKIE_HTTPONLY = True
+    SESSION_COOKIE_SAMESITE = "Lax"
+    SESSION_COOKIE_SECURE = os.environ.get("LEADCRM_SECURE_COOKIES", "") == "1"
+    # Number of reverse proxies in front of the app whose X-Forwarded-* headers
+    # to trust (client address for login throttling, HTTPS for cookies). 0: none.
+    LEADCRM_PROXY_COUNT = int(os.environ.get("LEADCRM_PROXY_COUNT") or 0)
+    # Password for the first supervisor, "admin", created on an empty database.
+    # Unset: a random password is printed once in the log.
+    LEADCRM_ADMIN_PASSWORD = os.environ.get("LEADCRM_ADMIN_PASSWORD", "")

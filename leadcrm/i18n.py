@@ -1,6 +1,6 @@
 """Interface language: English or Russian, from a remembered choice or the browser."""
 
-from flask import request
+from flask import has_request_context, request
 
 LANGUAGES = {"en": "English", "ru": "Русский"}
 LANGUAGE_COOKIE = "lang"
@@ -9,7 +9,8 @@ LANGUAGE_COOKIE = "lang"
 def select_locale() -> str:
     # The JSON API answers in one language, whoever calls it: integrations
     # should not see their error texts change with a browser's settings.
-    if request.path.startswith("/api/"):
+    # Commands (`flask leadcrm ...`) have no request: English too.
+    if not has_request_context() or request.path.startswith("/api/"):
         return "en"
     chosen = request.cookies.get(LANGUAGE_COOKIE)
     if chosen in LANGUAGES:

@@ -1,10 +1,12 @@
 """The data model: operators, sources and their weights, leads and contacts."""
 
+import hashlib
 from datetime import UTC, datetime
 from typing import Any, Optional
 
 import sqlalchemy as sa
 import sqlalchemy.orm as so
+from flask_login import UserMixin
 
 from leadcrm.extensions import db
 
@@ -191,3 +193,74 @@ class IdempotencyKey(db.Model):
     response_body: so.Mapped[Optional[str]] = so.mapped_column(sa.Text)
     location: so.Mapped[Optional[str]] = so.mapped_column(sa.String(200))
     created_at: so.Mapped[datetime] = so.mapped_column(UTCDateTime, default=utcnow, index=True)
+
+
+SUPERVISOR, INTAKE = "supervisor", "intake"
+ROLES = (SUPERVISOR, INTAKE)
+USERNAME_MAX = 64
+PASSWORD_MAX = 256  # long passphrases are welcome; unbounded input is not
+# API token scopes: "register" may only register contacts and read the distribution status.
+REGISTER_SCOPE, FULL_SCOPE = "register", "full"
+SCOPES = (REGISTER_SCOPE, FULL_SCOPE)
+
+
+class User(UserMixin, db.Model):
+    """A person who logs in: a supervisor (everything) or intake staff."""
+
+    __tablename__ = "users"
+    __table_args__ = (sa.CheckConstraint("role IN ('supervisor', 'intake')", name="role_known"),)
+
+    id: so.Mapped[int] = so.mapped_column(primary_key=True)
+    username: so.Mapped[str] = so.mapped_column(sa.String(USERNAME_MAX), unique=True)
+    # werkzeug's scrypt hash; never the password itself.
+    password_hash: so.Mapped[str] = so.mapped_column(sa.String(256))
+    role: so.Mapped[str] = so.mapped_column(sa.String(20))
+    is_active: so.Mapped[bool] = so.mapped_column(default=True, server_default=sa.true())
+    created_at: so.Mapped[datetime] = so.mapped_column(UTCDateTime, default=utcnow)
+
+    def session_stamp(self) -> str:
+        """Part of the login cookie tied to the password hash: a new password ends every old session."""
+        return hashlib.sha256(self.password_hash.encode()).hexdigest()[:16]
+
+    def get_id(self) -> str:
+        # What Flask-Login keeps in the session cookie.
+        return f"{self.id}:{self.session_stamp()}"
+
+    def __repr__(self) -> str:
+        return f"<User {self.id} {self.username!r} {self.role}>"
+
+
+class ApiToken(db.Model):
+    """A named credential for an integration. Only the SHA-256 of the secret is kept."""
+
+    __tablename__ = "api_tokens"
+    __table_args__ = (sa.CheckConstraint("scope IN ('register', 'full')", name="scope_known"),)
+
+    id: so.Mapped[int] = so.mapped_column(primary_key=True)
+    name: so.Mapped[str] = so.mapped_column(sa.String(NAME_MAX))
+    scope: so.Mapped[str] = so.mapped_column(sa.String(20))
+    token_hash: so.Mapped[str] = so.mapped_column(sa.String(64), unique=True)
+    # The first characters of the secret, shown so a token can be recognised.
+    prefix: so.Mapped[str] = so.mapped_column(sa.String(16))
+    created_by_id: so.Mapped[Optional[int]] = so.mapped_column(sa.ForeignKey("users.id"))
+    created_at: so.Mapped[datetime] = so.mapped_column(UTCDateTime, default=utcnow)
+    last_used_at: so.Mapped[Optional[datetime]] = so.mapped_column(UTCDateTime)
+    revoked_at: so.Mapped[Optional[datetime]] = so.mapped_column(UTCDateTime)
+
+    created_by: so.Mapped[Optional[User]] = so.relationship()
+
+    def __repr__(self) -> str:
+        return f"<ApiToken {self.id} {self.name!r} {self.scope}>"
+
+
+class LoginFailure(db.Model):
+    """One failed login, counted against an account and an address to throttle guessing."""
+
+    __tablename__ = "login_failures"
+
+    id: so.Mapped[int] = so.mapped_column(primary_key=True)
+    # "user:<name>" or "addr:<ip>".
+    key: so.Mapped[str] = so.mapped_column(sa.String(USERNAME_MAX + 10))
+    created_at: so.Mapped[datetime] = so.mapped_column(UTCDateTime, default=utcnow)
+
+    __table_args__ = (sa.Index("ix_login_failures_key_created_at", "key", "created_at"),)

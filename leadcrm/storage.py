@@ -69,6 +69,15 @@ class Sql:
         self.by_dialect = {"sqlite": self.text, "postgresql": re.sub(r"(?<![:\w]):(\w+)", r"%(\1)s", self.text)}
 
 
+# Key in ``session.info`` naming who acts in the current unit of work (see ``act_as``).
+ACTOR = "leadcrm_actor"
+
+
+def act_as(session: Session | scoped_session[Session], actor: str | None) -> None:
+    """Record ``actor`` in the history rows this session writes from now on."""
+    session.info[ACTOR] = actor
+
+
 class Tx:
     """The session's current transaction, seen at the driver level.
 
@@ -76,13 +85,15 @@ class Tx:
     session for every statement would cost more than the statements.
     """
 
-    __slots__ = ("dialect", "_driver", "_errors")
+    __slots__ = ("dialect", "actor", "_driver", "_errors")
 
     def __init__(self, session: Session) -> None:
         conn = session.connection()
         self.dialect: str = conn.dialect.name
         self._driver = conn.connection.driver_connection
         self._errors = conn.dialect.loaded_dbapi.Error
+        # Who makes this unit of work's changes ("user:ann", "token:crm (#2)"), for the history.
+        self.actor: str | None = session.info.get(ACTOR)
 
     @classmethod
     def of(cls, session: Session | scoped_session[Session]) -> "Tx":
@@ -116,6 +127,7 @@ class Tx:
             "from_operator_id": from_operator_id,
             "to_operator_id": to_operator_id,
             "created_at": at,
+            "actor": self.actor,
         }
         self.execute(INSERT_EVENT, params)
 
@@ -216,8 +228,8 @@ SOURCES_WITH_WAITING = Sql(
 
 # The history: one row per change of a contact's assignment.
 INSERT_EVENT = Sql(
-    "INSERT INTO contact_events (contact_id, reason, from_operator_id, to_operator_id, created_at) "
-    "VALUES (:contact_id, :reason, :from_operator_id, :to_operator_id, :created_at)"
+    "INSERT INTO contact_events (contact_id, reason, from_operator_id, to_operator_id, created_at, actor) "
+    "VALUES (:contact_id, :reason, :from_operator_id, :to_operator_id, :created_at, :actor)"
 )
 
 # Idempotency keys (leadcrm/idempotency.py).

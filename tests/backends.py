@@ -16,7 +16,18 @@ from leadcrm import create_app
 from leadcrm.extensions import db
 
 POSTGRES_URL = os.environ.get("LEADCRM_TEST_POSTGRES_URL", "")
-TABLES = ("idempotency_keys", "contact_events", "contacts", "source_operators", "leads", "sources", "operators")
+TABLES = (
+    "idempotency_keys",
+    "contact_events",
+    "contacts",
+    "source_operators",
+    "leads",
+    "sources",
+    "operators",
+    "api_tokens",
+    "users",
+    "login_failures",
+)
 
 
 def migrate(url: str) -> None:

@@ -9,7 +9,9 @@ from flask.testing import FlaskClient
 
 from leadcrm import create_app
 from leadcrm.extensions import db
+from leadcrm.models import FULL_SCOPE, SUPERVISOR
 from tests.backends import POSTGRES_URL, PostgresBackend, SqliteBackend
+from tests.helpers import add_token, add_user, login_client
 
 
 @pytest.fixture(scope="session", params=["sqlite", "postgresql"])
@@ -41,8 +43,22 @@ def app(database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> I
 
 
 @pytest.fixture
-def client(app: Flask) -> FlaskClient:
+def anonymous(app: Flask) -> FlaskClient:
+    """A client that has not logged in and sends no token."""
     return app.test_client()
+
+
+@pytest.fixture
+def client(app: Flask) -> FlaskClient:
+    """A supervisor's browser session, which also sends a full-scope API token on /api/v1.
+
+    Pages go through the session (and need CSRF tokens on forms); the API
+    through the token, as integrations call it.
+    """
+    with app.app_context():
+        supervisor = add_user("boss", SUPERVISOR)
+        secret = add_token("tests", FULL_SCOPE)
+    return login_client(app, supervisor, token=secret)
 
 
 @pytest.fixture

@@ -1,11 +1,16 @@
 """Small builders shared by the tests; they go through the domain functions."""
 
-import sqlalchemy as sa
+from functools import cache
 
-from leadcrm import operators, sources
+import sqlalchemy as sa
+from flask import Flask
+from flask.testing import FlaskClient
+from werkzeug.security import generate_password_hash
+
+from leadcrm import accounts, operators, sources
 from leadcrm.extensions import db
 from leadcrm.identity import LeadIdentity
-from leadcrm.models import OPEN, Contact, Operator, Source
+from leadcrm.models import OPEN, Contact, Operator, Source, User
 
 
 def add_operator(name: str, limit: int = 10, *, active: bool = True) -> Operator:
@@ -36,3 +41,38 @@ def assert_load_matches_open_contacts() -> None:
     for operator in db.session.scalars(sa.select(Operator)):
         db.session.refresh(operator)
         assert operator.active_leads == open_by_operator.get(operator.id, 0), operator
+
+
+PASSWORD = "correct horse battery"
+
+
+@cache
+def password_hash() -> str:
+    # scrypt is slow on purpose: hash the test password once per run.
+    return generate_password_hash(PASSWORD)
+
+
+def add_user(username: str, role: str, *, active: bool = True) -> User:
+    """A user with PASSWORD, stored and committed (needs an app context)."""
+    user = User(username=username, password_hash=password_hash(), role=role, is_active=active)
+    db.session.add(user)
+    db.session.commit()
+    return user
+
+
+def add_token(name: str, scope: str) -> str:
+    """A new API token, committed; returns its secret."""
+    secret = accounts.create_token(db.session, name=name, scope=scope, created_by=None).secret
+    db.session.commit()
+    return secret
+
+
+def login_client(app: Flask, user: User, token: str | None = None) -> FlaskClient:
+    """A test client logged in as ``user`` (as the login form does), optionally sending a Bearer token."""
+    client = app.test_client()
+    with client.session_transaction() as session:
+        session["_user_id"] = user.get_id()
+        session["_fresh"] = True
+    if token:
+        client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {token}"
+    return client

@@ -11,6 +11,10 @@ from pathlib import Path
 
 import requests
 
+from leadcrm import accounts, create_app
+from leadcrm.extensions import db
+from leadcrm.models import FULL_SCOPE
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -21,7 +25,9 @@ def free_port() -> int:
 
 
 @contextmanager
-def gunicorn(database_url: str, workdir: Path, *, workers: int = 4, name: str = "gunicorn") -> Iterator[str]:
+def gunicorn(
+    database_url: str, workdir: Path, *, workers: int = 4, name: str = "gunicorn", env: dict[str, str] | None = None
+) -> Iterator[str]:
     """Serve app:app with gunicorn.conf.py (migrations run in its master); yields the base URL."""
     port = free_port()
     log_path = workdir / f"{name}.log"
@@ -33,6 +39,7 @@ def gunicorn(database_url: str, workdir: Path, *, workers: int = 4, name: str = 
         "WORKERS": str(workers),
         "ACCESS_LOG": "",
         "LEADCRM_INSTANCE_PATH": str(workdir / "instance"),
+        **(env or {}),
     }
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
@@ -66,3 +73,21 @@ def gunicorn(database_url: str, workdir: Path, *, workers: int = 4, name: str = 
             process.wait()
     errors = [line for line in log_path.read_text().splitlines() if "Traceback" in line or "[ERROR]" in line]
     assert not errors, f"the server logged errors, see {log_path}:\n" + "\n".join(errors[:20])
+
+
+def create_token(database_url: str, scope: str = FULL_SCOPE, name: str = "tests") -> str:
+    """An API token stored straight into a served (migrated) database; returns its secret."""
+    app = create_app({"SQLALCHEMY_DATABASE_URI": database_url})
+    with app.app_context():
+        secret = accounts.create_token(db.session, name=name, scope=scope, created_by=None).secret
+        db.session.commit()
+        db.session.remove()
+        db.engine.dispose()
+    return secret
+
+
+def api_session(token: str) -> requests.Session:
+    """A requests session that authenticates as an integration does."""
+    session = requests.Session()
+    session.headers["Authorization"] = f"Bearer {token}"
+    return session

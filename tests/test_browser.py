@@ -18,6 +18,7 @@ pytestmark = pytest.mark.slow
 
 CHROMIUM = os.environ.get("LEADCRM_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 SCREENSHOTS = PROJECT_ROOT / "test-artifacts" / "screenshots"
+ADMIN_PASSWORD = "browser-test-admin"
 
 
 def _browser_or_skip():
@@ -40,7 +41,9 @@ def _browser_or_skip():
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     workdir = tmp_path_factory.mktemp("browser")
-    with gunicorn(f"sqlite:///{workdir / 'leadcrm.sqlite3'}", workdir, workers=2) as base:
+    # The first start creates supervisor "admin" with this password.
+    env = {"LEADCRM_ADMIN_PASSWORD": ADMIN_PASSWORD}
+    with gunicorn(f"sqlite:///{workdir / 'leadcrm.sqlite3'}", workdir, workers=2, env=env) as base:
         yield base
 
 
@@ -56,6 +59,28 @@ def browser(server: str) -> Iterator[object]:
         browser.close()
 
 
+def new_context(browser, **options: object) -> tuple[object, list[str]]:
+    """A browser context that records script errors and Content-Security-Policy violations."""
+    context = browser.new_context(locale="en-US", **options)
+    context.set_default_timeout(10_000)
+    problems: list[str] = []
+    context.on("weberror", lambda error: problems.append(f"script error: {error.error}"))
+    # Chromium reports what a Content-Security-Policy blocked as console errors ("Refused to ...").
+    context.on(
+        "console",
+        lambda message: problems.append(message.text) if "Content Security Policy" in message.text else None,
+    )
+    return context, problems
+
+
+def log_in(page, server: str, username: str, password: str) -> None:
+    page.goto(f"{server}/login")
+    page.get_by_label("Username").fill(username)
+    page.get_by_label("Password").fill(password)
+    page.get_by_role("button", name="Log in").click()
+    page.get_by_role("button", name="Log out").wait_for()
+
+
 def shot(page, name: str) -> None:
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
@@ -64,13 +89,20 @@ def shot(page, name: str) -> None:
 def test_supervisor_and_intake_work_without_reloads(server: str, browser) -> None:
     from playwright.sync_api import expect
 
-    context = browser.new_context(viewport={"width": 1200, "height": 850}, locale="en-US")
-    context.set_default_timeout(10_000)
+    context, errors = new_context(browser, viewport={"width": 1200, "height": 850})
     page = context.new_page()
-    errors: list[str] = []
-    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    # Every page asks for a login first; a wrong password is refused.
+    page.goto(f"{server}/operators/")
+    expect(page.get_by_role("heading", name="Log in")).to_be_visible()
+    shot(page, "login")
+    page.get_by_label("Username").fill("admin")
+    page.get_by_label("Password").fill("not the password")
+    page.get_by_role("button", name="Log in").click()
+    expect(page.get_by_role("alert")).to_contain_text("Wrong username or password")
+    page.get_by_label("Password").fill(ADMIN_PASSWORD)
+    page.get_by_role("button", name="Log in").click()
 
-    # Operators, created through the page's form (htmx swaps the section in place).
+    # Back where we wanted to go. Operators, created through the page's form (htmx swaps the section in place).
     page.goto(f"{server}/operators/")
     expect(page.get_by_text("No operators yet")).to_be_visible()
     for name, limit in (("Anna", "2"), ("Boris", "1")):
@@ -105,28 +137,43 @@ def test_supervisor_and_intake_work_without_reloads(server: str, browser) -> Non
     load.evaluate("window.__sameDocument = true")
     expect(load.get_by_test_id("load-1")).to_have_text("0 / 2")
 
+    # An account for the intake desk, made on the Users page.
+    page.goto(f"{server}/users/")
+    page.get_by_label("Username").fill("irina")
+    page.get_by_label("Role", exact=True).select_option("intake")
+    page.get_by_label("Password", exact=True).fill("intake-desk-2026")
+    page.get_by_role("button", name="Add user").click()
+    expect(page.locator("#user-2")).to_contain_text("irina")
+    shot(page, "users")
+    desk_context, desk_errors = new_context(browser, viewport={"width": 1200, "height": 850})
+    desk = desk_context.new_page()
+    log_in(desk, server, "irina", "intake-desk-2026")
+    # Intake staff land on the intake form and see no supervisor pages.
+    expect(desk.get_by_role("heading", level=1)).to_have_text("Register a contact")
+    expect(desk.get_by_role("link", name="Operators")).to_have_count(0)
+
     # Intake, by keyboard only: the form comes back empty with focus on its first field.
-    page.goto(f"{server}/intake/")
-    expect(page.get_by_label("Source")).to_be_focused()
+    desk.goto(f"{server}/intake/")
+    expect(desk.get_by_label("Source")).to_be_focused()
     phones = ["8 900 111-11-11", "+7 900 222-22-22", "89003333333", "+79004444444"]
     for n, phone in enumerate(phones):
-        page.keyboard.press("Tab")
-        expect(page.get_by_label("Phone")).to_be_focused()
-        page.keyboard.type(phone)
-        page.keyboard.press("Enter")
-        expect(page.get_by_test_id("result")).to_contain_text(f"contact #{n + 1}")
-        expect(page.get_by_label("Phone")).to_have_value("")
-        expect(page.get_by_label("Source")).to_be_focused()
+        desk.keyboard.press("Tab")
+        expect(desk.get_by_label("Phone")).to_be_focused()
+        desk.keyboard.type(phone)
+        desk.keyboard.press("Enter")
+        expect(desk.get_by_test_id("result")).to_contain_text(f"contact #{n + 1}")
+        expect(desk.get_by_label("Phone")).to_have_value("")
+        expect(desk.get_by_label("Source")).to_be_focused()
     # Capacity was 2 + 1: the fourth contact waits.
-    expect(page.get_by_test_id("result")).to_contain_text("Waiting")
+    expect(desk.get_by_test_id("result")).to_contain_text("Waiting")
     # A bad phone: the error is inline and the typed text stays.
-    page.get_by_label("Phone").fill("12")
-    page.get_by_label("Name", exact=True).fill("Someone")
-    page.get_by_role("button", name="Register").click()
-    expect(page.locator("#phone-error")).to_be_visible()
-    expect(page.get_by_label("Phone")).to_be_focused()
-    expect(page.get_by_label("Name", exact=True)).to_have_value("Someone")
-    shot(page, "intake")
+    desk.get_by_label("Phone").fill("12")
+    desk.get_by_label("Name", exact=True).fill("Someone")
+    desk.get_by_role("button", name="Register").click()
+    expect(desk.locator("#phone-error")).to_be_visible()
+    expect(desk.get_by_label("Phone")).to_be_focused()
+    expect(desk.get_by_label("Name", exact=True)).to_have_value("Someone")
+    shot(desk, "intake")
 
     # The load table followed, without a reload.
     expect(load.get_by_test_id("unassigned-open")).to_have_text("1")
@@ -160,20 +207,68 @@ def test_supervisor_and_intake_work_without_reloads(server: str, browser) -> Non
     expect(page.get_by_role("heading", level=1)).to_have_text("Нагрузка")
     shot(page, "load-ru")
 
-    assert errors == []
+    assert errors == [] and desk_errors == []
+    desk_context.close()
     context.close()
 
 
 def test_phone_width_pages_do_not_overflow(server: str, browser) -> None:
-    context = browser.new_context(viewport={"width": 390, "height": 844}, locale="en-US")
+    context, errors = new_context(browser, viewport={"width": 390, "height": 844})
     page = context.new_page()
-    for path in ("/", "/intake/", "/operators/", "/sources/", "/report/", "/contacts/", "/leads/"):
+    log_in(page, server, "admin", ADMIN_PASSWORD)
+    pages = ("/", "/intake/", "/operators/", "/sources/", "/report/", "/contacts/", "/leads/", "/users/", "/tokens/")
+    for path in pages:
         page.goto(server + path)
         overflow = page.evaluate("document.documentElement.scrollWidth - document.documentElement.clientWidth")
         assert overflow <= 0, f"{path} is {overflow}px wider than a phone screen"
     shot(page, "leads-phone")
+    assert errors == []
     context.close()
 
 
 def test_screenshots_were_written(server: str, browser) -> None:
     assert Path(SCREENSHOTS / "load.png").exists()
+
+
+def test_tokens_are_shown_once_work_and_can_be_revoked(server: str, browser) -> None:
+    import requests
+    from playwright.sync_api import expect
+
+    context, errors = new_context(browser, viewport={"width": 1200, "height": 850})
+    page = context.new_page()
+    log_in(page, server, "admin", ADMIN_PASSWORD)
+    page.goto(f"{server}/tokens/")
+    page.get_by_label("Name", exact=True).fill("Website form")
+    page.get_by_label("Scope").select_option("register")
+    page.get_by_role("button", name="Create token").click()
+    secret = page.get_by_label("Token", exact=True).input_value()
+    assert secret.startswith("lcrm_")
+    shot(page, "tokens")
+    status = f"{server}/api/v1/distribution_status/"
+    auth = {"Authorization": f"Bearer {secret}"}
+    assert requests.get(status, headers=auth, timeout=10).status_code == 200
+    assert requests.get(f"{server}/api/v1/operators/", headers=auth, timeout=10).status_code == 403
+    # /docs: Swagger UI runs under the Content-Security-Policy and can try a call with the token.
+    page.goto(f"{server}/docs")
+    page.get_by_role("button", name="Authorize").first.click()
+    page.locator("#auth-bearer-value").fill(secret)
+    page.get_by_role("button", name="Apply credentials").click()
+    page.locator(".auth-btn-wrapper .btn-done").click()
+    page.locator("#operations-status-get_distribution_status_").get_by_role("button").first.click()
+    page.get_by_role("button", name="Try it out").click()
+    page.get_by_role("button", name="Execute").click()
+    expect(page.locator(".live-responses-table tbody .response-col_status").first).to_contain_text("200")
+    expect(page.locator(".curl-command")).to_contain_text("Authorization: Bearer lcrm_")
+    shot(page, "docs")
+
+    # Shown once: the list has only its first characters, and shows that it was used.
+    page.goto(f"{server}/tokens/")
+    expect(page.get_by_text(secret)).to_have_count(0)
+    row = page.locator("table.tokens tr", has_text="Website form")
+    expect(row).to_contain_text(secret[:12])
+    expect(row.locator("time")).to_have_count(2)  # created and last used
+    row.get_by_role("button", name="Revoke").click()
+    expect(page.locator("table.tokens tr", has_text="Website form")).to_contain_text("revoked")
+    assert requests.get(status, headers=auth, timeout=10).status_code == 401
+    assert errors == []
+    context.close()

@@ -19,7 +19,8 @@ import pytest
 import requests
 import sqlalchemy as sa
 
-from tests.servers import gunicorn
+from leadcrm.models import REGISTER_SCOPE
+from tests.servers import api_session, create_token, gunicorn
 
 pytestmark = pytest.mark.slow
 
@@ -30,8 +31,8 @@ LIMITS = [1, 2, 3, 1, 2, 3]
 
 
 @pytest.fixture
-def servers(backend, tmp_path: Path) -> Iterator[tuple[str, list[str]]]:
-    """(database URL, base URLs of the app servers sharing it)."""
+def servers(backend, tmp_path: Path) -> Iterator[tuple[str, list[str], str]]:
+    """(database URL, base URLs of the app servers sharing it, a full-scope API token)."""
     url = backend.empty_url(tmp_path)
     layout = [4] if backend.name == "sqlite" else [3, 3]
     with ExitStack() as stack:
@@ -40,7 +41,7 @@ def servers(backend, tmp_path: Path) -> Iterator[tuple[str, list[str]]]:
             stack.enter_context(gunicorn(url, tmp_path, workers=workers, name=f"gunicorn{i}"))
             for i, workers in enumerate(layout)
         ]
-        yield url, bases
+        yield url, bases, create_token(url)
 
 
 def fetch_all(session: requests.Session, base: str, path: str) -> list[dict]:
@@ -73,10 +74,12 @@ def max_concurrent_open(contacts: list[dict]) -> dict[int, int]:
 
 
 def test_limits_hold_under_concurrent_registrations_closes_and_flips(servers) -> None:
-    database_url, bases = servers
+    database_url, bases, token = servers
     apis = [f"{base}/api/v1" for base in bases]
     api = apis[0]
-    setup = requests.Session()
+    setup = api_session(token)
+    # Registrations come from integrations with the narrowest scope.
+    register_token = create_token(database_url, REGISTER_SCOPE, name="web form")
     ops = [
         setup.post(f"{api}/operators/", json={"name": f"Op{i}", "max_active_leads": limit}).json()
         for i, limit in enumerate(LIMITS)
@@ -106,7 +109,7 @@ def test_limits_hold_under_concurrent_registrations_closes_and_flips(servers) ->
 
     def register(job: tuple[str, dict]) -> tuple[int, dict]:
         target, body = job
-        session = getattr(local, "session", None) or requests.Session()
+        session = getattr(local, "session", None) or api_session(register_token)
         local.session = session
         response = session.post(f"{target}/contacts/register", json=body, timeout=60)
         return response.status_code, response.json()
@@ -116,7 +119,7 @@ def test_limits_hold_under_concurrent_registrations_closes_and_flips(servers) ->
     flips: list[int] = []
 
     def close_some() -> None:
-        session = requests.Session()
+        session = api_session(token)
         for target in itertools.cycle(apis):
             if done.is_set():
                 return
@@ -127,7 +130,7 @@ def test_limits_hold_under_concurrent_registrations_closes_and_flips(servers) ->
                 closed.append(contact["id"])
 
     def flip_operators() -> None:
-        session = requests.Session()
+        session = api_session(token)
         flipper = random.Random(2)
         for target in itertools.cycle(apis):
             if done.wait(0.05):
@@ -224,9 +227,9 @@ def test_limits_hold_under_concurrent_registrations_closes_and_flips(servers) ->
 
 
 def test_concurrent_retries_with_one_idempotency_key_store_one_contact(servers) -> None:
-    database_url, bases = servers
+    database_url, bases, token = servers
     api = f"{bases[0]}/api/v1"
-    setup = requests.Session()
+    setup = api_session(token)
     operator = setup.post(f"{api}/operators/", json={"name": "Anna", "max_active_leads": 100}).json()
     source = setup.post(f"{api}/sources/", json={"name": "web_form"}).json()
     setup.post(f"{api}/sources/{source['id']}/config", json={"operator_id": operator["id"], "weight": 1})
@@ -234,9 +237,8 @@ def test_concurrent_retries_with_one_idempotency_key_store_one_contact(servers) 
 
     def send(n: int) -> tuple[int, dict]:
         target = bases[n % len(bases)]
-        response = requests.post(
-            f"{target}/api/v1/contacts/register", json=body, headers={"Idempotency-Key": "retry-1"}, timeout=60
-        )
+        headers = {"Idempotency-Key": "retry-1", "Authorization": f"Bearer {token}"}
+        response = requests.post(f"{target}/api/v1/contacts/register", json=body, headers=headers, timeout=60)
         return response.status_code, response.json()
 
     with ThreadPoolExecutor(16) as pool:

@@ -2,18 +2,18 @@
 
 import sqlalchemy as sa
 from flask import Flask
+from flask.testing import FlaskClient
 
 from leadcrm.extensions import db
 from leadcrm.models import Operator
 from tests.test_web import text
 
 
-def test_demo_fills_an_empty_database_and_leaves_a_full_one_alone(app: Flask) -> None:
+def test_demo_fills_an_empty_database_and_leaves_a_full_one_alone(app: Flask, client: FlaskClient) -> None:
     runner = app.test_cli_runner()
     result = runner.invoke(args=["leadcrm", "demo", "--leads", "40"])
     assert result.exit_code == 0, result.output
     assert "Created 12 operators, 4 sources and 40 leads." in result.output
-    client = app.test_client()
     status = client.get("/api/v1/distribution_status/").json
     assert len(status["operators"]) == 12 and len(status["sources"]) == 4
     assert client.get("/api/v1/leads/").json["total"] == 40  # some wrote through two sources: still 40 leads
@@ -26,10 +26,9 @@ def test_demo_fills_an_empty_database_and_leaves_a_full_one_alone(app: Flask) ->
     assert "Нагрузка" in text(client.get("/", headers={"Accept-Language": "ru"}))
 
 
-def test_simulation_registers_and_closes_and_keeps_counters_exact(app: Flask) -> None:
+def test_simulation_registers_and_closes_and_keeps_counters_exact(app: Flask, client: FlaskClient) -> None:
     runner = app.test_cli_runner()
     runner.invoke(args=["leadcrm", "demo", "--leads", "10"])
-    client = app.test_client()
     before = client.get("/api/v1/contacts/").json["total"]
     result = runner.invoke(args=["leadcrm", "demo", "--simulate", "--steps", "25", "--rate", "1000"])
     assert result.exit_code == 0, result.output
@@ -40,9 +39,8 @@ def test_simulation_registers_and_closes_and_keeps_counters_exact(app: Flask) ->
     assert sum(op["active_leads"] for op in status["operators"]) == open_assigned
 
 
-def test_drain_command_is_a_safe_sweep(app: Flask) -> None:
+def test_drain_command_is_a_safe_sweep(app: Flask, client: FlaskClient) -> None:
     runner = app.test_cli_runner()
-    client = app.test_client()
     anna = client.post("/api/v1/operators/", json={"name": "Anna", "max_active_leads": 0}).json
     client.post("/api/v1/sources/", json={"name": "s"})
     client.post("/api/v1/sources/1/config", json={"operator_id": anna["id"], "weight": 1})
@@ -57,12 +55,11 @@ def test_drain_command_is_a_safe_sweep(app: Flask) -> None:
     assert client.get("/api/v1/operators/1").json["active_leads"] == 2
 
 
-def test_drain_forgets_expired_idempotency_keys(app: Flask) -> None:
+def test_drain_forgets_expired_idempotency_keys(app: Flask, client: FlaskClient) -> None:
     from datetime import timedelta
 
     from leadcrm.models import IdempotencyKey, utcnow
 
-    client = app.test_client()
     client.post("/api/v1/sources/", json={"name": "s"})
     for key in ("old", "new"):
         client.post(

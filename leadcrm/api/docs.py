@@ -1,17 +1,16 @@
-"""Interactive API docs at /docs, served from the swagger-ui-bundle package (no CDN)."""
+"""Interactive API docs at /docs: Swagger UI, vendored under static/ (no CDN)."""
 
-from flask import Blueprint, render_template, send_from_directory
+from flask import Blueprint, render_template
 from flask.typing import ResponseReturnValue
-from swagger_ui_bundle import swagger_ui_path
+
+from leadcrm.auth import allow
+from leadcrm.models import SUPERVISOR
 
 bp = Blueprint("docs", __name__)
+SWAGGER_UI = "vendor/swagger-ui-5.35.0"
 
 
 @bp.get("/docs")
+@allow(SUPERVISOR)
 def docs() -> ResponseReturnValue:
-    return render_template("docs.html")
-
-
-@bp.get("/docs/assets/<path:filename>")
-def docs_asset(filename: str) -> ResponseReturnValue:
-    return send_from_directory(swagger_ui_path, filename)
+    return render_template("docs.html", swagger_ui=SWAGGER_UI)

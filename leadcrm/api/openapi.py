@@ -27,6 +27,10 @@ def _errors(*statuses: int) -> dict[str, Any]:
         409: "Conflict (duplicate name, identifiers of two different leads).",
         415: "Body is not application/json.",
         422: "Validation failed; `fields` names each wrong field.",
+        401: "No credentials, or a token that is unknown or revoked.",
+        403: "The token's scope (or the user's role) does not allow this endpoint.",
+        413: "The body is larger than 1 MiB.",
+        503: "The database is busy or unreachable; nothing was written, send it again.",
     }
     return {str(code): _json(_ref(s.ErrorOut), text[code]) for code in statuses}
 
@@ -86,6 +90,19 @@ def _created(model: type[BaseModel], what: str) -> dict[str, Any]:
     response = _json(_ref(model), f"{what} created.")
     response["headers"] = {"Location": {"schema": {"type": "string"}, "description": "URL of the new resource."}}
     return response
+
+
+# What a `register` token may call, and what intake staff may call with their session
+# (tests/test_access.py checks both against the views' declarations).
+REGISTER_SCOPE_OPERATIONS = {("/contacts/register", "post"), ("/distribution_status/", "get")}
+INTAKE_OPERATIONS = {
+    ("/contacts/", "get"),
+    ("/contacts/{contact_id}", "get"),
+    ("/contacts/{contact_id}/events", "get"),
+    ("/contacts/{contact_id}/close", "post"),
+    ("/leads/", "get"),
+    ("/leads/{lead_id}", "get"),
+}
 
 
 @cache
@@ -280,6 +297,19 @@ def openapi_document() -> dict[str, Any]:
             ),
         },
     }
+    for path, operations in paths.items():
+        for method, operation in operations.items():
+            if method == "parameters":
+                continue
+            for_register = (path, method) in REGISTER_SCOPE_OPERATIONS
+            operation["description"] = (
+                "Token scope: `register` or `full`." if for_register else "Token scope: `full`."
+            ) + (
+                " Roles: supervisor, intake."
+                if (path, method) in INTAKE_OPERATIONS or for_register
+                else " Role: supervisor."
+            )
+            operation["responses"].update(_errors(401, 403, 503, *((413,) if "requestBody" in operation else ())))
     return {
         "openapi": "3.1.0",
         "info": {
@@ -290,5 +320,16 @@ def openapi_document() -> dict[str, Any]:
         },
         "servers": [{"url": "/api/v1"}],
         "paths": paths,
-        "components": {"schemas": schema["$defs"]},
+        "components": {
+            "schemas": schema["$defs"],
+            "securitySchemes": {
+                "bearerAuth": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "An API token from the Tokens page (`lcrm_...`). "
+                    "A logged-in browser session works too; its writes need the X-CSRFToken header.",
+                }
+            },
+        },
+        "security": [{"bearerAuth": []}],
     }

@@ -33,10 +33,11 @@ from leadcrm.api.schemas import (
     WeightIn,
     WeightOut,
 )
+from leadcrm.auth import allow
 from leadcrm.errors import InvalidInput, NotFound
 from leadcrm.extensions import db
 from leadcrm.identity import parse_identity
-from leadcrm.models import IDEMPOTENCY_KEY_MAX, Contact
+from leadcrm.models import IDEMPOTENCY_KEY_MAX, INTAKE, SUPERVISOR, Contact
 
 M = TypeVar("M", bound=BaseModel)
 Response = tuple[Any, int] | tuple[Any, int, dict[str, str]] | Any
@@ -78,6 +79,7 @@ def page_of(query: sa.Select[Any], args: PageArgs, model: type[BaseModel]) -> di
 
 
 @bp.get("/openapi.json")
+@allow(SUPERVISOR, INTAKE, register_token=True)
 def openapi_json() -> Response:
     return openapi_document()
 
@@ -86,6 +88,7 @@ def openapi_json() -> Response:
 
 
 @bp.post("/operators/")
+@allow(SUPERVISOR)
 def create_operator() -> Response:
     body = parse(OperatorCreate, json_body())
     operator = operators.create_operator(
@@ -96,16 +99,19 @@ def create_operator() -> Response:
 
 
 @bp.get("/operators/")
+@allow(SUPERVISOR)
 def list_operators() -> Response:
     return page_of(operators.list_operators_query(), query_args(PageArgs), OperatorOut)
 
 
 @bp.get("/operators/<id:operator_id>")
+@allow(SUPERVISOR)
 def get_operator(operator_id: int) -> Response:
     return dump(OperatorOut, operators.get_operator(db.session, operator_id))
 
 
 @bp.patch("/operators/<id:operator_id>")
+@allow(SUPERVISOR)
 def update_operator(operator_id: int) -> Response:
     operator = operators.get_operator(db.session, operator_id)
     body = parse(OperatorUpdate, json_body())
@@ -118,6 +124,7 @@ def update_operator(operator_id: int) -> Response:
 
 
 @bp.post("/sources/")
+@allow(SUPERVISOR)
 def create_source() -> Response:
     body = parse(SourceCreate, json_body())
     source = sources.create_source(db.session, name=body.name, strategy=body.strategy, sticky=body.sticky)
@@ -126,16 +133,19 @@ def create_source() -> Response:
 
 
 @bp.get("/sources/")
+@allow(SUPERVISOR)
 def list_sources() -> Response:
     return page_of(sources.list_sources_query(), query_args(PageArgs), SourceOut)
 
 
 @bp.get("/sources/<id:source_id>")
+@allow(SUPERVISOR)
 def get_source(source_id: int) -> Response:
     return dump(SourceOut, sources.get_source(db.session, source_id))
 
 
 @bp.patch("/sources/<id:source_id>")
+@allow(SUPERVISOR)
 def update_source(source_id: int) -> Response:
     source = sources.get_source(db.session, source_id)
     body = parse(SourceUpdate, json_body())
@@ -149,12 +159,14 @@ def _weights_response(source_id: int) -> list[dict[str, Any]]:
 
 
 @bp.get("/sources/<id:source_id>/config")
+@allow(SUPERVISOR)
 def get_source_config(source_id: int) -> Response:
     sources.get_source(db.session, source_id)
     return _weights_response(source_id)
 
 
 @bp.post("/sources/<id:source_id>/config")
+@allow(SUPERVISOR)
 def set_source_config(source_id: int) -> Response:
     """An object sets one operator's weight; an array replaces the whole config."""
     source = sources.get_source(db.session, source_id)
@@ -181,6 +193,7 @@ def set_source_config(source_id: int) -> Response:
 
 
 @bp.post("/contacts/register")
+@allow(SUPERVISOR, INTAKE, register_token=True)
 def register_contact() -> Response:
     key = request.headers.get("Idempotency-Key")
     if key is not None and not 1 <= len(key.strip()) <= IDEMPOTENCY_KEY_MAX:
@@ -235,6 +248,7 @@ def _stored_answer(answer: idempotency.StoredAnswer, *, replayed: bool) -> Flask
 
 
 @bp.get("/contacts/")
+@allow(SUPERVISOR, INTAKE)
 def list_contacts() -> Response:
     args = query_args(ContactFilter)
     query = distribution.contacts_query(
@@ -248,6 +262,7 @@ def list_contacts() -> Response:
 
 
 @bp.get("/contacts/<id:contact_id>")
+@allow(SUPERVISOR, INTAKE)
 def get_contact(contact_id: int) -> Response:
     contact = db.session.get(Contact, contact_id)
     if contact is None:
@@ -256,6 +271,7 @@ def get_contact(contact_id: int) -> Response:
 
 
 @bp.get("/contacts/<id:contact_id>/events")
+@allow(SUPERVISOR, INTAKE)
 def get_contact_events(contact_id: int) -> Response:
     if db.session.get(Contact, contact_id) is None:
         raise NotFound(f"No contact with id {contact_id}.")
@@ -263,6 +279,7 @@ def get_contact_events(contact_id: int) -> Response:
 
 
 @bp.post("/contacts/<id:contact_id>/assign")
+@allow(SUPERVISOR)
 def assign_contact(contact_id: int) -> Response:
     """Give an open contact to a chosen operator (past its limit only with override)."""
     body = parse(AssignIn, json_body())
@@ -272,6 +289,7 @@ def assign_contact(contact_id: int) -> Response:
 
 
 @bp.post("/contacts/<id:contact_id>/reopen")
+@allow(SUPERVISOR)
 def reopen_contact(contact_id: int) -> Response:
     contact = distribution.reopen_contact(db.session, contact_id)
     db.session.commit()
@@ -279,6 +297,7 @@ def reopen_contact(contact_id: int) -> Response:
 
 
 @bp.get("/contacts/export.csv")
+@allow(SUPERVISOR)
 def export_contacts() -> FlaskResponse:
     """The contacts matching the list's filters, as CSV, streamed (the contacts page links here)."""
     filters = query_args(ContactFilter)
@@ -290,6 +309,7 @@ def export_contacts() -> FlaskResponse:
 
 
 @bp.post("/contacts/<id:contact_id>/close")
+@allow(SUPERVISOR, INTAKE)
 def close_contact(contact_id: int) -> Response:
     contact = distribution.close_contact(db.session, contact_id)
     db.session.commit()
@@ -300,12 +320,14 @@ def close_contact(contact_id: int) -> Response:
 
 
 @bp.get("/leads/")
+@allow(SUPERVISOR, INTAKE)
 def list_leads() -> Response:
     args = query_args(LeadSearch)
     return page_of(leads.search_leads_query(args.q, current_app.config["LEADCRM_PHONE_REGION"]), args, LeadOut)
 
 
 @bp.get("/leads/<id:lead_id>")
+@allow(SUPERVISOR, INTAKE)
 def get_lead(lead_id: int) -> Response:
     lead = leads.get_lead(db.session, lead_id)
     contacts = db.session.scalars(distribution.contacts_query(lead_id=lead_id)).all()
@@ -324,6 +346,7 @@ def _utc_text(value: datetime | None) -> str | None:
 
 
 @bp.get("/distribution_status/")
+@allow(SUPERVISOR, INTAKE, register_token=True)
 def distribution_status() -> Response:
     # Plain dicts, not pydantic models: with 1,000 operators and 30 sources the
     # answer has tens of thousands of fields. Its shape is DistributionStatusOut

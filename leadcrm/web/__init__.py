@@ -5,11 +5,23 @@ from flask.typing import ResponseReturnValue
 from flask_babel import get_locale
 from flask_wtf.csrf import CSRFError
 
+from leadcrm.auth import public
 from leadcrm.i18n import LANGUAGE_COOKIE, LANGUAGES
-from leadcrm.web import contacts, intake, leads, load, operators, report, sources
+from leadcrm.web import auth, contacts, intake, leads, load, operators, report, sources, tokens, users
 from leadcrm.web.rendering import local_target, render
 
-BLUEPRINTS = (load.bp, intake.bp, contacts.bp, leads.bp, operators.bp, sources.bp, report.bp)
+BLUEPRINTS = (
+    auth.bp,
+    users.bp,
+    tokens.bp,
+    load.bp,
+    intake.bp,
+    contacts.bp,
+    leads.bp,
+    operators.bp,
+    sources.bp,
+    report.bp,
+)
 
 
 def register_web(app: Flask) -> None:
@@ -25,6 +37,7 @@ def register_web(app: Flask) -> None:
         return f"{share * 100:.1f} %"
 
     @app.get("/language/<code>")
+    @public
     def set_language(code: str) -> ResponseReturnValue:
         """Remember the chosen interface language and go back where the user was."""
         response = redirect(local_target(request.args.get("next"), url_for("load.index")))

@@ -2,12 +2,12 @@
 
 from flask_babel import lazy_gettext as _l
 from flask_wtf import FlaskForm
-from wtforms import BooleanField, IntegerField, SelectField, StringField, TextAreaField
+from wtforms import BooleanField, IntegerField, PasswordField, SelectField, StringField, TextAreaField
 from wtforms.fields.choices import SelectChoice
 from wtforms.validators import DataRequired, InputRequired, Length, NumberRange, Optional
 
 from leadcrm.errors import DomainError, InvalidInput
-from leadcrm.models import EMAIL_MAX, EXTERNAL_ID_MAX, MESSAGE_MAX, NAME_MAX
+from leadcrm.models import EMAIL_MAX, EXTERNAL_ID_MAX, MESSAGE_MAX, NAME_MAX, PASSWORD_MAX, USERNAME_MAX
 
 LIMIT_MAX = 1_000_000
 WEIGHT_MAX = 1_000_000
@@ -62,3 +62,37 @@ class IntakeForm(FlaskForm):
     external_id = StringField(_l("External id"), filters=[strip], validators=[Optional(), Length(max=EXTERNAL_ID_MAX)])
     name = StringField(_l("Name"), filters=[strip], validators=[Optional(), Length(max=NAME_MAX)])
     message = TextAreaField(_l("Message"), validators=[Optional(), Length(max=MESSAGE_MAX)])
+
+
+ROLE_CHOICES = [SelectChoice("intake", _l("Intake")), SelectChoice("supervisor", _l("Supervisor"))]
+
+
+class LoginForm(FlaskForm):
+    username = StringField(_l("Username"), filters=[strip], validators=[DataRequired(), Length(max=USERNAME_MAX)])
+    password = PasswordField(_l("Password"), validators=[DataRequired(), Length(max=PASSWORD_MAX)])
+
+
+class UserForm(FlaskForm):
+    username = StringField(_l("Username"), filters=[strip], validators=[DataRequired(), Length(max=USERNAME_MAX)])
+    role = SelectField(_l("Role"), choices=ROLE_CHOICES, default="intake")
+    password = PasswordField(_l("Password"), validators=[DataRequired(), Length(max=PASSWORD_MAX)])
+
+
+class RoleForm(FlaskForm):
+    role = SelectField(_l("Role"), choices=ROLE_CHOICES)
+
+
+class PasswordForm(FlaskForm):
+    password = PasswordField(_l("New password"), validators=[DataRequired(), Length(max=PASSWORD_MAX)])
+
+
+class TokenForm(FlaskForm):
+    name = StringField(_l("Name"), filters=[strip], validators=[DataRequired(), Length(max=NAME_MAX)])
+    scope = SelectField(
+        _l("Scope"),
+        choices=[
+            SelectChoice("register", _l("register: register contacts, read the distribution status")),
+            SelectChoice("full", _l("full: the whole API")),
+        ],
+        default="register",
+    )

@@ -5,8 +5,9 @@ from flask.typing import ResponseReturnValue
 
 from leadcrm import distribution
 from leadcrm import leads as domain
+from leadcrm.auth import allow
 from leadcrm.extensions import db
-from leadcrm.models import NAME_MAX, Lead
+from leadcrm.models import INTAKE, NAME_MAX, SUPERVISOR, Lead
 from leadcrm.web.contacts import history_of, names_for
 from leadcrm.web.rendering import render
 
@@ -14,6 +15,7 @@ bp = Blueprint("leads", __name__, url_prefix="/leads")
 
 
 @bp.get("/")
+@allow(SUPERVISOR, INTAKE)
 def index() -> ResponseReturnValue:
     q = request.args.get("q", "").strip()[:NAME_MAX]
     page_number = min(max(request.args.get("page", 1, type=int), 1), 1_000_000)
@@ -23,6 +25,7 @@ def index() -> ResponseReturnValue:
 
 
 @bp.get("/<id:lead_id>")
+@allow(SUPERVISOR, INTAKE)
 def detail(lead_id: int) -> ResponseReturnValue:
     lead = db.get_or_404(Lead, lead_id)
     contacts = list(db.session.scalars(distribution.contacts_query(lead_id=lead_id)))

@@ -5,15 +5,17 @@ from flask import Blueprint
 from flask.typing import ResponseReturnValue
 from flask_babel import format_timedelta
 
+from leadcrm.auth import allow
 from leadcrm.distribution import operator_loads, unassigned_open, waiting_by_source
 from leadcrm.extensions import db
-from leadcrm.models import Source, utcnow
+from leadcrm.models import INTAKE, SUPERVISOR, Source, utcnow
 from leadcrm.web.rendering import render
 
 bp = Blueprint("load", __name__)
 
 
 @bp.get("/")
+@allow(SUPERVISOR, INTAKE)
 def index() -> ResponseReturnValue:
     waiting = waiting_by_source(db.session)
     now = utcnow()

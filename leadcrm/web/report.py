@@ -5,8 +5,10 @@ from dataclasses import dataclass
 from flask import Blueprint
 from flask.typing import ResponseReturnValue
 
+from leadcrm.auth import allow
 from leadcrm.distribution import distribution_status, waiting_by_source
 from leadcrm.extensions import db
+from leadcrm.models import SUPERVISOR
 from leadcrm.web.rendering import render
 
 bp = Blueprint("report", __name__, url_prefix="/report")
@@ -22,6 +24,7 @@ class ShareRow:
 
 
 @bp.get("/")
+@allow(SUPERVISOR)
 def index() -> ResponseReturnValue:
     status = distribution_status(db.session)
     waiting = waiting_by_source(db.session)

@@ -5,9 +5,10 @@ from flask.typing import ResponseReturnValue
 from flask_babel import gettext as _
 
 from leadcrm import sources as domain
+from leadcrm.auth import allow
 from leadcrm.errors import DomainError
 from leadcrm.extensions import db
-from leadcrm.models import STRATEGIES, Operator, Source
+from leadcrm.models import STRATEGIES, SUPERVISOR, Operator, Source
 from leadcrm.operators import list_operators_query
 from leadcrm.web.forms import WEIGHT_MAX, SourceForm, show_domain_error
 from leadcrm.web.rendering import changed, is_htmx, render
@@ -25,11 +26,13 @@ def _list_page(form: SourceForm, status: int = 200) -> ResponseReturnValue:
 
 
 @bp.get("/")
+@allow(SUPERVISOR)
 def index() -> ResponseReturnValue:
     return _list_page(SourceForm())
 
 
 @bp.post("/")
+@allow(SUPERVISOR)
 def create() -> ResponseReturnValue:
     form = SourceForm()
     if form.validate():
@@ -74,11 +77,13 @@ def _weight(text: str) -> int | None:
 
 
 @bp.get("/<id:source_id>")
+@allow(SUPERVISOR)
 def detail(source_id: int) -> ResponseReturnValue:
     return _editor(db.get_or_404(Source, source_id))
 
 
 @bp.post("/<id:source_id>")
+@allow(SUPERVISOR)
 def save(source_id: int) -> ResponseReturnValue:
     """Save the whole editor: every operator's weight (blank = 0) and the strategy."""
     source = db.get_or_404(Source, source_id)

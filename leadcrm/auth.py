@@ -1,0 +1,214 @@
+"""Who may do what: login sessions, API tokens, roles, CSRF and the headers every response carries.
+
+Every view declares who may call it, with ``@allow(...)`` or ``@public``. One
+``before_request`` hook checks the declaration before the view runs; a view
+without one is refused (and tests/test_access.py fails), so forgetting the
+check cannot open a hole.
+"""
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from flask import Flask, Response, current_app, g, redirect, request, url_for
+from flask.sessions import SecureCookieSessionInterface
+from flask_babel import lazy_gettext as _l
+from flask_login import current_user
+from sqlalchemy.orm.attributes import set_committed_value
+from werkzeug.middleware.proxy_fix import ProxyFix
+
+from leadcrm import accounts
+from leadcrm.database import WRITE_OPTION
+from leadcrm.extensions import csrf, db, login_manager
+from leadcrm.models import FULL_SCOPE, INTAKE, SUPERVISOR, ApiToken, User, utcnow
+from leadcrm.storage import act_as
+
+F = TypeVar("F", bound=Callable[..., Any])
+SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
+EVERYONE = (SUPERVISOR, INTAKE)
+
+# Our own scripts and styles only: no inline script or style, no eval, no framing.
+CONTENT_SECURITY_POLICY = "; ".join(
+    (
+        "default-src 'self'",
+        "script-src 'self'",
+        "style-src 'self'",
+        "img-src 'self' data:",
+        "object-src 'none'",
+        "base-uri 'self'",
+        "form-action 'self'",
+        "frame-ancestors 'none'",
+    )
+)
+SECURITY_HEADERS = {
+    "Content-Security-Policy": CONTENT_SECURITY_POLICY,
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "same-origin",
+    "Cross-Origin-Opener-Policy": "same-origin",
+}
+
+
+@dataclass(frozen=True)
+class Access:
+    """Who may call a view: logged-in users with one of ``roles``; on the API, also tokens.
+
+    A ``full`` token may call every API endpoint; a ``register`` token only
+    those declared with ``register_token=True``.
+    """
+
+    roles: tuple[str, ...] = ()
+    register_token: bool = False
+    public: bool = False
+
+
+ACCESS = "leadcrm_access"
+PUBLIC_ENDPOINTS = {"static"}  # registered by Flask itself
+
+
+def allow(*roles: str, register_token: bool = False) -> Callable[[F], F]:
+    def declare(view: F) -> F:
+        setattr(view, ACCESS, Access(roles=roles, register_token=register_token))
+        return view
+
+    return declare
+
+
+def public(view: F) -> F:
+    """Open to anyone: the login page, /healthz, the language switch."""
+    setattr(view, ACCESS, Access(public=True))
+    return view
+
+
+def access_of(app: Flask, endpoint: str) -> Access | None:
+    if endpoint in PUBLIC_ENDPOINTS:
+        return Access(public=True)
+    return getattr(app.view_functions[endpoint], ACCESS, None)
+
+
+def current_token() -> ApiToken | None:
+    return g.get("api_token")
+
+
+def can(role_needed: str) -> bool:
+    """For templates: may the current user do what ``role_needed`` may?"""
+    return current_user.is_authenticated and (current_user.role == SUPERVISOR or current_user.role == role_needed)
+
+
+class SessionInterface(SecureCookieSessionInterface):
+    """The session cookie is Secure whenever the request came over HTTPS (or the config says so)."""
+
+    def get_cookie_secure(self, app: Flask) -> bool:
+        return bool(app.config["SESSION_COOKIE_SECURE"]) or request.is_secure
+
+
+@login_manager.user_loader
+def load_user(cookie_id: str) -> User | None:
+    """The user of a login cookie, if it is still valid (same password, still active)."""
+    user_id, _, stamp = cookie_id.partition(":")
+    user = db.session.get(User, int(user_id)) if user_id.isdigit() and len(user_id) < 11 else None
+    if user is None or not user.is_active or user.session_stamp() != stamp:
+        return None
+    return user
+
+
+def _api_unauthorized(message: Any) -> Any:
+    from leadcrm.api.errors import error_response  # the api package imports this module
+
+    body, status = error_response(401, "unauthorized", message)
+    return body, status, {"WWW-Authenticate": 'Bearer realm="leadcrm"'}
+
+
+def _forbidden(message: Any) -> Any:
+    if request.blueprint == "api":
+        from leadcrm.api.errors import error_response
+
+        return error_response(403, "forbidden", message)
+    from leadcrm.web.rendering import render
+
+    return render("errors/forbidden.html", message=message, status=403)
+
+
+def _to_login() -> Any:
+    target = url_for("auth.login", next=request.full_path.rstrip("?") if request.method == "GET" else None)
+    if request.headers.get("HX-Request"):
+        # htmx follows HX-Redirect with a full page load.
+        return Response(status=401, headers={"HX-Redirect": target})
+    return redirect(target)
+
+
+def check_access() -> Any:
+    """Authenticate the request and check the view's declaration; answers the request when refused."""
+    if request.endpoint is None:
+        return None  # no such URL: routing answers 404 or 405
+    access = access_of(current_app, request.endpoint)
+    if access is None:
+        current_app.logger.error("view %s declares no access rule; refused", request.endpoint)
+        return _forbidden(_l("This page is not available."))
+    api = request.blueprint == "api"
+    header = request.headers.get("Authorization") if api else None
+    if header is not None and not access.public:
+        return _check_token(header, access)
+    if not access.public:
+        if not current_user.is_authenticated:
+            return _api_unauthorized("Log in or send Authorization: Bearer <token>.") if api else _to_login()
+        if current_user.role not in access.roles:
+            return _forbidden(_l("Your role (%(role)s) may not do this.", role=current_user.role))
+        act_as(db.session, accounts.actor_name(user=current_user))
+    if request.method not in SAFE_METHODS:
+        # Browser sessions (the login form included) must carry the CSRF token.
+        csrf.protect()
+    # End the read transaction of the checks: a write begins with its own lock.
+    db.session.commit()
+    return None
+
+
+def _check_token(header: str, access: Access) -> Any:
+    scheme, _, secret = header.partition(" ")
+    token = accounts.token_by_secret(db.session, secret.strip()) if scheme.lower() == "bearer" else None
+    if token is None:
+        return _api_unauthorized("The token is unknown or revoked; send Authorization: Bearer <token>.")
+    if token.scope != FULL_SCOPE and not access.register_token:
+        return _forbidden(f"A token with scope {token.scope!r} may not call this endpoint.")
+    g.api_token = token
+    act_as(db.session, accounts.actor_name(token=token))
+    _note_token_use(token)
+    return None  # a token is not a browser: no CSRF check
+
+
+def _note_token_use(token: ApiToken) -> None:
+    now = utcnow()
+    db.session.commit()
+    if accounts.last_used_is_stale(token, now):
+        with db.engine.connect() as connection:
+            accounts.mark_used(connection.execution_options(**{WRITE_OPTION: True}), token.id, now)
+        set_committed_value(token, "last_used_at", now)  # as stored; nothing left to flush
+
+
+def add_security_headers(response: Response) -> Response:
+    for name, value in SECURITY_HEADERS.items():
+        response.headers.setdefault(name, value)
+    if request.is_secure:
+        response.headers.setdefault("Strict-Transport-Security", "max-age=31536000")
+    return response
+
+
+def init_auth(app: Flask) -> None:
+    """Install login sessions, the access check and the security headers on ``app``.
+
+    Call it before any other ``before_request`` hook that touches the database.
+    """
+    if app.config["LEADCRM_PROXY_COUNT"]:
+        # Behind N reverse proxies: trust their X-Forwarded-For/-Proto (client address, HTTPS).
+        count = app.config["LEADCRM_PROXY_COUNT"]
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=count, x_proto=count, x_host=count)  # type: ignore[method-assign]
+    app.session_interface = SessionInterface()
+    # CSRF is checked by check_access, which knows whether a request came with a token.
+    app.config["WTF_CSRF_CHECK_DEFAULT"] = False
+    login_manager.init_app(app)
+    app.before_request(check_access)
+    app.after_request(add_security_headers)
+
+    @app.context_processor
+    def roles() -> dict[str, object]:
+        return {"can": can, "SUPERVISOR": SUPERVISOR, "INTAKE": INTAKE}

@@ -1,0 +1,84 @@
+"""Users page (supervisors): create accounts, change a role or password, deactivate."""
+
+from flask import Blueprint, redirect, request, url_for
+from flask.typing import ResponseReturnValue
+from flask_wtf import FlaskForm
+
+from leadcrm import accounts
+from leadcrm.auth import allow
+from leadcrm.errors import DomainError
+from leadcrm.extensions import db
+from leadcrm.models import SUPERVISOR
+from leadcrm.web.forms import PasswordForm, RoleForm, UserForm, show_domain_error
+from leadcrm.web.rendering import render
+
+bp = Blueprint("users", __name__, url_prefix="/users")
+
+
+def _page(form: UserForm | None = None, status: int = 200, **row: object) -> ResponseReturnValue:
+    """The page; ``row`` (row_for, row_form) puts a failed row form back with its errors."""
+    return render(
+        "users/index.html",
+        status=status,
+        form=form or UserForm(formdata=None),
+        users=accounts.list_users(db.session),
+        **row,
+    )
+
+
+@bp.get("/")
+@allow(SUPERVISOR)
+def index() -> ResponseReturnValue:
+    return _page()
+
+
+@bp.post("/")
+@allow(SUPERVISOR)
+def create() -> ResponseReturnValue:
+    form = UserForm()
+    if form.validate():
+        try:
+            accounts.create_user(
+                db.session, username=form.username.data, password=form.password.data, role=form.role.data
+            )
+        except DomainError as exc:
+            show_domain_error(form, exc)
+        else:
+            db.session.commit()
+            return redirect(url_for(".index"))
+    return _page(form, status=422)
+
+
+def _row_change(user_id: int, form: FlaskForm, change: object) -> ResponseReturnValue:
+    user = accounts.get_user(db.session, user_id)
+    if form.validate():
+        try:
+            change(user)  # type: ignore[operator]
+        except DomainError as exc:
+            show_domain_error(form, exc)
+        else:
+            db.session.commit()
+            return redirect(url_for(".index"))
+    return _page(status=422, row_for=user.id, row_form=form)
+
+
+@bp.post("/<id:user_id>/role")
+@allow(SUPERVISOR)
+def set_role(user_id: int) -> ResponseReturnValue:
+    form = RoleForm()
+    return _row_change(user_id, form, lambda user: accounts.update_user(db.session, user, role=form.role.data))
+
+
+@bp.post("/<id:user_id>/active")
+@allow(SUPERVISOR)
+def set_active(user_id: int) -> ResponseReturnValue:
+    """``is_active`` = 1 activates, anything else deactivates (the user's sessions end at once)."""
+    active = request.form.get("is_active") == "1"
+    return _row_change(user_id, FlaskForm(), lambda user: accounts.update_user(db.session, user, is_active=active))
+
+
+@bp.post("/<id:user_id>/password")
+@allow(SUPERVISOR)
+def set_password(user_id: int) -> ResponseReturnValue:
+    form = PasswordForm()
+    return _row_change(user_id, form, lambda user: accounts.set_password(db.session, user, form.password.data))

@@ -1,0 +1,178 @@
+"""Who may call what: every route of the URL map, as every kind of caller.
+
+EXPECTED is written out here, independently of the views' @allow declarations.
+A view added without an entry fails test_every_route_has_an_expected_rule; a
+view whose declaration disagrees with this table fails test_access_rules.
+"""
+
+import re
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+from werkzeug.test import TestResponse
+
+from leadcrm import create_app
+from leadcrm.api.openapi import INTAKE_OPERATIONS, REGISTER_SCOPE_OPERATIONS
+from leadcrm.models import FULL_SCOPE, INTAKE, REGISTER_SCOPE, SUPERVISOR
+from tests.helpers import add_token, add_user, login_client
+
+CALLERS = ("anonymous", "intake", "supervisor", "register_token", "full_token")
+PUBLIC = set(CALLERS)
+EVERYONE_LOGGED_IN = {"intake", "supervisor"}
+SUPERVISORS = {"supervisor"}
+# On /api/v1 a full token may do what a supervisor may; a register token only what it is for.
+API_SUPERVISORS = {"supervisor", "full_token"}
+API_EVERYONE = {"intake", "supervisor", "full_token"}
+API_REGISTER = API_EVERYONE | {"register_token"}
+
+EXPECTED: dict[str, set[str]] = {
+    "static": PUBLIC,
+    "healthz": PUBLIC,
+    "set_language": PUBLIC,
+    "auth.login": PUBLIC,
+    "auth.logout": PUBLIC,
+    "load.index": EVERYONE_LOGGED_IN,
+    "intake.index": EVERYONE_LOGGED_IN,
+    "intake.register": EVERYONE_LOGGED_IN,
+    "contacts.index": EVERYONE_LOGGED_IN,
+    "contacts.detail": EVERYONE_LOGGED_IN,
+    "contacts.close": EVERYONE_LOGGED_IN,
+    "contacts.assign": SUPERVISORS,
+    "contacts.reopen": SUPERVISORS,
+    "contacts.bulk": SUPERVISORS,
+    "leads.index": EVERYONE_LOGGED_IN,
+    "leads.detail": EVERYONE_LOGGED_IN,
+    "operators.index": SUPERVISORS,
+    "operators.create": SUPERVISORS,
+    "operators.update": SUPERVISORS,
+    "sources.index": SUPERVISORS,
+    "sources.create": SUPERVISORS,
+    "sources.detail": SUPERVISORS,
+    "sources.save": SUPERVISORS,
+    "report.index": SUPERVISORS,
+    "users.index": SUPERVISORS,
+    "users.create": SUPERVISORS,
+    "users.set_role": SUPERVISORS,
+    "users.set_active": SUPERVISORS,
+    "users.set_password": SUPERVISORS,
+    "tokens.index": SUPERVISORS,
+    "tokens.create": SUPERVISORS,
+    "tokens.revoke": SUPERVISORS,
+    "docs.docs": SUPERVISORS,
+    "api.openapi_json": API_REGISTER,
+    "api.register_contact": API_REGISTER,
+    "api.distribution_status": API_REGISTER,
+    "api.list_contacts": API_EVERYONE,
+    "api.get_contact": API_EVERYONE,
+    "api.get_contact_events": API_EVERYONE,
+    "api.close_contact": API_EVERYONE,
+    "api.list_leads": API_EVERYONE,
+    "api.get_lead": API_EVERYONE,
+    "api.create_operator": API_SUPERVISORS,
+    "api.list_operators": API_SUPERVISORS,
+    "api.get_operator": API_SUPERVISORS,
+    "api.update_operator": API_SUPERVISORS,
+    "api.create_source": API_SUPERVISORS,
+    "api.list_sources": API_SUPERVISORS,
+    "api.get_source": API_SUPERVISORS,
+    "api.update_source": API_SUPERVISORS,
+    "api.get_source_config": API_SUPERVISORS,
+    "api.set_source_config": API_SUPERVISORS,
+    "api.assign_contact": API_SUPERVISORS,
+    "api.reopen_contact": API_SUPERVISORS,
+    "api.export_contacts": API_SUPERVISORS,
+}
+SAMPLE_ARGS = {"filename": "app.js", "code": "ru"}
+
+
+def _routes() -> list[tuple[str, str, str]]:
+    """(endpoint, method, url) for every rule and method of the real app's URL map."""
+    app = create_app({"SQLALCHEMY_DATABASE_URI": "sqlite://"})
+    routes = []
+    for rule in app.url_map.iter_rules():
+        url = re.sub(r"<(?:\w+:)?(\w+)>", lambda m: SAMPLE_ARGS.get(m.group(1), "1"), rule.rule)
+        routes += [(rule.endpoint, method, url) for method in sorted(rule.methods - {"HEAD", "OPTIONS"})]
+    return routes
+
+
+ROUTES = _routes()
+
+
+def test_every_route_has_an_expected_rule() -> None:
+    assert {endpoint for endpoint, _, _ in ROUTES} == set(EXPECTED)
+
+
+def test_openapi_document_states_the_same_scopes_and_roles() -> None:
+    api_routes = {
+        (url.removeprefix("/api/v1").replace("/1", "/{id}"), method.lower()): endpoint
+        for endpoint, method, url in ROUTES
+        if endpoint.startswith("api.") and endpoint != "api.openapi_json"
+    }
+
+    def generic(path: str) -> str:
+        return re.sub(r"\{\w+\}", "{id}", path)
+
+    register = {generic(path): method for path, method in REGISTER_SCOPE_OPERATIONS}
+    intake = {(generic(path), method) for path, method in INTAKE_OPERATIONS}
+    for (path, method), endpoint in api_routes.items():
+        assert ("register_token" in EXPECTED[endpoint]) == (register.get(path) == method), endpoint
+        assert ("intake" in EXPECTED[endpoint]) == ((path, method) in intake or register.get(path) == method), endpoint
+
+
+@pytest.fixture
+def callers(app: Flask) -> dict[str, FlaskClient]:
+    with app.app_context():
+        intake = add_user("irina", INTAKE)
+        supervisor = add_user("boss", SUPERVISOR)
+        register_secret = add_token("web form", REGISTER_SCOPE)
+        full_secret = add_token("crm", FULL_SCOPE)
+    register_client, full_client = app.test_client(), app.test_client()
+    register_client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {register_secret}"
+    full_client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {full_secret}"
+    return {
+        "anonymous": app.test_client(),
+        "intake": login_client(app, intake),
+        "supervisor": login_client(app, supervisor),
+        "register_token": register_client,
+        "full_token": full_client,
+    }
+
+
+def csrf_token(client: FlaskClient) -> str:
+    """The CSRF token a page of this client's session carries (so CSRF is not what refuses)."""
+    response = client.get("/login", follow_redirects=True)
+    return re.search(r'name="csrf-token" content="([^"]+)"', response.get_data(as_text=True)).group(1)
+
+
+@pytest.mark.parametrize(("endpoint", "method", "url"), ROUTES, ids=[f"{m} {u}" for _, m, u in ROUTES])
+def test_access_rules(callers: dict[str, FlaskClient], endpoint: str, method: str, url: str) -> None:
+    api = url.startswith("/api/")
+    for caller, client in callers.items():
+        headers = {}
+        if method != "GET":
+            headers["X-CSRFToken"] = csrf_token(client)
+        with client.open(url, method=method, headers=headers, json={} if api else None) as response:
+            check(endpoint, api, caller, response)
+
+
+def check(endpoint: str, api: bool, caller: str, response: TestResponse) -> None:
+    status = response.status_code
+    assert status < 500, (caller, status)
+    if caller in EXPECTED[endpoint]:
+        assert status not in (401, 403), (caller, status, response.get_data(as_text=True)[:300])
+        assert endpoint.startswith("auth.") or "/login" not in (response.location or ""), caller
+    elif api and caller == "anonymous":
+        assert status == 401, caller
+        assert response.json["error"]["code"] == "unauthorized"
+        assert response.headers["WWW-Authenticate"].startswith("Bearer")
+    elif api:
+        assert status == 403, caller
+        assert response.json["error"]["code"] == "forbidden"
+    elif caller in ("anonymous", "register_token", "full_token"):
+        # Pages never take tokens: without a session, log in first (and come back after).
+        assert status == 302, caller
+        assert response.location.startswith("/login")
+    else:
+        assert status == 403, caller
+        assert "Not allowed" in response.get_data(as_text=True)

@@ -1,0 +1,350 @@
+"""Accounts, login and its throttle, API tokens, CSRF, cookies, security headers and escaping."""
+
+import hashlib
+import re
+from datetime import timedelta
+
+import pytest
+import sqlalchemy as sa
+from flask import Flask
+from flask.testing import FlaskClient
+
+from leadcrm import accounts
+from leadcrm.cli import ensure_first_admin
+from leadcrm.extensions import db
+from leadcrm.models import FULL_SCOPE, INTAKE, REGISTER_SCOPE, SUPERVISOR, ApiToken, LoginFailure, User, utcnow
+from tests.helpers import PASSWORD, add_token, add_user, login_client
+from tests.test_web import HTMX, post_form, text
+
+API = "/api/v1"
+
+
+def log_in(client: FlaskClient, username: str, password: str = PASSWORD, **kw):
+    page = text(client.get("/login"))
+    csrf = re.search(r'name="csrf-token" content="([^"]+)"', page).group(1)
+    return client.post("/login", data={"csrf_token": csrf, "username": username, "password": password}, **kw)
+
+
+@pytest.fixture
+def people(app: Flask) -> dict[str, User]:
+    with app.app_context():
+        return {"vera": add_user("vera", SUPERVISOR), "irina": add_user("irina", INTAKE)}
+
+
+# --- login and logout -------------------------------------------------------------------------
+
+
+def test_login_takes_the_user_back_where_they_were_going(anonymous: FlaskClient, people) -> None:
+    response = anonymous.get("/sources/")
+    assert response.status_code == 302 and response.location == "/login?next=/sources/"
+    response = log_in(anonymous, "Vera", query_string={"next": "/sources/"})  # usernames ignore case
+    assert response.status_code == 302 and response.location == "/sources/"
+    assert anonymous.get("/sources/").status_code == 200
+
+
+def test_login_never_redirects_off_site_and_sends_intake_staff_to_intake(anonymous: FlaskClient, people) -> None:
+    response = log_in(anonymous, "irina", query_string={"next": "//evil.example/"})
+    assert response.location == "/intake/"
+
+
+def test_wrong_password_or_unknown_user_shows_one_message_and_keeps_the_username(
+    anonymous: FlaskClient, people
+) -> None:
+    for username in ("vera", "nobody"):
+        response = log_in(anonymous, username, "wrong password")
+        assert response.status_code == 401
+        html = text(response)
+        assert "Wrong username or password." in html and f'value="{username}"' in html
+    assert anonymous.get("/").status_code == 302
+
+
+def test_login_form_needs_its_csrf_token(anonymous: FlaskClient, people) -> None:
+    response = anonymous.post("/login", data={"username": "vera", "password": PASSWORD})
+    assert response.status_code == 400
+    assert anonymous.get("/").status_code == 302
+
+
+def test_logout_ends_the_session(anonymous: FlaskClient, people) -> None:
+    log_in(anonymous, "vera")
+    assert anonymous.get("/").status_code == 200
+    assert anonymous.post("/logout").status_code == 400  # a cross-site form cannot log you out
+    assert post_form(anonymous, "/logout", {}).location == "/login"
+    assert anonymous.get("/").status_code == 302
+
+
+def test_deactivated_user_is_logged_out_and_cannot_log_in(app: Flask, client: FlaskClient, people) -> None:
+    irina = login_client(app, people["irina"])
+    assert irina.get("/intake/").status_code == 200
+    response = post_form(client, f"/users/{people['irina'].id}/active", {"is_active": "0"})
+    assert response.status_code == 302
+    assert irina.get("/intake/").status_code == 302
+    assert log_in(app.test_client(), "irina").status_code == 401
+
+
+def test_new_password_ends_other_sessions(app: Flask, client: FlaskClient, people) -> None:
+    irina = login_client(app, people["irina"])
+    assert post_form(client, f"/users/{people['irina'].id}/password", {"password": "short"}).status_code == 422
+    assert irina.get("/intake/").status_code == 200
+    assert post_form(client, f"/users/{people['irina'].id}/password", {"password": "a new long one"}).status_code == 302
+    assert irina.get("/intake/").status_code == 302
+    assert log_in(app.test_client(), "irina").status_code == 401
+    assert log_in(app.test_client(), "irina", "a new long one").status_code == 302
+
+
+def test_htmx_requests_without_a_session_are_sent_to_the_login_page(anonymous: FlaskClient) -> None:
+    response = anonymous.get("/", headers=HTMX)
+    assert response.status_code == 401
+    assert response.headers["HX-Redirect"] == "/login?next=/"
+
+
+# --- throttling -------------------------------------------------------------------------------
+
+
+def test_an_account_is_locked_for_a_while_after_five_failures(anonymous: FlaskClient, people) -> None:
+    for _ in range(accounts.MAX_FAILURES_PER_ACCOUNT):
+        assert log_in(anonymous, "vera", "guess").status_code == 401
+    response = log_in(anonymous, "vera")  # even the right password
+    assert response.status_code == 429
+    assert 0 < int(response.headers["Retry-After"]) <= 15 * 60
+    assert "Too many failed attempts" in text(response)
+    # Other accounts from the same address still work.
+    assert log_in(anonymous, "irina").status_code == 302
+
+
+def test_an_address_is_throttled_across_accounts(app: Flask, people) -> None:
+    client = app.test_client()
+    client.environ_base["REMOTE_ADDR"] = "203.0.113.9"
+    for n in range(accounts.MAX_FAILURES_PER_ADDRESS):
+        assert log_in(client, f"user{n}", "guess").status_code == 401
+    assert log_in(client, "vera").status_code == 429
+    other = app.test_client()
+    other.environ_base["REMOTE_ADDR"] = "203.0.113.10"
+    assert log_in(other, "vera").status_code == 302
+
+
+def test_throttle_forgets_old_failures_and_success_clears_the_account(ctx, people) -> None:
+    start = utcnow()
+    for _ in range(accounts.MAX_FAILURES_PER_ACCOUNT):
+        assert accounts.authenticate(db.session, "vera", "guess", "a", now=start) is None
+    with pytest.raises(accounts.LoginThrottled):
+        accounts.authenticate(db.session, "vera", PASSWORD, "a", now=start + timedelta(minutes=14))
+    later = start + accounts.THROTTLE_WINDOW + timedelta(seconds=1)
+    assert accounts.authenticate(db.session, "vera", PASSWORD, "a", now=later) == db.session.get(User, 1)
+    assert db.session.scalar(sa.select(sa.func.count()).where(LoginFailure.key == "user:vera")) == 0
+
+
+# --- users ------------------------------------------------------------------------------------
+
+
+def test_supervisor_creates_users_with_hashed_passwords(client: FlaskClient) -> None:
+    response = post_form(client, "/users/", {"username": "Olga", "role": "intake", "password": "short"})
+    assert response.status_code == 422
+    html = text(response)
+    assert 'value="Olga"' in html and "Use 10 to 256 characters." in html
+    assert (
+        post_form(client, "/users/", {"username": "Olga", "role": "intake", "password": "long enough!"}).status_code
+        == 302
+    )
+    again = post_form(client, "/users/", {"username": "olga", "role": "intake", "password": "long enough!"})
+    assert again.status_code == 422 and "The username is taken." in text(again)
+    bad = post_form(client, "/users/", {"username": "o l g a", "role": "boss", "password": "long enough!"})
+    assert bad.status_code == 422 and "Not a valid choice" in text(bad)
+    with client.application.app_context():
+        olga = db.session.scalar(sa.select(User).where(User.username == "olga"))
+        assert (
+            olga.role == INTAKE and olga.password_hash.startswith("scrypt:") and "long enough" not in olga.password_hash
+        )
+    assert log_in(client.application.test_client(), "olga", "long enough!").location == "/intake/"
+
+
+def test_role_changes_take_effect_at_once(app: Flask, client: FlaskClient, people) -> None:
+    irina = login_client(app, people["irina"])
+    assert irina.get("/operators/").status_code == 403
+    assert post_form(client, f"/users/{people['irina'].id}/role", {"role": "supervisor"}).status_code == 302
+    assert irina.get("/operators/").status_code == 200
+
+
+def test_users_page_keeps_the_last_supervisor(app: Flask, client: FlaskClient) -> None:
+    with app.app_context():
+        boss_id = db.session.scalar(sa.select(User.id).where(User.username == "boss"))
+    for change, data in (("role", {"role": "intake"}), ("active", {"is_active": "0"})):
+        response = post_form(client, f"/users/{boss_id}/{change}", data)
+        assert response.status_code == 422
+        assert "boss is the last active supervisor" in text(response)
+    assert client.get("/operators/").status_code == 200
+
+
+def test_the_last_active_supervisor_can_be_neither_demoted_nor_deactivated(ctx) -> None:
+    boss = add_user("boss", SUPERVISOR)
+    with pytest.raises(accounts.Conflict):
+        accounts.update_user(db.session, boss, role=INTAKE)
+    with pytest.raises(accounts.Conflict):
+        accounts.update_user(db.session, boss, is_active=False)
+    second = add_user("second", SUPERVISOR)
+    accounts.update_user(db.session, boss, role=INTAKE)
+    with pytest.raises(accounts.Conflict):
+        accounts.update_user(db.session, second, is_active=False)
+
+
+def test_first_start_creates_admin_once_with_a_random_or_given_password(app: Flask) -> None:
+    lines: list[str] = []
+    with app.app_context():
+        ensure_first_admin(lines.append)
+        ensure_first_admin(lines.append)
+        assert len(lines) == 1
+        password = lines[0].split("password: ")[1].split()[0]
+        assert len(password) >= 16
+        assert accounts.authenticate(db.session, "admin", password, "-").role == SUPERVISOR
+    app.config["LEADCRM_ADMIN_PASSWORD"] = "from the environment"
+    with app.app_context():
+        db.session.execute(sa.delete(User))
+        db.session.commit()
+        ensure_first_admin(lines.append)
+        assert len(lines) == 1  # a given password is not printed
+        assert accounts.authenticate(db.session, "admin", "from the environment", "-") is not None
+
+
+def test_users_cli_creates_and_changes_passwords(app: Flask) -> None:
+    runner = app.test_cli_runner()
+    result = runner.invoke(
+        args=["leadcrm", "users", "create", "Anna", "--role", "supervisor"], input="pass phrase 1\n" * 2
+    )
+    assert result.exit_code == 0, result.output
+    assert "Created supervisor 'anna'" in result.output
+    result = runner.invoke(args=["leadcrm", "users", "create", "anna"], input="pass phrase 1\n" * 2)
+    assert result.exit_code == 1 and "taken" in result.output
+    result = runner.invoke(args=["leadcrm", "users", "set-password", "anna"], input="pass phrase 2\n" * 2)
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(args=["leadcrm", "users", "set-password", "anna", "--password", "short"])
+    assert result.exit_code == 1 and "Use 10 to 256 characters." in result.output
+    assert "anna\tsupervisor\tactive" in runner.invoke(args=["leadcrm", "users", "list"]).output
+    with app.app_context():
+        assert accounts.authenticate(db.session, "anna", "pass phrase 2", "-") is not None
+
+
+# --- API tokens -------------------------------------------------------------------------------
+
+
+def test_token_is_shown_once_and_only_its_hash_is_kept(client: FlaskClient) -> None:
+    response = post_form(client, "/tokens/", {"name": "Website form", "scope": "register"})
+    assert response.status_code == 200 and response.headers["Cache-Control"] == "no-store"
+    secret = re.search(r'value="(lcrm_[^"]+)"', text(response)).group(1)
+    assert secret not in text(client.get("/tokens/"))
+    with client.application.app_context():
+        token = db.session.scalar(sa.select(ApiToken).where(ApiToken.name == "Website form"))
+        assert token.token_hash == hashlib.sha256(secret.encode()).hexdigest()
+        assert token.scope == REGISTER_SCOPE and token.last_used_at is None
+        stored = " ".join(str(v) for v in db.session.execute(sa.select(ApiToken.__table__)).all())
+        assert secret not in stored
+    headers = {"Authorization": f"Bearer {secret}"}
+    anonymous = client.application.test_client()
+    assert anonymous.get(f"{API}/distribution_status/", headers=headers).status_code == 200
+    with client.application.app_context():
+        assert db.session.get(ApiToken, token.id).last_used_at is not None
+    row = re.search(rf'<tr id="token-{token.id}".*?</tr>', text(client.get("/tokens/")), re.S).group(0)
+    assert row.count("<time") == 2  # created, last used
+
+
+def test_scopes_revocation_and_bad_credentials(app: Flask, client: FlaskClient) -> None:
+    with app.app_context():
+        register = add_token("form", REGISTER_SCOPE)
+        full = add_token("crm", FULL_SCOPE)
+        register_id = db.session.scalar(sa.select(ApiToken.id).where(ApiToken.name == "form"))
+    anonymous = app.test_client()
+    body = {"source_name": "nowhere", "phone": "+79001234567"}
+
+    def call(method: str, path: str, secret: str | None, **kw):
+        headers = {"Authorization": f"Bearer {secret}"} if secret else {}
+        return anonymous.open(f"{API}{path}", method=method, headers=headers, **kw)
+
+    assert call("POST", "/contacts/register", register, json=body).status_code == 404  # in scope: unknown source
+    denied = call("POST", "/operators/", register, json={"name": "X", "max_active_leads": 1})
+    assert denied.status_code == 403 and "scope 'register'" in denied.json["error"]["message"]
+    assert call("POST", "/operators/", full, json={"name": "X", "max_active_leads": 1}).status_code == 201
+    for header in ("Bearer", "Bearer nonsense", f"Basic {full}", f"Bearer {full}x", "Bearer " + "a" * 5000):
+        response = anonymous.get(f"{API}/contacts/", headers={"Authorization": header})
+        assert response.status_code == 401 and response.json["error"]["code"] == "unauthorized", header
+    assert post_form(client, f"/tokens/{register_id}/revoke", {}).status_code == 302
+    assert call("GET", "/distribution_status/", register).status_code == 401
+    assert "revoked" in text(client.get("/tokens/"))
+
+
+def test_browser_session_may_call_the_api_with_its_csrf_token(app: Flask, people) -> None:
+    boss = login_client(app, people["vera"])
+    assert boss.get(f"{API}/operators/").status_code == 200
+    refused = boss.post(f"{API}/operators/", json={"name": "X", "max_active_leads": 1})
+    assert refused.status_code == 400 and refused.json["error"]["code"] == "csrf_failed"
+    page = text(boss.get("/"))
+    csrf = re.search(r'name="csrf-token" content="([^"]+)"', page).group(1)
+    created = boss.post(f"{API}/operators/", json={"name": "X", "max_active_leads": 1}, headers={"X-CSRFToken": csrf})
+    assert created.status_code == 201
+
+
+def test_history_names_the_user_or_token_behind_each_change(app: Flask, client: FlaskClient, people) -> None:
+    operator = client.post(f"{API}/operators/", json={"name": "Anna", "max_active_leads": 5}).json
+    source = client.post(f"{API}/sources/", json={"name": "web_form"}).json
+    client.post(f"{API}/sources/{source['id']}/config", json={"operator_id": operator["id"], "weight": 1})
+    contact = client.post(f"{API}/contacts/register", json={"source_id": 1, "phone": "+79001234567"}).json["contact"]
+    irina = login_client(app, people["irina"])
+    page = text(irina.get("/"))
+    csrf = re.search(r'name="csrf-token" content="([^"]+)"', page).group(1)
+    assert irina.post(f"/contacts/{contact['id']}/close", data={"csrf_token": csrf}).status_code == 302
+    events = client.get(f"{API}/contacts/{contact['id']}/events").json
+    assert [(e["reason"], e["actor"]) for e in events] == [("registered", "token:tests (#1)"), ("closed", "user:irina")]
+    assert "user:irina" in text(client.get(f"/contacts/{contact['id']}"))
+
+
+# --- headers and cookies ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", ["/", "/login", "/healthz", "/static/app.js", f"{API}/contacts/", "/nowhere", "/docs"])
+def test_every_response_carries_the_security_headers(client: FlaskClient, path: str) -> None:
+    with client.get(path) as response:
+        csp = response.headers["Content-Security-Policy"]
+        assert "script-src 'self'" in csp and "style-src 'self'" in csp and "frame-ancestors 'none'" in csp
+        assert "unsafe-inline" not in csp and "unsafe-eval" not in csp
+        assert response.headers["X-Content-Type-Options"] == "nosniff"
+        assert response.headers["Referrer-Policy"] == "same-origin"
+        assert response.headers["X-Frame-Options"] == "DENY"
+
+
+def test_pages_have_no_inline_script_and_htmx_needs_no_eval(client: FlaskClient) -> None:
+    html = text(client.get("/"))
+    assert re.findall(r"<script(?![^>]*\ssrc=)", html) == []
+    assert " style=" not in html and "hx-on" not in html
+    assert '"allowEval": false' in html and '"includeIndicatorStyles": false' in html
+
+
+def test_session_cookie_is_httponly_lax_and_secure_over_https(app: Flask, people) -> None:
+    for base, secure in (("http://localhost", False), ("https://localhost", True)):
+        client = app.test_client()
+        page = text(client.get("/login", base_url=base))
+        csrf = re.search(r'name="csrf-token" content="([^"]+)"', page).group(1)
+        data = {"csrf_token": csrf, "username": "vera", "password": PASSWORD}
+        response = client.post("/login", data=data, base_url=base)
+        cookie = response.headers["Set-Cookie"]
+        assert "HttpOnly" in cookie and "SameSite=Lax" in cookie
+        assert ("Secure" in cookie) == secure
+        assert ("Strict-Transport-Security" in response.headers) == secure
+
+
+# --- escaping ---------------------------------------------------------------------------------
+
+EVIL = "<script>alert(1)</script>"
+
+
+def test_user_text_is_escaped_on_every_page(app: Flask, client: FlaskClient) -> None:
+    operator = client.post(f"{API}/operators/", json={"name": f"op {EVIL}", "max_active_leads": 5}).json
+    source = client.post(f"{API}/sources/", json={"name": f"src {EVIL}"}).json
+    client.post(f"{API}/sources/{source['id']}/config", json={"operator_id": operator["id"], "weight": 1})
+    body = {"source_id": source["id"], "phone": "+79001234567", "name": f"lead {EVIL}", "message": f"msg {EVIL}"}
+    assert client.post(f"{API}/contacts/register", json=body).status_code == 201
+    refused = post_form(client, "/users/", {"username": EVIL, "role": "intake", "password": "long enough!"})
+    assert refused.status_code == 422 and EVIL not in text(refused) and "&lt;script&gt;" in text(refused)
+    post_form(client, "/tokens/", {"name": f"tok {EVIL}", "scope": "full"})
+    pages = ["/", "/intake/", "/contacts/", "/contacts/1", "/leads/", "/leads/1", "/operators/", "/sources/"]
+    pages += [f"/sources/{source['id']}", "/report/", "/tokens/"]
+    for path in pages:
+        html = text(client.get(path))
+        assert EVIL not in html, path
+        assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html, path
