@@ -4,7 +4,8 @@ import os
 from typing import Any
 
 from flask import Flask, request
-from werkzeug.routing import IntegerConverter
+from werkzeug.exceptions import NotFound
+from werkzeug.routing import IntegerConverter, ValidationError
 
 from leadcrm.config import Config
 from leadcrm.database import begin_write, configure_engine, sqlite_connect_args
@@ -20,6 +21,13 @@ class IdConverter(IntegerConverter):
 
     def __init__(self, map: Any) -> None:  # noqa: A002 - werkzeug's name
         super().__init__(map, min=1, max=INT_MAX)
+
+    def to_python(self, value: str) -> int:
+        try:
+            return super().to_python(value)
+        except ValidationError:
+            # Not "try the next rule": that could end as a misleading 405.
+            raise NotFound() from None
 
 
 def create_app(config: dict[str, Any] | None = None) -> Flask:

@@ -657,3 +657,23 @@ def test_export_csv_follows_the_filters_and_defuses_formulas(client: FlaskClient
     only_open = list(csv.DictReader(io.StringIO(client.get(f"{API}/contacts/export.csv?status=open").text)))
     assert [r["contact_id"] for r in only_open] == ["2"]
     assert_error(client.get(f"{API}/contacts/export.csv?status=nonsense"), 422)
+
+
+def test_unknown_query_parameters_are_refused_like_unknown_fields(client: FlaskClient) -> None:
+    response = client.get(f"{API}/contacts/?stauts=open")
+    assert_error(response, 422)
+    assert response.json["error"]["fields"] == {"stauts": "Not a parameter of this endpoint."}
+    assert client.get(f"{API}/contacts/?status=open").status_code == 200
+
+
+def test_integral_json_numbers_are_integers_and_fractions_are_refused(client: FlaskClient) -> None:
+    created = client.post(f"{API}/operators/", json={"name": "Anna", "max_active_leads": 3.0})
+    assert created.status_code == 201 and created.json["max_active_leads"] == 3
+    assert_error(client.post(f"{API}/operators/", json={"name": "Boris", "max_active_leads": 3.5}), 422)
+    assert_error(client.post(f"{API}/operators/", json={"name": "Boris", "max_active_leads": True}), 422)
+    assert_error(client.post(f"{API}/operators/", json={"name": " \n ", "max_active_leads": 1}), 422)
+
+
+def test_ids_out_of_range_in_the_path_are_not_found(client: FlaskClient) -> None:
+    for method in ("GET", "PATCH"):
+        assert_error(client.open(f"{API}/operators/2147483648", method=method, json={"name": "x"}), 404)

@@ -57,15 +57,15 @@ def _id(name: str) -> dict[str, Any]:
 
 
 PAGING = [
-    _param("page", {"type": "integer", "minimum": 1, "default": 1}),
+    _param("page", {"type": "integer", "minimum": 1, "maximum": s.INT_MAX, "default": 1}),
     _param("per_page", {"type": "integer", "minimum": 1, "maximum": 500, "default": 50}),
 ]
 BODY_ERRORS = (400, 415, 422)
 CONTACT_FILTERS = [
     _param("status", {"type": "string", "enum": ["open", "closed"]}),
-    _param("operator_id", {"type": "integer", "minimum": 1}),
-    _param("source_id", {"type": "integer", "minimum": 1}),
-    _param("lead_id", {"type": "integer", "minimum": 1}),
+    _param("operator_id", {"type": "integer", "minimum": 1, "maximum": s.INT_MAX}),
+    _param("source_id", {"type": "integer", "minimum": 1, "maximum": s.INT_MAX}),
+    _param("lead_id", {"type": "integer", "minimum": 1, "maximum": s.INT_MAX}),
     _param("unassigned", {"type": "boolean"}),
 ]
 
@@ -309,7 +309,12 @@ def openapi_document() -> dict[str, Any]:
                 if (path, method) in INTAKE_OPERATIONS or for_register
                 else " Role: supervisor."
             )
-            operation["responses"].update(_errors(401, 403, 503, *((413,) if "requestBody" in operation else ())))
+            extra = [401, 403, 503]
+            if "requestBody" in operation:
+                extra.append(413)
+            if any(param["in"] == "query" for param in operation.get("parameters", [])):
+                extra.append(422)
+            operation["responses"].update(_errors(*extra))
     return {
         "openapi": "3.1.0",
         "info": {

@@ -3,7 +3,7 @@
 from datetime import datetime
 from typing import Annotated, Generic, Literal, Optional, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
 
 from leadcrm.models import (
     EMAIL_MAX,
@@ -13,11 +13,23 @@ from leadcrm.models import (
     NAME_MAX,
 )
 
-Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=NAME_MAX)]
-Id = Annotated[int, Field(ge=1, le=INT_MAX)]
-Limit = Annotated[int, Field(ge=0, le=1_000_000, description="Limit of active leads (open contacts).")]
+
+def _integral(value: object) -> object:
+    """JSON has one number type: 3.0 is the integer 3 (JSON Schema agrees). 3.5 stays a float and is refused."""
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**63:
+        return int(value)
+    return value
+
+
+INTEGRAL = BeforeValidator(_integral)
+# Not blank: at least one character that is not whitespace (stripped before storing).
+Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=NAME_MAX, pattern=r"\S")]
+Id = Annotated[int, Field(ge=1, le=INT_MAX), INTEGRAL]
+Limit = Annotated[int, Field(ge=0, le=1_000_000, description="Limit of active leads (open contacts)."), INTEGRAL]
 # Bounded so that a source's total weight always fits an integer column.
-Weight = Annotated[int, Field(ge=0, le=1_000_000, description="Share of the source's traffic; 0 = does not serve it.")]
+Weight = Annotated[
+    int, Field(ge=0, le=1_000_000, description="Share of the source's traffic; 0 = does not serve it."), INTEGRAL
+]
 Strategy = Literal["random", "deterministic"]
 Text = Annotated[str, StringConstraints(strip_whitespace=True)]
 

@@ -1,0 +1,74 @@
+"""The whole JSON API fuzzed from its own OpenAPI document (schemathesis + Hypothesis).
+
+For every operation, generated requests (valid and invalid) go through the
+real app on a real database: no answer may be a 500, and every answer must
+match the status codes, headers and schemas the document declares.
+"""
+
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import pytest
+import schemathesis
+from flask import Flask
+from hypothesis import HealthCheck, settings
+from schemathesis.config import SchemathesisConfig
+
+from leadcrm.api.openapi import openapi_document
+from leadcrm.extensions import db
+from leadcrm.models import FULL_SCOPE
+from tests.helpers import add_operator, add_source, add_token
+
+
+class CurrentApp:
+    """A WSGI app that forwards to the current test's app (each test has its own database)."""
+
+    app: Flask | None = None
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        assert self.app is not None
+        return self.app(environ, start_response)
+
+
+current_app = CurrentApp()
+# The document the app serves (tests/test_api.py checks it covers every route).
+# A schema-valid request may still name an id that does not exist (404) or a
+# name already taken (409). Registration also checks what JSON Schema cannot
+# say: that the phone and e-mail are real ones, that exactly one source and at
+# least one identifier are given (422). Everything else must be accepted.
+CONFIG = SchemathesisConfig.from_dict(
+    {
+        "checks": {"positive_data_acceptance": {"expected-statuses": ["2xx", "404", "409"]}},
+        "operations": [
+            {
+                "include-path": "/contacts/register",
+                "checks": {"positive_data_acceptance": {"expected-statuses": ["2xx", "404", "409", "422"]}},
+            }
+        ],
+    }
+)
+schema = schemathesis.openapi.from_dict(openapi_document(), config=CONFIG)
+schema.app = current_app
+
+
+@pytest.fixture
+def token(app: Flask) -> Iterator[str]:
+    """A full token, and a little data so that generated ids sometimes exist."""
+    with app.app_context():
+        anna, boris = add_operator("Anna", 2), add_operator("Boris", 1)
+        add_source("telegram_bot", {anna: 10, boris: 30})
+        db.session.commit()
+        secret = add_token("fuzz", FULL_SCOPE)
+    current_app.app = app
+    yield secret
+    current_app.app = None
+
+
+@schema.parametrize()
+@settings(
+    max_examples=30,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.filter_too_much],
+)
+def test_api_answers_as_documented(case: schemathesis.Case, token: str) -> None:
+    case.call_and_validate(headers={"Authorization": f"Bearer {token}"})
