@@ -71,6 +71,32 @@ def migrate(url: str) -> None:
         db.engine.dispose()
 
 
+def credentials(url: str, base: str) -> dict[str, dict[str, str]]:
+    """Headers of an integration (a full API token) and of a logged-in supervisor's browser."""
+    from werkzeug.security import generate_password_hash
+
+    from leadcrm import accounts
+    from leadcrm.models import FULL_SCOPE, SUPERVISOR, User
+
+    app = create_app({"SQLALCHEMY_DATABASE_URI": url})
+    with app.app_context():
+        secret = accounts.create_token(db.session, name="bench", scope=FULL_SCOPE, created_by=None).secret
+        if accounts.find_user(db.session, "bench") is None:
+            db.session.add(
+                User(username="bench", password_hash=generate_password_hash("bench password"), role=SUPERVISOR)
+            )
+        db.session.commit()
+        db.session.remove()
+        db.engine.dispose()
+    browser = requests.Session()
+    page = browser.get(f"{base}/login", timeout=30).text
+    csrf = re.search(r'name="csrf-token" content="([^"]+)"', page).group(1)
+    form = {"csrf_token": csrf, "username": "bench", "password": "bench password"}
+    assert browser.post(f"{base}/login", data=form, timeout=30, allow_redirects=False).status_code == 302
+    cookie = "; ".join(f"{c.name}={c.value}" for c in browser.cookies)
+    return {"api": {"Authorization": f"Bearer {secret}"}, "page": {"Cookie": cookie}}
+
+
 @contextmanager
 def server(url: str, workdir: Path):
     """gunicorn with the project's gunicorn.conf.py, access log off."""
@@ -93,7 +119,7 @@ def server(url: str, workdir: Path):
                 time.sleep(0.1)
         else:
             raise RuntimeError("gunicorn did not start; see " + str(workdir / "gunicorn.log"))
-        yield base
+        yield base, credentials(url, base)
     finally:
         process.terminate()
         process.wait(30)
@@ -215,16 +241,21 @@ def count_contacts(url: str) -> int:
 
 def throughput(url: str, workdir: Path, seconds: int) -> dict:
     setup_source(url, "bench_source", 10)
-    with server(url, workdir) as base:
+    with server(url, workdir) as (base, auth):
         # Warm up every worker's imports, pools and statement caches.
         wrk(f"{base}/healthz", seconds=2)
-        wrk(f"{base}/api/v1/contacts/register", seconds=2, script_args=["bench_source", "warmup"])
+        wrk(f"{base}/api/v1/contacts/register", seconds=2, script_args=["bench_source", "warmup"], headers=auth["api"])
         # The ceiling is measured before and after registration, and the ratio
         # taken against the higher of the two: a noisy neighbour slowing one
         # ceiling run must not flatter the ratio.
         ceiling_before = wrk(f"{base}/healthz", seconds=seconds)
         before = count_contacts(url)
-        register = wrk(f"{base}/api/v1/contacts/register", seconds=seconds, script_args=["bench_source", "main"])
+        register = wrk(
+            f"{base}/api/v1/contacts/register",
+            seconds=seconds,
+            script_args=["bench_source", "main"],
+            headers=auth["api"],
+        )
         stored = count_contacts(url) - before
         ceiling_after = wrk(f"{base}/healthz", seconds=seconds)
     ceiling = max(ceiling_before, ceiling_after, key=lambda run: run["rps"])
@@ -237,22 +268,28 @@ def growth(url: str, workdir: Path, seconds: int, big_history: int) -> dict:
     setup_source(url, "thousand_operators", 1000, prefix="thousand")
     result = {}
     load_history(url, 10_000, "grow_source")
-    with server(url, workdir) as base:
+    with server(url, workdir) as (base, auth):
         register = f"{base}/api/v1/contacts/register"
-        wrk(register, seconds=2, connections=1, script_args=["grow_source", "warm"])
-        result["history_10k"] = wrk(register, seconds=seconds, connections=1, script_args=["grow_source", "h10k"])
-        result["operators_10"] = wrk(register, seconds=seconds, connections=1, script_args=["ten_operators", "o10"])
+        wrk(register, seconds=2, connections=1, script_args=["grow_source", "warm"], headers=auth["api"])
+        result["history_10k"] = wrk(
+            register, seconds=seconds, connections=1, script_args=["grow_source", "h10k"], headers=auth["api"]
+        )
+        result["operators_10"] = wrk(
+            register, seconds=seconds, connections=1, script_args=["ten_operators", "o10"], headers=auth["api"]
+        )
         result["operators_1000"] = wrk(
-            register, seconds=seconds, connections=1, script_args=["thousand_operators", "o1000"]
+            register, seconds=seconds, connections=1, script_args=["thousand_operators", "o1000"], headers=auth["api"]
         )
     started = time.monotonic()
     load_history(url, big_history - count_contacts(url), "grow_source")
     result["load_seconds"] = time.monotonic() - started
     result["history_total"] = count_contacts(url)
-    with server(url, workdir) as base:
+    with server(url, workdir) as (base, auth):
         register = f"{base}/api/v1/contacts/register"
-        wrk(register, seconds=2, connections=1, script_args=["grow_source", "warm2"])
-        result["history_1m"] = wrk(register, seconds=seconds, connections=1, script_args=["grow_source", "h1m"])
+        wrk(register, seconds=2, connections=1, script_args=["grow_source", "warm2"], headers=auth["api"])
+        result["history_1m"] = wrk(
+            register, seconds=seconds, connections=1, script_args=["grow_source", "h1m"], headers=auth["api"]
+        )
     return result
 
 
@@ -277,11 +314,12 @@ def pages(url: str, workdir: Path, seconds: int) -> dict:
                  for op in rng.sample(ids, 200)],
             )  # fmt: skip
     engine.dispose()
-    with server(url, workdir) as base:
-        wrk(f"{base}/", seconds=1, connections=1, headers={"HX-Request": "true"})
-        fragment = wrk(f"{base}/", seconds=seconds, connections=1, headers={"HX-Request": "true"})
-        status = wrk(f"{base}/api/v1/distribution_status/", seconds=seconds, connections=1)
-        html = requests.get(f"{base}/", headers={"HX-Request": "true"}, timeout=30).text
+    with server(url, workdir) as (base, auth):
+        htmx = {"HX-Request": "true", **auth["page"]}
+        wrk(f"{base}/", seconds=1, connections=1, headers=htmx)
+        fragment = wrk(f"{base}/", seconds=seconds, connections=1, headers=htmx)
+        status = wrk(f"{base}/api/v1/distribution_status/", seconds=seconds, connections=1, headers=auth["api"])
+        html = requests.get(f"{base}/", headers=htmx, timeout=30).text
         assert html.count('<tr id="load-operator-') == 1000, "the fragment should list every operator"
     return {"fragment": fragment, "status": status}
 

@@ -1,7 +1,8 @@
 """Refresh docs/screenshots/ from the demo data: `make screenshots`.
 
 Starts the app under gunicorn on a fresh SQLite file filled by
-`flask leadcrm demo`, and photographs the main pages in headless Chromium.
+`flask leadcrm demo`, logs in as the first supervisor, and photographs the
+main pages in headless Chromium.
 """
 
 import os
@@ -24,8 +25,11 @@ PAGES = [
     ("report", "/report/", "en"),
     ("contacts", "/contacts/", "en"),
     ("operators", "/operators/", "en"),
+    ("users", "/users/", "en"),
+    ("tokens", "/tokens/", "en"),
     ("load-ru", "/", "ru"),
 ]
+PASSWORD = "screenshots only"
 
 
 def main() -> None:
@@ -35,19 +39,37 @@ def main() -> None:
         flask = [sys.executable, "-m", "flask"]
         subprocess.run([*flask, "db", "upgrade"], cwd=ROOT, env=env, check=True, capture_output=True)
         subprocess.run([*flask, "leadcrm", "demo"], cwd=ROOT, env=env, check=True)
+        for user, role, password in (("admin", "supervisor", PASSWORD), ("irina", "intake", "intake desk 1")):
+            subprocess.run(
+                [*flask, "leadcrm", "users", "create", user, "--role", role, "--password", password],
+                cwd=ROOT, env=env, check=True, capture_output=True,
+            )  # fmt: skip
         with gunicorn(url, Path(tmp), workers=2) as base, sync_playwright() as p:
             browser = p.chromium.launch(
                 executable_path=os.environ.get("LEADCRM_CHROMIUM", "/usr/bin/chromium"),
                 args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
             )
             OUT.mkdir(parents=True, exist_ok=True)
+            context = browser.new_context(viewport={"width": 1200, "height": 760})
+            page = context.new_page()
+            page.goto(f"{base}/login")
+            page.screenshot(path=str(OUT / "login.png"))
+            page.get_by_label("Username").fill("admin")
+            page.get_by_label("Password").fill(PASSWORD)
+            page.get_by_role("button", name="Log in").click()
+            page.wait_for_url(f"{base}/")
             for name, path, language in PAGES:
-                page = browser.new_page(viewport={"width": 1200, "height": 760})
+                if name == "tokens":
+                    page.goto(f"{base}/tokens/")
+                    page.get_by_label("Name", exact=True).fill("Website form")
+                    page.get_by_role("button", name="Create token").click()
+                    page.screenshot(path=str(OUT / f"{name}.png"))
+                    continue
                 page.goto(f"{base}/language/{language}?next={path}")
                 page.screenshot(path=str(OUT / f"{name}.png"))
-                page.close()
+            context.close()
             browser.close()
-    print(f"wrote {len(PAGES)} screenshots to {OUT}")
+    print(f"wrote {len(PAGES) + 1} screenshots to {OUT}")
 
 
 if __name__ == "__main__":

@@ -10,7 +10,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from flask import Flask, Response, current_app, g, redirect, request, url_for
+import sqlalchemy as sa
+from flask import Flask, Response, current_app, redirect, request, url_for
 from flask.sessions import SecureCookieSessionInterface
 from flask_babel import lazy_gettext as _l
 from flask_login import current_user
@@ -25,7 +26,6 @@ from leadcrm.storage import act_as
 
 F = TypeVar("F", bound=Callable[..., Any])
 SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
-EVERYONE = (SUPERVISOR, INTAKE)
 
 # Our own scripts and styles only: no inline script or style, no eval, no framing.
 CONTENT_SECURITY_POLICY = "; ".join(
@@ -84,10 +84,6 @@ def access_of(app: Flask, endpoint: str) -> Access | None:
     if endpoint in PUBLIC_ENDPOINTS:
         return Access(public=True)
     return getattr(app.view_functions[endpoint], ACCESS, None)
-
-
-def current_token() -> ApiToken | None:
-    return g.get("api_token")
 
 
 def can(role_needed: str) -> bool:
@@ -170,19 +166,27 @@ def _check_token(header: str, access: Access) -> Any:
         return _api_unauthorized("The token is unknown or revoked; send Authorization: Bearer <token>.")
     if token.scope != FULL_SCOPE and not access.register_token:
         return _forbidden(f"A token with scope {token.scope!r} may not call this endpoint.")
-    g.api_token = token
     act_as(db.session, accounts.actor_name(token=token))
     _note_token_use(token)
     return None  # a token is not a browser: no CSRF check
 
 
 def _note_token_use(token: ApiToken) -> None:
+    """Write the token's last use (at most once a minute) in a transaction of its own.
+
+    It is bookkeeping: if the database is too busy for it, the request goes on.
+    """
     now = utcnow()
     db.session.commit()
-    if accounts.last_used_is_stale(token, now):
+    if not accounts.last_used_is_stale(token, now):
+        return
+    try:
         with db.engine.connect() as connection:
             accounts.mark_used(connection.execution_options(**{WRITE_OPTION: True}), token.id, now)
-        set_committed_value(token, "last_used_at", now)  # as stored; nothing left to flush
+    except sa.exc.OperationalError as exc:
+        current_app.logger.warning("could not record the use of token %s: %s", token.id, exc)
+        return
+    set_committed_value(token, "last_used_at", now)  # as stored; nothing left to flush
 
 
 def add_security_headers(response: Response) -> Response:

@@ -348,3 +348,23 @@ def test_user_text_is_escaped_on_every_page(app: Flask, client: FlaskClient) -> 
         html = text(client.get(path))
         assert EVIL not in html, path
         assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html, path
+
+
+def test_intake_staff_are_not_offered_what_they_may_not_do(app: Flask, client: FlaskClient, people) -> None:
+    operator = client.post(f"{API}/operators/", json={"name": "Anna", "max_active_leads": 5}).json
+    source = client.post(f"{API}/sources/", json={"name": "web_form"}).json
+    client.post(f"{API}/sources/{source['id']}/config", json={"operator_id": operator["id"], "weight": 1})
+    client.post(f"{API}/contacts/register", json={"source_id": 1, "phone": "+79001234567"})
+    client.post(f"{API}/contacts/register", json={"source_id": 1, "phone": "+79001234568"})
+    client.post(f"{API}/contacts/2/close")
+    irina = login_client(app, people["irina"])
+    supervisor_only = ["/operators/", "/sources/", "/report/", "/users/", "/tokens/", "/docs", "/assign", "/reopen"]
+    for path in ("/", "/intake/", "/contacts/", "/contacts/1", "/contacts/2", "/leads/", "/leads/1"):
+        html = text(irina.get(path))
+        assert not [link for link in supervisor_only if f'"{link}' in html or f'{link}"' in html], path
+        assert 'id="bulk-form"' not in html, path
+    assert 'action="/contacts/1/close"' in text(irina.get("/contacts/1"))
+    # A supervisor sees them all.
+    assert 'action="/contacts/1/assign"' in text(client.get("/contacts/1"))
+    assert 'action="/contacts/2/reopen"' in text(client.get("/contacts/2"))
+    assert 'id="bulk-form"' in text(client.get("/contacts/"))

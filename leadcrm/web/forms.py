@@ -91,7 +91,7 @@ class TokenForm(FlaskForm):
     scope = SelectField(
         _l("Scope"),
         choices=[
-            SelectChoice("register", _l("register: register contacts, read the distribution status")),
+            SelectChoice("register", _l("register: contacts and status only")),
             SelectChoice("full", _l("full: the whole API")),
         ],
         default="register",
