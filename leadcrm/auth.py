@@ -194,6 +194,9 @@ def add_security_headers(response: Response) -> Response:
         response.headers.setdefault(name, value)
     if request.is_secure:
         response.headers.setdefault("Strict-Transport-Security", "max-age=31536000")
+    if request.endpoint != "static":
+        # Pages and answers hold customers' data: no copy in any cache, back button included.
+        response.headers.setdefault("Cache-Control", "no-store")
     return response
 
 

@@ -91,6 +91,15 @@ def test_new_password_ends_other_sessions(app: Flask, client: FlaskClient, peopl
     assert log_in(app.test_client(), "irina", "a new long one").status_code == 302
 
 
+def test_a_supervisor_who_changes_their_own_password_stays_logged_in(app: Flask, people) -> None:
+    vera = app.test_client()
+    log_in(vera, "vera")
+    other_session = login_client(app, people["vera"])
+    assert post_form(vera, f"/users/{people['vera'].id}/password", {"password": "my new passphrase"}).status_code == 302
+    assert vera.get("/users/").status_code == 200
+    assert other_session.get("/users/").status_code == 302
+
+
 def test_htmx_requests_without_a_session_are_sent_to_the_login_page(anonymous: FlaskClient) -> None:
     response = anonymous.get("/", headers=HTMX)
     assert response.status_code == 401
@@ -306,6 +315,7 @@ def test_every_response_carries_the_security_headers(client: FlaskClient, path: 
         assert response.headers["X-Content-Type-Options"] == "nosniff"
         assert response.headers["Referrer-Policy"] == "same-origin"
         assert response.headers["X-Frame-Options"] == "DENY"
+        assert (response.headers.get("Cache-Control") == "no-store") == (not path.startswith("/static/"))
 
 
 def test_pages_have_no_inline_script_and_htmx_needs_no_eval(client: FlaskClient) -> None:

@@ -2,13 +2,14 @@
 
 from flask import Blueprint, redirect, request, url_for
 from flask.typing import ResponseReturnValue
+from flask_login import current_user, login_user
 from flask_wtf import FlaskForm
 
 from leadcrm import accounts
 from leadcrm.auth import allow
 from leadcrm.errors import DomainError
 from leadcrm.extensions import db
-from leadcrm.models import SUPERVISOR
+from leadcrm.models import SUPERVISOR, User
 from leadcrm.web.forms import PasswordForm, RoleForm, UserForm, show_domain_error
 from leadcrm.web.rendering import render
 
@@ -81,4 +82,11 @@ def set_active(user_id: int) -> ResponseReturnValue:
 @allow(SUPERVISOR)
 def set_password(user_id: int) -> ResponseReturnValue:
     form = PasswordForm()
-    return _row_change(user_id, form, lambda user: accounts.set_password(db.session, user, form.password.data))
+
+    def change(user: User) -> None:
+        accounts.set_password(db.session, user, form.password.data)
+        if user.id == current_user.id:
+            # The new password ends every session of this user; keep this one.
+            login_user(user)
+
+    return _row_change(user_id, form, change)
