@@ -28,6 +28,7 @@ def on_starting(server):
 
     On an empty database this also creates the first supervisor, "admin".
     """
+    from click import ClickException
     from flask_migrate import upgrade
 
     from leadcrm import create_app
@@ -37,6 +38,10 @@ def on_starting(server):
     app = create_app()
     with app.app_context():
         upgrade()
-        ensure_first_admin(server.log.warning)
+        try:
+            ensure_first_admin(server.log.warning)
+        except ClickException as exc:
+            server.log.error("cannot start: %s", exc.message)
+            raise SystemExit(1) from None
         db.session.remove()
         db.engine.dispose()

@@ -87,7 +87,11 @@ def list_users() -> None:
 def ensure_first_admin(log: Callable[[str], None]) -> None:
     """On an empty database create supervisor "admin" (LEADCRM_ADMIN_PASSWORD, or a random password logged once)."""
     begin_write(db.session)
-    generated = accounts.ensure_admin(db.session, current_app.config["LEADCRM_ADMIN_PASSWORD"] or None)
+    try:
+        generated = accounts.ensure_admin(db.session, current_app.config["LEADCRM_ADMIN_PASSWORD"] or None)
+    except DomainError as exc:
+        db.session.rollback()
+        raise click.ClickException(f"LEADCRM_ADMIN_PASSWORD: {exc.message}") from None
     db.session.commit()
     if generated:
         log(

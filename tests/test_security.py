@@ -4,6 +4,7 @@ import hashlib
 import re
 from datetime import timedelta
 
+import click
 import pytest
 import sqlalchemy as sa
 from flask import Flask
@@ -211,6 +212,12 @@ def test_first_start_creates_admin_once_with_a_random_or_given_password(app: Fla
         ensure_first_admin(lines.append)
         assert len(lines) == 1  # a given password is not printed
         assert accounts.authenticate(db.session, "admin", "from the environment", "-") is not None
+    app.config["LEADCRM_ADMIN_PASSWORD"] = "short"
+    with app.app_context():
+        db.session.execute(sa.delete(User))
+        db.session.commit()
+        with pytest.raises(click.ClickException, match="LEADCRM_ADMIN_PASSWORD: Use 10 to 256 characters."):
+            ensure_first_admin(lines.append)
 
 
 def test_users_cli_creates_and_changes_passwords(app: Flask) -> None:
