@@ -32,6 +32,7 @@ EXPECTED: dict[str, set[str]] = {
     "set_language": PUBLIC,
     "auth.login": PUBLIC,
     "auth.logout": PUBLIC,
+    "auth.account": EVERYONE_LOGGED_IN,
     "load.index": EVERYONE_LOGGED_IN,
     "intake.index": EVERYONE_LOGGED_IN,
     "intake.register": EVERYONE_LOGGED_IN,

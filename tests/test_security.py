@@ -101,6 +101,27 @@ def test_a_supervisor_who_changes_their_own_password_stays_logged_in(app: Flask,
     assert other_session.get("/users/").status_code == 302
 
 
+def test_anyone_changes_their_own_password_after_proving_the_current_one(app: Flask, people) -> None:
+    irina = app.test_client()
+    log_in(irina, "irina")
+    other_session = login_client(app, people["irina"])
+    assert 'href="/account"' in text(irina.get("/intake/"))
+    wrong = post_form(irina, "/account", {"current_password": "guess", "new_password": "a brand new one"})
+    assert wrong.status_code == 422 and "This is not your current password." in text(wrong)
+    short = post_form(irina, "/account", {"current_password": PASSWORD, "new_password": "short"})
+    assert short.status_code == 422 and "Use 10 to 256 characters." in text(short)
+    done = post_form(irina, "/account", {"current_password": PASSWORD, "new_password": "a brand new one"})
+    assert done.status_code == 200 and "Password changed." in text(done)
+    assert irina.get("/intake/").status_code == 200
+    assert other_session.get("/intake/").status_code == 302
+    assert log_in(app.test_client(), "irina", "a brand new one").status_code == 302
+    # Wrong current passwords count like failed logins.
+    for _ in range(accounts.MAX_FAILURES_PER_ACCOUNT):
+        post_form(irina, "/account", {"current_password": "guess", "new_password": "another new one"})
+    throttled = post_form(irina, "/account", {"current_password": "a brand new one", "new_password": "another new one"})
+    assert throttled.status_code == 429 and "Too many failed attempts" in text(throttled)
+
+
 def test_htmx_requests_without_a_session_are_sent_to_the_login_page(anonymous: FlaskClient) -> None:
     response = anonymous.get("/", headers=HTMX)
     assert response.status_code == 401
