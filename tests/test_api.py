@@ -664,6 +664,9 @@ def test_unknown_query_parameters_are_refused_like_unknown_fields(client: FlaskC
     assert_error(response, 422)
     assert response.json["error"]["fields"] == {"stauts": "Not a parameter of this endpoint."}
     assert client.get(f"{API}/contacts/?status=open").status_code == 200
+    twice = client.get(f"{API}/contacts/?page=1&page=2")
+    assert_error(twice, 422)
+    assert twice.json["error"]["fields"] == {"page": "Give it once."}
 
 
 def test_integral_json_numbers_are_integers_and_fractions_are_refused(client: FlaskClient) -> None:
@@ -677,3 +680,13 @@ def test_integral_json_numbers_are_integers_and_fractions_are_refused(client: Fl
 def test_ids_out_of_range_in_the_path_are_not_found(client: FlaskClient) -> None:
     for method in ("GET", "PATCH"):
         assert_error(client.open(f"{API}/operators/2147483648", method=method, json={"name": "x"}), 404)
+
+
+def test_text_lengths_count_as_sent_and_blank_or_nul_text_is_named(client: FlaskClient) -> None:
+    response = client.post(f"{API}/operators/", json={"name": "\n" + "a" * 200, "max_active_leads": 1})
+    assert_error(response, 422, fields={"name"})
+    response = client.post(f"{API}/operators/", json={"name": "   ", "max_active_leads": 1})
+    assert response.json["error"]["fields"] == {"name": "Must not be blank."}
+    response = client.post(f"{API}/sources/", json={"name": "web\x00form"})
+    assert response.json["error"]["fields"] == {"name": "Must not contain the NUL character."}
+    assert client.post(f"{API}/operators/", json={"name": " Anna ", "max_active_leads": 1}).json["name"] == "Anna"

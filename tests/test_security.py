@@ -406,3 +406,17 @@ def test_intake_staff_are_not_offered_what_they_may_not_do(app: Flask, client: F
     assert 'action="/contacts/1/assign"' in text(client.get("/contacts/1"))
     assert 'action="/contacts/2/reopen"' in text(client.get("/contacts/2"))
     assert 'id="bulk-form"' in text(client.get("/contacts/"))
+
+
+def test_nul_characters_are_refused_everywhere_before_the_database_sees_them(app: Flask, client: FlaskClient) -> None:
+    # PostgreSQL cannot store or search text with NUL; the fuzz test found the 500 this prevents.
+    for body in ({"name": "a\x00b", "max_active_leads": 1}, {"name": "\x00", "max_active_leads": 1}):
+        assert client.post(f"{API}/operators/", json=body).status_code == 422
+    register = {"source_id": 1, "phone": "+79001234567", "message": "hi\x00"}
+    assert client.post(f"{API}/contacts/register", json=register).status_code == 422
+    assert client.get(f"{API}/leads/", query_string={"q": "a\x00"}).status_code == 422
+    assert client.get("/leads/", query_string={"q": "a\x00"}).status_code == 400
+    response = post_form(client, "/operators/", {"name": "a\x00b", "max_active_leads": "1"})
+    assert response.status_code == 400 and "NUL character" in text(response)
+    anonymous = app.test_client()
+    assert log_in(anonymous, "boss\x00").status_code == 400

@@ -1,9 +1,11 @@
 """Request and response shapes of the JSON API, and the source of its OpenAPI schemas."""
 
 from datetime import datetime
-from typing import Annotated, Generic, Literal, Optional, TypeVar
+from functools import partial
+from typing import Annotated, Any, Generic, Literal, Optional, TypeVar
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, WithJsonSchema
+from pydantic_core import PydanticCustomError
 
 from leadcrm.models import (
     EMAIL_MAX,
@@ -22,8 +24,38 @@ def _integral(value: object) -> object:
 
 
 INTEGRAL = BeforeValidator(_integral)
-# Not blank: at least one character that is not whitespace (stripped before storing).
-Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=NAME_MAX, pattern=r"\S")]
+# No text may hold a NUL character: PostgreSQL cannot store one. Names must not be blank.
+NO_NUL = r"^[^\x00]*$"
+NOT_BLANK = r"^[^\x00]*[^\s\x00][^\x00]*$"
+
+
+def _clean(value: str, *, required: bool, strip: bool) -> str:
+    if "\x00" in value:
+        raise PydanticCustomError("nul_character", "Must not contain the NUL character.")
+    if strip:
+        value = value.strip()
+    if required and not value:
+        raise PydanticCustomError("blank", "Must not be blank.")
+    return value
+
+
+def text(max_length: int, *, required: bool = False, strip: bool = True) -> Any:
+    """Text of at most ``max_length`` characters as sent, stored stripped (unless not ``strip``).
+
+    ``required``: not blank.
+
+    The document states the same rules as patterns, so clients and the fuzz test know them.
+    """
+    schema = {"type": "string", "maxLength": max_length, "pattern": NOT_BLANK if required else NO_NUL}
+    return Annotated[
+        str,
+        StringConstraints(max_length=max_length),
+        AfterValidator(partial(_clean, required=required, strip=strip)),
+        WithJsonSchema(schema | ({"minLength": 1} if required else {})),
+    ]
+
+
+Name = text(NAME_MAX, required=True)
 Id = Annotated[int, Field(ge=1, le=INT_MAX), INTEGRAL]
 Limit = Annotated[int, Field(ge=0, le=1_000_000, description="Limit of active leads (open contacts)."), INTEGRAL]
 # Bounded so that a source's total weight always fits an integer column.
@@ -31,7 +63,6 @@ Weight = Annotated[
     int, Field(ge=0, le=1_000_000, description="Share of the source's traffic; 0 = does not serve it."), INTEGRAL
 ]
 Strategy = Literal["random", "deterministic"]
-Text = Annotated[str, StringConstraints(strip_whitespace=True)]
 
 
 class Strict(BaseModel):
@@ -85,14 +116,14 @@ class RegisterIn(Strict):
 
     source_id: Optional[Id] = None
     source_name: Optional[Name] = None
-    external_id: Optional[Annotated[Text, StringConstraints(max_length=EXTERNAL_ID_MAX)]] = None
-    phone: Optional[Annotated[Text, StringConstraints(max_length=64)]] = Field(
+    external_id: Optional[text(EXTERNAL_ID_MAX)] = None
+    phone: Optional[text(64)] = Field(
         None,
         description="Any common format; stored as E.164. Without a country code it is read in LEADCRM_PHONE_REGION.",
     )
-    email: Optional[Annotated[Text, StringConstraints(max_length=EMAIL_MAX)]] = None
-    name: Optional[Annotated[Text, StringConstraints(max_length=NAME_MAX)]] = None
-    message: Optional[Annotated[str, StringConstraints(max_length=MESSAGE_MAX)]] = None
+    email: Optional[text(EMAIL_MAX)] = None
+    name: Optional[text(NAME_MAX)] = None
+    message: Optional[text(MESSAGE_MAX, strip=False)] = None
 
 
 class Out(BaseModel):
@@ -226,4 +257,4 @@ class ContactFilter(PageArgs):
 
 
 class LeadSearch(PageArgs):
-    q: Optional[Annotated[Text, StringConstraints(max_length=NAME_MAX)]] = None
+    q: Optional[text(NAME_MAX)] = None

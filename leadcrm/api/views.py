@@ -60,13 +60,16 @@ def parse(model: type[M], data: Any) -> M:
 
 
 def query_args(model: type[M]) -> M:
-    """The query string as ``model``; a parameter the endpoint does not know is a 422, like a typo in a body."""
+    """The query string as ``model``. An unknown or repeated parameter is a 422, like a typo in a body."""
     unknown = [name for name in request.args if name not in model.model_fields]
     if unknown:
         raise InvalidInput(
             "Unknown query parameter.",
             {name or "(empty name)": "Not a parameter of this endpoint." for name in unknown},
         )
+    repeated = [name for name, values in request.args.lists() if len(values) > 1]
+    if repeated:
+        raise InvalidInput("A query parameter is given twice.", dict.fromkeys(repeated, "Give it once."))
     # Query strings carry text: lax mode converts "2" to 2 and "true" to True.
     return model.model_validate(request.args.to_dict())
 

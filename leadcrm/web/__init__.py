@@ -1,8 +1,9 @@
 """Server-rendered pages (Jinja2 + htmx). They call the same domain functions as the API."""
 
-from flask import Flask, redirect, request, url_for
+from flask import Flask, abort, redirect, request, url_for
 from flask.typing import ResponseReturnValue
 from flask_babel import get_locale
+from flask_babel import gettext as _
 from flask_wtf.csrf import CSRFError
 
 from leadcrm.auth import public
@@ -27,6 +28,17 @@ BLUEPRINTS = (
 def register_web(app: Flask) -> None:
     for bp in BLUEPRINTS:
         app.register_blueprint(bp)
+
+    @app.before_request
+    def refuse_nul_characters() -> None:
+        # No browser sends a NUL character in a form or a URL, and PostgreSQL
+        # cannot store or search one: refuse it before any view reads it. (The
+        # JSON API says the same per field, through its schemas.)
+        if request.blueprint == "api":
+            return
+        for values in (request.args, request.form):
+            if any("\x00" in key or "\x00" in value for key, value in values.items(multi=True)):
+                abort(400, description=_("Text may not contain the NUL character."))
 
     @app.context_processor
     def interface() -> dict[str, object]:
