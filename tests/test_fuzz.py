@@ -35,9 +35,11 @@ class CurrentApp:
 current_app = CurrentApp()
 # The document the app serves (tests/test_api.py checks it covers every route).
 # A schema-valid request may still name an id that does not exist (404) or a
-# name already taken (409). Registration also checks what JSON Schema cannot
-# say: that the phone and e-mail are real ones, that exactly one source and at
-# least one identifier are given (422). Everything else must be accepted.
+# name already taken (409). Two operations also check what JSON Schema cannot
+# say (422): registration, that the phone and e-mail are real ones and that
+# exactly one source and at least one identifier are given; replacing a
+# source's weights, that no operator is listed twice. Everything else must be
+# accepted.
 FUZZ_TOKEN = "lcrm_" + "fuzz" * 10 + "abc"
 CONFIG = SchemathesisConfig.from_dict(
     {
@@ -46,9 +48,10 @@ CONFIG = SchemathesisConfig.from_dict(
         "checks": {"positive_data_acceptance": {"expected-statuses": ["2xx", "404", "409"]}},
         "operations": [
             {
-                "include-path": "/contacts/register",
+                "include-path": path,
                 "checks": {"positive_data_acceptance": {"expected-statuses": ["2xx", "404", "409", "422"]}},
             }
+            for path in ("/contacts/register", "/sources/{source_id}/config")
         ],
     }
 )
