@@ -197,6 +197,9 @@ def assign_by_hand(session: Session, contact_id: int, operator_id: int, *, overr
         raise InvalidInput(_l("A closed contact cannot be assigned; reopen it first."), {"status": _l("Closed.")})
     if contact.operator_id == operator_id:
         return contact
+    if contact.operator_id is not None:
+        # The claim locks the new operator's row and the release the old one's: take both in id order first.
+        storage.lock_operators(tx, contact.operator_id, operator_id)
     claim = storage.CLAIM_PAST_LIMIT if override else storage.CLAIM
     operator = tx.execute(claim, {"id": operator_id, "active": True}).fetchone()
     if operator is None:

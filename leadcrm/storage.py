@@ -138,6 +138,13 @@ class Tx:
         return value
 
 
+def lock_operators(tx: Tx, first: int, second: int) -> None:
+    """Lock two operators' rows in id order (PostgreSQL), so that two moves in opposite
+    directions between them queue instead of deadlocking. SQLite: the write lock already serialises."""
+    if tx.dialect != "sqlite":
+        tx.execute(LOCK_TWO_OPERATORS, {"a": first, "b": second})
+
+
 def lock_source(tx: Tx, source_id: int) -> None:
     """Serialise changes to one source's weights and history: a row lock on PostgreSQL.
 
@@ -159,6 +166,7 @@ SOURCE_BY_NAME = Sql("SELECT id, name, strategy, sticky FROM sources WHERE name 
 SOURCE_BY_ID = Sql("SELECT id, name, strategy, sticky FROM sources WHERE id = :id")
 # PostgreSQL only: SQLite's write transaction already excludes every other writer.
 LOCK_SOURCE = Sql("SELECT id FROM sources WHERE id = :id FOR UPDATE")
+LOCK_TWO_OPERATORS = Sql("SELECT id FROM operators WHERE id IN (:a, :b) ORDER BY id FOR UPDATE")
 
 LEAD_COLUMNS = "id, external_id, phone, email, name, created_at"
 # An absent identifier is passed as NULL, and "column = NULL" matches nothing.
