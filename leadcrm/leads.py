@@ -29,7 +29,8 @@ def resolve_lead(session: Session, identity: LeadIdentity, name: str | None) -> 
 
     The lead is looked up by external_id, then phone, then email. Identifiers
     and a name that the request brings and the found lead lacks are stored on
-    it. If the identifiers point at two different leads, LeadConflict is raised
+    it; ones it already has are kept (also when a concurrent request stored
+    them a moment earlier). If the identifiers point at two different leads, LeadConflict is raised
     and nothing is written.
     """
     given = {field: getattr(identity, field) for field in IDENTIFIERS}
@@ -54,13 +55,18 @@ def resolve_lead(session: Session, identity: LeadIdentity, name: str | None) -> 
         if name and lead.name is None:
             changes["name"] = name
         if not changes:
+            storage.lock_lead(storage.Tx.of(session), lead.id)
             return lead, False
+        # Only fill what is still empty: a concurrent request may have filled it since we read.
+        still_empty = [getattr(Lead, field).is_(None) for field in changes]
         try:
             with session.begin_nested():
-                session.execute(sa.update(Lead).where(Lead.id == lead.id).values(**changes))
-            return replace(lead, **changes), False
+                filled = session.execute(sa.update(Lead).where(Lead.id == lead.id, *still_empty).values(**changes))
         except sa.exc.IntegrityError:
             continue  # an identifier we add was just stored on another lead: look again
+        if filled.rowcount == 1:
+            return replace(lead, **changes), False
+        # Someone filled one of these first; first come, first kept: look again.
     raise Conflict(_l("The lead was changed by concurrent requests; try again."))
 
 

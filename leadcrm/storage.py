@@ -138,6 +138,16 @@ class Tx:
         return value
 
 
+def lock_lead(tx: Tx, lead_id: int) -> None:
+    """Take now the lock on the lead's row that storing its contact takes anyway (PostgreSQL).
+
+    Every registration then locks the lead before an operator, in that order:
+    one that waits for an operator never holds up one filling the lead in.
+    """
+    if tx.dialect != "sqlite":
+        tx.execute(LOCK_LEAD, {"id": lead_id})
+
+
 def lock_operators(tx: Tx, first: int, second: int) -> None:
     """Lock two operators' rows in id order (PostgreSQL), so that two moves in opposite
     directions between them queue instead of deadlocking. SQLite: the write lock already serialises."""
@@ -166,6 +176,7 @@ SOURCE_BY_NAME = Sql("SELECT id, name, strategy, sticky FROM sources WHERE name 
 SOURCE_BY_ID = Sql("SELECT id, name, strategy, sticky FROM sources WHERE id = :id")
 # PostgreSQL only: SQLite's write transaction already excludes every other writer.
 LOCK_SOURCE = Sql("SELECT id FROM sources WHERE id = :id FOR UPDATE")
+LOCK_LEAD = Sql("SELECT id FROM leads WHERE id = :id FOR KEY SHARE")
 LOCK_TWO_OPERATORS = Sql("SELECT id FROM operators WHERE id IN (:a, :b) ORDER BY id FOR UPDATE")
 
 LEAD_COLUMNS = "id, external_id, phone, email, name, created_at"

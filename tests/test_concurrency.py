@@ -279,3 +279,37 @@ def test_crosswise_reassignments_queue_instead_of_deadlocking(servers) -> None:
     assert statuses == {200: 300}
     loads = {op["id"]: op["active_leads"] for op in setup.get(f"{api}/operators/").json()["items"]}
     assert loads == {anna: 1, boris: 1}
+
+
+def test_concurrent_requests_filling_the_same_missing_identifier_keep_the_first(servers) -> None:
+    """A known lead without an e-mail writes from 12 places at once, each with another address.
+
+    One address is stored and every answer shows that one (sequentially, a lead
+    keeps the identifiers it has). Before, each request overwrote the previous
+    one, and the answers named addresses the lead no longer had.
+    """
+    database_url, bases, token = servers
+    setup = api_session(token)
+    api = f"{bases[0]}/api/v1"
+    operator = setup.post(f"{api}/operators/", json={"name": "Anna", "max_active_leads": 1000}).json()["id"]
+    source = setup.post(f"{api}/sources/", json={"name": "web_form"}).json()["id"]
+    setup.post(f"{api}/sources/{source}/config", json=[{"operator_id": operator, "weight": 1}])
+
+    def register(job: tuple[str, dict]) -> dict:
+        base, body = job
+        response = api_session(token).post(f"{base}/api/v1/contacts/register", json=body, timeout=60)
+        assert response.status_code == 201, response.text
+        return response.json()["lead"]
+
+    for round_ in range(10):
+        phone = f"+790100000{round_:02d}"
+        lead = setup.post(f"{api}/contacts/register", json={"source_id": source, "phone": phone}).json()["lead"]
+        jobs = [
+            (bases[n % len(bases)], {"source_id": source, "phone": phone, "email": f"r{round_}n{n}@example.com"})
+            for n in range(12)
+        ]
+        with ThreadPoolExecutor(12) as pool:
+            answers = list(pool.map(register, jobs))
+        stored = setup.get(f"{api}/leads/{lead['id']}").json()["email"]
+        assert {answer["email"] for answer in answers} == {stored}
+        assert {answer["id"] for answer in answers} == {lead["id"]}
