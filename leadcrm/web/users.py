@@ -1,5 +1,7 @@
 """Users page (supervisors): create accounts, change a role or password, deactivate."""
 
+from collections.abc import Callable
+
 from flask import Blueprint, redirect, request, url_for
 from flask.typing import ResponseReturnValue
 from flask_login import current_user, login_user
@@ -50,11 +52,11 @@ def create() -> ResponseReturnValue:
     return _page(form, status=422)
 
 
-def _row_change(user_id: int, form: FlaskForm, change: object) -> ResponseReturnValue:
+def _row_change(user_id: int, form: FlaskForm, change: Callable[[User], object]) -> ResponseReturnValue:
     user = accounts.get_user(db.session, user_id)
     if form.validate():
         try:
-            change(user)  # type: ignore[operator]
+            change(user)
         except DomainError as exc:
             show_domain_error(form, exc)
         else:
