@@ -134,6 +134,16 @@ class Contact(db.Model):
         # (operator_id IS NULL AND status = 'open').
         sa.Index("ix_contacts_operator_status", "operator_id", "status"),
         sa.Index("ix_contacts_source_status", "source_id", "status"),
+        # The waiting queue in order: a source's oldest waiting contact is one
+        # index lookup, however long the queue (partial: waiting contacts only).
+        sa.Index(
+            "ix_contacts_waiting",
+            "source_id",
+            "created_at",
+            "id",
+            sqlite_where=sa.text("operator_id IS NULL AND status = 'open'"),
+            postgresql_where=sa.text("operator_id IS NULL AND status = 'open'"),
+        ),
     )
 
     id: so.Mapped[int] = so.mapped_column(primary_key=True)
@@ -177,6 +187,9 @@ class ContactEvent(db.Model):
     created_at: so.Mapped[datetime] = so.mapped_column(UTCDateTime, default=utcnow)
 
 
+CALLER_MAX = 40
+
+
 class IdempotencyKey(db.Model):
     """A register request's ``Idempotency-Key`` and the answer it got, kept 24 hours.
 
@@ -187,6 +200,9 @@ class IdempotencyKey(db.Model):
 
     __tablename__ = "idempotency_keys"
 
+    # Keys are the caller's own (``token:3``, ``user:7``): one integration can
+    # neither replay nor probe another's.
+    caller: so.Mapped[str] = so.mapped_column(sa.String(CALLER_MAX), primary_key=True)
     key: so.Mapped[str] = so.mapped_column(sa.String(IDEMPOTENCY_KEY_MAX), primary_key=True)
     request_hash: so.Mapped[str] = so.mapped_column(sa.String(64))
     status_code: so.Mapped[Optional[int]]
