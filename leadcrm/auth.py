@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
-from flask import Flask, Response, current_app, redirect, request, url_for
+from flask import Flask, Response, current_app, g, redirect, request, url_for
 from flask.sessions import SecureCookieSessionInterface
 from flask_babel import lazy_gettext as _l
 from flask_login import current_user
@@ -167,6 +167,7 @@ def _check_token(header: str, access: Access) -> Any:
     if token.scope != FULL_SCOPE and not access.register_token:
         return _forbidden(f"A token with scope {token.scope!r} may not call this endpoint.")
     act_as(db.session, accounts.actor_name(token=token))
+    g.leadcrm_token = token
     _note_token_use(token)
     return None  # a token is not a browser: no CSRF check
 
@@ -187,6 +188,27 @@ def _note_token_use(token: ApiToken) -> None:
         current_app.logger.warning("could not record the use of token %s: %s", token.id, exc)
         return
     set_committed_value(token, "last_used_at", now)  # as stored; nothing left to flush
+
+
+def current_caller() -> str:
+    """Who is calling, as a stable key: ``token:<id>`` or ``user:<id>`` (call only after the access check)."""
+    token = g.get("leadcrm_token")
+    if token is not None:
+        return f"token:{token.id}"
+    return f"user:{current_user.id}"
+
+
+def caller_may(endpoint: str) -> bool:
+    """May the current caller (token or logged-in user) call ``endpoint``, as the access check would decide?"""
+    access = access_of(current_app, endpoint)
+    if access is None:
+        return False
+    if access.public:
+        return True
+    token = g.get("leadcrm_token")
+    if token is not None:
+        return token.scope == FULL_SCOPE or access.register_token
+    return current_user.is_authenticated and current_user.role in access.roles
 
 
 def add_security_headers(response: Response) -> Response:

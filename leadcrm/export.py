@@ -13,8 +13,10 @@ HEADER = [
     "contact_id", "created_at", "status", "source", "operator", "assigned_at", "closed_at",
     "lead_id", "lead_name", "phone", "email", "external_id", "message",
 ]  # fmt: skip
-# Free text typed by customers: a leading = + - @ would run as a formula in a
-# spreadsheet, so such cells are written with a leading apostrophe.
+# Any text cell (a customer's message, but also an operator's or a source's
+# name) starting with = + - @ would run as a formula in a spreadsheet, so
+# such cells are written with a leading apostrophe. Phones are E.164
+# (+ and digits only) and go out as they are.
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 BATCH = 1000
 
@@ -51,7 +53,7 @@ def contacts_csv(session: Session, contacts: sa.Select) -> Iterator[str]:
     for n, (contact, source_name, operator_name, lead) in enumerate(session.execute(query), start=1):
         writer.writerow(
             [
-                contact.id, _time(contact.created_at), contact.status, source_name, operator_name or "",
+                contact.id, _time(contact.created_at), contact.status, _cell(source_name), _cell(operator_name or ""),
                 _time(contact.assigned_at), _time(contact.closed_at), lead.id, _cell(lead.name or ""),
                 lead.phone or "", _cell(lead.email or ""), _cell(lead.external_id or ""), _cell(contact.message or ""),
             ]

@@ -38,8 +38,12 @@ def request_hash(data: Any) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def claim_key(session: Session, key: str, fingerprint: str) -> StoredAnswer | None:
-    """Take ``key`` for this request; or, if a request already used it, return the answer it got.
+def claim_key(session: Session, caller: str, key: str, fingerprint: str) -> StoredAnswer | None:
+    """Take ``caller``'s ``key`` for this request; or, if a request already used it, return the answer it got.
+
+    Keys belong to their caller (a token or a user): the same key sent by
+    another caller is another key, so no integration can replay or probe
+    another's.
 
     The key is inserted before the registration runs, in its transaction: a
     concurrent retry with the same key waits until this one commits (or rolls
@@ -47,11 +51,11 @@ def claim_key(session: Session, key: str, fingerprint: str) -> StoredAnswer | No
     """
     tx = storage.Tx.of(session)
     now = utcnow()
-    tx.execute(storage.FORGET_EXPIRED_KEY, {"key": key, "before": tx.time(now - KEEP_FOR)})
-    params = {"key": key, "request_hash": fingerprint, "created_at": tx.time(now)}
+    tx.execute(storage.FORGET_EXPIRED_KEY, {"caller": caller, "key": key, "before": tx.time(now - KEEP_FOR)})
+    params = {"caller": caller, "key": key, "request_hash": fingerprint, "created_at": tx.time(now)}
     if tx.execute(storage.CLAIM_KEY, params).fetchone() is not None:
         return None
-    request_hash_, status_code, body, location = tx.execute(storage.GET_KEY, {"key": key}).fetchone()
+    request_hash_, status_code, body, location = tx.execute(storage.GET_KEY, {"caller": caller, "key": key}).fetchone()
     if request_hash_ != fingerprint:
         raise KeyReused(
             _l("This Idempotency-Key was already used with a different request."),
@@ -66,7 +70,13 @@ def forget_expired(session: Session) -> int:
     return tx.execute(storage.FORGET_EXPIRED_KEYS, {"before": tx.time(utcnow() - KEEP_FOR)}).rowcount
 
 
-def remember_answer(session: Session, key: str, answer: StoredAnswer) -> None:
-    """Store the answer for ``key``, in the registration's transaction."""
-    params = {"key": key, "status_code": answer.status_code, "body": answer.body, "location": answer.location}
+def remember_answer(session: Session, caller: str, key: str, answer: StoredAnswer) -> None:
+    """Store the answer for ``caller``'s ``key``, in the registration's transaction."""
+    params = {
+        "caller": caller,
+        "key": key,
+        "status_code": answer.status_code,
+        "body": answer.body,
+        "location": answer.location,
+    }
     storage.Tx.of(session).execute(storage.REMEMBER_ANSWER, params)

@@ -252,16 +252,19 @@ INSERT_EVENT = Sql(
 )
 
 # Idempotency keys (leadcrm/idempotency.py).
-FORGET_EXPIRED_KEY = Sql("DELETE FROM idempotency_keys WHERE key = :key AND created_at < :before")
+FORGET_EXPIRED_KEY = Sql("DELETE FROM idempotency_keys WHERE caller = :caller AND key = :key AND created_at < :before")
 FORGET_EXPIRED_KEYS = Sql("DELETE FROM idempotency_keys WHERE created_at < :before")
 CLAIM_KEY = Sql(
-    "INSERT INTO idempotency_keys (key, request_hash, created_at) VALUES (:key, :request_hash, :created_at) "
-    "ON CONFLICT DO NOTHING RETURNING key"
+    "INSERT INTO idempotency_keys (caller, key, request_hash, created_at) "
+    "VALUES (:caller, :key, :request_hash, :created_at) ON CONFLICT DO NOTHING RETURNING key"
 )
-GET_KEY = Sql("SELECT request_hash, status_code, response_body, location FROM idempotency_keys WHERE key = :key")
+GET_KEY = Sql(
+    "SELECT request_hash, status_code, response_body, location FROM idempotency_keys "
+    "WHERE caller = :caller AND key = :key"
+)
 REMEMBER_ANSWER = Sql(
     "UPDATE idempotency_keys SET status_code = :status_code, response_body = :body, location = :location "
-    "WHERE key = :key"
+    "WHERE caller = :caller AND key = :key"
 )
 
 # Manual work: a supervisor moves an open contact, or reopens a closed one.

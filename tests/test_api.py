@@ -262,7 +262,7 @@ def test_register_assigns_an_operator(client: FlaskClient, setup: dict) -> None:
     )
     assert response.status_code == 201
     body = response.json
-    assert set(body) == {"contact", "lead", "assigned_operator"}
+    assert set(body) == {"contact", "lead", "lead_created", "assigned_operator"} and body["lead_created"] is True
     assert body["assigned_operator"]["id"] in (setup["anna"]["id"], setup["boris"]["id"])
     assert body["assigned_operator"]["active_leads"] == 1
     assert body["lead"]["phone"] == "+79001234567" and body["lead"]["name"] == "Ivan"
@@ -690,3 +690,106 @@ def test_text_lengths_count_as_sent_and_blank_or_nul_text_is_named(client: Flask
     response = client.post(f"{API}/sources/", json={"name": "web\x00form"})
     assert response.json["error"]["fields"] == {"name": "Must not contain the NUL character."}
     assert client.post(f"{API}/operators/", json={"name": " Anna ", "max_active_leads": 1}).json["name"] == "Anna"
+
+
+# --- what a caller may learn, and what the parser refuses (issue 10) --------------
+
+
+def _register_token_client(app: Flask, name: str = "form") -> FlaskClient:
+    from leadcrm.extensions import db
+    from leadcrm.models import REGISTER_SCOPE
+    from tests.helpers import add_token
+
+    with app.app_context():
+        secret = add_token(name, REGISTER_SCOPE)
+        db.session.remove()
+    token_client = app.test_client()
+    token_client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {secret}"
+    return token_client
+
+
+def test_a_register_token_learns_only_what_it_sent(app: Flask, client: FlaskClient, setup: dict) -> None:
+    full = {"source_id": 1, "external_id": "crm-7", "phone": "+79001234567", "email": "ivan@example.com"}
+    first = post(client, "/contacts/register", {**full, "name": "Ivan Petrov"})
+    assert first.status_code == 201 and first.json["lead_created"] is True
+    # A caller that may read leads sees the whole lead.
+    assert first.json["lead"]["email"] == "ivan@example.com" and first.json["lead"]["name"] == "Ivan Petrov"
+    form = _register_token_client(app)
+    # Only a phone, in another format: the answer must not reveal the e-mail, external id or name.
+    probe = form.post(f"{API}/contacts/register", json={"source_id": 1, "phone": "8 900 123-45-67"})
+    assert probe.status_code == 201, probe.json
+    assert probe.json["lead"] == {"id": first.json["lead"]["id"], "phone": "+79001234567"}
+    assert probe.json["lead_created"] is False
+    assert probe.json["contact"]["lead_id"] == first.json["lead"]["id"]
+    assert "ivan@example.com" not in probe.text and "Ivan" not in probe.text and "crm-7" not in probe.text
+    # A name or identifier it sends that the lead does not hold is not echoed as the lead's.
+    other = form.post(f"{API}/contacts/register", json={"source_id": 1, "phone": "+79001234567", "name": "Someone"})
+    assert other.json["lead"] == {"id": first.json["lead"]["id"], "phone": "+79001234567"}
+    new = form.post(f"{API}/contacts/register", json={"source_id": 1, "email": "New@Example.com", "name": "Olga"})
+    assert new.json["lead_created"] is True
+    assert new.json["lead"] == {"id": new.json["lead"]["id"], "email": "New@example.com", "name": "Olga"}
+
+
+def test_idempotency_keys_belong_to_their_caller(app: Flask, client: FlaskClient, setup: dict) -> None:
+    body = {"source_id": 1, "phone": "+79001234567", "message": "hello"}
+    form = _register_token_client(app, "form")
+    other = _register_token_client(app, "other form")
+    first = form.post(f"{API}/contacts/register", json=body, headers={"Idempotency-Key": "order-1"})
+    assert first.status_code == 201
+    # Another caller with the same key and body neither replays the first answer nor is refused: it is its own key.
+    theirs = other.post(f"{API}/contacts/register", json=body, headers={"Idempotency-Key": "order-1"})
+    assert theirs.status_code == 201 and "Idempotent-Replayed" not in theirs.headers
+    assert theirs.json["contact"]["id"] != first.json["contact"]["id"]
+    # ... nor can it probe which keys another caller used (a different body is not "reused").
+    probe = other.post(f"{API}/contacts/register", json={**body, "message": "x"}, headers={"Idempotency-Key": "k2"})
+    assert probe.status_code == 201
+    # The first caller still gets its own answer back.
+    again = form.post(f"{API}/contacts/register", json=body, headers={"Idempotency-Key": "order-1"})
+    assert again.headers["Idempotent-Replayed"] == "true" and again.data == first.data
+
+
+def test_duplicate_keys_in_a_json_body_are_400(client: FlaskClient, setup: dict) -> None:
+    response = client.post(
+        f"{API}/operators/", data='{"name": "A", "max_active_leads": 1, "name": "B"}', content_type="application/json"
+    )
+    assert_error(response, 400, "bad_request")
+    assert "'name' appears twice" in response.json["error"]["message"]
+    nested = '[{"operator_id": 1, "weight": 1, "weight": 5}]'
+    assert_error(client.post(f"{API}/sources/1/config", data=nested, content_type="application/json"), 400)
+    assert client.get(f"{API}/operators/").json["total"] == 2
+    assert client.get(f"{API}/sources/1/config").json[0]["weight"] == 10
+
+
+def test_a_huge_integer_is_refused_in_the_domains_words(client: FlaskClient) -> None:
+    for digits in ("9" * 5000, "-" + "9" * 5000, "9" * 101):
+        body = '{"name": "A", "max_active_leads": ' + digits + "}"
+        response = client.post(f"{API}/operators/", data=body, content_type="application/json")
+        assert_error(response, 422, "validation_error", {"max_active_leads"})
+        assert "4300" not in response.text and "digits" not in response.text
+    assert client.get(f"{API}/operators/").json["total"] == 0
+
+
+def test_the_openapi_document_says_exactly_one_source(client: FlaskClient) -> None:
+    import jsonschema_rs
+
+    document = client.get(f"{API}/openapi.json").json
+    schema = {**document["components"]["schemas"]["RegisterIn"], "components": document["components"]}
+    validator = jsonschema_rs.Draft202012Validator(schema)
+    assert validator.is_valid({"source_id": 1, "phone": "+79001234567"})
+    assert validator.is_valid({"source_name": "bot", "source_id": None, "phone": "+79001234567"})
+    assert not validator.is_valid({"phone": "+79001234567"})
+    assert not validator.is_valid({"source_id": 1, "source_name": "bot", "phone": "+79001234567"})
+    assert not validator.is_valid({"source_id": None, "source_name": None, "phone": "+79001234567"})
+
+
+def test_export_defuses_formulas_in_operator_and_source_names(client: FlaskClient) -> None:
+    import csv
+    import io
+
+    operator = create_operator(client, '=HYPERLINK("http://evil.example","x")', 3)
+    source = create_source(client, "@SUM(1+1)")
+    post(client, f"/sources/{source['id']}/config", {"operator_id": operator["id"], "weight": 1})
+    post(client, "/contacts/register", {"source_id": source["id"], "phone": "+79001234567", "email": "-1@example.com"})
+    rows = list(csv.DictReader(io.StringIO(client.get(f"{API}/contacts/export.csv").text)))
+    assert rows[0]["operator"] == "'" + operator["name"] and rows[0]["source"] == "'@SUM(1+1)"
+    assert rows[0]["email"] == "'-1@example.com" and rows[0]["phone"] == "+79001234567"

@@ -111,8 +111,20 @@ class AssignIn(Strict):
     override: bool = Field(False, description="Allow assigning past the operator's limit (recorded as override).")
 
 
+# "Exactly one of source_id and source_name" in JSON Schema's words: a number
+# in one and nothing (absent or null) in the other.
+EXACTLY_ONE_SOURCE = {
+    "oneOf": [
+        {"required": ["source_id"], "properties": {"source_id": {"type": "integer"}, "source_name": {"type": "null"}}},
+        {"required": ["source_name"], "properties": {"source_name": {"type": "string"}, "source_id": {"type": "null"}}},
+    ]
+}
+
+
 class RegisterIn(Strict):
     """Exactly one of source_id / source_name; at least one of external_id, phone, email."""
+
+    model_config = ConfigDict(strict=True, extra="forbid", json_schema_extra=EXACTLY_ONE_SOURCE)
 
     source_id: Optional[Id] = None
     source_name: Optional[Name] = None
@@ -185,9 +197,26 @@ class EventOut(Out):
     created_at: datetime
 
 
+class RegisteredLeadOut(BaseModel):
+    """A registration's lead as a caller that may not read leads (a ``register`` token) sees it.
+
+    Only the identifiers (and name) the caller sent that the lead holds: the
+    answer tells nothing about the customer that the caller did not know.
+    """
+
+    id: int
+    external_id: Optional[str] = None
+    phone: Optional[str] = Field(None, description="As stored (E.164).")
+    email: Optional[str] = None
+    name: Optional[str] = None
+
+
 class RegistrationOut(Out):
     contact: ContactOut
-    lead: LeadOut
+    lead: LeadOut | RegisteredLeadOut = Field(
+        description="The whole lead for callers that may read leads; otherwise only what the caller sent."
+    )
+    lead_created: bool = Field(description="true: a new lead; false: a returning one.")
     assigned_operator: Optional[OperatorOut] = Field(
         description="null: no operator was eligible; the contact waits unassigned."
     )

@@ -25,6 +25,7 @@ from leadcrm.api.schemas import (
     OperatorOut,
     OperatorUpdate,
     PageArgs,
+    RegisteredLeadOut,
     RegisterIn,
     RegistrationOut,
     SourceCreate,
@@ -33,7 +34,7 @@ from leadcrm.api.schemas import (
     WeightIn,
     WeightOut,
 )
-from leadcrm.auth import allow
+from leadcrm.auth import allow, caller_may, current_caller
 from leadcrm.errors import InvalidInput, NotFound
 from leadcrm.extensions import db
 from leadcrm.identity import parse_identity
@@ -45,12 +46,42 @@ Response = tuple[Any, int] | tuple[Any, int, dict[str, str]] | Any
 weight_list = TypeAdapter(list[WeightIn])
 
 
+# An integer literal this long is larger than any id, limit or weight: it
+# parses as this stand-in, which every integer field refuses as out of range
+# (a 422 naming the field) instead of Python's own error about "4300 digits".
+INTEGER_DIGITS_MAX = 100
+TOO_LARGE = 10**INTEGER_DIGITS_MAX
+
+
+class _BodyRefused(ValueError):
+    """The body parses as JSON but is not one we accept (a key given twice)."""
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # Plain JSON would keep the last of two equal keys: a typo or a smuggling
+    # attempt either way, so it is refused rather than guessed at.
+    obj: dict[str, Any] = {}
+    for name, value in pairs:
+        if name in obj:
+            raise _BodyRefused(f"The key {name!r} appears twice in one object.")
+        obj[name] = value
+    return obj
+
+
+def _integer(digits: str) -> int:
+    if len(digits) > INTEGER_DIGITS_MAX:
+        return -TOO_LARGE if digits.startswith("-") else TOO_LARGE
+    return int(digits)
+
+
 def json_body() -> Any:
-    """The request's JSON; 415 if it is not JSON, 400 if it does not parse."""
+    """The request's JSON; 415 if it is not JSON, 400 if it does not parse or repeats a key in an object."""
     if not request.is_json:
         raise UnsupportedMediaType("Send the body as JSON, with Content-Type: application/json.")
     try:
-        return json.loads(request.get_data(cache=True))
+        return json.loads(request.get_data(cache=True), object_pairs_hook=_no_duplicate_keys, parse_int=_integer)
+    except _BodyRefused as exc:
+        raise BadRequest(str(exc)) from None
     except (ValueError, RecursionError) as exc:
         raise BadRequest(f"The body is not valid JSON: {exc}") from None
 
@@ -220,8 +251,9 @@ def register_contact() -> Response:
         email=body.email,
         region=current_app.config["LEADCRM_PHONE_REGION"],
     )
+    caller = current_caller()
     if key is not None:
-        replay = idempotency.claim_key(db.session, key.strip(), idempotency.request_hash(data))
+        replay = idempotency.claim_key(db.session, caller, key.strip(), idempotency.request_hash(data))
         if replay is not None:
             return _stored_answer(replay, replayed=True)
     source = sources.find_source(db.session, source_id=body.source_id, source_name=body.source_name)
@@ -234,18 +266,28 @@ def register_contact() -> Response:
     )
     result = RegistrationOut(
         contact=ContactOut.model_validate(registration.contact),
-        lead=LeadOut.model_validate(registration.lead),
+        lead=_registered_lead(registration.lead, identity, body.name or None),
+        lead_created=registration.lead_created,
         assigned_operator=OperatorOut.model_validate(registration.operator) if registration.operator else None,
     )
     answer = idempotency.StoredAnswer(
         status_code=201,
-        body=current_app.json.dumps(result.model_dump(mode="json")),
+        body=current_app.json.dumps(result.model_dump(mode="json", exclude_unset=True)),
         location=url_for("api.get_contact", contact_id=registration.contact.id),
     )
     if key is not None:
-        idempotency.remember_answer(db.session, key.strip(), answer)
+        idempotency.remember_answer(db.session, caller, key.strip(), answer)
     db.session.commit()
     return _stored_answer(answer, replayed=False)
+
+
+def _registered_lead(lead: Any, identity: Any, name: str | None) -> LeadOut | RegisteredLeadOut:
+    """The lead as the caller may see it: whole if it may read leads, else only what it sent that the lead holds."""
+    if caller_may("api.get_lead"):
+        return LeadOut.model_validate(lead)
+    sent = {field: getattr(identity, field) for field in leads.IDENTIFIERS} | {"name": name}
+    known = {field: value for field, value in sent.items() if value is not None and getattr(lead, field) == value}
+    return RegisteredLeadOut(id=lead.id, **known)
 
 
 def _stored_answer(answer: idempotency.StoredAnswer, *, replayed: bool) -> FlaskResponse:
