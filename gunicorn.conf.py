@@ -26,13 +26,14 @@ errorlog = "-"
 def on_starting(server):
     """Bring the schema up to date once, in the master, before any worker starts.
 
-    On an empty database this also creates the first supervisor, "admin".
+    On an empty database this also creates the first supervisor, "admin";
+    contacts waiting while an operator has room are assigned.
     """
     from click import ClickException
     from flask_migrate import upgrade
 
     from leadcrm import create_app
-    from leadcrm.cli import ensure_first_admin
+    from leadcrm.cli import drain_backlog, ensure_first_admin
     from leadcrm.extensions import db
 
     app = create_app()
@@ -43,5 +44,10 @@ def on_starting(server):
         except ClickException as exc:
             server.log.error("cannot start: %s", exc.message)
             raise SystemExit(1) from None
+        # Contacts that waited while an operator had room (left so by an older
+        # version, or by hand) get one now rather than at the next capacity change.
+        assigned = drain_backlog()
+        if assigned:
+            server.log.info("Assigned %d waiting contact%s.", assigned, "" if assigned == 1 else "s")
         db.session.remove()
         db.engine.dispose()

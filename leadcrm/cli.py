@@ -27,12 +27,25 @@ def drain() -> None:
     database by hand). Safe to run at any time, as often as you like: from cron
     or a systemd timer, say hourly.
     """
+    assigned = drain_backlog()
     begin_write(db.session)
-    assigned = drain_all(db.session)
     forgotten = forget_expired(db.session)
     db.session.commit()
     click.echo(f"Assigned {assigned} waiting contact{'s' if assigned != 1 else ''}.")
     click.echo(f"Forgot {forgotten} expired idempotency key{'s' if forgotten != 1 else ''}.")
+
+
+def drain_backlog() -> int:
+    """Assign waiting contacts wherever an operator has room, in a write transaction of its own; returns how many.
+
+    Run by the drain command and by the server's start after the migrations
+    (a database from an older version may hold contacts that waited while
+    someone had room).
+    """
+    begin_write(db.session)
+    assigned = drain_all(db.session)
+    db.session.commit()
+    return assigned
 
 
 users_cli = AppGroup("users", help="Manage user accounts (also on the Users page).")

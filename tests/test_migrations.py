@@ -25,7 +25,7 @@ from leadcrm.extensions import db
 from leadcrm.identity import LeadIdentity
 from leadcrm.models import Contact, Operator, Source, SourceOperator
 from tests.helpers import assert_load_matches_open_contacts
-from tests.servers import PROJECT_ROOT
+from tests.servers import PROJECT_ROOT, api_session, create_token, gunicorn
 
 SCRIPTS = ScriptDirectory(str(PROJECT_ROOT / "migrations"))
 HEAD = SCRIPTS.get_current_head()
@@ -347,3 +347,48 @@ def test_sqlite_upgrade_refuses_rows_that_violate_foreign_keys(
         assert conn.scalar(sa.text("SELECT version_num FROM alembic_version")) == previous
     engine.dispose()
     assert snapshot(url) == before
+
+
+def served_contacts(base: str, token: str) -> dict[int, tuple[str, int | None]]:
+    answer = api_session(token).get(f"{base}/api/v1/contacts/?per_page=500", timeout=10)
+    assert answer.status_code == 200, answer.text
+    return {item["id"]: (item["status"], item["operator_id"]) for item in answer.json()["items"]}
+
+
+@pytest.mark.slow
+def test_server_starts_on_an_sqlite_database_from_revision_0002(tmp_path: Path, instance: Path) -> None:
+    """The failure reported: a database made before 0003 stopped gunicorn's master in the upgrade."""
+    url = f"sqlite:///{tmp_path / 'old.sqlite3'}"
+    migrate_to(url, "0002_contact_events")
+    fill(url)
+    with gunicorn(url, tmp_path, workers=1) as base:
+        token = create_token(url)
+        contacts = served_contacts(base, token)
+        assert contacts == {row["id"]: (row["status"], row["operator_id"]) for row in ROWS["contacts"]}
+        answer = api_session(token).get(f"{base}/api/v1/distribution_status/", timeout=10)
+        assert answer.status_code == 200
+        loads = {op["name"]: op["active_leads"] for op in answer.json()["operators"]}
+        assert loads == {"Anna": 2, "Борис": 1, "Vera": 0}
+
+
+@pytest.mark.slow
+def test_contacts_waiting_while_an_operator_has_room_are_assigned_when_the_server_starts(
+    backend, tmp_path: Path, instance: Path
+) -> None:
+    """An install upgraded from a version that left contacts waiting needs no `flask leadcrm drain`."""
+    url = backend.empty_url(tmp_path, "backlog")
+    migrate_to(url, REVISIONS[-2])
+    # Vera, serving the web form, is active with room: the two waiting contacts are hers to take.
+    operators = [op | {"is_active": True} if op["name"] == "Vera" else op for op in ROWS["operators"]]
+    fill(url, ROWS | {"operators": operators})
+    with gunicorn(url, tmp_path, workers=1) as base:
+        contacts = served_contacts(base, create_token(url))
+    assert [contacts[contact_id] for contact_id in WAITING_CONTACTS] == [("open", 3), ("open", 3)]
+    assert "Assigned 2 waiting contacts" in (tmp_path / "gunicorn.log").read_text()
+    app = create_app({"SQLALCHEMY_DATABASE_URI": url})
+    with app.app_context():
+        assert db.session.get(Operator, 3).active_leads == 2
+        assert db.session.get(SourceOperator, (2, 3)).assigned_total == 2
+        assert_load_matches_open_contacts()
+        db.session.remove()
+        db.engine.dispose()
