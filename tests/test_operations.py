@@ -6,10 +6,14 @@ These start the real app under gunicorn (tests/servers.py) on SQLite files.
 import os
 import sqlite3
 import stat
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
+import requests
+from gunicorn.ctl.client import ControlClient
 
 from leadcrm import create_app
 from leadcrm.extensions import db
@@ -18,6 +22,13 @@ from tests.servers import api_session, create_token, gunicorn
 
 def mode(path: Path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
+
+
+def wait_for(condition: Callable[[], bool], seconds: float = 10) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "gave up waiting"
+        time.sleep(0.05)
 
 
 @pytest.fixture
@@ -81,3 +92,48 @@ def test_existing_database_files_and_instance_folder_are_made_private_on_start(
             db.engine.dispose()
     finally:
         older.close()
+
+
+@pytest.mark.slow
+def test_two_instances_running_at_once_each_keep_their_own_control_socket(tmp_path: Path, instance: Path) -> None:
+    """gunicorn's default is one socket per user: the second instance took it over, stopping either removed it."""
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {"HOME": str(home), "XDG_RUNTIME_DIR": ""}
+    url = f"sqlite:///{tmp_path / 'leadcrm.sqlite3'}"
+    with ExitStack() as first, ExitStack() as second:
+        # Two servers of one install on one host share its instance folder.
+        bases = [
+            first.enter_context(gunicorn(url, tmp_path, workers=1, name="first", env=env)),
+            second.enter_context(gunicorn(url, tmp_path, workers=1, name="second", env=env)),
+        ]
+        sockets = [instance / f"gunicorn-{base.rsplit(':', 1)[1]}.ctl" for base in bases]
+        for base, path in zip(bases, sockets, strict=True):
+            wait_for(path.exists)
+            assert stat.S_ISSOCK(path.stat().st_mode) and mode(path) == 0o600
+            with ControlClient(str(path), timeout=5) as client:
+                assert client.send_command("show config")["bind"] == [base.removeprefix("http://")]
+        assert not (home / ".gunicorn").exists()
+
+        first.close()
+        assert not sockets[0].exists()
+        with ControlClient(str(sockets[1]), timeout=5) as client:
+            assert client.send_command("show config")["bind"] == [bases[1].removeprefix("http://")]
+
+
+@pytest.mark.slow
+def test_access_log_records_paths_without_query_strings(tmp_path: Path, instance: Path) -> None:
+    """Searches carry customers' phone numbers, e-mails and names."""
+    url = f"sqlite:///{tmp_path / 'leadcrm.sqlite3'}"
+    with gunicorn(url, tmp_path, workers=1, env={"ACCESS_LOG": "-"}) as base:
+        api = api_session(create_token(url))
+        for term in ("+7 900 123-45-67", "ivan.petrov@example.com", "Иван Петров"):
+            assert api.get(f"{base}/api/v1/leads/", params={"q": term}).status_code == 200
+        # The search page, before logging in, is sent to the login page.
+        answer = requests.get(f"{base}/leads/", params={"q": "Petrov"}, allow_redirects=False, timeout=10)
+        assert answer.status_code == 302
+    log = (tmp_path / "gunicorn.log").read_text()
+    for secret in ("q=", "900", "petrov", "Petrov", "%D0%98", "Иван"):
+        assert secret not in log, secret
+    assert '"GET /api/v1/leads/ HTTP/1.1" 200' in log
+    assert '"GET /leads/ HTTP/1.1" 302' in log
