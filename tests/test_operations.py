@@ -4,8 +4,13 @@ These start the real app under gunicorn (tests/servers.py) on SQLite files.
 """
 
 import os
+import random
+import shutil
 import sqlite3
 import stat
+import subprocess
+import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
@@ -13,11 +18,13 @@ from pathlib import Path
 
 import pytest
 import requests
+from flask import Flask
 from gunicorn.ctl.client import ControlClient
 
 from leadcrm import create_app
 from leadcrm.extensions import db
-from tests.servers import api_session, create_token, gunicorn
+from tests.helpers import add_operator
+from tests.servers import PROJECT_ROOT, api_session, create_token, gunicorn
 
 
 def mode(path: Path) -> int:
@@ -137,3 +144,160 @@ def test_access_log_records_paths_without_query_strings(tmp_path: Path, instance
         assert secret not in log, secret
     assert '"GET /api/v1/leads/ HTTP/1.1" 200' in log
     assert '"GET /leads/ HTTP/1.1" 302' in log
+
+
+def operator_names(path: Path) -> list[str]:
+    with sqlite3.connect(path) as copy:
+        return [row[0] for row in copy.execute("SELECT name FROM operators ORDER BY id")]
+
+
+def test_backup_writes_a_private_self_contained_copy_and_keeps_an_existing_file(
+    backend, app: Flask, tmp_path: Path, usual_umask: None
+) -> None:
+    if backend.name != "sqlite":
+        pytest.skip("SQLite's backup; PostgreSQL's refusal is tested below")
+    runner = app.test_cli_runner()
+    target = tmp_path / "backups" / "leadcrm.sqlite3"
+    target.parent.mkdir()
+    with app.app_context():
+        add_operator("Anna")
+        db.session.commit()
+
+    result = runner.invoke(args=["leadcrm", "backup", str(target)])
+    assert result.exit_code == 0, result.output
+    assert f"Backed up to {target}" in result.output
+    assert mode(target) == 0o600
+    assert operator_names(target) == ["Anna"]
+    with sqlite3.connect(target) as copy:
+        assert copy.execute("PRAGMA journal_mode").fetchone() == ("delete",)
+    assert sorted(path.name for path in target.parent.iterdir()) == ["leadcrm.sqlite3"]
+
+    with app.app_context():
+        add_operator("Boris")
+        db.session.commit()
+    refused = runner.invoke(args=["leadcrm", "backup", str(target)])
+    assert refused.exit_code == 1
+    assert "exists; use --force to overwrite it" in refused.output
+    assert operator_names(target) == ["Anna"]
+
+    forced = runner.invoke(args=["leadcrm", "backup", "--force", str(target)])
+    assert forced.exit_code == 0, forced.output
+    assert operator_names(target) == ["Anna", "Boris"]
+    assert mode(target) == 0o600
+
+    with app.app_context():
+        database = db.engine.url.database
+    itself = runner.invoke(args=["leadcrm", "backup", "--force", database])
+    assert itself.exit_code == 1 and "is the database itself" in itself.output
+
+
+def test_backup_on_postgresql_refuses_and_names_pg_dump(backend, app: Flask, tmp_path: Path) -> None:
+    if backend.name != "postgresql":
+        pytest.skip("PostgreSQL only")
+    result = app.test_cli_runner().invoke(args=["leadcrm", "backup", str(tmp_path / "copy")])
+    assert result.exit_code == 1
+    assert "pg_dump --format=custom" in result.output and "pg_restore" in result.output
+    assert not (tmp_path / "copy").exists()
+
+
+@pytest.mark.slow
+def test_backup_taken_while_serving_registrations_restores_every_acknowledged_contact(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    live, restored = tmp_path / "live", tmp_path / "restored"
+    live.mkdir()
+    restored.mkdir()
+    database = live / "instance" / "leadcrm.sqlite3"
+    monkeypatch.setenv("LEADCRM_INSTANCE_PATH", str(live / "instance"))
+    with gunicorn("", live, workers=2) as base:
+        token = create_token(f"sqlite:///{database}")
+        api = api_session(token)
+        anna = api.post(f"{base}/api/v1/operators/", json={"name": "Anna", "max_active_leads": 10_000}).json()
+        boris = api.post(f"{base}/api/v1/operators/", json={"name": "Boris", "max_active_leads": 5}).json()
+        source = api.post(f"{base}/api/v1/sources/", json={"name": "web"}).json()
+        weights = [{"operator_id": anna["id"], "weight": 1}, {"operator_id": boris["id"], "weight": 3}]
+        assert api.post(f"{base}/api/v1/sources/{source['id']}/config", json=weights).status_code == 200
+
+        acknowledged: list[tuple[float, int]] = []  # (when the 201 arrived, contact id)
+        stop = threading.Event()
+        failures: list[str] = []
+
+        def register(worker: int) -> None:
+            session = api_session(token)
+            n = 0
+            while not stop.is_set():
+                n += 1
+                body = {"source_id": source["id"], "phone": f"+7901{worker:02d}{n:05d}"}
+                answer = session.post(f"{base}/api/v1/contacts/register", json=body, timeout=30)
+                if answer.status_code != 201:
+                    failures.append(answer.text)
+                    return
+                acknowledged.append((time.monotonic(), answer.json()["contact"]["id"]))
+
+        def close_some() -> None:
+            session = api_session(token)
+            rng = random.Random(7)
+            while not stop.is_set():
+                if acknowledged:
+                    _, contact_id = rng.choice(acknowledged)
+                    answer = session.post(f"{base}/api/v1/contacts/{contact_id}/close", timeout=30)
+                    if answer.status_code != 200:
+                        failures.append(answer.text)
+                        return
+                time.sleep(0.01)
+
+        threads = [threading.Thread(target=register, args=(i,)) for i in range(3)]
+        threads.append(threading.Thread(target=close_some))
+        for thread in threads:
+            thread.start()
+        try:
+            wait_for(lambda: len(acknowledged) >= 150, seconds=60)
+            started = time.monotonic()
+            before = {contact_id for when, contact_id in list(acknowledged) if when < started}
+            backup = subprocess.run(
+                [sys.executable, "-m", "flask", "--app", "app", "leadcrm", "backup", str(tmp_path / "backup.sqlite3")],
+                cwd=PROJECT_ROOT,
+                env={**os.environ, "DATABASE_URL": ""},
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            finished = time.monotonic()
+            wait_for(lambda: any(when > finished for when, _ in list(acknowledged)), seconds=30)
+        finally:
+            stop.set()
+            for thread in threads:
+                thread.join()
+        assert backup.returncode == 0, backup.stderr
+        assert not failures, failures[:3]
+        assert mode(tmp_path / "backup.sqlite3") == 0o600
+
+    # Restore as the README says: the app stopped, the copy in place, no stale -wal/-shm, start.
+    (restored / "instance").mkdir(mode=0o700)
+    shutil.copy(tmp_path / "backup.sqlite3", restored / "instance" / "leadcrm.sqlite3")
+    monkeypatch.setenv("LEADCRM_INSTANCE_PATH", str(restored / "instance"))
+    with gunicorn("", restored, workers=1) as base:
+        api = api_session(token)  # the token is in the copy too
+        contacts: dict[int, dict] = {}
+        page = 1
+        while True:
+            answer = api.get(f"{base}/api/v1/contacts/", params={"per_page": 500, "page": page}).json()
+            contacts.update((item["id"], item) for item in answer["items"])
+            if page * 500 >= answer["total"]:
+                break
+            page += 1
+        status = api.get(f"{base}/api/v1/distribution_status/").json()
+
+    assert before <= set(contacts), f"missing from the backup: {sorted(before - set(contacts))[:10]}"
+    assert len(contacts) < len(acknowledged), "registrations went on after the backup"
+    assert f"{len(contacts)} contacts" in backup.stdout
+    # Counters exact in the copy: load = open contacts, assigned_total = contacts given.
+    for operator in status["operators"]:
+        mine = [c for c in contacts.values() if c["operator_id"] == operator["operator_id"]]
+        assert operator["active_leads"] == sum(c["status"] == "open" for c in mine), operator
+    (shares,) = status["sources"]
+    for share in shares["operators"]:
+        given = sum(c["operator_id"] == share["operator_id"] for c in contacts.values())
+        assert share["assigned_total"] == given, share
+    waiting = sum(c["operator_id"] is None and c["status"] == "open" for c in contacts.values())
+    assert status["unassigned_open"] == waiting
