@@ -74,8 +74,13 @@ def check_foreign_keys(connection) -> None:
     """Refuse to commit migrations that leave rows pointing at nothing."""
     violations = connection.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
     if violations:
+        columns = {}  # (table, foreign key id) -> its column(s)
+        for table in {row[0] for row in violations}:
+            for fk in connection.exec_driver_sql(f'PRAGMA foreign_key_list("{table}")').mappings():
+                columns.setdefault((table, fk["id"]), []).append(fk["from"])
         shown = "; ".join(
-            f"{table} row {rowid} -> {parent} (foreign key #{fk})" for table, rowid, parent, fk in violations[:20]
+            f"{table} row {rowid}: {', '.join(columns.get((table, fk), ['?']))} -> {parent}"
+            for table, rowid, parent, fk in violations[:20]
         )
         more = f" and {len(violations) - 20} more" if len(violations) > 20 else ""
         raise RuntimeError(

@@ -340,7 +340,7 @@ def test_sqlite_upgrade_refuses_rows_that_violate_foreign_keys(
         migrate_to(url)
 
     err = capfd.readouterr().err
-    assert "1 row(s) violate foreign keys: contacts row 99 -> sources" in err
+    assert "1 row(s) violate foreign keys: contacts row 99: source_id -> sources." in err
     assert "nothing was changed" in err
     engine = sa.create_engine(url)
     with engine.connect() as conn:
