@@ -51,7 +51,10 @@ def backup_sqlite(engine: Engine, target: str, *, overwrite: bool = False) -> Ba
             raise BackupRefused(f"{target} is the database itself")
         if not overwrite:
             raise BackupRefused(f"{target} exists; use --force to overwrite it")
-    partial = os.path.join(os.path.dirname(target), f".{os.path.basename(target)}.{os.getpid()}.partial")
+    folder = os.path.dirname(target)
+    if not os.path.isdir(folder):
+        raise BackupRefused(f"no folder {folder}")
+    partial = os.path.join(folder, f".{os.path.basename(target)}.{os.getpid()}.partial")
     # Made 0600 before SQLite opens it: the copy holds what the database does.
     os.close(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
     try:

@@ -185,6 +185,9 @@ def test_backup_writes_a_private_self_contained_copy_and_keeps_an_existing_file(
     assert operator_names(target) == ["Anna", "Boris"]
     assert mode(target) == 0o600
 
+    nowhere = runner.invoke(args=["leadcrm", "backup", str(tmp_path / "missing" / "copy.sqlite3")])
+    assert nowhere.exit_code == 1 and "no folder" in nowhere.output
+
     with app.app_context():
         database = db.engine.url.database
     itself = runner.invoke(args=["leadcrm", "backup", "--force", database])
