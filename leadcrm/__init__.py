@@ -7,13 +7,18 @@ from flask import Flask, request
 from werkzeug.exceptions import NotFound
 from werkzeug.routing import IntegerConverter, ValidationError
 
-from leadcrm.config import Config
-from leadcrm.database import begin_write, configure_engine, sqlite_connect_args
+from leadcrm.config import PROJECT_ROOT, Config, instance_path
+from leadcrm.database import (
+    begin_write,
+    configure_engine,
+    keep_private,
+    prepare_sqlite_file,
+    sqlite_connect_args,
+    sqlite_file,
+)
 from leadcrm.extensions import babel, csrf, db, migrate
 from leadcrm.i18n import select_locale
 from leadcrm.models import INT_MAX
-
-PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 class IdConverter(IntegerConverter):
@@ -34,18 +39,23 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     """Build the app. ``config`` overrides the environment (tests use it)."""
     app = Flask(
         __name__,
-        instance_path=os.environ.get("LEADCRM_INSTANCE_PATH") or os.path.join(PROJECT_ROOT, "instance"),
+        instance_path=instance_path(),
         template_folder=os.path.join(PROJECT_ROOT, "templates"),
         static_folder=os.path.join(PROJECT_ROOT, "static"),
     )
     app.config.from_object(Config)
     if config:
         app.config.update(config)
-    os.makedirs(app.instance_path, exist_ok=True)
+    # The instance folder holds the database and the secret key: its owner's only.
+    os.makedirs(app.instance_path, mode=0o700, exist_ok=True)
+    keep_private(app.instance_path)
     if not app.config["SQLALCHEMY_DATABASE_URI"]:
         path = os.path.join(app.instance_path, "leadcrm.sqlite3")
         app.config["SQLALCHEMY_DATABASE_URI"] = f"sqlite:///{path}"
     if app.config["SQLALCHEMY_DATABASE_URI"].startswith("sqlite"):
+        database_file = sqlite_file(app.config["SQLALCHEMY_DATABASE_URI"])
+        if database_file:
+            prepare_sqlite_file(database_file)
         app.config.setdefault(
             "SQLALCHEMY_ENGINE_OPTIONS",
             {"connect_args": sqlite_connect_args(app.config["LEADCRM_SQLITE_BUSY_TIMEOUT"])},
@@ -117,5 +127,6 @@ def _instance_secret(instance_path: str) -> str:
             pass
         finally:
             os.unlink(tmp)
+    keep_private(path)
     with open(path) as f:
         return f.read().strip()

@@ -2,6 +2,13 @@
 
 import os
 
+PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def instance_path() -> str:
+    """The instance folder: the default SQLite file, the secret key, gunicorn's control socket."""
+    return os.environ.get("LEADCRM_INSTANCE_PATH") or os.path.join(PROJECT_ROOT, "instance")
+
 
 class Config:
     # Empty means: an SQLite file in the instance folder (set in create_app).

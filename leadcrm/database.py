@@ -17,8 +17,10 @@ UPDATEs and row locks make decisions atomic at READ COMMITTED.
 """
 
 import fcntl
+import logging
 import os
 import sqlite3
+import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -29,6 +31,51 @@ from sqlalchemy.orm import Session, scoped_session
 
 # Execution option that marks a session's transactions as ones that will write.
 WRITE_OPTION = "leadcrm_write"
+# Files beside an SQLite database: SQLite's WAL, shared memory and rollback
+# journal (which it creates with the database file's mode), and our write lock.
+SQLITE_COMPANIONS = ("-wal", "-shm", "-journal", "-writelock")
+
+log = logging.getLogger(__name__)
+
+
+def sqlite_file(url: str) -> str | None:
+    """The path of the database file an SQLite URL names; None for memory databases and file: URIs."""
+    parsed = sa.make_url(url)
+    if parsed.get_backend_name() != "sqlite" or not parsed.database or parsed.database == ":memory:":
+        return None
+    if parsed.database.startswith("file:"):
+        return None
+    return parsed.database
+
+
+def keep_private(path: str) -> None:
+    """Take away group and other permissions from ``path``, if it exists and has any."""
+    try:
+        mode = stat.S_IMODE(os.stat(path).st_mode)
+    except FileNotFoundError:
+        return
+    if mode & 0o077:
+        try:
+            os.chmod(path, mode & ~0o077)
+        except PermissionError:
+            log.warning("cannot make %s private (mode %o): not its owner", path, mode)
+
+
+def prepare_sqlite_file(path: str) -> None:
+    """Create the database file readable by its owner only, before SQLite opens it; tighten existing files.
+
+    It holds customers' data and password hashes. SQLite itself would create
+    it 0644 (less the umask) and gives its -wal and -shm the main file's mode,
+    so an empty 0600 file made first keeps all of them private.
+    """
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        pass
+    except FileNotFoundError:
+        return  # no such folder: SQLite says so when it opens the file
+    for name in (path, *(path + suffix for suffix in SQLITE_COMPANIONS)):
+        keep_private(name)
 
 
 class SQLiteConnection(sqlite3.Connection):
