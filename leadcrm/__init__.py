@@ -8,7 +8,7 @@ from werkzeug.exceptions import NotFound
 from werkzeug.routing import IntegerConverter, ValidationError
 
 from leadcrm.config import Config
-from leadcrm.database import begin_write, configure_engine, sqlite_connect_args
+from leadcrm.database import OWN_TRANSACTIONS, begin_write, configure_engine, sqlite_connect_args
 from leadcrm.extensions import babel, csrf, db, migrate
 from leadcrm.i18n import select_locale
 from leadcrm.models import INT_MAX
@@ -77,8 +77,10 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
 
     @app.before_request
     def start_write_transaction() -> None:
-        # Requests that change data take the write lock before their first read.
-        if request.method not in ("GET", "HEAD", "OPTIONS"):
+        # Requests that change data take the write lock before their first read,
+        # unless their view manages its own transactions (login: hash unlocked).
+        view = app.view_functions.get(request.endpoint or "")
+        if request.method not in ("GET", "HEAD", "OPTIONS") and not getattr(view, OWN_TRANSACTIONS, False):
             begin_write(db.session)
 
     from leadcrm import demo  # noqa: F401  (adds `flask leadcrm demo`)

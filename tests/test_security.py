@@ -14,7 +14,17 @@ from flask.testing import FlaskClient
 from leadcrm import accounts
 from leadcrm.cli import ensure_first_admin
 from leadcrm.extensions import db
-from leadcrm.models import FULL_SCOPE, INTAKE, REGISTER_SCOPE, SUPERVISOR, ApiToken, LoginFailure, User, utcnow
+from leadcrm.models import (
+    FULL_SCOPE,
+    INTAKE,
+    REGISTER_SCOPE,
+    SUPERVISOR,
+    ApiToken,
+    LoginFailure,
+    LoginSession,
+    User,
+    utcnow,
+)
 from tests.helpers import PASSWORD, add_token, add_user, login_client
 from tests.test_web import HTMX, post_form, text
 
@@ -167,6 +177,52 @@ def test_logout_ends_the_session(anonymous: FlaskClient, people) -> None:
     assert anonymous.get("/").status_code == 302
 
 
+def copy_of_session(app: Flask, client: FlaskClient) -> FlaskClient:
+    """Another browser holding a copy of ``client``'s session cookie (a stolen or shared cookie)."""
+    other = app.test_client()
+    other.set_cookie("session", client.get_cookie("session").value)
+    return other
+
+
+def test_a_cookie_copied_before_logout_opens_nothing_afterwards(app: Flask, people) -> None:
+    vera = app.test_client()
+    assert log_in(vera, "vera").status_code == 302
+    copy = copy_of_session(app, vera)
+    assert copy.get("/users/").status_code == 200
+    assert post_form(vera, "/logout", {}).location == "/login"
+    assert copy.get("/users/").status_code == 302
+    assert vera.get("/users/").status_code == 302
+    with app.app_context():
+        assert db.session.scalar(sa.select(sa.func.count()).select_from(LoginSession)) == 0
+
+
+def test_log_out_everywhere_ends_every_session_of_the_user_only(app: Flask, people) -> None:
+    laptop, phone = app.test_client(), app.test_client()
+    for browser in (laptop, phone):
+        assert log_in(browser, "vera").status_code == 302
+    irina = login_client(app, people["irina"])
+    assert 'action="/account/logout-everywhere"' in text(phone.get("/account"))
+    assert phone.post("/account/logout-everywhere").status_code == 400  # a cross-site form cannot
+    assert post_form(phone, "/account/logout-everywhere", {}).location == "/login"
+    for browser in (laptop, phone, copy_of_session(app, laptop)):
+        assert browser.get("/users/").status_code == 302
+    assert irina.get("/intake/").status_code == 200
+    assert log_in(laptop, "vera").status_code == 302  # logging in again works
+
+
+def test_login_sessions_expire_and_are_deleted_later(ctx, people) -> None:
+    vera = db.session.get(User, people["vera"].id)
+    max_age = timedelta(days=31)
+    old = accounts.start_session(db.session, vera, max_age, now=utcnow() - max_age - timedelta(seconds=1))
+    current = accounts.start_session(db.session, vera, max_age)
+    assert accounts.user_of_session(db.session, old, max_age) is None
+    assert accounts.user_of_session(db.session, current, max_age) is vera
+    assert accounts.user_of_session(db.session, "", max_age) is None
+    assert accounts.user_of_session(db.session, "x" * 5000, max_age) is None
+    accounts.start_session(db.session, vera, max_age)
+    assert db.session.scalar(sa.select(sa.func.count()).select_from(LoginSession)) == 2  # the old one is gone
+
+
 def test_deactivated_user_is_logged_out_and_cannot_log_in(app: Flask, client: FlaskClient, people) -> None:
     irina = login_client(app, people["irina"])
     assert irina.get("/intake/").status_code == 200
@@ -210,7 +266,7 @@ def test_anyone_changes_their_own_password_after_proving_the_current_one(app: Fl
     assert other_session.get("/intake/").status_code == 302
     assert log_in(app.test_client(), "irina", "a brand new one").status_code == 302
     # Wrong current passwords count like failed logins.
-    for _ in range(accounts.MAX_FAILURES_PER_ACCOUNT):
+    for _ in range(accounts.MAX_FAILURES_PER_ACCOUNT_AND_ADDRESS):
         post_form(irina, "/account", {"current_password": "guess", "new_password": "another new one"})
     throttled = post_form(irina, "/account", {"current_password": "a brand new one", "new_password": "another new one"})
     assert throttled.status_code == 429 and "Too many failed attempts" in text(throttled)
@@ -225,15 +281,47 @@ def test_htmx_requests_without_a_session_are_sent_to_the_login_page(anonymous: F
 # --- throttling -------------------------------------------------------------------------------
 
 
-def test_an_account_is_locked_for_a_while_after_five_failures(anonymous: FlaskClient, people) -> None:
-    for _ in range(accounts.MAX_FAILURES_PER_ACCOUNT):
-        assert log_in(anonymous, "vera", "guess").status_code == 401
-    response = log_in(anonymous, "vera")  # even the right password
+def test_an_account_is_refused_from_an_address_after_five_failures_there_but_not_elsewhere(app: Flask, people) -> None:
+    attacker = app.test_client()
+    attacker.environ_base["REMOTE_ADDR"] = "203.0.113.66"
+    for _ in range(accounts.MAX_FAILURES_PER_ACCOUNT_AND_ADDRESS):
+        assert log_in(attacker, "vera", "guess").status_code == 401
+    response = log_in(attacker, "vera")  # even the right password, from there
     assert response.status_code == 429
     assert 0 < int(response.headers["Retry-After"]) <= 15 * 60
     assert "Too many failed attempts" in text(response)
-    # Other accounts from the same address still work.
-    assert log_in(anonymous, "irina").status_code == 302
+    # Other accounts from the same address still work ...
+    assert log_in(attacker, "irina").status_code == 302
+    # ... and so does this account from anywhere else: nobody can lock it out for everyone.
+    vera = app.test_client()
+    vera.environ_base["REMOTE_ADDR"] = "198.51.100.7"
+    assert log_in(vera, "vera").status_code == 302
+
+
+def test_an_account_failing_from_many_addresses_is_slowed_down_for_everyone_never_locked(ctx, people) -> None:
+    start = utcnow()
+    for n in range(accounts.ACCOUNT_SLOWDOWN_AFTER):
+        assert accounts.authenticate(db.session, "vera", "guess", f"10.0.0.{n}", now=start) is None
+    # From now on every attempt, from any address, waits a moment after the latest failure ...
+    with pytest.raises(accounts.LoginThrottled) as refused:
+        accounts.authenticate(db.session, "vera", PASSWORD, "10.9.9.9", now=start)
+    assert refused.value.retry_after <= 2 and "try again in" in str(refused.value.message)
+    # ... a moment that grows with every further failure, up to half a minute at most.
+    now, delays = start, []
+    for n in range(12):
+        while True:
+            try:
+                assert accounts.authenticate(db.session, "vera", "guess", f"10.1.0.{n}", now=now) is None
+                break
+            except accounts.LoginThrottled as exc:
+                delays.append(exc.retry_after)
+                now += timedelta(seconds=exc.retry_after)
+    assert delays == sorted(delays) and delays[-1] <= accounts.ACCOUNT_DELAY_MAX.total_seconds() + 1
+    # The right password from a fresh address gets in once the short wait is over.
+    with pytest.raises(accounts.LoginThrottled) as refused:
+        accounts.authenticate(db.session, "vera", PASSWORD, "10.9.9.9", now=now)
+    later = now + timedelta(seconds=refused.value.retry_after)
+    assert accounts.authenticate(db.session, "vera", PASSWORD, "10.9.9.9", now=later) is not None
 
 
 def test_an_address_is_throttled_across_accounts(app: Flask, people) -> None:
@@ -249,13 +337,15 @@ def test_an_address_is_throttled_across_accounts(app: Flask, people) -> None:
 
 def test_throttle_forgets_old_failures_and_success_clears_the_account(ctx, people) -> None:
     start = utcnow()
-    for _ in range(accounts.MAX_FAILURES_PER_ACCOUNT):
+    for _ in range(accounts.MAX_FAILURES_PER_ACCOUNT_AND_ADDRESS):
         assert accounts.authenticate(db.session, "vera", "guess", "a", now=start) is None
     with pytest.raises(accounts.LoginThrottled):
         accounts.authenticate(db.session, "vera", PASSWORD, "a", now=start + timedelta(minutes=14))
     later = start + accounts.THROTTLE_WINDOW + timedelta(seconds=1)
     assert accounts.authenticate(db.session, "vera", PASSWORD, "a", now=later) == db.session.get(User, 1)
     assert db.session.scalar(sa.select(sa.func.count()).where(LoginFailure.key == "user:vera")) == 0
+    db.session.commit()
+    assert accounts.authenticate(db.session, "vera", PASSWORD, "a", now=later) is not None  # and again
 
 
 # --- users ------------------------------------------------------------------------------------
