@@ -2,16 +2,24 @@
 
 import hashlib
 import re
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from datetime import timedelta
+from pathlib import Path
 from urllib.parse import urljoin, urlsplit
 
 import click
 import pytest
+import requests
 import sqlalchemy as sa
 from flask import Flask
 from flask.testing import FlaskClient
+from werkzeug.security import generate_password_hash
 
-from leadcrm import accounts
+from leadcrm import accounts, create_app
 from leadcrm.cli import ensure_first_admin
 from leadcrm.extensions import db
 from leadcrm.models import (
@@ -25,7 +33,8 @@ from leadcrm.models import (
     User,
     utcnow,
 )
-from tests.helpers import PASSWORD, add_token, add_user, login_client
+from tests.helpers import PASSWORD, add_token, add_user, login_client, password_hash
+from tests.servers import api_session, create_token, gunicorn
 from tests.test_web import HTMX, post_form, text
 
 API = "/api/v1"
@@ -604,3 +613,96 @@ def test_nul_characters_are_refused_everywhere_before_the_database_sees_them(app
     assert response.status_code == 400 and "NUL character" in text(response)
     anonymous = app.test_client()
     assert log_in(anonymous, "boss\x00").status_code == 400
+
+
+# --- under real servers -----------------------------------------------------------------------
+
+
+def store_user(database_url: str, username: str, password_hash: str) -> None:
+    """A supervisor stored straight into a served (migrated) database."""
+    app = create_app({"SQLALCHEMY_DATABASE_URI": database_url})
+    with app.app_context():
+        db.session.add(User(username=username, password_hash=password_hash, role=SUPERVISOR))
+        db.session.commit()
+        db.session.remove()
+        db.engine.dispose()
+
+
+def login_page(base: str, address: str) -> tuple[requests.Session, str]:
+    """A browser at ``address`` (behind the trusted proxy) that has opened the login page: (session, CSRF token)."""
+    browser = requests.Session()
+    browser.headers["X-Forwarded-For"] = address
+    page = browser.get(f"{base}/login", timeout=30).text
+    return browser, re.search(r'name="csrf-token" content="([^"]+)"', page).group(1)
+
+
+def post_login(base: str, browser: requests.Session, csrf: str, username: str, password: str) -> requests.Response:
+    data = {"csrf_token": csrf, "username": username, "password": password}
+    return browser.post(f"{base}/login", data=data, allow_redirects=False, timeout=60)
+
+
+@pytest.fixture
+def served(backend, tmp_path: Path) -> Iterator[tuple[str, list[str]]]:
+    """(database URL, base URLs): one gunicorn on SQLite, two sharing the database on PostgreSQL, behind one proxy."""
+    url = backend.empty_url(tmp_path)
+    layout = [4] if backend.name == "sqlite" else [3, 3]
+    with ExitStack() as stack:
+        bases = [
+            stack.enter_context(
+                gunicorn(url, tmp_path, workers=workers, name=f"gunicorn{i}", env={"LEADCRM_PROXY_COUNT": "1"})
+            )
+            for i, workers in enumerate(layout)
+        ]
+        yield url, bases
+
+
+@pytest.mark.slow
+def test_parallel_wrong_passwords_are_counted_exactly_and_lock_out_only_their_address(served) -> None:
+    database_url, bases = served
+    store_user(database_url, "vera", password_hash())
+    attempts = 30
+    browsers = [login_page(bases[n % len(bases)], "203.0.113.66") for n in range(attempts)]
+    start = threading.Barrier(attempts)
+
+    def guess(n: int) -> int:
+        browser, csrf = browsers[n]
+        start.wait()
+        return post_login(bases[n % len(bases)], browser, csrf, "vera", f"guess {n}").status_code
+
+    with ThreadPoolExecutor(attempts) as pool:
+        statuses = list(pool.map(guess, range(attempts)))
+    assert sorted(statuses) == [401] * accounts.MAX_FAILURES_PER_ACCOUNT_AND_ADDRESS + [429] * (
+        attempts - accounts.MAX_FAILURES_PER_ACCOUNT_AND_ADDRESS
+    )
+    # The guessing address is refused even the right password; anyone else logs in.
+    assert post_login(bases[0], *login_page(bases[0], "203.0.113.66"), "vera", PASSWORD).status_code == 429
+    for base in bases:
+        assert post_login(base, *login_page(base, "198.51.100.7"), "vera", PASSWORD).status_code == 302
+
+
+@pytest.mark.slow
+def test_a_login_hashing_its_password_does_not_hold_the_write_lock(backend, served) -> None:
+    if backend.name != "sqlite":
+        pytest.skip("PostgreSQL has no database-wide write lock")
+    database_url, (base,) = served
+    # A password hash that takes seconds to check: the login is still hashing while we register.
+    store_user(database_url, "slow", generate_password_hash(PASSWORD, "pbkdf2:sha256:3000000"))
+    token = create_token(database_url)
+    api = api_session(token)
+    operator = api.post(f"{base}/api/v1/operators/", json={"name": "Anna", "max_active_leads": 100}).json()
+    source = api.post(f"{base}/api/v1/sources/", json={"name": "web_form"}).json()
+    api.post(f"{base}/api/v1/sources/{source['id']}/config", json={"operator_id": operator["id"], "weight": 1})
+    browser, csrf = login_page(base, "192.0.2.1")
+    with ThreadPoolExecutor(1) as pool:
+        login = pool.submit(post_login, base, browser, csrf, "slow", "a wrong password")
+        time.sleep(0.5)  # the login request is past its first query and hashing
+        took = []
+        for n in range(5):
+            started = time.monotonic()
+            body = {"source_id": source["id"], "phone": f"+7900555000{n}"}
+            assert api.post(f"{base}/api/v1/contacts/register", json=body, timeout=60).status_code == 201
+            took.append(time.monotonic() - started)
+        # Today's registrations take milliseconds; behind the lock they would wait seconds for the hash.
+        assert max(took) < 1.0, took
+        assert not login.done(), "the login finished before the registrations: its hash was not slow enough"
+        assert login.result().status_code == 401
