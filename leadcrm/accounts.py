@@ -267,6 +267,7 @@ def authenticate(
     try:
         _lock_throttle_keys(session, keys)
         _check_throttle(session, keys, now)  # others may have failed while this one hashed
+        # Forget failures older than the window: a bounded batch, skipping rows others are deleting.
         stale = (
             sa.select(LoginFailure.id)
             .where(LoginFailure.created_at < now - THROTTLE_WINDOW)
@@ -277,7 +278,13 @@ def authenticate(
         user = find_user(session, name)
         if user is not None and user.is_active and valid and user.password_hash == checked_hash:
             pair, _, account = keys
-            session.execute(sa.delete(LoginFailure).where(LoginFailure.key.in_((pair, account))))
+            # Rows of these keys are ours under the locks; a locked one is old and being forgotten by another.
+            counted = (
+                sa.select(LoginFailure.id)
+                .where(LoginFailure.key.in_((pair, account)))
+                .with_for_update(skip_locked=True)
+            )
+            session.execute(sa.delete(LoginFailure).where(LoginFailure.id.in_(counted.scalar_subquery())))
         else:
             user = None
             session.add_all(LoginFailure(key=key, created_at=now) for key in keys)
@@ -294,10 +301,17 @@ def authenticate(
 def start_session(session: Session, user: User, max_age: timedelta, now: datetime | None = None) -> str:
     """Open a login session for ``user`` and return its secret, for the cookie (also kept on ``user``).
 
-    Sessions older than ``max_age`` are deleted here, lazily; they were refused already.
+    Sessions older than ``max_age`` are deleted here, lazily (user_of_session refuses them already).
     """
     now = now or utcnow()
-    session.execute(sa.delete(LoginSession).where(LoginSession.created_at < now - max_age))
+    # A bounded batch, skipping rows another transaction is deleting (a logout, another login).
+    expired = (
+        sa.select(LoginSession.id_hash)
+        .where(LoginSession.created_at < now - max_age)
+        .limit(100)
+        .with_for_update(skip_locked=True)
+    )
+    session.execute(sa.delete(LoginSession).where(LoginSession.id_hash.in_(expired.scalar_subquery())))
     secret = secrets.token_urlsafe(32)
     session.add(LoginSession(id_hash=_hash(secret), user_id=user.id, created_at=now))
     session.flush()
