@@ -9,6 +9,7 @@ from werkzeug.routing import IntegerConverter, ValidationError
 
 from leadcrm.config import PROJECT_ROOT, Config, instance_path
 from leadcrm.database import (
+    OWN_TRANSACTIONS,
     begin_write,
     configure_engine,
     keep_private,
@@ -87,8 +88,10 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
 
     @app.before_request
     def start_write_transaction() -> None:
-        # Requests that change data take the write lock before their first read.
-        if request.method not in ("GET", "HEAD", "OPTIONS"):
+        # Requests that change data take the write lock before their first read,
+        # unless their view manages its own transactions (login: hash unlocked).
+        view = app.view_functions.get(request.endpoint or "")
+        if request.method not in ("GET", "HEAD", "OPTIONS") and not getattr(view, OWN_TRANSACTIONS, False):
             begin_write(db.session)
 
     from leadcrm import demo  # noqa: F401  (adds `flask leadcrm demo`)

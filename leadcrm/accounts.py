@@ -13,12 +13,13 @@ from datetime import datetime, timedelta
 
 import sqlalchemy as sa
 from flask_babel import lazy_gettext as _l
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, scoped_session
 from werkzeug.security import check_password_hash, generate_password_hash
 
-from leadcrm.database import unique_or
+from leadcrm.database import begin_write, unique_or
 from leadcrm.errors import Conflict, DomainError, InvalidInput, NotFound
 from leadcrm.models import (
+    LOGIN_SECRET,
     PASSWORD_MAX,
     ROLES,
     SCOPES,
@@ -26,6 +27,7 @@ from leadcrm.models import (
     USERNAME_MAX,
     ApiToken,
     LoginFailure,
+    LoginSession,
     User,
     utcnow,
 )
@@ -33,10 +35,17 @@ from leadcrm.models import (
 PASSWORD_MIN = 10
 USERNAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9._@-]*")
 TOKEN_PREFIX = "lcrm_"
-# Failed logins are counted over this window, per account and per address.
+# Failed logins are counted over this window. An account from one address, and
+# an address across accounts, are refused after this many failures until the
+# oldest of them leaves the window.
 THROTTLE_WINDOW = timedelta(minutes=15)
-MAX_FAILURES_PER_ACCOUNT = 5
+MAX_FAILURES_PER_ACCOUNT_AND_ADDRESS = 5
 MAX_FAILURES_PER_ADDRESS = 20
+# An account failing from many addresses is slowed down for everyone, never
+# locked: from this many failures in the window on, each attempt waits 1, 2, 4,
+# ... seconds (at most ACCOUNT_DELAY_MAX) after the account's latest failure.
+ACCOUNT_SLOWDOWN_AFTER = 10
+ACCOUNT_DELAY_MAX = timedelta(seconds=30)
 # A token's last use is written at most this often, so reads stay reads.
 LAST_USED_PRECISION = timedelta(minutes=1)
 # Checked against when the username is unknown, so both cases take as long.
@@ -108,9 +117,15 @@ def create_user(session: Session, *, username: str, password: str, role: str) ->
     return user
 
 
-def set_password(session: Session, user: User, password: str) -> None:
-    """Change the password; the user's other sessions end (their stamp no longer matches)."""
-    user.password_hash = generate_password_hash(validate_password(password))
+def set_password(session: Session, user: User, password: str, keep_session: str | None = None) -> None:
+    """Change the password; every session of the user ends but ``keep_session`` (the secret of the one asking)."""
+    set_password_hash(session, user, hash_password(password), keep_session)
+
+
+def set_password_hash(session: Session, user: User, password_hash: str, keep_session: str | None = None) -> None:
+    """Store a hash made by hash_password(); like set_password() without hashing (hash before taking a lock)."""
+    user.password_hash = password_hash
+    end_sessions(session, user.id, keep=keep_session)
     session.flush()
 
 
@@ -134,6 +149,8 @@ def update_user(session: Session, user: User, *, role: str | None = None, is_act
         user.role = role
     if is_active is not None:
         user.is_active = is_active
+        if not is_active:
+            end_sessions(session, user.id)
     session.flush()
     return user
 
@@ -157,20 +174,31 @@ def ensure_admin(session: Session, password: str | None) -> str | None:
 # Login and its throttle
 
 
-def authenticate(
-    session: Session, username: str, password: str, address: str, now: datetime | None = None
-) -> User | None:
-    """The active user with this username and password, or None.
+def hash_password(password: str) -> str:
+    """The stored form of a new password (validated first). Slow on purpose: call it with no lock held."""
+    return generate_password_hash(validate_password(password))
 
-    Raises LoginThrottled while the account or the address has too many recent
-    failures; each failure is recorded (commit it even though login failed).
-    """
-    now = now or utcnow()
-    name = normalise_username(username)[:USERNAME_MAX]
-    keys = {f"user:{name}": MAX_FAILURES_PER_ACCOUNT, f"addr:{address[:64]}": MAX_FAILURES_PER_ADDRESS}
+
+def _throttled(wait: timedelta, message: object | None = None) -> LoginThrottled:
+    retry = max(1, int(wait.total_seconds()) + 1)
+    if message is None:
+        message = _l("Too many failed attempts. Try again in %(minutes)s min.", minutes=-(-retry // 60))
+    return LoginThrottled(message, retry)
+
+
+def _throttle_keys(name: str, address: str) -> tuple[str, str, str]:
+    """The keys a login attempt counts against: (account and address, address, account)."""
+    address = address[:64]
+    # Hashed: a username and an address together may be longer than the key column.
+    pair = hashlib.sha256(f"{name}\n{address}".encode()).hexdigest()[:40]
+    return f"pair:{pair}", f"addr:{address}", f"user:{name}"
+
+
+def _check_throttle(session: Session, keys: tuple[str, str, str], now: datetime) -> None:
+    """Raise LoginThrottled if an attempt with these keys may not be checked now."""
     since = now - THROTTLE_WINDOW
-    session.execute(sa.delete(LoginFailure).where(LoginFailure.created_at < since))
-    for key, limit in keys.items():
+    pair, address, account = keys
+    for key, limit in ((pair, MAX_FAILURES_PER_ACCOUNT_AND_ADDRESS), (address, MAX_FAILURES_PER_ADDRESS)):
         times = session.scalars(
             sa.select(LoginFailure.created_at)
             .where(LoginFailure.key == key, LoginFailure.created_at >= since)
@@ -178,18 +206,152 @@ def authenticate(
             .limit(limit)
         ).all()
         if len(times) >= limit:
-            retry = int((times[-1] + THROTTLE_WINDOW - now).total_seconds()) + 1
-            raise LoginThrottled(
-                _l("Too many failed attempts. Try again in %(minutes)s min.", minutes=-(-retry // 60)), retry
+            raise _throttled(times[-1] + THROTTLE_WINDOW - now)
+    count, latest = session.execute(
+        sa.select(sa.func.count(), sa.func.max(LoginFailure.created_at)).where(
+            LoginFailure.key == account, LoginFailure.created_at >= since
+        )
+    ).one()
+    if count >= ACCOUNT_SLOWDOWN_AFTER:
+        delay = timedelta(seconds=min(2 ** (count - ACCOUNT_SLOWDOWN_AFTER), ACCOUNT_DELAY_MAX.total_seconds()))
+        if now < latest + delay:
+            wait = latest + delay - now
+            raise _throttled(
+                wait,
+                _l(
+                    "Many failed attempts for this account: try again in %(seconds)s s.",
+                    seconds=max(1, int(wait.total_seconds()) + 1),
+                ),
             )
-    user = find_user(session, name)
-    valid = check_password_hash(user.password_hash if user else _DUMMY_HASH, password[:PASSWORD_MAX])
-    if user is not None and valid and user.is_active:
-        session.execute(sa.delete(LoginFailure).where(LoginFailure.key == f"user:{name}"))
-        return user
-    session.add_all(LoginFailure(key=key, created_at=now) for key in keys)
+
+
+def _lock_throttle_keys(session: Session, keys: tuple[str, ...]) -> None:
+    """Serialise attempts that count against the same keys, so that their recount is exact.
+
+    SQLite's write transaction already holds the only write lock; PostgreSQL
+    takes a transaction-scoped advisory lock per key, in one global order.
+    """
+    if session.get_bind().dialect.name != "postgresql":
+        return
+    lock_ids = sorted({int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big", signed=True) for key in keys})
+    for lock_id in lock_ids:
+        session.execute(sa.select(sa.func.pg_advisory_xact_lock(lock_id)))
+
+
+def authenticate(
+    session: Session | scoped_session[Session], username: str, password: str, address: str, now: datetime | None = None
+) -> User | None:
+    """The active user with this username and password, or None; commits what it records.
+
+    Raises LoginThrottled while this account from this address, or this
+    address, has too many recent failures, or while the account as a whole is
+    being slowed down. Runs its own transactions, so call it with none open:
+    a read transaction (the user and the throttle's counts), the password hash
+    with no transaction and no lock, then a short write transaction that
+    recounts under the throttle's locks and records the failure or clears the
+    account's count. Concurrent attempts are counted exactly.
+    """
+    if (session() if isinstance(session, scoped_session) else session).in_transaction():
+        raise RuntimeError("authenticate() runs its own transactions: call it with none open")
+    now = now or utcnow()
+    name = normalise_username(username)[:USERNAME_MAX]
+    keys = _throttle_keys(name, address)
+    try:
+        _check_throttle(session, keys, now)  # refused at once: no hash
+        user = find_user(session, name)
+        checked_hash = user.password_hash if user else _DUMMY_HASH
+    finally:
+        session.commit()  # no lock (and no snapshot) kept while hashing
+    valid = check_password_hash(checked_hash, password[:PASSWORD_MAX])
+    begin_write(session)
+    try:
+        _lock_throttle_keys(session, keys)
+        _check_throttle(session, keys, now)  # others may have failed while this one hashed
+        # Forget failures older than the window: a bounded batch, skipping rows others are deleting.
+        stale = (
+            sa.select(LoginFailure.id)
+            .where(LoginFailure.created_at < now - THROTTLE_WINDOW)
+            .limit(100)
+            .with_for_update(skip_locked=True)
+        )
+        session.execute(sa.delete(LoginFailure).where(LoginFailure.id.in_(stale.scalar_subquery())))
+        user = find_user(session, name)
+        if user is not None and user.is_active and valid and user.password_hash == checked_hash:
+            pair, _, account = keys
+            # Rows of these keys are ours under the locks; a locked one is old and being forgotten by another.
+            counted = (
+                sa.select(LoginFailure.id)
+                .where(LoginFailure.key.in_((pair, account)))
+                .with_for_update(skip_locked=True)
+            )
+            session.execute(sa.delete(LoginFailure).where(LoginFailure.id.in_(counted.scalar_subquery())))
+        else:
+            user = None
+            session.add_all(LoginFailure(key=key, created_at=now) for key in keys)
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    return user
+
+
+# Login sessions
+
+
+def start_session(session: Session, user: User, max_age: timedelta, now: datetime | None = None) -> str:
+    """Open a login session for ``user`` and return its secret, for the cookie (also kept on ``user``).
+
+    Sessions older than ``max_age`` are deleted here, lazily (user_of_session refuses them already).
+    """
+    now = now or utcnow()
+    # A bounded batch, skipping rows another transaction is deleting (a logout, another login).
+    expired = (
+        sa.select(LoginSession.id_hash)
+        .where(LoginSession.created_at < now - max_age)
+        .limit(100)
+        .with_for_update(skip_locked=True)
+    )
+    session.execute(sa.delete(LoginSession).where(LoginSession.id_hash.in_(expired.scalar_subquery())))
+    secret = secrets.token_urlsafe(32)
+    session.add(LoginSession(id_hash=_hash(secret), user_id=user.id, created_at=now))
     session.flush()
-    return None
+    setattr(user, LOGIN_SECRET, secret)
+    return secret
+
+
+def user_of_session(session: Session, secret: str, max_age: timedelta, now: datetime | None = None) -> User | None:
+    """The active user of the login session with this secret, if it is open and younger than ``max_age``.
+
+    One indexed read: the session row by its hash, joined to its user.
+    """
+    if not secret or len(secret) > 100:
+        return None
+    now = now or utcnow()
+    user = session.scalar(
+        sa.select(User)
+        .join(LoginSession, LoginSession.user_id == User.id)
+        .where(
+            LoginSession.id_hash == _hash(secret),
+            LoginSession.created_at >= now - max_age,
+            User.is_active.is_(True),
+        )
+    )
+    if user is not None:
+        setattr(user, LOGIN_SECRET, secret)
+    return user
+
+
+def end_session(session: Session, secret: str) -> None:
+    """Log out: the session's cookie opens nothing any more, wherever a copy of it is."""
+    session.execute(sa.delete(LoginSession).where(LoginSession.id_hash == _hash(secret)))
+
+
+def end_sessions(session: Session, user_id: int, keep: str | None = None) -> None:
+    """End every login session of the user, except the one with secret ``keep``."""
+    ended = sa.delete(LoginSession).where(LoginSession.user_id == user_id)
+    if keep:
+        ended = ended.where(LoginSession.id_hash != _hash(keep))
+    session.execute(ended)
 
 
 # API tokens

@@ -100,12 +100,8 @@ class SessionInterface(SecureCookieSessionInterface):
 
 @login_manager.user_loader
 def load_user(cookie_id: str) -> User | None:
-    """The user of a login cookie, if it is still valid (same password, still active)."""
-    user_id, _, stamp = cookie_id.partition(":")
-    user = db.session.get(User, int(user_id)) if user_id.isdigit() and len(user_id) < 11 else None
-    if user is None or not user.is_active or user.session_stamp() != stamp:
-        return None
-    return user
+    """The user of a login cookie, while its login session is open (not logged out, not expired, user active)."""
+    return accounts.user_of_session(db.session, cookie_id, current_app.permanent_session_lifetime)
 
 
 def _api_unauthorized(message: Any) -> Any:

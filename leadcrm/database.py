@@ -21,9 +21,9 @@ import logging
 import os
 import sqlite3
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
@@ -148,6 +148,21 @@ def configure_engine(engine: Engine) -> None:
             connection.exec_driver_sql("BEGIN IMMEDIATE")
         else:
             connection.exec_driver_sql("BEGIN")
+
+
+# A view marked with this attribute begins its own transactions (see own_transactions).
+OWN_TRANSACTIONS = "leadcrm_own_transactions"
+V = TypeVar("V", bound=Callable[..., Any])
+
+
+def own_transactions(view: V) -> V:
+    """Mark a view that begins its own transactions instead of one write transaction for the request.
+
+    For views that do slow work between a read and a write (hashing a
+    password): the request's first query then does not take the write lock.
+    """
+    setattr(view, OWN_TRANSACTIONS, True)
+    return view
 
 
 def begin_write(session: Session | scoped_session[Session]) -> None:

@@ -1,6 +1,5 @@
 """The data model: operators, sources and their weights, leads and contacts."""
 
-import hashlib
 from datetime import UTC, datetime
 from typing import Any, Optional
 
@@ -220,6 +219,10 @@ REGISTER_SCOPE, FULL_SCOPE = "register", "full"
 SCOPES = (REGISTER_SCOPE, FULL_SCOPE)
 
 
+# Where a loaded User keeps the secret of its login session (not a column).
+LOGIN_SECRET = "_leadcrm_login_secret"
+
+
 class User(UserMixin, db.Model):
     """A person who logs in: a supervisor (everything) or intake staff."""
 
@@ -234,13 +237,19 @@ class User(UserMixin, db.Model):
     is_active: so.Mapped[bool] = so.mapped_column(default=True, server_default=sa.true())
     created_at: so.Mapped[datetime] = so.mapped_column(UTCDateTime, default=utcnow)
 
-    def session_stamp(self) -> str:
-        """Part of the login cookie tied to the password hash: a new password ends every old session."""
-        return hashlib.sha256(self.password_hash.encode()).hexdigest()[:16]
+    # One row, one object (the session's identity map): not UserMixin's comparison of get_id().
+    __eq__ = object.__eq__
+    __ne__ = object.__ne__
+    __hash__ = object.__hash__
 
     def get_id(self) -> str:
-        # What Flask-Login keeps in the session cookie.
-        return f"{self.id}:{self.session_stamp()}"
+        # What Flask-Login keeps in the session cookie: the secret of the login
+        # session this user came through (set by accounts.start_session and
+        # accounts.user_of_session), never anything derived from the user.
+        secret = getattr(self, LOGIN_SECRET, None)
+        if not secret:
+            raise RuntimeError("no login session: start one with accounts.start_session()")
+        return secret
 
     def __repr__(self) -> str:
         return f"<User {self.id} {self.username!r} {self.role}>"
@@ -280,3 +289,16 @@ class LoginFailure(db.Model):
     created_at: so.Mapped[datetime] = so.mapped_column(UTCDateTime, default=utcnow)
 
     __table_args__ = (sa.Index("ix_login_failures_key_created_at", "key", "created_at"),)
+
+
+class LoginSession(db.Model):
+    """One logged-in browser. Its cookie holds a random secret; only the secret's SHA-256 is kept.
+
+    Logging out deletes the row, so a copy of the cookie is worthless afterwards.
+    """
+
+    __tablename__ = "login_sessions"
+
+    id_hash: so.Mapped[str] = so.mapped_column(sa.String(64), primary_key=True)
+    user_id: so.Mapped[int] = so.mapped_column(sa.ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    created_at: so.Mapped[datetime] = so.mapped_column(UTCDateTime, default=utcnow)

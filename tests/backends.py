@@ -25,6 +25,7 @@ TABLES = (
     "sources",
     "operators",
     "api_tokens",
+    "login_sessions",
     "users",
     "login_failures",
 )

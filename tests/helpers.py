@@ -70,8 +70,12 @@ def add_token(name: str, scope: str) -> str:
 def login_client(app: Flask, user: User, token: str | None = None) -> FlaskClient:
     """A test client logged in as ``user`` (as the login form does), optionally sending a Bearer token."""
     client = app.test_client()
+    with app.app_context():
+        # A login session of its own, as the login form opens one.
+        secret = accounts.start_session(db.session, db.session.get(User, user.id), app.permanent_session_lifetime)
+        db.session.commit()
     with client.session_transaction() as session:
-        session["_user_id"] = user.get_id()
+        session["_user_id"] = secret
         session["_fresh"] = True
     if token:
         client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {token}"

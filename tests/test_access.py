@@ -33,6 +33,7 @@ EXPECTED: dict[str, set[str]] = {
     "auth.login": PUBLIC,
     "auth.logout": PUBLIC,
     "auth.account": EVERYONE_LOGGED_IN,
+    "auth.logout_everywhere": EVERYONE_LOGGED_IN,
     "load.index": EVERYONE_LOGGED_IN,
     "intake.index": EVERYONE_LOGGED_IN,
     "intake.register": EVERYONE_LOGGED_IN,

@@ -168,6 +168,7 @@ ROWS: dict[str, list[dict[str, Any]]] = {
         },
     ],
     "login_failures": [{"id": 1, "key": "user:olga", "created_at": at(50)}],
+    "login_sessions": [{"id_hash": "d" * 64, "user_id": 1, "created_at": at(51)}],
 }
 
 # What rows written before a column existed hold in it after the upgrade. A

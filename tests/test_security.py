@@ -2,19 +2,39 @@
 
 import hashlib
 import re
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from datetime import timedelta
+from pathlib import Path
+from urllib.parse import urljoin, urlsplit
 
 import click
 import pytest
+import requests
 import sqlalchemy as sa
 from flask import Flask
 from flask.testing import FlaskClient
+from werkzeug.security import generate_password_hash
 
-from leadcrm import accounts
+from leadcrm import accounts, create_app
 from leadcrm.cli import ensure_first_admin
 from leadcrm.extensions import db
-from leadcrm.models import FULL_SCOPE, INTAKE, REGISTER_SCOPE, SUPERVISOR, ApiToken, LoginFailure, User, utcnow
-from tests.helpers import PASSWORD, add_token, add_user, login_client
+from leadcrm.models import (
+    FULL_SCOPE,
+    INTAKE,
+    REGISTER_SCOPE,
+    SUPERVISOR,
+    ApiToken,
+    LoginFailure,
+    LoginSession,
+    User,
+    utcnow,
+)
+from tests.helpers import PASSWORD, add_token, add_user, login_client, password_hash
+from tests.servers import api_session, create_token, gunicorn
 from tests.test_web import HTMX, post_form, text
 
 API = "/api/v1"
@@ -48,6 +68,99 @@ def test_login_never_redirects_off_site_and_sends_intake_staff_to_intake(anonymo
     assert response.location == "/intake/"
 
 
+# Known ways past a naive "starts with one slash" check, as the server receives them (decoded).
+REDIRECT_BYPASSES = [
+    "//evil.example/",
+    "///evil.example/",
+    "/\t/evil.example/phish",
+    "/\n/evil.example/",
+    "/\r/evil.example/",
+    "/\r\n/evil.example/",
+    "/\n",
+    "\t//evil.example/",
+    " //evil.example/",
+    "/\\evil.example/",
+    "\\/evil.example/",
+    "\\\\evil.example/",
+    "/\\/evil.example/",
+    "/%2F/evil.example/",
+    "/%2f%2fevil.example/",
+    "%2F%2Fevil.example/",
+    "/%5Cevil.example/",
+    "/%09/evil.example/",
+    "/%0a/evil.example/",
+    "javascript:alert(1)",
+    "JavaScript:alert(document.domain)//",
+    "\x01javascript:alert(1)",
+    "http:evil.example",
+    "http:/evil.example",
+    "https://evil.example/",
+    "https:\\\\evil.example",
+    "evil.example",
+    "/\u3000/evil.example/",
+    "/\u00a0/evil.example/",
+    "/\u200b/evil.example/",
+    "/\u2028/evil.example/",
+    "/\ufeff/evil.example/",
+    "/%E3%80%80/evil.example/",
+    "/\x7f/evil.example/",
+    "/" + "a" * 5000,
+    "/" + "/" * 5000 + "evil.example",
+]
+
+
+def redirects_on_this_site(response) -> bool:
+    """A redirect whose Location a browser resolves to this site (browsers drop tabs and newlines, read \\ as /)."""
+    location = response.headers.get("Location", "")
+    seen_by_browser = re.sub(r"[\t\r\n]", "", location).replace("\\", "/").strip("\x00- ")
+    resolved = urlsplit(urljoin("http://leadcrm.test/here", seen_by_browser))
+    return (
+        response.status_code in (302, 303)
+        and location.startswith("/")
+        and not location.startswith("//")
+        and (resolved.scheme, resolved.netloc) == ("http", "leadcrm.test")
+    )
+
+
+def test_no_next_target_leads_off_site_or_fails(app: Flask, client: FlaskClient, people) -> None:
+    operators = [client.post(f"{API}/operators/", json={"name": n, "max_active_leads": 5}).json for n in "AB"]
+    client.post(f"{API}/sources/", json={"name": "web_form"})
+    client.post(f"{API}/sources/1/config", json={"operator_id": operators[0]["id"], "weight": 1})
+    contact_id, moved_id = (
+        client.post(f"{API}/contacts/register", json={"source_id": 1, "phone": f"+7900123456{n}"}).json["contact"]["id"]
+        for n in range(2)
+    )
+    csrf = re.search(r'name="csrf-token" content="([^"]+)"', text(client.get("/"))).group(1)
+    anonymous = app.test_client()
+    for n, target in enumerate(REDIRECT_BYPASSES):
+        answers = {
+            "language switch": anonymous.get("/language/en", query_string={"next": target}),
+            "login page when logged in": client.get("/login", query_string={"next": target}),
+            "close": client.post(f"/contacts/{contact_id}/close", data={"csrf_token": csrf, "next": target}),
+            "bulk": client.post(
+                "/contacts/bulk",
+                data={"csrf_token": csrf, "action": "close", "contact_id": str(contact_id), "next": target},
+            ),
+            "assign": client.post(
+                f"/contacts/{moved_id}/assign",
+                data={"csrf_token": csrf, "operator_id": operators[(n + 1) % 2]["id"], "next": target},
+            ),
+        }
+        if target in REDIRECT_BYPASSES[:6] or len(target) > 1000:
+            # Logging in hashes a password: a few of the targets are enough.
+            answers["login"] = log_in(app.test_client(), "vera", query_string={"next": target})
+        for place, response in answers.items():
+            assert redirects_on_this_site(response), (place, target, response.status_code, response.location)
+
+
+@pytest.mark.parametrize(
+    "target", ["/sources/", "/contacts/?status=open&operator_id=2", "/leads/?q=%D0%98%D0%B2%D0%B0%D0%BD+x", "/"]
+)
+def test_next_targets_on_this_site_are_kept(client: FlaskClient, target: str) -> None:
+    assert client.get("/language/en", query_string={"next": target}).location == target
+    assert client.get("/login", query_string={"next": target}).location == target
+
+
 def test_wrong_password_or_unknown_user_shows_one_message_and_keeps_the_username(
     anonymous: FlaskClient, people
 ) -> None:
@@ -71,6 +184,52 @@ def test_logout_ends_the_session(anonymous: FlaskClient, people) -> None:
     assert anonymous.post("/logout").status_code == 400  # a cross-site form cannot log you out
     assert post_form(anonymous, "/logout", {}).location == "/login"
     assert anonymous.get("/").status_code == 302
+
+
+def copy_of_session(app: Flask, client: FlaskClient) -> FlaskClient:
+    """Another browser holding a copy of ``client``'s session cookie (a stolen or shared cookie)."""
+    other = app.test_client()
+    other.set_cookie("session", client.get_cookie("session").value)
+    return other
+
+
+def test_a_cookie_copied_before_logout_opens_nothing_afterwards(app: Flask, people) -> None:
+    vera = app.test_client()
+    assert log_in(vera, "vera").status_code == 302
+    copy = copy_of_session(app, vera)
+    assert copy.get("/users/").status_code == 200
+    assert post_form(vera, "/logout", {}).location == "/login"
+    assert copy.get("/users/").status_code == 302
+    assert vera.get("/users/").status_code == 302
+    with app.app_context():
+        assert db.session.scalar(sa.select(sa.func.count()).select_from(LoginSession)) == 0
+
+
+def test_log_out_everywhere_ends_every_session_of_the_user_only(app: Flask, people) -> None:
+    laptop, phone = app.test_client(), app.test_client()
+    for browser in (laptop, phone):
+        assert log_in(browser, "vera").status_code == 302
+    irina = login_client(app, people["irina"])
+    assert 'action="/account/logout-everywhere"' in text(phone.get("/account"))
+    assert phone.post("/account/logout-everywhere").status_code == 400  # a cross-site form cannot
+    assert post_form(phone, "/account/logout-everywhere", {}).location == "/login"
+    for browser in (laptop, phone, copy_of_session(app, laptop)):
+        assert browser.get("/users/").status_code == 302
+    assert irina.get("/intake/").status_code == 200
+    assert log_in(laptop, "vera").status_code == 302  # logging in again works
+
+
+def test_login_sessions_expire_and_are_deleted_later(ctx, people) -> None:
+    vera = db.session.get(User, people["vera"].id)
+    max_age = timedelta(days=31)
+    old = accounts.start_session(db.session, vera, max_age, now=utcnow() - max_age - timedelta(seconds=1))
+    current = accounts.start_session(db.session, vera, max_age)
+    assert accounts.user_of_session(db.session, old, max_age) is None
+    assert accounts.user_of_session(db.session, current, max_age) is vera
+    assert accounts.user_of_session(db.session, "", max_age) is None
+    assert accounts.user_of_session(db.session, "x" * 5000, max_age) is None
+    accounts.start_session(db.session, vera, max_age)
+    assert db.session.scalar(sa.select(sa.func.count()).select_from(LoginSession)) == 2  # the old one is gone
 
 
 def test_deactivated_user_is_logged_out_and_cannot_log_in(app: Flask, client: FlaskClient, people) -> None:
@@ -116,7 +275,7 @@ def test_anyone_changes_their_own_password_after_proving_the_current_one(app: Fl
     assert other_session.get("/intake/").status_code == 302
     assert log_in(app.test_client(), "irina", "a brand new one").status_code == 302
     # Wrong current passwords count like failed logins.
-    for _ in range(accounts.MAX_FAILURES_PER_ACCOUNT):
+    for _ in range(accounts.MAX_FAILURES_PER_ACCOUNT_AND_ADDRESS):
         post_form(irina, "/account", {"current_password": "guess", "new_password": "another new one"})
     throttled = post_form(irina, "/account", {"current_password": "a brand new one", "new_password": "another new one"})
     assert throttled.status_code == 429 and "Too many failed attempts" in text(throttled)
@@ -131,15 +290,47 @@ def test_htmx_requests_without_a_session_are_sent_to_the_login_page(anonymous: F
 # --- throttling -------------------------------------------------------------------------------
 
 
-def test_an_account_is_locked_for_a_while_after_five_failures(anonymous: FlaskClient, people) -> None:
-    for _ in range(accounts.MAX_FAILURES_PER_ACCOUNT):
-        assert log_in(anonymous, "vera", "guess").status_code == 401
-    response = log_in(anonymous, "vera")  # even the right password
+def test_an_account_is_refused_from_an_address_after_five_failures_there_but_not_elsewhere(app: Flask, people) -> None:
+    attacker = app.test_client()
+    attacker.environ_base["REMOTE_ADDR"] = "203.0.113.66"
+    for _ in range(accounts.MAX_FAILURES_PER_ACCOUNT_AND_ADDRESS):
+        assert log_in(attacker, "vera", "guess").status_code == 401
+    response = log_in(attacker, "vera")  # even the right password, from there
     assert response.status_code == 429
     assert 0 < int(response.headers["Retry-After"]) <= 15 * 60
     assert "Too many failed attempts" in text(response)
-    # Other accounts from the same address still work.
-    assert log_in(anonymous, "irina").status_code == 302
+    # Other accounts from the same address still work ...
+    assert log_in(attacker, "irina").status_code == 302
+    # ... and so does this account from anywhere else: nobody can lock it out for everyone.
+    vera = app.test_client()
+    vera.environ_base["REMOTE_ADDR"] = "198.51.100.7"
+    assert log_in(vera, "vera").status_code == 302
+
+
+def test_an_account_failing_from_many_addresses_is_slowed_down_for_everyone_never_locked(ctx, people) -> None:
+    start = utcnow()
+    for n in range(accounts.ACCOUNT_SLOWDOWN_AFTER):
+        assert accounts.authenticate(db.session, "vera", "guess", f"10.0.0.{n}", now=start) is None
+    # From now on every attempt, from any address, waits a moment after the latest failure ...
+    with pytest.raises(accounts.LoginThrottled) as refused:
+        accounts.authenticate(db.session, "vera", PASSWORD, "10.9.9.9", now=start)
+    assert refused.value.retry_after <= 2 and "try again in" in str(refused.value.message)
+    # ... a moment that grows with every further failure, up to half a minute at most.
+    now, delays = start, []
+    for n in range(12):
+        while True:
+            try:
+                assert accounts.authenticate(db.session, "vera", "guess", f"10.1.0.{n}", now=now) is None
+                break
+            except accounts.LoginThrottled as exc:
+                delays.append(exc.retry_after)
+                now += timedelta(seconds=exc.retry_after)
+    assert delays == sorted(delays) and delays[-1] <= accounts.ACCOUNT_DELAY_MAX.total_seconds() + 1
+    # The right password from a fresh address gets in once the short wait is over.
+    with pytest.raises(accounts.LoginThrottled) as refused:
+        accounts.authenticate(db.session, "vera", PASSWORD, "10.9.9.9", now=now)
+    later = now + timedelta(seconds=refused.value.retry_after)
+    assert accounts.authenticate(db.session, "vera", PASSWORD, "10.9.9.9", now=later) is not None
 
 
 def test_an_address_is_throttled_across_accounts(app: Flask, people) -> None:
@@ -155,13 +346,15 @@ def test_an_address_is_throttled_across_accounts(app: Flask, people) -> None:
 
 def test_throttle_forgets_old_failures_and_success_clears_the_account(ctx, people) -> None:
     start = utcnow()
-    for _ in range(accounts.MAX_FAILURES_PER_ACCOUNT):
+    for _ in range(accounts.MAX_FAILURES_PER_ACCOUNT_AND_ADDRESS):
         assert accounts.authenticate(db.session, "vera", "guess", "a", now=start) is None
     with pytest.raises(accounts.LoginThrottled):
         accounts.authenticate(db.session, "vera", PASSWORD, "a", now=start + timedelta(minutes=14))
     later = start + accounts.THROTTLE_WINDOW + timedelta(seconds=1)
     assert accounts.authenticate(db.session, "vera", PASSWORD, "a", now=later) == db.session.get(User, 1)
     assert db.session.scalar(sa.select(sa.func.count()).where(LoginFailure.key == "user:vera")) == 0
+    db.session.commit()
+    assert accounts.authenticate(db.session, "vera", PASSWORD, "a", now=later) is not None  # and again
 
 
 # --- users ------------------------------------------------------------------------------------
@@ -420,3 +613,96 @@ def test_nul_characters_are_refused_everywhere_before_the_database_sees_them(app
     assert response.status_code == 400 and "NUL character" in text(response)
     anonymous = app.test_client()
     assert log_in(anonymous, "boss\x00").status_code == 400
+
+
+# --- under real servers -----------------------------------------------------------------------
+
+
+def store_user(database_url: str, username: str, password_hash: str) -> None:
+    """A supervisor stored straight into a served (migrated) database."""
+    app = create_app({"SQLALCHEMY_DATABASE_URI": database_url})
+    with app.app_context():
+        db.session.add(User(username=username, password_hash=password_hash, role=SUPERVISOR))
+        db.session.commit()
+        db.session.remove()
+        db.engine.dispose()
+
+
+def login_page(base: str, address: str) -> tuple[requests.Session, str]:
+    """A browser at ``address`` (behind the trusted proxy) that has opened the login page: (session, CSRF token)."""
+    browser = requests.Session()
+    browser.headers["X-Forwarded-For"] = address
+    page = browser.get(f"{base}/login", timeout=30).text
+    return browser, re.search(r'name="csrf-token" content="([^"]+)"', page).group(1)
+
+
+def post_login(base: str, browser: requests.Session, csrf: str, username: str, password: str) -> requests.Response:
+    data = {"csrf_token": csrf, "username": username, "password": password}
+    return browser.post(f"{base}/login", data=data, allow_redirects=False, timeout=60)
+
+
+@pytest.fixture
+def served(backend, tmp_path: Path) -> Iterator[tuple[str, list[str]]]:
+    """(database URL, base URLs): one gunicorn on SQLite, two sharing the database on PostgreSQL, behind one proxy."""
+    url = backend.empty_url(tmp_path)
+    layout = [4] if backend.name == "sqlite" else [3, 3]
+    with ExitStack() as stack:
+        bases = [
+            stack.enter_context(
+                gunicorn(url, tmp_path, workers=workers, name=f"gunicorn{i}", env={"LEADCRM_PROXY_COUNT": "1"})
+            )
+            for i, workers in enumerate(layout)
+        ]
+        yield url, bases
+
+
+@pytest.mark.slow
+def test_parallel_wrong_passwords_are_counted_exactly_and_lock_out_only_their_address(served) -> None:
+    database_url, bases = served
+    store_user(database_url, "vera", password_hash())
+    attempts = 30
+    browsers = [login_page(bases[n % len(bases)], "203.0.113.66") for n in range(attempts)]
+    start = threading.Barrier(attempts)
+
+    def guess(n: int) -> int:
+        browser, csrf = browsers[n]
+        start.wait()
+        return post_login(bases[n % len(bases)], browser, csrf, "vera", f"guess {n}").status_code
+
+    with ThreadPoolExecutor(attempts) as pool:
+        statuses = list(pool.map(guess, range(attempts)))
+    assert sorted(statuses) == [401] * accounts.MAX_FAILURES_PER_ACCOUNT_AND_ADDRESS + [429] * (
+        attempts - accounts.MAX_FAILURES_PER_ACCOUNT_AND_ADDRESS
+    )
+    # The guessing address is refused even the right password; anyone else logs in.
+    assert post_login(bases[0], *login_page(bases[0], "203.0.113.66"), "vera", PASSWORD).status_code == 429
+    for base in bases:
+        assert post_login(base, *login_page(base, "198.51.100.7"), "vera", PASSWORD).status_code == 302
+
+
+@pytest.mark.slow
+def test_a_login_hashing_its_password_does_not_hold_the_write_lock(backend, served) -> None:
+    if backend.name != "sqlite":
+        pytest.skip("PostgreSQL has no database-wide write lock")
+    database_url, (base,) = served
+    # A password hash that takes seconds to check: the login is still hashing while we register.
+    store_user(database_url, "slow", generate_password_hash(PASSWORD, "pbkdf2:sha256:3000000"))
+    token = create_token(database_url)
+    api = api_session(token)
+    operator = api.post(f"{base}/api/v1/operators/", json={"name": "Anna", "max_active_leads": 100}).json()
+    source = api.post(f"{base}/api/v1/sources/", json={"name": "web_form"}).json()
+    api.post(f"{base}/api/v1/sources/{source['id']}/config", json={"operator_id": operator["id"], "weight": 1})
+    browser, csrf = login_page(base, "192.0.2.1")
+    with ThreadPoolExecutor(1) as pool:
+        login = pool.submit(post_login, base, browser, csrf, "slow", "a wrong password")
+        time.sleep(0.5)  # the login request is past its first query and hashing
+        took = []
+        for n in range(5):
+            started = time.monotonic()
+            body = {"source_id": source["id"], "phone": f"+7900555000{n}"}
+            assert api.post(f"{base}/api/v1/contacts/register", json=body, timeout=60).status_code == 201
+            took.append(time.monotonic() - started)
+        # Today's registrations take milliseconds; behind the lock they would wait seconds for the hash.
+        assert max(took) < 1.0, took
+        assert not login.done(), "the login finished before the registrations: its hash was not slow enough"
+        assert login.result().status_code == 401

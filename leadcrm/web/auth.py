@@ -1,12 +1,13 @@
-"""Login, logout, and changing one's own password."""
+"""Login, logout, and one's own account: a new password, logging out everywhere."""
 
-from flask import Blueprint, redirect, request, session, url_for
+from flask import Blueprint, Response, current_app, redirect, request, session, url_for
 from flask.typing import ResponseReturnValue
 from flask_babel import lazy_gettext as _l
 from flask_login import current_user, login_user, logout_user
 
 from leadcrm import accounts
 from leadcrm.auth import allow, public
+from leadcrm.database import begin_write, own_transactions
 from leadcrm.errors import DomainError
 from leadcrm.extensions import db
 from leadcrm.models import INTAKE, SUPERVISOR, User
@@ -20,34 +21,63 @@ def home_for(user: User) -> str:
     return url_for("intake.index" if user.role == INTAKE else "load.index")
 
 
+def _throttled(template: str, errors: list, exc: accounts.LoginThrottled, **context: object) -> Response:
+    """The form again with the throttle's message, a 429 and Retry-After."""
+    errors.append(exc.message)
+    response = render(template, status=429, **context)
+    response.headers["Retry-After"] = str(exc.retry_after)
+    return response
+
+
 @bp.route("/login", methods=["GET", "POST"])
 @public
+@own_transactions  # the password is hashed with no lock held; authenticate() commits
 def login() -> ResponseReturnValue:
     if current_user.is_authenticated:
         return redirect(local_target(request.args.get("next"), home_for(current_user)))
+    db.session.commit()  # ends the read of the cookie's session: authenticate() runs its own transactions
     form = LoginForm()
     if not form.validate_on_submit():
         return render("auth/login.html", form=form, status=422 if form.is_submitted() else 200)
     try:
         user = accounts.authenticate(db.session, form.username.data, form.password.data, request.remote_addr or "-")
     except accounts.LoginThrottled as exc:
-        form.form_errors.append(exc.message)
-        response = render("auth/login.html", form=form, status=429)
-        response.headers["Retry-After"] = str(exc.retry_after)
-        return response
-    db.session.commit()  # keeps the recorded failure, or forgets the old ones
+        return _throttled("auth/login.html", form.form_errors, exc, form=form)
     if user is None:
         form.form_errors.append(_l("Wrong username or password."))
         return render("auth/login.html", form=form, status=401)
+    begin_write(db.session)
+    accounts.start_session(db.session, user, current_app.permanent_session_lifetime)
+    db.session.commit()
     # A fresh session: nothing from before the login carries over.
     session.clear()
     login_user(user)
     return redirect(local_target(request.args.get("next"), home_for(user)))
 
 
+def _end_this_session() -> None:
+    secret = session.get("_user_id")
+    if secret:
+        accounts.end_session(db.session, secret)
+        db.session.commit()
+    logout_user()
+    session.clear()
+
+
 @bp.post("/logout")
 @public
 def logout() -> ResponseReturnValue:
+    """End this login session: its cookie, and every copy of it, opens nothing any more."""
+    _end_this_session()
+    return redirect(url_for(".login"))
+
+
+@bp.post("/account/logout-everywhere")
+@allow(SUPERVISOR, INTAKE)
+def logout_everywhere() -> ResponseReturnValue:
+    """End every login session of the current user, this one included (a lost phone, a shared computer)."""
+    accounts.end_sessions(db.session, current_user.id)
+    db.session.commit()
     logout_user()
     session.clear()
     return redirect(url_for(".login"))
@@ -55,28 +85,30 @@ def logout() -> ResponseReturnValue:
 
 @bp.route("/account", methods=["GET", "POST"])
 @allow(SUPERVISOR, INTAKE)
+@own_transactions  # both passwords are hashed with no lock held
 def account() -> ResponseReturnValue:
     """Anyone logged in changes their own password, proving the current one first."""
     form = OwnPasswordForm()
     if not form.validate_on_submit():
         return render("auth/account.html", form=form, status=422 if form.is_submitted() else 200)
     try:
+        accounts.validate_password(form.new_password.data)
+    except DomainError as exc:
+        form.new_password.errors.extend(exc.fields.values())
+        return render("auth/account.html", form=form, status=422)
+    try:
         # The current password is checked like a login: failures count towards the throttle.
         user = accounts.authenticate(
             db.session, current_user.username, form.current_password.data, request.remote_addr or "-"
         )
     except accounts.LoginThrottled as exc:
-        form.current_password.errors.append(exc.message)
-        return render("auth/account.html", form=form, status=429)
+        return _throttled("auth/account.html", form.current_password.errors, exc, form=form)
     if user is None:
-        db.session.commit()  # keep the recorded failure
         form.current_password.errors.append(_l("This is not your current password."))
         return render("auth/account.html", form=form, status=422)
-    try:
-        accounts.set_password(db.session, user, form.new_password.data)
-    except DomainError as exc:
-        form.new_password.errors.extend(exc.fields.values())
-        return render("auth/account.html", form=form, status=422)
+    new_hash = accounts.hash_password(form.new_password.data)
+    begin_write(db.session)
+    accounts.set_password_hash(db.session, user, new_hash, keep_session=session.get("_user_id"))
     db.session.commit()
-    login_user(user)  # this session goes on with the new password; the others end
+    # This session goes on with the new password; the others have ended.
     return render("auth/account.html", form=OwnPasswordForm(formdata=None), changed=True)

@@ -2,9 +2,9 @@
 
 from collections.abc import Callable
 
-from flask import Blueprint, redirect, request, url_for
+from flask import Blueprint, redirect, request, session, url_for
 from flask.typing import ResponseReturnValue
-from flask_login import current_user, login_user
+from flask_login import current_user
 from flask_wtf import FlaskForm
 
 from leadcrm import accounts
@@ -86,9 +86,8 @@ def set_password(user_id: int) -> ResponseReturnValue:
     form = PasswordForm()
 
     def change(user: User) -> None:
-        accounts.set_password(db.session, user, form.password.data)
-        if user.id == current_user.id:
-            # The new password ends every session of this user; keep this one.
-            login_user(user)
+        # The new password ends every session of this user; a supervisor changing their own keeps this one.
+        keep = session.get("_user_id") if user.id == current_user.id else None
+        accounts.set_password(db.session, user, form.password.data, keep_session=keep)
 
     return _row_change(user_id, form, change)
