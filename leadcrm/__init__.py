@@ -8,7 +8,7 @@ from werkzeug.exceptions import NotFound
 from werkzeug.routing import IntegerConverter, ValidationError
 
 from leadcrm.config import Config
-from leadcrm.database import begin_write, configure_engine, sqlite_connect_args
+from leadcrm.database import begin_write, configure_engine, end_session, sqlite_connect_args
 from leadcrm.extensions import babel, csrf, db, migrate
 from leadcrm.i18n import select_locale
 from leadcrm.models import INT_MAX
@@ -69,6 +69,11 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     )
     with app.app_context():
         configure_engine(db.engine)
+
+    # Runs before Flask-SQLAlchemy's own teardown (reverse order), which then has nothing left to do.
+    @app.teardown_appcontext
+    def end_database_session(_exc: BaseException | None) -> None:
+        end_session(db.session, app.logger)
 
     from leadcrm.auth import init_auth, public
 

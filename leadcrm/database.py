@@ -17,6 +17,7 @@ UPDATEs and row locks make decisions atomic at READ COMMITTED.
 """
 
 import fcntl
+import logging
 import os
 import sqlite3
 from collections.abc import Iterator
@@ -129,3 +130,22 @@ def unique_or(session: Session, error: Exception) -> Iterator[None]:
             session.flush()
     except sa.exc.IntegrityError:
         raise error from None
+
+
+def end_session(session: scoped_session[Session], logger: logging.Logger) -> None:
+    """End the request's session (its teardown); never raises.
+
+    The answer is built by now: a connection that died since the last
+    statement (the server restarted or terminated it) must not turn it into
+    a 500 while the rollback tries to reach the server. The connection is
+    thrown away and the pool opens a new one for the next request.
+    """
+    try:
+        session.remove()
+    except sa.exc.DBAPIError as exc:
+        logger.warning("database connection lost at the end of a request: %s", exc.orig)
+        try:
+            session().invalidate()
+        except sa.exc.DBAPIError:
+            pass  # invalidating closes the driver connection; it is gone either way
+        session.registry.clear()
