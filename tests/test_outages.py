@@ -6,7 +6,12 @@ API answers a JSON 503 with Retry-After, pages the app's own 503 page, and
 nothing acknowledged is lost.
 """
 
+import fcntl
+import os
 import re
+import subprocess
+import sys
+import textwrap
 import threading
 import time
 import uuid
@@ -17,6 +22,7 @@ import pytest
 import requests
 import sqlalchemy as sa
 
+from leadcrm.database import SQLiteConnection
 from tests.servers import api_session, create_token, gunicorn
 
 pytestmark = pytest.mark.slow
@@ -184,3 +190,148 @@ def test_dropped_postgresql_connections_answer_503_and_are_replaced(backend, tmp
             acknowledged.add(response.json()["contact"]["id"])
             assert browser.get(f"{base}/", timeout=10).status_code == 200
         assert_counters_exact(plain_url, acknowledged)
+
+
+# --- 2. SQLite's write lock held by another process ------------------------------------
+
+# Another program on the same database file: it takes our writers' file lock
+# too when asked (as a second install of leadcrm would), and SQLite's write
+# lock, holds both, and lets go.
+HOLD_THE_WRITE_LOCK = textwrap.dedent(
+    """
+    import fcntl, os, sqlite3, sys, time
+    path, seconds, with_flock = sys.argv[1], float(sys.argv[2]), sys.argv[3] == "1"
+    if with_flock:
+        fd = os.open(path + "-writelock", os.O_RDWR | os.O_CREAT, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("BEGIN IMMEDIATE")
+    print("held", flush=True)
+    time.sleep(seconds)
+    conn.execute("ROLLBACK")
+    """
+)
+HOLD_SECONDS = 12
+
+
+def probe_while_held(held_until: float, register, reads: dict[str, object]) -> tuple[list[str], int, dict[str, float]]:
+    """Two writers and a reader while the lock is held: (problems, 503s seen, slowest read per kind)."""
+    problems: list[str] = []
+    busy: list[float] = []
+
+    def write_while_held() -> None:
+        while time.monotonic() < held_until - 1:
+            took, response = register()
+            if took > 6:
+                problems.append(f"register: a {response.status_code} after {took:.1f} s")
+            if response.status_code == 201:
+                continue  # the lock was let go meanwhile
+            if problem := unavailable_problem(response, api=True):
+                problems.append(f"register: {problem}")
+            busy.append(took)
+
+    writers = [threading.Thread(target=write_while_held) for _ in range(2)]
+    for writer in writers:
+        writer.start()
+    slowest: dict[str, float] = {}
+    while time.monotonic() < held_until - 1:
+        for what, get in reads.items():
+            started = time.monotonic()
+            response = get()
+            slowest[what] = max(slowest.get(what, 0), time.monotonic() - started)
+            if response.status_code != 200:
+                problems.append(f"{what}: {response.status_code}")
+        time.sleep(0.2)
+    for writer in writers:
+        writer.join()
+    return problems, len(busy), slowest
+
+
+def test_a_write_lock_held_elsewhere_gives_quick_503s_and_reads_keep_answering(backend, tmp_path: Path) -> None:
+    if backend.name != "sqlite":
+        pytest.skip("SQLite's single write lock")
+    path = tmp_path / "locked.sqlite3"
+    url = f"sqlite:///{path}"
+    env = {"LEADCRM_ADMIN_PASSWORD": ADMIN_PASSWORD}
+    with gunicorn(url, tmp_path, workers=3, env=env) as base:
+        api = f"{base}/api/v1"
+        token = create_token(url)
+        set_up_distribution(api, token, operators=3, limit=100_000)
+        browser = log_in(base)
+        acknowledged: set[int] = set()
+        serial = iter(range(1_000_000))
+        lock = threading.Lock()
+
+        def register() -> tuple[float, requests.Response]:
+            with lock:
+                n = next(serial)
+            started = time.monotonic()
+            response = api_session(token).post(
+                f"{api}/contacts/register", json={"source_name": "web_form", "phone": f"+7903{n:07d}"}, timeout=60
+            )
+            if response.status_code == 201:
+                with lock:
+                    acknowledged.add(response.json()["contact"]["id"])
+            return time.monotonic() - started, response
+
+        # First SQLite's lock alone (any other program), then with our writers' file lock too.
+        for with_flock in ("0", "1"):
+            # A token never used before: its last use is due to be written on every read.
+            reader = api_session(create_token(url, name=f"reader {with_flock}"))
+            reads = {
+                "healthz": lambda: requests.get(f"{base}/healthz", timeout=30),
+                "api read": lambda reader=reader: reader.get(f"{api}/distribution_status/", timeout=30),
+                "page": lambda: browser.get(f"{base}/", timeout=30),
+            }
+            args = [sys.executable, "-c", HOLD_THE_WRITE_LOCK, str(path), str(HOLD_SECONDS), with_flock]
+            with subprocess.Popen(args, stdout=subprocess.PIPE, text=True) as holder:
+                assert holder.stdout.readline().strip() == "held"
+                held_until = time.monotonic() + HOLD_SECONDS
+                problems, busy, slowest = probe_while_held(held_until, register, reads)
+            assert problems == [], problems
+            assert busy >= 2, "the writers never found the lock taken"
+            assert max(slowest.values()) < 1, slowest
+            # Let go: writing works again at once.
+            for _ in range(5):
+                _, response = register()
+                assert response.status_code == 201, response.text
+        assert_counters_exact(url, acknowledged)
+    assert "WORKER TIMEOUT" not in (tmp_path / "gunicorn.log").read_text()
+
+
+def test_the_file_lock_wait_has_a_deadline_in_any_thread(tmp_path: Path) -> None:
+    """The main thread blocks in flock with a timer, other threads poll: both give up in time."""
+    path = str(tmp_path / "lock.sqlite3")
+    holder = os.open(f"{path}-writelock", os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(holder, fcntl.LOCK_EX)
+    outcomes: dict[str, object] = {}
+
+    def try_to_write(label: str) -> None:
+        conn = SQLiteConnection(path, timeout=0.5, isolation_level=None)
+        started = time.monotonic()
+        try:
+            conn.lock_for_write()
+            outcomes[label] = "locked"
+        except sa.exc.OperationalError as exc:
+            outcomes[label] = (str(exc.orig), time.monotonic() - started)
+        finally:
+            conn.close()
+
+    try:
+        try_to_write("main")
+        thread = threading.Thread(target=try_to_write, args=("thread",))
+        thread.start()
+        thread.join()
+    finally:
+        fcntl.flock(holder, fcntl.LOCK_UN)
+    for label in ("main", "thread"):
+        message, took = outcomes[label]
+        assert "database is locked" in message
+        assert 0.5 <= took < 1.0
+    # Let go: taken at once, from either.
+    try_to_write("main")
+    thread = threading.Thread(target=try_to_write, args=("thread",))
+    thread.start()
+    thread.join()
+    os.close(holder)
+    assert outcomes == {"main": "locked", "thread": "locked"}
