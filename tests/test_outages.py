@@ -9,6 +9,8 @@ nothing acknowledged is lost.
 import fcntl
 import os
 import re
+import shutil
+import socket
 import subprocess
 import sys
 import textwrap
@@ -16,6 +18,8 @@ import threading
 import time
 import uuid
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -23,7 +27,7 @@ import requests
 import sqlalchemy as sa
 
 from leadcrm.database import SQLiteConnection
-from tests.servers import api_session, create_token, gunicorn
+from tests.servers import PROJECT_ROOT, api_session, create_token, free_port, gunicorn
 
 pytestmark = pytest.mark.slow
 
@@ -335,3 +339,126 @@ def test_the_file_lock_wait_has_a_deadline_in_any_thread(tmp_path: Path) -> None
     thread.join()
     os.close(holder)
     assert outcomes == {"main": "locked", "thread": "locked"}
+
+
+# --- 3. Slow clients, behind the shipped nginx configuration ---------------------------
+
+NGINX = os.environ.get("LEADCRM_NGINX") or shutil.which("nginx") or "/usr/sbin/nginx"
+SLOW_CLIENTS_PER_KIND = 4  # of each kind (headers, bodies): twice the workers
+
+
+def nginx_or_skip() -> str:
+    if not os.path.exists(NGINX):
+        reason = f"no nginx at {NGINX}: install Debian's package (apt-get install nginx) or set LEADCRM_NGINX"
+        if os.environ.get("LEADCRM_REQUIRE_NGINX") == "1":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    return NGINX
+
+
+@contextmanager
+def nginx_in_front_of(app_base: str, workdir: Path) -> Iterator[str]:
+    """nginx with deploy/nginx.conf (only its two addresses changed) in front of ``app_base``."""
+    binary = nginx_or_skip()
+    port = free_port()
+    site = (PROJECT_ROOT / "deploy" / "nginx.conf").read_text()
+    site, listens = re.subn(r"^(\s*)listen 80;", rf"\1listen 127.0.0.1:{port};", site, flags=re.M)
+    site, upstreams = re.subn(r"server 127\.0\.0\.1:8000;", f"server {app_base.removeprefix('http://')};", site)
+    assert listens == upstreams == 1, "deploy/nginx.conf changed shape: update this test"
+    prefix = workdir / "nginx"
+    prefix.mkdir()
+    (prefix / "leadcrm.conf").write_text(site)
+    temp = "\n".join(
+        f"    {kind}_temp_path {prefix}/{kind};" for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+    )
+    # What Debian's /etc/nginx/nginx.conf gives the site, in the foreground and without root.
+    (prefix / "nginx.conf").write_text(
+        f"daemon off;\nmaster_process off;\npid {prefix}/nginx.pid;\nerror_log {prefix}/error.log;\n"
+        f"events {{ worker_connections 1024; }}\n"
+        f"http {{\n{temp}\n    access_log off;\n    include {prefix}/leadcrm.conf;\n}}\n"
+    )
+    command = [binary, "-p", str(prefix), "-c", str(prefix / "nginx.conf"), "-e", str(prefix / "error.log")]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            assert process.poll() is None, (prefix / "error.log").read_text()
+            try:
+                if requests.get(f"{base}/healthz", timeout=1).status_code == 200:
+                    break
+            except requests.ConnectionError:
+                pass
+            assert time.monotonic() < deadline, "nginx did not start"
+            time.sleep(0.1)
+        yield base
+    finally:
+        process.terminate()
+        process.wait(timeout=20)
+
+
+def send_slowly(base: str, head: str, trickle: bytes, stop: threading.Event) -> None:
+    """Send ``head`` at once, then one ``trickle`` a second until ``stop``: a client on a bad line, or an attack."""
+    host, port = base.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        sock.sendall(head.encode())
+        while not stop.wait(1):
+            try:
+                sock.sendall(trickle)
+            except OSError:
+                return  # the server gave up on us: fine
+
+
+def healthz_while_slow_clients_hold(base: str, token: str, seconds: float = 5) -> list[str]:
+    """Open more slow connections than workers (headers and bodies); what went wrong with /healthz meanwhile."""
+    stop = threading.Event()
+    slow_headers = "GET /healthz HTTP/1.1\r\nHost: leadcrm\r\n"
+    slow_body = (
+        "POST /api/v1/contacts/register HTTP/1.1\r\nHost: leadcrm\r\n"
+        f"Authorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: 10000\r\n\r\n"
+    )
+    clients = [
+        threading.Thread(target=send_slowly, args=(base, head, trickle, stop))
+        for head, trickle in ((slow_headers, b"X-Slow: 1\r\n"), (slow_body, b" "))
+        for _ in range(SLOW_CLIENTS_PER_KIND)
+    ]
+    for client in clients:
+        client.start()
+    problems = []
+    try:
+        time.sleep(1)  # let them all get hold of what they can
+        until = time.monotonic() + seconds
+        while time.monotonic() < until:
+            started = time.monotonic()
+            try:
+                response = requests.get(f"{base}/healthz", timeout=1)
+                if response.status_code != 200:
+                    problems.append(f"/healthz answered {response.status_code}")
+            except requests.RequestException as exc:
+                problems.append(f"/healthz: no answer within 1 s ({type(exc).__name__})")
+            time.sleep(max(0.0, 0.25 - (time.monotonic() - started)))
+    finally:
+        stop.set()
+        for client in clients:
+            client.join()
+    return problems
+
+
+def test_slow_clients_do_not_hold_the_workers_behind_the_shipped_proxy(tmp_path: Path) -> None:
+    nginx_or_skip()
+    url = f"sqlite:///{tmp_path / 'proxied.sqlite3'}"
+    with (
+        gunicorn(url, tmp_path, workers=2, env={"LEADCRM_PROXY_COUNT": "1"}) as app_base,
+        nginx_in_front_of(app_base, tmp_path) as base,
+    ):
+        token = create_token(url)
+        problems = healthz_while_slow_clients_hold(base, token)
+        assert problems == [], problems
+        # The app works through the proxy: its headers come through, writes are accepted.
+        api = f"{base}/api/v1"
+        set_up_distribution(api, token, operators=1, limit=10)
+        response = api_session(token).post(
+            f"{api}/contacts/register", json={"source_name": "web_form", "phone": "+79040000001"}
+        )
+        assert response.status_code == 201, response.text
+        assert "Content-Security-Policy" in response.headers
