@@ -218,10 +218,21 @@ HOLD_THE_WRITE_LOCK = textwrap.dedent(
 HOLD_SECONDS = 12
 
 
-def probe_while_held(held_until: float, register, reads: dict[str, object]) -> tuple[list[str], int, dict[str, float]]:
-    """Two writers and a reader while the lock is held: (problems, 503s seen, slowest read per kind)."""
+def probe_while_held(
+    held_until: float, register, reads: dict[str, object], page_write
+) -> tuple[list[str], int, dict[str, float]]:
+    """Two API writers, a page write and a reader while the lock is held:
+    (problems, 503s seen, slowest read per kind)."""
     problems: list[str] = []
     busy: list[float] = []
+
+    def write_a_page() -> None:
+        started = time.monotonic()
+        response = page_write()
+        if time.monotonic() - started > 6:
+            problems.append(f"page write: a {response.status_code} after {time.monotonic() - started:.1f} s")
+        if problem := unavailable_problem(response, api=False):
+            problems.append(f"page write: {problem}")
 
     def write_while_held() -> None:
         while time.monotonic() < held_until - 1:
@@ -235,6 +246,7 @@ def probe_while_held(held_until: float, register, reads: dict[str, object]) -> t
             busy.append(took)
 
     writers = [threading.Thread(target=write_while_held) for _ in range(2)]
+    writers.append(threading.Thread(target=write_a_page))
     for writer in writers:
         writer.start()
     slowest: dict[str, float] = {}
@@ -257,11 +269,19 @@ def test_a_write_lock_held_elsewhere_gives_quick_503s_and_reads_keep_answering(b
     path = tmp_path / "locked.sqlite3"
     url = f"sqlite:///{path}"
     env = {"LEADCRM_ADMIN_PASSWORD": ADMIN_PASSWORD}
-    with gunicorn(url, tmp_path, workers=3, env=env) as base:
+    # One worker more than the writers below: the readers' own.
+    with gunicorn(url, tmp_path, workers=4, env=env) as base:
         api = f"{base}/api/v1"
         token = create_token(url)
-        set_up_distribution(api, token, operators=3, limit=100_000)
+        _, source = set_up_distribution(api, token, operators=3, limit=100_000)
         browser = log_in(base)
+        csrf = re.search(r'name="csrf-token" content="([^"]+)"', browser.get(f"{base}/intake/").text).group(1)
+
+        def intake() -> requests.Response:
+            # The intake form, sent without JavaScript: an error is the app's own page.
+            form = {"csrf_token": csrf, "source_id": source["id"], "phone": "+79039999999"}
+            return browser.post(f"{base}/intake/", data=form, timeout=60, allow_redirects=False)
+
         acknowledged: set[int] = set()
         serial = iter(range(1_000_000))
         lock = threading.Lock()
@@ -291,7 +311,7 @@ def test_a_write_lock_held_elsewhere_gives_quick_503s_and_reads_keep_answering(b
             with subprocess.Popen(args, stdout=subprocess.PIPE, text=True) as holder:
                 assert holder.stdout.readline().strip() == "held"
                 held_until = time.monotonic() + HOLD_SECONDS
-                problems, busy, slowest = probe_while_held(held_until, register, reads)
+                problems, busy, slowest = probe_while_held(held_until, register, reads, intake)
             assert problems == [], problems
             assert busy >= 2, "the writers never found the lock taken"
             assert max(slowest.values()) < 1, slowest
