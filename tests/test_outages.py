@@ -27,6 +27,8 @@ import requests
 import sqlalchemy as sa
 
 from leadcrm.database import SQLiteConnection
+from leadcrm.extensions import db
+from leadcrm.storage import Sql, Tx
 from tests.servers import PROJECT_ROOT, api_session, create_token, free_port, gunicorn
 
 pytestmark = pytest.mark.slow
@@ -194,6 +196,26 @@ def test_dropped_postgresql_connections_answer_503_and_are_replaced(backend, tmp
             acknowledged.add(response.json()["contact"]["id"])
             assert browser.get(f"{base}/", timeout=10).status_code == 200
         assert_counters_exact(plain_url, acknowledged)
+
+
+def test_the_hand_written_sql_path_invalidates_a_lost_connection(app, backend) -> None:
+    """storage.Tx runs SQL on the driver connection: a lost connection is invalidated as
+    SQLAlchemy does for its own statements, so ending the transaction does not touch it and
+    the next unit of work gets a new one."""
+    if backend.name != "postgresql":
+        pytest.skip("terminating a connection is a PostgreSQL test")
+    with app.app_context():
+        connection = db.session.connection()
+        tx = Tx.of(db.session)
+        pid = tx.execute(Sql("SELECT pg_backend_pid()"), {}).fetchone()[0]
+        with backend.admin.connect() as admin:
+            admin.execute(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+        with pytest.raises(sa.exc.OperationalError) as caught:
+            tx.execute(Sql("SELECT 1"), {})
+        assert caught.value.connection_invalidated
+        assert connection.invalidated
+        db.session.rollback()  # does not try the dead connection
+        assert db.session.execute(sa.text("SELECT pg_backend_pid()")).scalar() != pid
 
 
 # --- 2. SQLite's write lock held by another process ------------------------------------
