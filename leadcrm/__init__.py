@@ -12,6 +12,7 @@ from leadcrm.database import (
     OWN_TRANSACTIONS,
     begin_write,
     configure_engine,
+    end_session,
     keep_private,
     prepare_sqlite_file,
     sqlite_connect_args,
@@ -80,6 +81,11 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     )
     with app.app_context():
         configure_engine(db.engine)
+
+    # Runs before Flask-SQLAlchemy's own teardown (reverse order), which then has nothing left to do.
+    @app.teardown_appcontext
+    def end_database_session(_exc: BaseException | None) -> None:
+        end_session(db.session, app.logger)
 
     from leadcrm.auth import init_auth, public
 

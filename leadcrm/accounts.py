@@ -405,9 +405,14 @@ def last_used_is_stale(token: ApiToken, now: datetime) -> bool:
 
 
 def mark_used(connection: sa.Connection, token_id: int, now: datetime) -> None:
-    """Write the token's last use, in a transaction of its own on ``connection``."""
+    """Write the token's last use, in a transaction of its own on ``connection``.
+
+    A row another transaction holds is skipped (PostgreSQL), not waited for:
+    that one records a use too.
+    """
+    free = sa.select(ApiToken.id).where(ApiToken.id == token_id).with_for_update(skip_locked=True)
     with connection.begin():
-        connection.execute(sa.update(ApiToken).where(ApiToken.id == token_id).values(last_used_at=now))
+        connection.execute(sa.update(ApiToken).where(ApiToken.id.in_(free.scalar_subquery())).values(last_used_at=now))
 
 
 def actor_name(user: User | None = None, token: ApiToken | None = None) -> str | None:

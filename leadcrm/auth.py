@@ -19,7 +19,7 @@ from sqlalchemy.orm.attributes import set_committed_value
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from leadcrm import accounts
-from leadcrm.database import WRITE_OPTION
+from leadcrm.database import NO_WAIT, WRITE_OPTION
 from leadcrm.extensions import csrf, db, login_manager
 from leadcrm.models import FULL_SCOPE, INTAKE, SUPERVISOR, ApiToken, User, utcnow
 from leadcrm.storage import act_as
@@ -171,7 +171,9 @@ def _check_token(header: str, access: Access) -> Any:
 def _note_token_use(token: ApiToken) -> None:
     """Write the token's last use (at most once a minute) in a transaction of its own.
 
-    It is bookkeeping: if the database is too busy for it, the request goes on.
+    It is bookkeeping and never makes the request wait: it tries the write
+    lock once (SQLite) and skips a row another request is writing
+    (PostgreSQL); if the database is busy, the next request writes it.
     """
     now = utcnow()
     db.session.commit()
@@ -179,9 +181,9 @@ def _note_token_use(token: ApiToken) -> None:
         return
     try:
         with db.engine.connect() as connection:
-            accounts.mark_used(connection.execution_options(**{WRITE_OPTION: True}), token.id, now)
+            accounts.mark_used(connection.execution_options(**{WRITE_OPTION: NO_WAIT}), token.id, now)
     except sa.exc.OperationalError as exc:
-        current_app.logger.warning("could not record the use of token %s: %s", token.id, exc)
+        current_app.logger.warning("skipped recording the use of token %s: %s", token.id, exc.orig)
         return
     set_committed_value(token, "last_used_at", now)  # as stored; nothing left to flush
 

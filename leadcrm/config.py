@@ -15,8 +15,11 @@ class Config:
     SQLALCHEMY_DATABASE_URI = os.environ.get("DATABASE_URL", "")
     # Region used to read phone numbers written without a country code.
     LEADCRM_PHONE_REGION = os.environ.get("LEADCRM_PHONE_REGION", "RU")
-    # Seconds a writer waits for SQLite's write lock before giving up.
-    LEADCRM_SQLITE_BUSY_TIMEOUT = float(os.environ.get("LEADCRM_SQLITE_BUSY_TIMEOUT", "30"))
+    # Seconds a writer waits for SQLite's write lock (its turn on the file lock
+    # and SQLite's own wait together) before answering 503: well below
+    # gunicorn's worker timeout (30 s), so a lock held elsewhere never gets
+    # workers killed.
+    LEADCRM_SQLITE_BUSY_TIMEOUT = float(os.environ.get("LEADCRM_SQLITE_BUSY_TIMEOUT", "5"))
     # Signs sessions and CSRF tokens. Empty: a random key kept in the instance folder.
     SECRET_KEY = os.environ.get("SECRET_KEY", "")
     # CSRF tokens do not expire while the page stays open (intake works all day).

@@ -8,9 +8,13 @@ between; taking the lock up front makes every writer wait its turn instead, so
 each assignment decision is made and written under one lock.
 
 Writers wait for that turn on a file lock beside the database (``flock``),
-not in SQLite's busy handler: the kernel wakes the next writer the moment the
-previous one commits, where SQLite's handler sleeps in steps of up to 100 ms
-(measured: p99 of 0.9 s at 8 concurrent clients without the file lock).
+not in SQLite's busy handler, which sleeps in steps of up to 100 ms (measured:
+p99 of 0.9 s at 8 concurrent clients without the file lock). The file lock is
+polled without blocking, with sleeps that start at 50 us and grow to 2 ms, so
+the next writer starts soon after the previous one commits, and a writer gives
+up after the busy timeout (flock wait and SQLite's own wait together): a lock
+held elsewhere (another program, a stuck process) answers 503 well before
+gunicorn's worker timeout instead of hanging every worker.
 
 PostgreSQL: nothing special here; the distribution engine's conditional
 UPDATEs and row locks make decisions atomic at READ COMMITTED.
@@ -19,17 +23,21 @@ UPDATEs and row locks make decisions atomic at READ COMMITTED.
 import fcntl
 import logging
 import os
+import signal
 import sqlite3
 import stat
+import threading
+import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, scoped_session
 
-# Execution option that marks a session's transactions as ones that will write.
+# Execution option that marks a session's transactions as ones that will write:
+# True waits for the write lock up to the busy timeout, NO_WAIT tries once.
 WRITE_OPTION = "leadcrm_write"
 # Files beside an SQLite database: SQLite's WAL, shared memory and rollback
 # journal (which it creates with the database file's mode), and our write lock.
@@ -78,8 +86,54 @@ def prepare_sqlite_file(path: str) -> None:
         keep_private(name)
 
 
+NO_WAIT = "no wait"
+
+# Polling the file lock: the first sleep, and the longest.
+_FIRST_SLEEP = 0.00005
+_LONGEST_SLEEP = 0.002
+# A writer that waited less than this for the file lock leaves SQLite's busy
+# timeout as it is (not worth a statement); a longer wait is taken off it.
+_SLACK = 0.1
+
+
+def write_lock_busy(waited: float) -> sa.exc.OperationalError:
+    """The error of a writer that gave up waiting for the write lock (the API answers 503)."""
+    orig = sqlite3.OperationalError(f"database is locked (waited {waited:.1f} s for the write lock)")
+    return sa.exc.OperationalError("BEGIN IMMEDIATE", None, orig)
+
+
+class _Deadline(Exception):
+    """Raised by the timer signal into a blocking flock."""
+
+
+def _raise_deadline(_signum: int, _frame: Any) -> None:
+    raise _Deadline
+
+
+@contextmanager
+def _deadline_alarm(seconds: float) -> Iterator[None]:
+    """Interrupt the ``with`` body with ``_Deadline`` after ``seconds`` (main thread only).
+
+    The timer fires once; whenever it does, ``_Deadline`` is raised inside
+    this block and never later (the caller suppresses it around the block).
+    """
+    previous = signal.signal(signal.SIGALRM, _raise_deadline)
+    try:
+        try:
+            signal.setitimer(signal.ITIMER_REAL, max(seconds, 0.001))
+            yield
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+    finally:
+        signal.signal(signal.SIGALRM, previous if previous is not None else signal.SIG_DFL)
+
+
 class SQLiteConnection(sqlite3.Connection):
-    """A pysqlite connection whose write transactions queue on an flock beside the database file."""
+    """A pysqlite connection whose write transactions queue on an flock beside the database file.
+
+    The busy timeout (``timeout``) bounds the whole wait for the write lock:
+    the flock first, then SQLite's busy handler gets what is left of it.
+    """
 
     def __init__(self, database: str, *args: Any, **kwargs: Any) -> None:
         super().__init__(database, *args, **kwargs)
@@ -87,11 +141,53 @@ class SQLiteConnection(sqlite3.Connection):
         # Opened once per connection; each write transaction only locks and unlocks it.
         self._lock_fd = None if memory else os.open(f"{database}-writelock", os.O_RDWR | os.O_CREAT, 0o600)
         self._locked = False
+        self.busy_timeout = float(kwargs.get("timeout", 5.0))
+        self._busy_ms = round(self.busy_timeout * 1000)  # SQLite's busy timeout as now set
 
-    def lock_for_write(self) -> None:
-        if self._lock_fd is not None and not self._locked:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+    def lock_for_write(self, wait: bool = True) -> None:
+        """Take the file lock (waiting at most the busy timeout, or not at all), then set
+        SQLite's busy timeout to what is left; raises ``write_lock_busy`` on giving up."""
+        if self._locked:
+            return
+        started = time.monotonic()
+        if self._lock_fd is not None:
+            self._wait_for_file_lock(started, self.busy_timeout if wait else 0.0)
             self._locked = True
+        waited = time.monotonic() - started
+        left = 0.0 if not wait else self.busy_timeout if waited < _SLACK else self.busy_timeout - waited
+        busy_ms = max(0, round(left * 1000))
+        if busy_ms != self._busy_ms:
+            self.execute(f"PRAGMA busy_timeout = {busy_ms}")
+            self._busy_ms = busy_ms
+
+    def _wait_for_file_lock(self, started: float, patience: float) -> None:
+        if self._try_file_lock():
+            return
+        if patience > 0 and threading.current_thread() is threading.main_thread():
+            # A sync worker's request: block in flock, woken by the kernel the
+            # moment the holder lets go, and by a timer signal at the deadline.
+            with suppress(_Deadline), _deadline_alarm(patience - (time.monotonic() - started)):
+                fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+            # Locked, or the deadline came (perhaps just as the lock did): one
+            # more try tells which (flock again on a lock held is a no-op).
+            if self._try_file_lock():
+                return
+        else:
+            # No signals outside the main thread: poll, sleeping a little longer each time.
+            sleep = _FIRST_SLEEP
+            while (left := patience - (time.monotonic() - started)) > 0:
+                time.sleep(min(sleep, left))
+                sleep = min(sleep * 2, _LONGEST_SLEEP)
+                if self._try_file_lock():
+                    return
+        raise write_lock_busy(time.monotonic() - started)
+
+    def _try_file_lock(self) -> bool:
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        return True
 
     def _unlock(self) -> None:
         if self._locked:
@@ -141,10 +237,11 @@ def configure_engine(engine: Engine) -> None:
 
     @sa.event.listens_for(engine, "begin")
     def _on_begin(connection: sa.Connection) -> None:
-        if connection.get_execution_options().get(WRITE_OPTION):
+        write = connection.get_execution_options().get(WRITE_OPTION)
+        if write:
             dbapi_connection = connection.connection.dbapi_connection
             if isinstance(dbapi_connection, SQLiteConnection):
-                dbapi_connection.lock_for_write()
+                dbapi_connection.lock_for_write(wait=write != NO_WAIT)
             connection.exec_driver_sql("BEGIN IMMEDIATE")
         else:
             connection.exec_driver_sql("BEGIN")
@@ -191,3 +288,22 @@ def unique_or(session: Session, error: Exception) -> Iterator[None]:
             session.flush()
     except sa.exc.IntegrityError:
         raise error from None
+
+
+def end_session(session: scoped_session[Session], logger: logging.Logger) -> None:
+    """End the request's session (its teardown); never raises.
+
+    The answer is built by now: a connection that died since the last
+    statement (the server restarted or terminated it) must not turn it into
+    a 500 while the rollback tries to reach the server. The connection is
+    thrown away and the pool opens a new one for the next request.
+    """
+    try:
+        session.remove()
+    except sa.exc.DBAPIError as exc:
+        logger.warning("database connection lost at the end of a request: %s", exc.orig)
+        try:
+            session().invalidate()
+        except sa.exc.DBAPIError:
+            pass  # invalidating closes the driver connection; it is gone either way
+        session.registry.clear()

@@ -85,11 +85,12 @@ class Tx:
     session for every statement would cost more than the statements.
     """
 
-    __slots__ = ("dialect", "actor", "_driver", "_errors")
+    __slots__ = ("dialect", "actor", "_connection", "_driver", "_errors")
 
     def __init__(self, session: Session) -> None:
         conn = session.connection()
         self.dialect: str = conn.dialect.name
+        self._connection = conn
         self._driver = conn.connection.driver_connection
         self._errors = conn.dialect.loaded_dbapi.Error
         # Who makes this unit of work's changes ("user:ann", "token:crm (#2)"), for the history.
@@ -108,13 +109,22 @@ class Tx:
         return tx
 
     def execute(self, statement: Sql, params: dict[str, Any]) -> Any:
-        """Run ``statement``; returns the DBAPI cursor. Driver errors come out as SQLAlchemy's."""
+        """Run ``statement``; returns the DBAPI cursor. Driver errors come out as SQLAlchemy's.
+
+        A lost connection (the server closed it, a network cut) is invalidated
+        as SQLAlchemy does for its own statements: the pool replaces it instead
+        of handing the dead one to the next request, and ending the transaction
+        does not try to talk to it again.
+        """
         cursor = self._driver.cursor()
         sql = statement.by_dialect[self.dialect]
         try:
             cursor.execute(sql, params)
         except self._errors as exc:
-            raise sa.exc.DBAPIError.instance(sql, params, exc, self._errors) from exc
+            lost = self._connection.dialect.is_disconnect(exc, self._driver, cursor)
+            if lost:
+                self._connection.invalidate(exc)
+            raise sa.exc.DBAPIError.instance(sql, params, exc, self._errors, connection_invalidated=lost) from exc
         return cursor
 
     def record(

@@ -8,6 +8,11 @@ from pydantic import ValidationError
 from werkzeug.exceptions import HTTPException, InternalServerError, default_exceptions
 
 from leadcrm.errors import Conflict, DomainError, InvalidInput, NotFound
+from leadcrm.extensions import db
+from leadcrm.web.rendering import render
+
+# How long a client should wait before sending a request again after a 503.
+RETRY_AFTER_SECONDS = "1"
 
 STATUS_BY_ERROR: list[tuple[type[DomainError], int]] = [
     (NotFound, 404),
@@ -52,12 +57,23 @@ def register_error_handlers(app: Flask) -> None:
         return error_response(422, "validation_error", "The request is not valid.", validation_fields(exc))
 
     @app.errorhandler(sa.exc.OperationalError)
-    def database_unavailable(exc: sa.exc.OperationalError) -> Any:
-        # The database is busy or unreachable: the request wrote nothing and
-        # can be sent again.
-        current_app.logger.warning("database unavailable: %s", exc)
+    @app.errorhandler(sa.exc.InterfaceError)
+    def database_unavailable(exc: sa.exc.DBAPIError) -> Any:
+        # The database is busy, unreachable, or dropped our connection: the
+        # request wrote nothing and can be sent again.
+        current_app.logger.warning("database unavailable: %s", exc.orig)
+        try:
+            # End the failed transaction now; on a lost connection this only discards it.
+            db.session.rollback()
+        except sa.exc.DBAPIError:
+            db.session().invalidate()
+        headers = {"Retry-After": RETRY_AFTER_SECONDS}
+        if not _is_api_request():
+            page = render("errors/unavailable.html", status=503, without_database=True)
+            page.headers.update(headers)
+            return page
         body, status = error_response(503, "database_unavailable", "The database is busy; try again.")
-        return body, status, {"Retry-After": "1"}
+        return body, status, headers
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException) -> Any:
