@@ -95,14 +95,15 @@ def create_user(username: str, role: str, password: str) -> None:
 @click.password_option(help="Asked for when not given (read from stdin when it is not a terminal).")
 def set_password(username: str, password: str) -> None:
     """Give a user a new password (their open sessions end); also reactivates them."""
+    try:
+        password_hash = accounts.hash_password(password)  # before the write lock is taken
+    except DomainError as exc:
+        _fail(exc)
     begin_write(db.session)
     user = accounts.find_user(db.session, username)
     if user is None:
         raise click.ClickException(f"No user {username!r}.")
-    try:
-        accounts.set_password(db.session, user, password)
-    except DomainError as exc:
-        _fail(exc)
+    accounts.set_password_hash(db.session, user, password_hash)
     user.is_active = True
     db.session.commit()
     click.echo(f"Password of {user.username!r} changed.")

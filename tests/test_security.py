@@ -239,6 +239,10 @@ def test_deactivated_user_is_logged_out_and_cannot_log_in(app: Flask, client: Fl
     assert response.status_code == 302
     assert irina.get("/intake/").status_code == 302
     assert log_in(app.test_client(), "irina").status_code == 401
+    # Her sessions ended for good: reactivating her does not bring the old cookie back.
+    assert post_form(client, f"/users/{people['irina'].id}/active", {"is_active": "1"}).status_code == 302
+    assert irina.get("/intake/").status_code == 302
+    assert log_in(app.test_client(), "irina").status_code == 302
 
 
 def test_new_password_ends_other_sessions(app: Flask, client: FlaskClient, people) -> None:

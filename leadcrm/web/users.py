@@ -84,10 +84,18 @@ def set_active(user_id: int) -> ResponseReturnValue:
 @allow(SUPERVISOR)
 def set_password(user_id: int) -> ResponseReturnValue:
     form = PasswordForm()
+    try:
+        # Hashed before the request's first query, which takes the write lock.
+        password_hash = accounts.hash_password(form.password.data or "")
+    except DomainError:
+        password_hash = None  # change() reports it next to the field
 
     def change(user: User) -> None:
         # The new password ends every session of this user; a supervisor changing their own keeps this one.
         keep = session.get("_user_id") if user.id == current_user.id else None
-        accounts.set_password(db.session, user, form.password.data, keep_session=keep)
+        if password_hash is None:
+            accounts.set_password(db.session, user, form.password.data, keep_session=keep)  # raises the error
+        else:
+            accounts.set_password_hash(db.session, user, password_hash, keep_session=keep)
 
     return _row_change(user_id, form, change)
