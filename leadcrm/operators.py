@@ -7,7 +7,7 @@ from flask_babel import lazy_gettext as _l
 from sqlalchemy.orm import Session
 
 from leadcrm.database import unique_or
-from leadcrm.distribution import drain_for_operator
+from leadcrm.distribution import drain_for_operators
 from leadcrm.errors import NameTaken, UnknownOperator
 from leadcrm.models import Operator
 
@@ -45,7 +45,7 @@ def update_operator(session: Session, operator: Operator, changes: dict[str, Any
             if field in changes:
                 setattr(operator, field, changes[field])
     if (operator.is_active and not had_room_before[0]) or operator.max_active_leads > had_room_before[1]:
-        drain_for_operator(session, operator.id)
+        drain_for_operators(session, [operator.id])
         session.refresh(operator)  # the drain changed its load in SQL
     return operator
 

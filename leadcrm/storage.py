@@ -13,6 +13,7 @@ share (RETURNING, ON CONFLICT DO NOTHING).
 """
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -148,11 +149,23 @@ def lock_lead(tx: Tx, lead_id: int) -> None:
         tx.execute(LOCK_LEAD, {"id": lead_id})
 
 
-def lock_operators(tx: Tx, first: int, second: int) -> None:
-    """Lock two operators' rows in id order (PostgreSQL), so that two moves in opposite
-    directions between them queue instead of deadlocking. SQLite: the write lock already serialises."""
+def lock_contact(tx: Tx, contact_id: int) -> ContactRecord | None:
+    """The contact as it is now, its row locked until the transaction ends (PostgreSQL); None if unknown.
+
+    Taken before any operator's row: contacts first, then operators, is the
+    one order every path that changes a contact locks in. SQLite: the write
+    lock already serialises writers.
+    """
+    row = tx.execute(GET_CONTACT if tx.dialect == "sqlite" else LOCK_CONTACT, {"id": contact_id}).fetchone()
+    return contact_record(row) if row else None
+
+
+def lock_operators(tx: Tx, operator_ids: Iterable[int | None]) -> None:
+    """Lock these operators' rows in id order (PostgreSQL), so that requests that each change
+    several operators queue instead of deadlocking. SQLite: the write lock already serialises."""
     if tx.dialect != "sqlite":
-        tx.execute(LOCK_TWO_OPERATORS, {"a": first, "b": second})
+        for operator_id in sorted({i for i in operator_ids if i is not None}):
+            tx.execute(LOCK_OPERATOR, {"id": operator_id})
 
 
 def lock_source(tx: Tx, source_id: int) -> None:
@@ -177,7 +190,7 @@ SOURCE_BY_ID = Sql("SELECT id, name, strategy, sticky FROM sources WHERE id = :i
 # PostgreSQL only: SQLite's write transaction already excludes every other writer.
 LOCK_SOURCE = Sql("SELECT id FROM sources WHERE id = :id FOR UPDATE")
 LOCK_LEAD = Sql("SELECT id FROM leads WHERE id = :id FOR KEY SHARE")
-LOCK_TWO_OPERATORS = Sql("SELECT id FROM operators WHERE id IN (:a, :b) ORDER BY id FOR UPDATE")
+LOCK_OPERATOR = Sql("SELECT id FROM operators WHERE id = :id FOR UPDATE")
 
 LEAD_COLUMNS = "id, external_id, phone, email, name, created_at"
 # An absent identifier is passed as NULL, and "column = NULL" matches nothing.
@@ -285,7 +298,9 @@ CLOSE_CONTACT = Sql(
     f"WHERE id = :id AND status = 'open' RETURNING {CONTACT_COLUMNS}"
 )
 GET_CONTACT = Sql(f"SELECT {CONTACT_COLUMNS} FROM contacts WHERE id = :id")
-RELEASE_SLOT = Sql("UPDATE operators SET active_leads = active_leads - 1 WHERE id = :id")
+LOCK_CONTACT = Sql(GET_CONTACT.text + " FOR UPDATE")
+# Gives back the slot of a contact that stopped counting; never below zero.
+RELEASE_SLOT = Sql("UPDATE operators SET active_leads = active_leads - 1 WHERE id = :id AND active_leads > 0")
 
 
 def lead_record(row: tuple) -> LeadRecord:
