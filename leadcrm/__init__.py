@@ -71,6 +71,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         configure_engine(db.engine)
 
     from leadcrm.auth import init_auth, public
+    from leadcrm.distribution import limit_drains
 
     # First: who is asking and may they (reads only; ends its transaction).
     init_auth(app)
@@ -80,6 +81,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         # Requests that change data take the write lock before their first read.
         if request.method not in ("GET", "HEAD", "OPTIONS"):
             begin_write(db.session)
+            limit_drains(db.session, app.config["LEADCRM_DRAIN_BATCH"])
 
     from leadcrm import demo  # noqa: F401  (adds `flask leadcrm demo`)
     from leadcrm.api import bp as api_bp

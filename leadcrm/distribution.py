@@ -12,6 +12,7 @@ re-checks the condition) alike, across any number of processes.
 import logging
 import random
 from bisect import bisect_right
+from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
@@ -171,7 +172,7 @@ def close_contact(session: Session, contact_id: int, *, drain: bool = True) -> C
 
     Closing a closed contact changes nothing. Only the request that actually
     flips the status gives the slot back, so concurrent closes free it once.
-    The freed slot goes to a waiting contact at once,
+    The freed slot goes to a waiting contact at once (one batch at most),
     unless ``drain`` is off because the caller drains once for several changes.
     """
     tx = storage.Tx.of(session)
@@ -264,7 +265,7 @@ def close_contacts(session: Session, contact_ids: Iterable[int]) -> list[Contact
     Every lock is taken before anything changes, in the one global order
     (the contacts by id, then their operators by id), so two bulk actions
     over crossing sets queue instead of deadlocking. The freed slots go to
-    waiting contacts once, after all the closes.
+    waiting contacts once, after all the closes (one batch at most).
     """
     tx = storage.Tx.of(session)
     contacts = [lock_contact(tx, contact_id) for contact_id in sorted(set(contact_ids))]
@@ -327,48 +328,87 @@ def contact_events(session: Session, contact_id: int) -> list[ContactEvent]:
     return list(session.scalars(query))
 
 
-def drain_queue(session: Session, source_ids: Iterable[int], rng: random.Random | None = None) -> int:
-    """Give waiting contacts of these sources an operator, oldest first, while anyone eligible has room.
+# At most this many waiting contacts are assigned in one transaction: a change
+# that frees capacity answers at once however long the queue, and on SQLite no
+# drain holds the write lock for longer than one batch. The rest is assigned by
+# the next batches: the next capacity events and `flask leadcrm drain`.
+DRAIN_BATCH = 200
+# Key in ``session.info`` overriding DRAIN_BATCH for the unit of work (see ``limit_drains``).
+DRAIN_BATCH_KEY = "leadcrm_drain_batch"
+
+
+def limit_drains(session: Session, batch: int) -> None:
+    """Let the drains of this session's units of work assign at most ``batch`` contacts each."""
+    session.info[DRAIN_BATCH_KEY] = batch
+
+
+def drain_queue(
+    session: Session, source_ids: Iterable[int], rng: random.Random | None = None, *, limit: int | None = None
+) -> int:
+    """Give waiting contacts of these sources an operator, oldest first, while anyone eligible has room,
+    at most ``limit`` of them (default: one batch, DRAIN_BATCH).
 
     Each assignment goes through the source's strategy and the same atomic
     claim as a registration, so a freed operator does not take a whole
     backlog when others serving the source have room too, and no contact is
-    assigned twice. Returns how many contacts were assigned. Idempotent.
+    assigned twice. The sources take turns, one contact each, so that one
+    long queue does not use up the batch alone. A source's oldest waiting
+    contacts are read from the front of the partial index of waiting contacts
+    (``ix_contacts_waiting``), however long the queue. Returns how many
+    contacts were assigned. Idempotent.
     """
+    batch = limit if limit is not None else session.info.get(DRAIN_BATCH_KEY, DRAIN_BATCH)
     tx = storage.Tx.of(session)
     oldest = storage.OLDEST_WAITING if tx.dialect == "sqlite" else storage.OLDEST_WAITING_LOCKED
-    assigned = 0
+    sources = []
     for source_id in sorted(set(source_ids)):
         row = tx.execute(storage.SOURCE_BY_ID, {"id": source_id}).fetchone()
-        if row is None:
-            continue
-        source = SourceRecord(*row)
-        while (waiting := tx.execute(oldest, {"source_id": source_id}).fetchone()) is not None:
-            operator = assign_operator(session, source, rng)
-            if operator is None:
+        if row is not None:
+            sources.append(SourceRecord(*row))
+    # A source's waiting contacts are read once, as many as the batch can
+    # still take: enough, since the batch ends before they run out. Their rows
+    # are locked (PostgreSQL) or the write lock held (SQLite) from then on, so
+    # they are written all at once after the picks, in two statements, rather
+    # than two round trips per contact.
+    queues: dict[int, deque[int]] = {}
+    assignments: list[dict] = []
+    while sources and len(assignments) < batch:
+        for source in list(sources):
+            if len(assignments) >= batch:
                 break
-            now = tx.time(utcnow())
-            params = {"id": waiting[0], "operator_id": operator.id, "assigned_at": now}
-            if tx.execute(storage.ASSIGN_WAITING, params).rowcount != 1:  # cannot happen under our locks
-                raise RuntimeError(f"waiting contact {waiting[0]} changed under its lock")
-            tx.record(waiting[0], "queue", None, operator.id, now)
-            assigned += 1
-    return assigned
+            if source.id not in queues:
+                params = {"source_id": source.id, "limit": batch - len(assignments)}
+                queues[source.id] = deque(row[0] for row in tx.execute(oldest, params))
+            waiting = queues[source.id]
+            operator = assign_operator(session, source, rng) if waiting else None
+            if operator is None:  # its queue is empty, or everyone serving it is full
+                sources.remove(source)
+                continue
+            assignments.append({"id": waiting.popleft(), "operator_id": operator.id, "assigned_at": tx.time(utcnow())})
+    if assignments:
+        if tx.execute_many(storage.ASSIGN_WAITING, assignments).rowcount != len(assignments):
+            raise RuntimeError("a waiting contact changed under its lock")  # cannot happen under our locks
+        tx.record_assignments("queue", assignments)
+    return len(assignments)
 
 
-def drain_for_operators(session: Session, operator_ids: Iterable[int | None]) -> int:
-    """After operators got room: drain the queues of every source they serve."""
+def drain_for_operators(session: Session, operator_ids: Iterable[int | None], *, limit: int | None = None) -> int:
+    """After operators got room: drain (one batch at most) the queues of every source they serve."""
     tx = storage.Tx.of(session)
     source_ids: set[int] = set()
     for operator_id in {i for i in operator_ids if i is not None}:
         source_ids.update(row[0] for row in tx.execute(storage.SOURCES_SERVED_BY, {"id": operator_id}))
-    return drain_queue(session, source_ids) if source_ids else 0
+    return drain_queue(session, source_ids, limit=limit) if source_ids else 0
 
 
-def drain_all(session: Session) -> int:
-    """Drain every source that has waiting contacts (the safety-net sweep)."""
+def drain_all(session: Session, *, limit: int | None = None) -> int:
+    """Drain every source that has waiting contacts, one batch at most (the safety-net sweep's step).
+
+    Runs in the caller's transaction; ``leadcrm.cli.drain_backlog`` repeats it,
+    one transaction per batch, until nothing more can be assigned.
+    """
     tx = storage.Tx.of(session)
-    return drain_queue(session, [row[0] for row in tx.execute(storage.SOURCES_WITH_WAITING, {})])
+    return drain_queue(session, [row[0] for row in tx.execute(storage.SOURCES_WITH_WAITING, {})], limit=limit)
 
 
 @dataclass(frozen=True)

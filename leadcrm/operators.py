@@ -36,8 +36,9 @@ def update_operator(session: Session, operator: Operator, changes: dict[str, Any
 
     A limit below the current load is allowed: the operator keeps its open
     contacts and gets no new ones until the load falls under the limit. When
-    the change gives the operator room (activated, limit raised), the waiting
-    contacts of the sources it serves are distributed in the same transaction.
+    the change gives the operator room (activated, limit raised), waiting
+    contacts of the sources it serves are distributed in the same transaction,
+    one batch at most (``distribution.DRAIN_BATCH``); later batches assign the rest.
     """
     had_room_before = operator.is_active, operator.max_active_leads
     with unique_or(session, _name_taken(changes.get("name", operator.name))):

@@ -118,6 +118,17 @@ class Tx:
             raise sa.exc.DBAPIError.instance(sql, params, exc, self._errors) from exc
         return cursor
 
+    def execute_many(self, statement: Sql, rows: list[dict[str, Any]]) -> Any:
+        """Run ``statement`` once per row of parameters, in as few round trips as the driver manages;
+        the cursor's rowcount is the total."""
+        cursor = self._driver.cursor()
+        sql = statement.by_dialect[self.dialect]
+        try:
+            cursor.executemany(sql, rows)
+        except self._errors as exc:
+            raise sa.exc.DBAPIError.instance(sql, rows, exc, self._errors) from exc
+        return cursor
+
     def record(
         self, contact_id: int, reason: str, from_operator_id: int | None, to_operator_id: int | None, at: Any
     ) -> None:
@@ -131,6 +142,21 @@ class Tx:
             "actor": self.actor,
         }
         self.execute(INSERT_EVENT, params)
+
+    def record_assignments(self, reason: str, assignments: list[dict[str, Any]]) -> None:
+        """Add one event per ``{"id", "operator_id", "assigned_at"}`` (a contact given its first operator)."""
+        rows = [
+            {
+                "contact_id": a["id"],
+                "reason": reason,
+                "from_operator_id": None,
+                "to_operator_id": a["operator_id"],
+                "created_at": a["assigned_at"],
+                "actor": self.actor,
+            }
+            for a in assignments
+        ]
+        self.execute_many(INSERT_EVENT, rows)
 
     def time(self, value: datetime) -> Any:
         """A UTC timestamp as the column stores it: SQLAlchemy's text format on SQLite."""
@@ -242,11 +268,15 @@ INSERT_CONTACT = Sql(
     "VALUES (:lead_id, :source_id, :operator_id, 'open', :message, :created_at, :assigned_at) RETURNING id"
 )
 
-# The waiting queue: a source's oldest open contact without an operator. On
-# PostgreSQL the row is locked, and one locked by a concurrent drain is skipped.
+# The waiting queue: a source's oldest open contacts without an operator. Its
+# WHERE is the predicate of the partial index ix_contacts_waiting (source_id,
+# created_at, id), written the same way, so both databases read the oldest
+# entry of the index instead of sorting the source's contacts
+# (tests/test_distribution.py checks the plans). On PostgreSQL the rows are
+# locked, and those locked by a concurrent drain are skipped.
 OLDEST_WAITING = Sql(
     "SELECT id FROM contacts WHERE source_id = :source_id AND operator_id IS NULL AND status = 'open' "
-    "ORDER BY created_at, id LIMIT 1"
+    "ORDER BY created_at, id LIMIT :limit"
 )
 OLDEST_WAITING_LOCKED = Sql(OLDEST_WAITING.text + " FOR UPDATE SKIP LOCKED")
 ASSIGN_WAITING = Sql(
@@ -254,8 +284,10 @@ ASSIGN_WAITING = Sql(
     "WHERE id = :id AND operator_id IS NULL AND status = 'open'"
 )
 SOURCES_SERVED_BY = Sql("SELECT source_id FROM source_operators WHERE operator_id = :id AND weight > 0")
+# One probe of the waiting-queue index per source, not a pass over every waiting contact.
 SOURCES_WITH_WAITING = Sql(
-    "SELECT DISTINCT source_id FROM contacts WHERE operator_id IS NULL AND status = 'open' ORDER BY source_id"
+    "SELECT s.id FROM sources s WHERE EXISTS (SELECT 1 FROM contacts c WHERE c.source_id = s.id "
+    "AND c.operator_id IS NULL AND c.status = 'open') ORDER BY s.id"
 )
 
 # The history: one row per change of a contact's assignment.
