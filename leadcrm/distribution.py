@@ -365,9 +365,11 @@ def drain_queue(
         row = tx.execute(storage.SOURCE_BY_ID, {"id": source_id}).fetchone()
         if row is not None:
             sources.append(SourceRecord(*row))
-    # A source's waiting contacts are read once, as many as the batch can
-    # still take: enough, since the batch ends before they run out. Their rows
-    # are locked (PostgreSQL) or the write lock held (SQLite) from then on, so
+    # A source's waiting contacts are read once, as many as the batch and its
+    # operators' room can still take: enough, since the batch or the room ends
+    # before they run out, and no more are locked than can go (a concurrent
+    # drain skips locked rows: it would take newer contacts first). From then
+    # on their rows are locked (PostgreSQL) or the write lock held (SQLite), so
     # they are written all at once after the picks, in two statements, rather
     # than two round trips per contact.
     queues: dict[int, deque[int]] = {}
@@ -377,8 +379,9 @@ def drain_queue(
             if len(assignments) >= batch:
                 break
             if source.id not in queues:
-                params = {"source_id": source.id, "limit": batch - len(assignments)}
-                queues[source.id] = deque(row[0] for row in tx.execute(oldest, params))
+                room = tx.execute(storage.ROOM, {"source_id": source.id, "active": True}).fetchone()[0]
+                params = {"source_id": source.id, "limit": min(batch - len(assignments), room)}
+                queues[source.id] = deque(row[0] for row in tx.execute(oldest, params)) if room else deque()
             waiting = queues[source.id]
             operator = assign_operator(session, source, rng) if waiting else None
             if operator is None:  # its queue is empty, or everyone serving it is full

@@ -240,6 +240,13 @@ ELIGIBLE = Sql(
          AND o.active_leads < o.max_active_leads
        ORDER BY so.operator_id"""
 )
+# How many contacts the operators eligible for a source could take now, in all.
+ROOM = Sql(
+    """SELECT coalesce(sum(o.max_active_leads - o.active_leads), 0)
+       FROM source_operators so JOIN operators o ON o.id = so.operator_id
+       WHERE so.source_id = :source_id AND so.weight > 0 AND o.is_active = :active
+         AND o.active_leads < o.max_active_leads"""
+)
 # The conditional claim: no row comes back when the operator is full or inactive.
 CLAIM = Sql(
     """UPDATE operators SET active_leads = active_leads + 1
