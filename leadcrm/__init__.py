@@ -88,6 +88,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         end_session(db.session, app.logger)
 
     from leadcrm.auth import init_auth, public
+    from leadcrm.distribution import limit_drains
 
     # First: who is asking and may they (reads only; ends its transaction).
     init_auth(app)
@@ -99,6 +100,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         view = app.view_functions.get(request.endpoint or "")
         if request.method not in ("GET", "HEAD", "OPTIONS") and not getattr(view, OWN_TRANSACTIONS, False):
             begin_write(db.session)
+            limit_drains(db.session, app.config["LEADCRM_DRAIN_BATCH"])
 
     from leadcrm import demo  # noqa: F401  (adds `flask leadcrm demo`)
     from leadcrm.api import bp as api_bp

@@ -19,14 +19,39 @@ from leadcrm.models import INTAKE, ROLES
 cli = AppGroup("leadcrm", help="leadcrm maintenance and demo commands.")
 
 
+def drain_backlog(batch: int | None = None) -> int:
+    """Assign waiting contacts wherever an operator has room, batch after batch, until nothing more can be.
+
+    Each batch (``LEADCRM_DRAIN_BATCH`` contacts at most) is its own short
+    write transaction, committed before the next begins: on SQLite no batch
+    holds the write lock for longer than one batch takes, and registrations
+    run between batches. Returns how many contacts were assigned. Safe to run
+    at any time, in any number of processes at once.
+    """
+    batch = batch or current_app.config["LEADCRM_DRAIN_BATCH"]
+    total = 0
+    while True:
+        begin_write(db.session)
+        try:
+            assigned = drain_all(db.session, limit=batch)
+            db.session.commit()
+        except Exception:
+            db.session.rollback()
+            raise
+        total += assigned
+        if assigned < batch:  # every queue is empty or has nobody with room
+            return total
+
+
 @cli.command("drain")
 def drain() -> None:
     """Give waiting contacts an operator wherever one has room; forget expired Idempotency-Keys.
 
     Every change that frees capacity already assigns waiting contacts in its
-    own transaction; this sweep is a safety net (for example after editing the
-    database by hand). Safe to run at any time, as often as you like: from cron
-    or a systemd timer, say hourly.
+    own transaction, one batch at most; this command assigns the rest of a
+    long queue, one short transaction per batch, and is a safety net (for
+    example after editing the database by hand). Safe to run at any time, as
+    often as you like: from cron or a systemd timer, say hourly.
     """
     assigned = drain_backlog()
     begin_write(db.session)
@@ -34,19 +59,6 @@ def drain() -> None:
     db.session.commit()
     click.echo(f"Assigned {assigned} waiting contact{'s' if assigned != 1 else ''}.")
     click.echo(f"Forgot {forgotten} expired idempotency key{'s' if forgotten != 1 else ''}.")
-
-
-def drain_backlog() -> int:
-    """Assign waiting contacts wherever an operator has room, in a write transaction of its own; returns how many.
-
-    Run by the drain command and by the server's start after the migrations
-    (a database from an older version may hold contacts that waited while
-    someone had room).
-    """
-    begin_write(db.session)
-    assigned = drain_all(db.session)
-    db.session.commit()
-    return assigned
 
 
 @cli.command("backup")

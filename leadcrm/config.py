@@ -37,3 +37,6 @@ class Config:
     # Password for the first supervisor, "admin", created on an empty database.
     # Unset: a random password is printed once in the log.
     LEADCRM_ADMIN_PASSWORD = os.environ.get("LEADCRM_ADMIN_PASSWORD", "")
+    # Waiting contacts assigned at most per transaction when capacity appears
+    # (the rest by the next batches: later capacity events, `flask leadcrm drain`).
+    LEADCRM_DRAIN_BATCH = int(os.environ.get("LEADCRM_DRAIN_BATCH") or 200)

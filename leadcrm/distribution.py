@@ -9,8 +9,10 @@ writer at a time) and on PostgreSQL (the UPDATE waits for the row lock and
 re-checks the condition) alike, across any number of processes.
 """
 
+import logging
 import random
 from bisect import bisect_right
+from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
@@ -26,6 +28,8 @@ from leadcrm.identity import LeadIdentity
 from leadcrm.leads import resolve_lead
 from leadcrm.models import OPEN, Contact, ContactEvent, Operator, Source, SourceOperator, utcnow
 from leadcrm.storage import ContactRecord, LeadRecord, OperatorRecord, SourceRecord
+
+log = logging.getLogger(__name__)
 
 # Stateless and fork-safe: gunicorn workers never share a random sequence.
 _system_random = random.SystemRandom()
@@ -69,6 +73,16 @@ def claim_operator(session: Session, operator_id: int) -> OperatorRecord | None:
     return storage.operator_record(row) if row else None
 
 
+def count_assignment(tx: storage.Tx, source_id: int, operator_id: int) -> None:
+    """Add one to the operator's assigned_total for the source, whose row the caller knows exists.
+
+    Rows of source_operators are never deleted (a weight of 0 keeps them), so
+    a miss means the database was changed behind the engine's back.
+    """
+    if tx.execute(storage.COUNT_ASSIGNMENT, {"source_id": source_id, "operator_id": operator_id}).rowcount != 1:
+        raise RuntimeError(f"no source_operators row for source {source_id}, operator {operator_id}")
+
+
 def assign_operator(
     session: Session, source: Source | SourceRecord, rng: random.Random | None = None
 ) -> OperatorRecord | None:
@@ -80,9 +94,7 @@ def assign_operator(
     while (operator_id := pick_operator(session, source, rng)) is not None:
         operator = claim_operator(session, operator_id)
         if operator is not None:
-            storage.Tx.of(session).execute(
-                storage.COUNT_ASSIGNMENT, {"source_id": source.id, "operator_id": operator.id}
-            )
+            count_assignment(storage.Tx.of(session), source.id, operator.id)  # ELIGIBLE read its row
             return operator
         # Another transaction took its last slot since we looked (PostgreSQL):
         # it is no longer eligible, so the next pick skips it.
@@ -99,7 +111,7 @@ def back_to_latest_operator(session: Session, source: Source | SourceRecord, lea
     row = tx.execute(storage.CLAIM_IF_SERVING, params).fetchone()
     if row is None:
         return None
-    tx.execute(storage.COUNT_ASSIGNMENT, {"source_id": source.id, "operator_id": row[0]})
+    count_assignment(tx, source.id, row[0])  # the claim checked that its row exists
     return storage.operator_record(row)
 
 
@@ -155,26 +167,37 @@ def register_contact(
     return Registration(contact=contact, lead=lead, lead_created=lead_created, operator=operator)
 
 
-def close_contact(session: Session, contact_id: int) -> ContactRecord:
+def close_contact(session: Session, contact_id: int, *, drain: bool = True) -> ContactRecord:
     """Close an open contact and free its operator's slot.
 
     Closing a closed contact changes nothing. Only the request that actually
     flips the status gives the slot back, so concurrent closes free it once.
+    The freed slot goes to a waiting contact at once (one batch at most),
+    unless ``drain`` is off because the caller drains once for several changes.
     """
     tx = storage.Tx.of(session)
     closed_at = tx.time(utcnow())
     row = tx.execute(storage.CLOSE_CONTACT, {"id": contact_id, "closed_at": closed_at}).fetchone()
     if row is None:
-        row = tx.execute(storage.GET_CONTACT, {"id": contact_id}).fetchone()
-        if row is None:
-            raise NotFound(_l("No contact with id %(id)s.", id=contact_id))
-        return storage.contact_record(row)
+        return get_open_or_closed(session, contact_id)
     contact = storage.contact_record(row)
     tx.record(contact.id, "closed", contact.operator_id, None, closed_at)
-    if contact.operator_id is not None:
-        tx.execute(storage.RELEASE_SLOT, {"id": contact.operator_id})
-        drain_for_operator(session, contact.operator_id)
+    if contact.operator_id is not None and release_slot(tx, contact.operator_id, contact.id) and drain:
+        drain_for_operators(session, [contact.operator_id])
     return contact
+
+
+def release_slot(tx: storage.Tx, operator_id: int, contact_id: int) -> bool:
+    """Give back the slot ``contact_id`` held with its operator; False if the counter had nothing to give back.
+
+    The load counts the operator's open contacts, so it is at least 1 here;
+    a counter at 0 was changed behind the engine's back: it stays at 0 (the
+    closest to the truth) and the mismatch is logged.
+    """
+    if tx.execute(storage.RELEASE_SLOT, {"id": operator_id}).rowcount == 1:
+        return True
+    log.error("operator %s: load already 0 when contact %s gave its slot back", operator_id, contact_id)
+    return False
 
 
 def get_open_or_closed(session: Session, contact_id: int) -> ContactRecord:
@@ -184,22 +207,35 @@ def get_open_or_closed(session: Session, contact_id: int) -> ContactRecord:
     return storage.contact_record(row)
 
 
-def assign_by_hand(session: Session, contact_id: int, operator_id: int, *, override: bool = False) -> ContactRecord:
+def lock_contact(tx: storage.Tx, contact_id: int) -> ContactRecord:
+    """The contact, its row locked until the transaction ends (the first lock of every manual change)."""
+    contact = storage.lock_contact(tx, contact_id)
+    if contact is None:
+        raise NotFound(_l("No contact with id %(id)s.", id=contact_id))
+    return contact
+
+
+def assign_by_hand(
+    session: Session, contact_id: int, operator_id: int, *, override: bool = False, drain: bool = True
+) -> ContactRecord:
     """A supervisor gives an open contact (waiting or not) to a chosen operator.
 
     The operator must be active; past its limit only with ``override``, which
     the history records as such. The previous operator's slot is given back
-    (and may go to a waiting contact at once).
+    (and goes to a waiting contact at once, unless ``drain`` is off).
+    Giving a contact to the operator it already has changes nothing, also
+    when concurrent requests do so.
     """
     tx = storage.Tx.of(session)
-    contact = get_open_or_closed(session, contact_id)
+    # The contact's row first, then both operators' rows in id order: every
+    # manual change locks in this order, so they queue instead of deadlocking,
+    # and what is read here cannot change before the move.
+    contact = lock_contact(tx, contact_id)
     if contact.status != OPEN:
         raise InvalidInput(_l("A closed contact cannot be assigned; reopen it first."), {"status": _l("Closed.")})
     if contact.operator_id == operator_id:
         return contact
-    if contact.operator_id is not None:
-        # The claim locks the new operator's row and the release the old one's: take both in id order first.
-        storage.lock_operators(tx, contact.operator_id, operator_id)
+    storage.lock_operators(tx, [contact.operator_id, operator_id])
     claim = storage.CLAIM_PAST_LIMIT if override else storage.CLAIM
     operator = tx.execute(claim, {"id": operator_id, "active": True}).fetchone()
     if operator is None:
@@ -214,38 +250,74 @@ def assign_by_hand(session: Session, contact_id: int, operator_id: int, *, overr
     params = {"id": contact.id, "operator_id": operator_id, "assigned_at": now, "previous": contact.operator_id}
     if tx.execute(storage.MOVE_CONTACT, params).rowcount != 1:
         raise Conflict(_l("The contact changed meanwhile; look again."))
+    # No row when the operator does not serve the source: such a contact is not counted in its share.
     tx.execute(storage.COUNT_ASSIGNMENT, {"source_id": contact.source_id, "operator_id": operator_id})
     full = operator[4] > operator[3]  # active_leads > max_active_leads after the claim
     tx.record(contact.id, "override" if override and full else "manual", contact.operator_id, operator_id, now)
-    if contact.operator_id is not None:
-        tx.execute(storage.RELEASE_SLOT, {"id": contact.operator_id})
-        drain_for_operator(session, contact.operator_id)
+    if contact.operator_id is not None and release_slot(tx, contact.operator_id, contact.id) and drain:
+        drain_for_operators(session, [contact.operator_id])
     return get_open_or_closed(session, contact.id)
+
+
+def close_contacts(session: Session, contact_ids: Iterable[int]) -> list[ContactRecord]:
+    """Close several contacts at once (all or, on an error, none: the caller rolls back).
+
+    Every lock is taken before anything changes, in the one global order
+    (the contacts by id, then their operators by id), so two bulk actions
+    over crossing sets queue instead of deadlocking. The freed slots go to
+    waiting contacts once, after all the closes (one batch at most).
+    """
+    tx = storage.Tx.of(session)
+    contacts = [lock_contact(tx, contact_id) for contact_id in sorted(set(contact_ids))]
+    storage.lock_operators(tx, [contact.operator_id for contact in contacts])
+    closed = [close_contact(session, contact.id, drain=False) for contact in contacts]
+    freed = [contact.operator_id for contact in contacts if contact.status == OPEN and contact.operator_id]
+    drain_for_operators(session, freed)
+    return closed
+
+
+def assign_contacts_by_hand(
+    session: Session, contact_ids: Iterable[int], operator_id: int, *, override: bool = False
+) -> list[ContactRecord]:
+    """Give several open contacts to one operator (all or, on an error, none: the caller rolls back).
+
+    Locks as ``close_contacts`` does (the contacts by id, then the operators
+    they leave and the one they go to, by id) before moving any, and gives
+    the freed slots to waiting contacts once, after all the moves.
+    """
+    tx = storage.Tx.of(session)
+    contacts = [lock_contact(tx, contact_id) for contact_id in sorted(set(contact_ids))]
+    storage.lock_operators(tx, [contact.operator_id for contact in contacts] + [operator_id])
+    moved = [assign_by_hand(session, c.id, operator_id, override=override, drain=False) for c in contacts]
+    drain_for_operators(session, [c.operator_id for c in contacts if c.operator_id not in (None, operator_id)])
+    return moved
 
 
 def reopen_contact(session: Session, contact_id: int, rng: random.Random | None = None) -> ContactRecord:
     """Open a closed contact again: back to its operator if that one still serves the source and has room,
-    otherwise through the source's strategy, otherwise it waits. Reopening an open contact changes nothing."""
+    otherwise through the source's strategy, otherwise it waits. Reopening an open contact changes nothing,
+    also when concurrent requests reopen it: only the one that flips the status claims a slot."""
     tx = storage.Tx.of(session)
-    contact = get_open_or_closed(session, contact_id)
+    contact = lock_contact(tx, contact_id)
     if contact.status == OPEN:
         return contact
-    tx.execute(storage.REOPEN_CONTACT, {"id": contact.id})
+    if tx.execute(storage.REOPEN_CONTACT, {"id": contact.id}).rowcount != 1:
+        return get_open_or_closed(session, contact.id)  # reopened by someone else first
     source = SourceRecord(*tx.execute(storage.SOURCE_BY_ID, {"id": contact.source_id}).fetchone())
     operator = None
     if contact.operator_id is not None:
         params = {"id": contact.operator_id, "active": True, "source_id": source.id}
         row = tx.execute(storage.CLAIM_IF_SERVING, params).fetchone()
         if row is not None:
-            tx.execute(storage.COUNT_ASSIGNMENT, {"source_id": source.id, "operator_id": row[0]})
+            count_assignment(tx, source.id, row[0])  # the claim checked that its row exists
             operator = storage.operator_record(row)
     if operator is None:
         operator = assign_operator(session, source, rng)
     now = tx.time(utcnow())
     if operator is not None:
-        tx.execute(
-            storage.MOVE_CONTACT, {"id": contact.id, "operator_id": operator.id, "assigned_at": now, "previous": None}
-        )
+        params = {"id": contact.id, "operator_id": operator.id, "assigned_at": now, "previous": None}
+        if tx.execute(storage.MOVE_CONTACT, params).rowcount != 1:  # cannot happen: we reopened it, under its lock
+            raise RuntimeError(f"reopened contact {contact.id} changed under its lock")
     tx.record(contact.id, "reopened", None, operator.id if operator else None, now)
     return get_open_or_closed(session, contact.id)
 
@@ -256,45 +328,90 @@ def contact_events(session: Session, contact_id: int) -> list[ContactEvent]:
     return list(session.scalars(query))
 
 
-def drain_queue(session: Session, source_ids: Iterable[int], rng: random.Random | None = None) -> int:
-    """Give waiting contacts of these sources an operator, oldest first, while anyone eligible has room.
+# At most this many waiting contacts are assigned in one transaction: a change
+# that frees capacity answers at once however long the queue, and on SQLite no
+# drain holds the write lock for longer than one batch. The rest is assigned by
+# the next batches: the next capacity events and `flask leadcrm drain`.
+DRAIN_BATCH = 200
+# Key in ``session.info`` overriding DRAIN_BATCH for the unit of work (see ``limit_drains``).
+DRAIN_BATCH_KEY = "leadcrm_drain_batch"
+
+
+def limit_drains(session: Session, batch: int) -> None:
+    """Let the drains of this session's units of work assign at most ``batch`` contacts each."""
+    session.info[DRAIN_BATCH_KEY] = batch
+
+
+def drain_queue(
+    session: Session, source_ids: Iterable[int], rng: random.Random | None = None, *, limit: int | None = None
+) -> int:
+    """Give waiting contacts of these sources an operator, oldest first, while anyone eligible has room,
+    at most ``limit`` of them (default: one batch, DRAIN_BATCH).
 
     Each assignment goes through the source's strategy and the same atomic
     claim as a registration, so a freed operator does not take a whole
     backlog when others serving the source have room too, and no contact is
-    assigned twice. Returns how many contacts were assigned. Idempotent.
+    assigned twice. The sources take turns, one contact each, so that one
+    long queue does not use up the batch alone. A source's oldest waiting
+    contacts are read from the front of the partial index of waiting contacts
+    (``ix_contacts_waiting``), however long the queue. Returns how many
+    contacts were assigned. Idempotent.
     """
+    batch = limit if limit is not None else session.info.get(DRAIN_BATCH_KEY, DRAIN_BATCH)
     tx = storage.Tx.of(session)
     oldest = storage.OLDEST_WAITING if tx.dialect == "sqlite" else storage.OLDEST_WAITING_LOCKED
-    assigned = 0
+    sources = []
     for source_id in sorted(set(source_ids)):
         row = tx.execute(storage.SOURCE_BY_ID, {"id": source_id}).fetchone()
-        if row is None:
-            continue
-        source = SourceRecord(*row)
-        while (waiting := tx.execute(oldest, {"source_id": source_id}).fetchone()) is not None:
-            operator = assign_operator(session, source, rng)
-            if operator is None:
+        if row is not None:
+            sources.append(SourceRecord(*row))
+    # A source's waiting contacts are read once, as many as the batch and its
+    # operators' room can still take: enough, since the batch or the room ends
+    # before they run out, and no more are locked than can go (a concurrent
+    # drain skips locked rows: it would take newer contacts first). From then
+    # on their rows are locked (PostgreSQL) or the write lock held (SQLite), so
+    # they are written all at once after the picks, in two statements, rather
+    # than two round trips per contact.
+    queues: dict[int, deque[int]] = {}
+    assignments: list[dict] = []
+    while sources and len(assignments) < batch:
+        for source in list(sources):
+            if len(assignments) >= batch:
                 break
-            now = tx.time(utcnow())
-            params = {"id": waiting[0], "operator_id": operator.id, "assigned_at": now}
-            if tx.execute(storage.ASSIGN_WAITING, params).rowcount != 1:  # cannot happen under our locks
-                raise RuntimeError(f"waiting contact {waiting[0]} changed under its lock")
-            tx.record(waiting[0], "queue", None, operator.id, now)
-            assigned += 1
-    return assigned
+            if source.id not in queues:
+                room = tx.execute(storage.ROOM, {"source_id": source.id, "active": True}).fetchone()[0]
+                params = {"source_id": source.id, "limit": min(batch - len(assignments), room)}
+                queues[source.id] = deque(row[0] for row in tx.execute(oldest, params)) if room else deque()
+            waiting = queues[source.id]
+            operator = assign_operator(session, source, rng) if waiting else None
+            if operator is None:  # its queue is empty, or everyone serving it is full
+                sources.remove(source)
+                continue
+            assignments.append({"id": waiting.popleft(), "operator_id": operator.id, "assigned_at": tx.time(utcnow())})
+    if assignments:
+        if tx.execute_many(storage.ASSIGN_WAITING, assignments).rowcount != len(assignments):
+            raise RuntimeError("a waiting contact changed under its lock")  # cannot happen under our locks
+        tx.record_assignments("queue", assignments)
+    return len(assignments)
 
 
-def drain_for_operator(session: Session, operator_id: int) -> int:
-    """After an operator got room: drain the queues of every source it serves."""
+def drain_for_operators(session: Session, operator_ids: Iterable[int | None], *, limit: int | None = None) -> int:
+    """After operators got room: drain (one batch at most) the queues of every source they serve."""
     tx = storage.Tx.of(session)
-    return drain_queue(session, [row[0] for row in tx.execute(storage.SOURCES_SERVED_BY, {"id": operator_id})])
+    source_ids: set[int] = set()
+    for operator_id in {i for i in operator_ids if i is not None}:
+        source_ids.update(row[0] for row in tx.execute(storage.SOURCES_SERVED_BY, {"id": operator_id}))
+    return drain_queue(session, source_ids, limit=limit) if source_ids else 0
 
 
-def drain_all(session: Session) -> int:
-    """Drain every source that has waiting contacts (the safety-net sweep)."""
+def drain_all(session: Session, *, limit: int | None = None) -> int:
+    """Drain every source that has waiting contacts, one batch at most (the safety-net sweep's step).
+
+    Runs in the caller's transaction; ``leadcrm.cli.drain_backlog`` repeats it,
+    one transaction per batch, until nothing more can be assigned.
+    """
     tx = storage.Tx.of(session)
-    return drain_queue(session, [row[0] for row in tx.execute(storage.SOURCES_WITH_WAITING, {})])
+    return drain_queue(session, [row[0] for row in tx.execute(storage.SOURCES_WITH_WAITING, {})], limit=limit)
 
 
 @dataclass(frozen=True)

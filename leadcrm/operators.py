@@ -7,7 +7,7 @@ from flask_babel import lazy_gettext as _l
 from sqlalchemy.orm import Session
 
 from leadcrm.database import unique_or
-from leadcrm.distribution import drain_for_operator
+from leadcrm.distribution import drain_for_operators
 from leadcrm.errors import NameTaken, UnknownOperator
 from leadcrm.models import Operator
 
@@ -36,8 +36,9 @@ def update_operator(session: Session, operator: Operator, changes: dict[str, Any
 
     A limit below the current load is allowed: the operator keeps its open
     contacts and gets no new ones until the load falls under the limit. When
-    the change gives the operator room (activated, limit raised), the waiting
-    contacts of the sources it serves are distributed in the same transaction.
+    the change gives the operator room (activated, limit raised), waiting
+    contacts of the sources it serves are distributed in the same transaction,
+    one batch at most (``distribution.DRAIN_BATCH``); later batches assign the rest.
     """
     had_room_before = operator.is_active, operator.max_active_leads
     with unique_or(session, _name_taken(changes.get("name", operator.name))):
@@ -45,7 +46,7 @@ def update_operator(session: Session, operator: Operator, changes: dict[str, Any
             if field in changes:
                 setattr(operator, field, changes[field])
     if (operator.is_active and not had_room_before[0]) or operator.max_active_leads > had_room_before[1]:
-        drain_for_operator(session, operator.id)
+        drain_for_operators(session, [operator.id])
         session.refresh(operator)  # the drain changed its load in SQL
     return operator
 

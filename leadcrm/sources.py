@@ -109,7 +109,7 @@ def set_weights(session: Session, source: Source, weights: dict[int, int], *, re
             row.weight = weight
     session.flush()
     if grew:
-        drain_queue(session, [source.id])
+        drain_queue(session, [source.id])  # one batch at most; later batches assign the rest
 
 
 def _check_operators_exist(session: Session, operator_ids: Iterable[int]) -> None:

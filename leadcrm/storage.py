@@ -13,6 +13,7 @@ share (RETURNING, ON CONFLICT DO NOTHING).
 """
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -127,6 +128,17 @@ class Tx:
             raise sa.exc.DBAPIError.instance(sql, params, exc, self._errors, connection_invalidated=lost) from exc
         return cursor
 
+    def execute_many(self, statement: Sql, rows: list[dict[str, Any]]) -> Any:
+        """Run ``statement`` once per row of parameters, in as few round trips as the driver manages;
+        the cursor's rowcount is the total."""
+        cursor = self._driver.cursor()
+        sql = statement.by_dialect[self.dialect]
+        try:
+            cursor.executemany(sql, rows)
+        except self._errors as exc:
+            raise sa.exc.DBAPIError.instance(sql, rows, exc, self._errors) from exc
+        return cursor
+
     def record(
         self, contact_id: int, reason: str, from_operator_id: int | None, to_operator_id: int | None, at: Any
     ) -> None:
@@ -140,6 +152,21 @@ class Tx:
             "actor": self.actor,
         }
         self.execute(INSERT_EVENT, params)
+
+    def record_assignments(self, reason: str, assignments: list[dict[str, Any]]) -> None:
+        """Add one event per ``{"id", "operator_id", "assigned_at"}`` (a contact given its first operator)."""
+        rows = [
+            {
+                "contact_id": a["id"],
+                "reason": reason,
+                "from_operator_id": None,
+                "to_operator_id": a["operator_id"],
+                "created_at": a["assigned_at"],
+                "actor": self.actor,
+            }
+            for a in assignments
+        ]
+        self.execute_many(INSERT_EVENT, rows)
 
     def time(self, value: datetime) -> Any:
         """A UTC timestamp as the column stores it: SQLAlchemy's text format on SQLite."""
@@ -158,11 +185,23 @@ def lock_lead(tx: Tx, lead_id: int) -> None:
         tx.execute(LOCK_LEAD, {"id": lead_id})
 
 
-def lock_operators(tx: Tx, first: int, second: int) -> None:
-    """Lock two operators' rows in id order (PostgreSQL), so that two moves in opposite
-    directions between them queue instead of deadlocking. SQLite: the write lock already serialises."""
+def lock_contact(tx: Tx, contact_id: int) -> ContactRecord | None:
+    """The contact as it is now, its row locked until the transaction ends (PostgreSQL); None if unknown.
+
+    Taken before any operator's row: contacts first, then operators, is the
+    one order every path that changes a contact locks in. SQLite: the write
+    lock already serialises writers.
+    """
+    row = tx.execute(GET_CONTACT if tx.dialect == "sqlite" else LOCK_CONTACT, {"id": contact_id}).fetchone()
+    return contact_record(row) if row else None
+
+
+def lock_operators(tx: Tx, operator_ids: Iterable[int | None]) -> None:
+    """Lock these operators' rows in id order (PostgreSQL), so that requests that each change
+    several operators queue instead of deadlocking. SQLite: the write lock already serialises."""
     if tx.dialect != "sqlite":
-        tx.execute(LOCK_TWO_OPERATORS, {"a": first, "b": second})
+        for operator_id in sorted({i for i in operator_ids if i is not None}):
+            tx.execute(LOCK_OPERATOR, {"id": operator_id})
 
 
 def lock_source(tx: Tx, source_id: int) -> None:
@@ -187,7 +226,7 @@ SOURCE_BY_ID = Sql("SELECT id, name, strategy, sticky FROM sources WHERE id = :i
 # PostgreSQL only: SQLite's write transaction already excludes every other writer.
 LOCK_SOURCE = Sql("SELECT id FROM sources WHERE id = :id FOR UPDATE")
 LOCK_LEAD = Sql("SELECT id FROM leads WHERE id = :id FOR KEY SHARE")
-LOCK_TWO_OPERATORS = Sql("SELECT id FROM operators WHERE id IN (:a, :b) ORDER BY id FOR UPDATE")
+LOCK_OPERATOR = Sql("SELECT id FROM operators WHERE id = :id FOR UPDATE")
 
 LEAD_COLUMNS = "id, external_id, phone, email, name, created_at"
 # An absent identifier is passed as NULL, and "column = NULL" matches nothing.
@@ -210,6 +249,13 @@ ELIGIBLE = Sql(
        WHERE so.source_id = :source_id AND so.weight > 0 AND o.is_active = :active
          AND o.active_leads < o.max_active_leads
        ORDER BY so.operator_id"""
+)
+# How many contacts the operators eligible for a source could take now, in all.
+ROOM = Sql(
+    """SELECT coalesce(sum(o.max_active_leads - o.active_leads), 0)
+       FROM source_operators so JOIN operators o ON o.id = so.operator_id
+       WHERE so.source_id = :source_id AND so.weight > 0 AND o.is_active = :active
+         AND o.active_leads < o.max_active_leads"""
 )
 # The conditional claim: no row comes back when the operator is full or inactive.
 CLAIM = Sql(
@@ -239,11 +285,15 @@ INSERT_CONTACT = Sql(
     "VALUES (:lead_id, :source_id, :operator_id, 'open', :message, :created_at, :assigned_at) RETURNING id"
 )
 
-# The waiting queue: a source's oldest open contact without an operator. On
-# PostgreSQL the row is locked, and one locked by a concurrent drain is skipped.
+# The waiting queue: a source's oldest open contacts without an operator. Its
+# WHERE is the predicate of the partial index ix_contacts_waiting (source_id,
+# created_at, id), written the same way, so both databases read the oldest
+# entry of the index instead of sorting the source's contacts
+# (tests/test_distribution.py checks the plans). On PostgreSQL the rows are
+# locked, and those locked by a concurrent drain are skipped.
 OLDEST_WAITING = Sql(
     "SELECT id FROM contacts WHERE source_id = :source_id AND operator_id IS NULL AND status = 'open' "
-    "ORDER BY created_at, id LIMIT 1"
+    "ORDER BY created_at, id LIMIT :limit"
 )
 OLDEST_WAITING_LOCKED = Sql(OLDEST_WAITING.text + " FOR UPDATE SKIP LOCKED")
 ASSIGN_WAITING = Sql(
@@ -251,8 +301,10 @@ ASSIGN_WAITING = Sql(
     "WHERE id = :id AND operator_id IS NULL AND status = 'open'"
 )
 SOURCES_SERVED_BY = Sql("SELECT source_id FROM source_operators WHERE operator_id = :id AND weight > 0")
+# One probe of the waiting-queue index per source, not a pass over every waiting contact.
 SOURCES_WITH_WAITING = Sql(
-    "SELECT DISTINCT source_id FROM contacts WHERE operator_id IS NULL AND status = 'open' ORDER BY source_id"
+    "SELECT s.id FROM sources s WHERE EXISTS (SELECT 1 FROM contacts c WHERE c.source_id = s.id "
+    "AND c.operator_id IS NULL AND c.status = 'open') ORDER BY s.id"
 )
 
 # The history: one row per change of a contact's assignment.
@@ -298,7 +350,9 @@ CLOSE_CONTACT = Sql(
     f"WHERE id = :id AND status = 'open' RETURNING {CONTACT_COLUMNS}"
 )
 GET_CONTACT = Sql(f"SELECT {CONTACT_COLUMNS} FROM contacts WHERE id = :id")
-RELEASE_SLOT = Sql("UPDATE operators SET active_leads = active_leads - 1 WHERE id = :id")
+LOCK_CONTACT = Sql(GET_CONTACT.text + " FOR UPDATE")
+# Gives back the slot of a contact that stopped counting; never below zero.
+RELEASE_SLOT = Sql("UPDATE operators SET active_leads = active_leads - 1 WHERE id = :id AND active_leads > 0")
 
 
 def lead_record(row: tuple) -> LeadRecord:

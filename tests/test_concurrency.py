@@ -7,6 +7,7 @@ split across both, as behind a load balancer.
 
 import itertools
 import random
+import re
 import threading
 from collections import Counter
 from collections.abc import Iterator
@@ -19,7 +20,9 @@ import pytest
 import requests
 import sqlalchemy as sa
 
-from leadcrm.models import REGISTER_SCOPE
+from leadcrm import accounts, create_app
+from leadcrm.extensions import db
+from leadcrm.models import REGISTER_SCOPE, SUPERVISOR
 from tests.servers import api_session, create_token, gunicorn
 
 pytestmark = pytest.mark.slow
@@ -313,3 +316,162 @@ def test_concurrent_requests_filling_the_same_missing_identifier_keep_the_first(
         stored = setup.get(f"{api}/leads/{lead['id']}").json()["email"]
         assert {answer["email"] for answer in answers} == {stored}
         assert {answer["id"] for answer in answers} == {lead["id"]}
+
+
+def assignment_invariants(database_url: str) -> dict[str, object]:
+    """What the counters say against what the contacts and the history say, straight from SQL."""
+    engine = sa.create_engine(database_url)
+    try:
+        with engine.connect() as conn:
+            loads = conn.execute(
+                sa.text(
+                    "SELECT o.id, o.active_leads, count(c.id) FROM operators o "
+                    "LEFT JOIN contacts c ON c.operator_id = o.id AND c.status = 'open' "
+                    "GROUP BY o.id, o.active_leads ORDER BY o.id"
+                )
+            ).all()
+            # assigned_total counts every time the source's contact was given to the operator.
+            totals = conn.execute(
+                sa.text(
+                    "SELECT so.source_id, so.operator_id, so.assigned_total, "
+                    "(SELECT count(*) FROM contact_events e JOIN contacts c ON c.id = e.contact_id "
+                    " WHERE c.source_id = so.source_id AND e.to_operator_id = so.operator_id) "
+                    "FROM source_operators so ORDER BY so.source_id, so.operator_id"
+                )
+            ).all()
+            reasons = dict(conn.execute(sa.text("SELECT reason, count(*) FROM contact_events GROUP BY reason")).all())
+    finally:
+        engine.dispose()
+    return {
+        "load_mismatches": [row for row in loads if row[1] != row[2]],
+        "total_mismatches": [row for row in totals if row[2] != row[3]],
+        "reasons": reasons,
+    }
+
+
+def test_parallel_reopens_closes_and_assigns_of_one_contact_change_it_once(servers) -> None:
+    """Rounds of 8 simultaneous reopens of one closed contact, then 8 assigns, then 8 closes, on two servers.
+
+    Before, on PostgreSQL every reopen that waited for the first one's row lock
+    went on as if it had reopened the contact itself: the operator's load and
+    assigned_total grew once per request and the history showed several
+    "reopened"; crossing assigns answered 409.
+    """
+    database_url, bases, token = servers
+    setup = api_session(token)
+    api = f"{bases[0]}/api/v1"
+    ops = [setup.post(f"{api}/operators/", json={"name": f"Op{i}", "max_active_leads": 50}).json()["id"] for i in "ABC"]
+    source = setup.post(f"{api}/sources/", json={"name": "web_form"}).json()["id"]
+    setup.post(f"{api}/sources/{source}/config", json=[{"operator_id": op, "weight": 1} for op in ops])
+    parallel, rounds = 8, 6
+    sessions = [api_session(token) for _ in range(parallel)]
+
+    def at_once(action: str, contact_id: int, bodies: list[dict | None]) -> list[tuple[int, dict]]:
+        def send(n: int) -> tuple[int, dict]:
+            url = f"{bases[n % len(bases)]}/api/v1/contacts/{contact_id}/{action}"
+            response = sessions[n].post(url, json=bodies[n], timeout=60)
+            return response.status_code, response.json()
+
+        with ThreadPoolExecutor(parallel) as pool:
+            return list(pool.map(send, range(parallel)))
+
+    for round_ in range(rounds):
+        registered = setup.post(
+            f"{api}/contacts/register", json={"source_id": source, "phone": f"+7902000{round_:04d}"}
+        )
+        contact_id = registered.json()["contact"]["id"]
+        assert setup.post(f"{api}/contacts/{contact_id}/close").status_code == 200
+
+        reopened = at_once("reopen", contact_id, [None] * parallel)
+        assert {status for status, _ in reopened} == {200}, reopened
+        assert {body["status"] for _, body in reopened} == {"open"}
+        assert len({body["operator_id"] for _, body in reopened}) == 1, "every answer shows the one reopening"
+        found = assignment_invariants(database_url)
+        assert found["reasons"]["reopened"] == round_ + 1, found
+        assert found["load_mismatches"] == [] and found["total_mismatches"] == [], found
+
+        assigned = at_once("assign", contact_id, [{"operator_id": ops[n % len(ops)]} for n in range(parallel)])
+        assert {status for status, _ in assigned} == {200}, assigned
+
+        closed = at_once("close", contact_id, [None] * parallel)
+        assert {status for status, _ in closed} == {200}, closed
+        assert len({body["closed_at"] for _, body in closed}) == 1
+
+    found = assignment_invariants(database_url)
+    assert found["load_mismatches"] == []
+    assert found["total_mismatches"] == []
+    assert found["reasons"]["reopened"] == rounds
+    assert found["reasons"]["closed"] == 2 * rounds
+    assert all(op["active_leads"] == 0 for op in setup.get(f"{api}/operators/").json()["items"])
+
+
+def create_supervisor(database_url: str, username: str = "boss") -> str:
+    """A supervisor stored straight into a served database; returns its password."""
+    password = "a long enough password"
+    app = create_app({"SQLALCHEMY_DATABASE_URI": database_url})
+    with app.app_context():
+        accounts.create_user(db.session, username=username, password=password, role=SUPERVISOR)
+        db.session.commit()
+        db.session.remove()
+        db.engine.dispose()
+    return password
+
+
+def page_session(base: str, username: str, password: str) -> tuple[requests.Session, str]:
+    """A browser-like session logged in through the real login form; returns it and its CSRF token."""
+    session = requests.Session()
+    page = session.get(f"{base}/login", timeout=30).text
+    csrf = re.search(r'name="csrf-token" content="([^"]+)"', page).group(1)
+    response = session.post(
+        f"{base}/login", data={"csrf_token": csrf, "username": username, "password": password}, timeout=30
+    )
+    assert response.status_code == 200 and response.url.rstrip("/") != f"{base}/login", response.text[:500]
+    page = session.get(f"{base}/contacts/", timeout=30).text
+    return session, re.search(r'name="csrf-token" content="([^"]+)"', page).group(1)
+
+
+def test_crosswise_bulk_reassigns_queue_instead_of_deadlocking(servers) -> None:
+    """Two supervisors at once: [c1 on A, c2 on B] to C, and [c3 on B, c4 on A] to D, then back, many rounds.
+
+    Each contact moved locks its old and its new operator. Moved one by one,
+    the two requests took A and B in opposite orders and PostgreSQL found a
+    deadlock in most rounds (a 503); locking every contact by id, then every
+    operator by id, before changing anything, they queue.
+    """
+    database_url, bases, token = servers
+    setup = api_session(token)
+    api = f"{bases[0]}/api/v1"
+    a, b, c, d = (
+        setup.post(f"{api}/operators/", json={"name": name, "max_active_leads": 10}).json()["id"] for name in "ABCD"
+    )
+    source = setup.post(f"{api}/sources/", json={"name": "phone_line"}).json()["id"]
+    setup.post(f"{api}/sources/{source}/config", json=[{"operator_id": op, "weight": 1} for op in (a, b, c, d)])
+    homes = (a, b, b, a)
+    contacts = [
+        setup.post(f"{api}/contacts/register", json={"source_id": source, "phone": f"+7903000{n:04d}"}).json()
+        for n in range(len(homes))
+    ]
+    c1, c2, c3, c4 = (registered["contact"]["id"] for registered in contacts)
+    password = create_supervisor(database_url)
+    supervisors = [page_session(base, "boss", password) for base in (bases[0], bases[-1])]
+
+    def bulk(who: int, ids: list[int], operator: int) -> int:
+        session, csrf = supervisors[who]
+        data = {"csrf_token": csrf, "action": "reassign", "operator_id": str(operator), "contact_id": ids}
+        response = session.post(
+            f"{bases[who % len(bases)]}/contacts/bulk", data=data, timeout=60, allow_redirects=False
+        )
+        return response.status_code
+
+    statuses: Counter = Counter()
+    for _round in range(15):
+        for contact, home in zip((c1, c2, c3, c4), homes, strict=True):  # back home, one by one
+            assert setup.post(f"{api}/contacts/{contact}/assign", json={"operator_id": home}).status_code == 200
+        # [c1 on A, c2 on B] to C and [c3 on B, c4 on A] to D: A and B are met in opposite orders.
+        with ThreadPoolExecutor(2) as pool:
+            statuses.update(pool.map(lambda job: bulk(*job), [(0, [c1, c2], c), (1, [c3, c4], d)]))
+    assert statuses == {302: 30}, statuses
+    found = assignment_invariants(database_url)
+    assert found["load_mismatches"] == [] and found["total_mismatches"] == []
+    loads = {op["id"]: op["active_leads"] for op in setup.get(f"{api}/operators/").json()["items"]}
+    assert loads == {a: 0, b: 0, c: 2, d: 2}

@@ -73,3 +73,45 @@ def test_drain_forgets_expired_idempotency_keys(app: Flask, client: FlaskClient)
     assert "Forgot 1 expired idempotency key." in app.test_cli_runner().invoke(args=["leadcrm", "drain"]).output
     with app.app_context():
         assert db.session.scalars(sa.select(IdempotencyKey.key)).all() == ["new"]
+
+
+def test_a_capacity_change_assigns_one_batch_and_the_drain_command_the_rest_batch_by_batch(
+    app: Flask, client: FlaskClient
+) -> None:
+    """A backlog longer than one batch: raising the limit answers after one batch, so does a close,
+    and `flask leadcrm drain` assigns the rest, oldest first, one transaction per batch."""
+    app.config["LEADCRM_DRAIN_BATCH"] = 7
+    anna = client.post("/api/v1/operators/", json={"name": "Anna", "max_active_leads": 0}).json["id"]
+    source = client.post("/api/v1/sources/", json={"name": "s"}).json["id"]
+    client.post(f"/api/v1/sources/{source}/config", json={"operator_id": anna, "weight": 1})
+    waiting = [
+        client.post("/api/v1/contacts/register", json={"source_id": source, "external_id": f"x{n}"}).json["contact"]
+        for n in range(30)
+    ]
+
+    def assigned() -> list[int]:
+        items = client.get("/api/v1/contacts/?status=open&unassigned=false&per_page=100").json["items"]
+        return sorted(contact["id"] for contact in items)
+
+    assert client.patch(f"/api/v1/operators/{anna}", json={"max_active_leads": 1000}).status_code == 200
+    assert assigned() == [contact["id"] for contact in waiting[:7]]  # one batch, the oldest
+    assert client.post(f"/api/v1/contacts/{waiting[0]['id']}/close").status_code == 200
+    assert assigned() == [contact["id"] for contact in waiting[1:14]]  # the next capacity event: the next batch
+
+    commits = []
+
+    def count_commit(connection: sa.Connection) -> None:
+        commits.append(connection)
+
+    with app.app_context():
+        sa.event.listen(db.engine, "commit", count_commit)
+        try:
+            result = app.test_cli_runner().invoke(args=["leadcrm", "drain"])
+        finally:
+            sa.event.remove(db.engine, "commit", count_commit)
+    assert "Assigned 16 waiting contacts." in result.output
+    # 7 + 7 + 2, each batch committed on its own, then the Idempotency-Keys' sweep.
+    assert len(commits) == 4
+    assert assigned() == [contact["id"] for contact in waiting[1:]]
+    assert client.get(f"/api/v1/operators/{anna}").json["active_leads"] == 29
+    assert "Assigned 0 waiting contacts." in app.test_cli_runner().invoke(args=["leadcrm", "drain"]).output

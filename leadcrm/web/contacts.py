@@ -165,12 +165,10 @@ def bulk() -> ResponseReturnValue:
         if not ids:
             raise InvalidInput(_("Select at least one contact."))
         if action == "close":
-            for contact_id in ids:
-                distribution.close_contact(db.session, contact_id)
+            distribution.close_contacts(db.session, ids)
         elif action == "reassign":
             operator_id, override = _chosen_operator()
-            for contact_id in ids:
-                distribution.assign_by_hand(db.session, contact_id, operator_id, override=override)
+            distribution.assign_contacts_by_hand(db.session, ids, operator_id, override=override)
         else:
             raise InvalidInput(_("Choose what to do with the selected contacts."))
     except DomainError as exc:
