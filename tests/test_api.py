@@ -1,6 +1,7 @@
 """The JSON API v1 through the Flask test client, on a real SQLite file."""
 
 import json
+import re
 from typing import Any
 
 import pytest
@@ -728,6 +729,21 @@ def test_a_register_token_learns_only_what_it_sent(app: Flask, client: FlaskClie
     new = form.post(f"{API}/contacts/register", json={"source_id": 1, "email": "New@Example.com", "name": "Olga"})
     assert new.json["lead_created"] is True
     assert new.json["lead"] == {"id": new.json["lead"]["id"], "email": "New@example.com", "name": "Olga"}
+
+
+def test_a_register_token_is_not_told_which_lead_holds_an_identifier(
+    app: Flask, client: FlaskClient, setup: dict
+) -> None:
+    # A lead conflict writes nothing: naming the leads would be a silent lookup of customers by phone or e-mail.
+    ivan = post(client, "/contacts/register", {"source_id": 1, "phone": "+79001234567"}).json["lead"]["id"]
+    post(client, "/contacts/register", {"source_id": 1, "email": "olga@example.com"})
+    body = {"source_id": 1, "phone": "+79001234567", "email": "olga@example.com"}
+    form = _register_token_client(app)
+    refused = form.post(f"{API}/contacts/register", json=body)
+    assert_error(refused, 409, "lead_conflict", {"phone", "email"})
+    assert not re.search(r"\d", refused.text), refused.text  # no lead id, in any field
+    # A caller that may read leads is still told which ones.
+    assert post(client, "/contacts/register", body).json["error"]["fields"]["phone"] == f"Belongs to lead {ivan}."
 
 
 def test_idempotency_keys_belong_to_their_caller(app: Flask, client: FlaskClient, setup: dict) -> None:
