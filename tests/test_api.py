@@ -1,5 +1,6 @@
 """The JSON API v1 through the Flask test client, on a real SQLite file."""
 
+import io
 import json
 import re
 from typing import Any
@@ -198,6 +199,33 @@ def test_wrong_method_is_405_json_with_allow(client: FlaskClient) -> None:
 def test_oversized_body_is_413_json(client: FlaskClient) -> None:
     response = client.post(f"{API}/operators/", data="x" * (2 * 1024 * 1024), content_type="application/json")
     assert_error(response, 413)
+
+
+def _chunked(client: FlaskClient, path: str, body: bytes, content_type: str) -> Any:
+    """A body sent without Content-Length (Transfer-Encoding: chunked), as gunicorn hands it over."""
+    return client.post(
+        path,
+        input_stream=io.BytesIO(body),
+        content_type=content_type,
+        headers={"Transfer-Encoding": "chunked"},
+        environ_overrides={"wsgi.input_terminated": True},
+    )
+
+
+def test_an_oversized_chunked_body_is_413_not_cut_to_the_limit(client: FlaskClient, setup: dict) -> None:
+    # Measured under gunicorn: werkzeug stops reading a chunked body at the limit, and the
+    # first MiB alone was parsed (a 400 "Unterminated string", or for a form, its fields cut short).
+    big = b'{"source_id": 1, "message": "' + b"a" * (1024 * 1024) + b'"}'
+    assert_error(_chunked(client, f"{API}/contacts/register", big, "application/json"), 413)
+    padded = b'{"source_id": 1, "phone": "+79001234567"}' + b" " * (2 * 1024 * 1024)
+    assert_error(_chunked(client, f"{API}/contacts/register", padded, "application/json"), 413)
+    small = _chunked(
+        client, f"{API}/contacts/register", b'{"source_id": 1, "phone": "+79001234567"}', "application/json"
+    )
+    assert small.status_code == 201, small.json
+    form = b"source_id=1&phone=%2B79001234568&message=" + b"a" * (2 * 1024 * 1024)
+    assert _chunked(client, "/intake/", form, "application/x-www-form-urlencoded").status_code == 413
+    assert client.get(f"{API}/contacts/").json["total"] == 1
 
 
 # --- sources and weights ------------------------------------------------------------
