@@ -4,7 +4,7 @@ import os
 from typing import Any
 
 from flask import Flask, request
-from werkzeug.exceptions import NotFound
+from werkzeug.exceptions import NotFound, RequestEntityTooLarge
 from werkzeug.routing import IntegerConverter, ValidationError
 
 from leadcrm.config import PROJECT_ROOT, Config, instance_path
@@ -90,6 +90,8 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     from leadcrm.auth import init_auth, public
     from leadcrm.distribution import limit_drains
 
+    # Before anything reads the body: one sent without Content-Length must not be cut to the limit.
+    app.before_request(_refuse_streamed_bodies_over_the_limit)
     # First: who is asking and may they (reads only; ends its transaction).
     init_auth(app)
 
@@ -121,6 +123,20 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         return {"status": "ok"}
 
     return app
+
+
+def _refuse_streamed_bodies_over_the_limit() -> None:
+    """A body sent without Content-Length (chunked) over MAX_CONTENT_LENGTH gets the 413 a declared one gets.
+
+    werkzeug stops reading such a body at the limit without an error: the
+    first MiB alone would be parsed (a misleading 400, a form's fields cut
+    short). The body is read once here, up to the limit, and kept for the view.
+    """
+    limit = request.max_content_length
+    if limit is None or request.content_length is not None or request.method in ("GET", "HEAD", "OPTIONS"):
+        return
+    if len(request.get_data(cache=True)) >= limit and request.environ["wsgi.input"].read(1):
+        raise RequestEntityTooLarge()
 
 
 def _instance_secret(instance_path: str) -> str:

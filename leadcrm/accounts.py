@@ -239,7 +239,13 @@ def _lock_throttle_keys(session: Session, keys: tuple[str, ...]) -> None:
 
 
 def authenticate(
-    session: Session | scoped_session[Session], username: str, password: str, address: str, now: datetime | None = None
+    session: Session | scoped_session[Session],
+    username: str,
+    password: str,
+    address: str,
+    now: datetime | None = None,
+    *,
+    open_session: timedelta | None = None,
 ) -> User | None:
     """The active user with this username and password, or None; commits what it records.
 
@@ -250,6 +256,11 @@ def authenticate(
     with no transaction and no lock, then a short write transaction that
     recounts under the throttle's locks and records the failure or clears the
     account's count. Concurrent attempts are counted exactly.
+
+    With ``open_session`` (its maximum age), a successful login also opens its
+    login session in that write transaction (see start_session), so a new
+    password, a deactivation or "log out everywhere" committed after the check
+    ends it too: none can fall between the check and the session.
     """
     if (session() if isinstance(session, scoped_session) else session).in_transaction():
         raise RuntimeError("authenticate() runs its own transactions: call it with none open")
@@ -285,6 +296,8 @@ def authenticate(
                 .with_for_update(skip_locked=True)
             )
             session.execute(sa.delete(LoginFailure).where(LoginFailure.id.in_(counted.scalar_subquery())))
+            if open_session is not None:
+                start_session(session, user, open_session, now)
         else:
             user = None
             session.add_all(LoginFailure(key=key, created_at=now) for key in keys)

@@ -1,6 +1,8 @@
 """The JSON API v1 through the Flask test client, on a real SQLite file."""
 
+import io
 import json
+import re
 from typing import Any
 
 import pytest
@@ -197,6 +199,33 @@ def test_wrong_method_is_405_json_with_allow(client: FlaskClient) -> None:
 def test_oversized_body_is_413_json(client: FlaskClient) -> None:
     response = client.post(f"{API}/operators/", data="x" * (2 * 1024 * 1024), content_type="application/json")
     assert_error(response, 413)
+
+
+def _chunked(client: FlaskClient, path: str, body: bytes, content_type: str) -> Any:
+    """A body sent without Content-Length (Transfer-Encoding: chunked), as gunicorn hands it over."""
+    return client.post(
+        path,
+        input_stream=io.BytesIO(body),
+        content_type=content_type,
+        headers={"Transfer-Encoding": "chunked"},
+        environ_overrides={"wsgi.input_terminated": True},
+    )
+
+
+def test_an_oversized_chunked_body_is_413_not_cut_to_the_limit(client: FlaskClient, setup: dict) -> None:
+    # Measured under gunicorn: werkzeug stops reading a chunked body at the limit, and the
+    # first MiB alone was parsed (a 400 "Unterminated string", or for a form, its fields cut short).
+    big = b'{"source_id": 1, "message": "' + b"a" * (1024 * 1024) + b'"}'
+    assert_error(_chunked(client, f"{API}/contacts/register", big, "application/json"), 413)
+    padded = b'{"source_id": 1, "phone": "+79001234567"}' + b" " * (2 * 1024 * 1024)
+    assert_error(_chunked(client, f"{API}/contacts/register", padded, "application/json"), 413)
+    small = _chunked(
+        client, f"{API}/contacts/register", b'{"source_id": 1, "phone": "+79001234567"}', "application/json"
+    )
+    assert small.status_code == 201, small.json
+    form = b"source_id=1&phone=%2B79001234568&message=" + b"a" * (2 * 1024 * 1024)
+    assert _chunked(client, "/intake/", form, "application/x-www-form-urlencoded").status_code == 413
+    assert client.get(f"{API}/contacts/").json["total"] == 1
 
 
 # --- sources and weights ------------------------------------------------------------
@@ -728,6 +757,21 @@ def test_a_register_token_learns_only_what_it_sent(app: Flask, client: FlaskClie
     new = form.post(f"{API}/contacts/register", json={"source_id": 1, "email": "New@Example.com", "name": "Olga"})
     assert new.json["lead_created"] is True
     assert new.json["lead"] == {"id": new.json["lead"]["id"], "email": "New@example.com", "name": "Olga"}
+
+
+def test_a_register_token_is_not_told_which_lead_holds_an_identifier(
+    app: Flask, client: FlaskClient, setup: dict
+) -> None:
+    # A lead conflict writes nothing: naming the leads would be a silent lookup of customers by phone or e-mail.
+    ivan = post(client, "/contacts/register", {"source_id": 1, "phone": "+79001234567"}).json["lead"]["id"]
+    post(client, "/contacts/register", {"source_id": 1, "email": "olga@example.com"})
+    body = {"source_id": 1, "phone": "+79001234567", "email": "olga@example.com"}
+    form = _register_token_client(app)
+    refused = form.post(f"{API}/contacts/register", json=body)
+    assert_error(refused, 409, "lead_conflict", {"phone", "email"})
+    assert not re.search(r"\d", refused.text), refused.text  # no lead id, in any field
+    # A caller that may read leads is still told which ones.
+    assert post(client, "/contacts/register", body).json["error"]["fields"]["phone"] == f"Belongs to lead {ivan}."
 
 
 def test_idempotency_keys_belong_to_their_caller(app: Flask, client: FlaskClient, setup: dict) -> None:

@@ -400,7 +400,7 @@ def nginx_or_skip() -> str:
 
 @contextmanager
 def nginx_in_front_of(app_base: str, workdir: Path) -> Iterator[str]:
-    """nginx with deploy/nginx.conf (only its two addresses changed) in front of ``app_base``."""
+    """nginx with deploy/nginx.conf (only its two addresses and its log's path changed) in front of ``app_base``."""
     binary = nginx_or_skip()
     port = free_port()
     site = (PROJECT_ROOT / "deploy" / "nginx.conf").read_text()
@@ -409,15 +409,18 @@ def nginx_in_front_of(app_base: str, workdir: Path) -> Iterator[str]:
     assert listens == upstreams == 1, "deploy/nginx.conf changed shape: update this test"
     prefix = workdir / "nginx"
     prefix.mkdir()
+    # Its access log goes where the http block's does (the test reads it): the site's format decides.
+    site = site.replace("/var/log/nginx/leadcrm.access.log", f"{prefix}/access.log")
     (prefix / "leadcrm.conf").write_text(site)
     temp = "\n".join(
         f"    {kind}_temp_path {prefix}/{kind};" for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
     )
-    # What Debian's /etc/nginx/nginx.conf gives the site, in the foreground and without root.
+    # What Debian's /etc/nginx/nginx.conf gives the site (its access log in the
+    # "combined" format, request lines whole), in the foreground and without root.
     (prefix / "nginx.conf").write_text(
         f"daemon off;\nmaster_process off;\npid {prefix}/nginx.pid;\nerror_log {prefix}/error.log;\n"
         f"events {{ worker_connections 1024; }}\n"
-        f"http {{\n{temp}\n    access_log off;\n    include {prefix}/leadcrm.conf;\n}}\n"
+        f"http {{\n{temp}\n    access_log {prefix}/access.log;\n    include {prefix}/leadcrm.conf;\n}}\n"
     )
     command = [binary, "-p", str(prefix), "-c", str(prefix / "nginx.conf"), "-e", str(prefix / "error.log")]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
@@ -504,3 +507,19 @@ def test_slow_clients_do_not_hold_the_workers_behind_the_shipped_proxy(tmp_path:
         )
         assert response.status_code == 201, response.text
         assert "Content-Security-Policy" in response.headers
+
+
+def test_the_shipped_proxy_keeps_query_strings_out_of_its_access_log(tmp_path: Path) -> None:
+    """Searches carry customers' phone numbers and names: nginx must not log them either (Debian logs $request)."""
+    nginx_or_skip()
+    url = f"sqlite:///{tmp_path / 'proxied.sqlite3'}"
+    with (
+        gunicorn(url, tmp_path, workers=1, env={"LEADCRM_PROXY_COUNT": "1"}) as app_base,
+        nginx_in_front_of(app_base, tmp_path) as base,
+    ):
+        token = create_token(url)
+        assert api_session(token).get(f"{base}/api/v1/leads/", params={"q": "+79001234567"}).status_code == 200
+        assert requests.get(f"{base}/leads/", params={"q": "Ivan Petrov"}, allow_redirects=False).status_code == 302
+    logged = (tmp_path / "nginx" / "access.log").read_text()
+    assert "/api/v1/leads/" in logged and "/leads/" in logged
+    assert "79001234567" not in logged and "Ivan" not in logged and "q=" not in logged, logged

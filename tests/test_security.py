@@ -255,6 +255,29 @@ def test_new_password_ends_other_sessions(app: Flask, client: FlaskClient, peopl
     assert log_in(app.test_client(), "irina", "a new long one").status_code == 302
 
 
+def test_a_login_racing_a_new_password_does_not_outlive_it(app: Flask, people, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Someone logging in with the old password while it is being changed gets no session that survives the change.
+
+    The change commits right after the login's password check (measured under gunicorn: logins looping with the
+    old password kept a working session after the owner changed it).
+    """
+    checked = accounts.authenticate
+
+    def authenticate_then_password_changes(*args, **kwargs):
+        user = checked(*args, **kwargs)
+        with sa.orm.Session(db.engine) as other:  # the owner's change, in another request
+            accounts.set_password_hash(
+                other, other.get(User, people["vera"].id), generate_password_hash("brand new one")
+            )
+            other.commit()
+        return user
+
+    monkeypatch.setattr(accounts, "authenticate", authenticate_then_password_changes)
+    intruder = app.test_client()
+    log_in(intruder, "vera")  # with the old password, PASSWORD
+    assert intruder.get("/users/").status_code == 302
+
+
 def test_a_supervisor_who_changes_their_own_password_stays_logged_in(app: Flask, people) -> None:
     vera = app.test_client()
     log_in(vera, "vera")

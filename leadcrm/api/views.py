@@ -35,7 +35,7 @@ from leadcrm.api.schemas import (
     WeightOut,
 )
 from leadcrm.auth import allow, caller_may, current_caller
-from leadcrm.errors import InvalidInput, NotFound
+from leadcrm.errors import InvalidInput, LeadConflict, NotFound
 from leadcrm.extensions import db
 from leadcrm.identity import parse_identity
 from leadcrm.models import IDEMPOTENCY_KEY_MAX, INTAKE, SUPERVISOR, Contact
@@ -257,13 +257,21 @@ def register_contact() -> Response:
         if replay is not None:
             return _stored_answer(replay, replayed=True)
     source = sources.find_source(db.session, source_id=body.source_id, source_name=body.source_name)
-    registration = distribution.register_contact(
-        db.session,
-        source=source,
-        identity=identity,
-        name=body.name or None,
-        message=body.message or None,
-    )
+    try:
+        registration = distribution.register_contact(
+            db.session,
+            source=source,
+            identity=identity,
+            name=body.name or None,
+            message=body.message or None,
+        )
+    except LeadConflict as exc:
+        if caller_may("api.get_lead"):
+            raise
+        # Nothing was written: naming the leads would let a register token look customers up unseen.
+        raise LeadConflict(
+            exc.message, dict.fromkeys(exc.fields, "Belongs to a different lead than the other identifiers.")
+        ) from None
     result = RegistrationOut(
         contact=ContactOut.model_validate(registration.contact),
         lead=_registered_lead(registration.lead, identity, body.name or None),

@@ -40,15 +40,20 @@ def login() -> ResponseReturnValue:
     if not form.validate_on_submit():
         return render("auth/login.html", form=form, status=422 if form.is_submitted() else 200)
     try:
-        user = accounts.authenticate(db.session, form.username.data, form.password.data, request.remote_addr or "-")
+        # The login session is opened in the write transaction that checks the password: a new password
+        # committed a moment later ends it.
+        user = accounts.authenticate(
+            db.session,
+            form.username.data,
+            form.password.data,
+            request.remote_addr or "-",
+            open_session=current_app.permanent_session_lifetime,
+        )
     except accounts.LoginThrottled as exc:
         return _throttled("auth/login.html", form.form_errors, exc, form=form)
     if user is None:
         form.form_errors.append(_l("Wrong username or password."))
         return render("auth/login.html", form=form, status=401)
-    begin_write(db.session)
-    accounts.start_session(db.session, user, current_app.permanent_session_lifetime)
-    db.session.commit()
     # A fresh session: nothing from before the login carries over.
     session.clear()
     login_user(user)
