@@ -24,6 +24,9 @@ accesslog = os.environ.get("ACCESS_LOG", "-") or None
 # searches carry customers' phone numbers, e-mails and names in ?q=.
 access_log_format = '%(h)s "%(m)s %(U)s %(H)s" %(s)s %(b)s %(M)sms'
 errorlog = "-"
+# gunicorn would believe X-Forwarded-Proto from any local process; leave that
+# to the app, which trusts exactly LEADCRM_PROXY_COUNT proxies (ProxyFix).
+forwarded_allow_ips = ""
 # gunicorn's control socket (for gunicornc) defaults to one path per user
 # ($XDG_RUNTIME_DIR/gunicorn.ctl or ~/.gunicorn/gunicorn.ctl): every instance
 # binds the same one, the last started takes it over, the first stopped
@@ -48,6 +51,7 @@ def on_starting(server):
     """
     from click import ClickException
     from flask_migrate import upgrade
+    from sqlalchemy.exc import OperationalError
 
     from leadcrm import create_app
     from leadcrm.cli import drain_backlog, ensure_first_admin
@@ -65,8 +69,13 @@ def on_starting(server):
             raise SystemExit(1) from None
         # Contacts that waited while an operator had room (left so by an older
         # version, or by hand) get one now rather than at the next capacity change.
-        assigned = drain_backlog()
-        if assigned:
-            server.log.info("Assigned %d waiting contact%s.", assigned, "" if assigned == 1 else "s")
+        try:
+            assigned = drain_backlog()
+        except OperationalError as exc:
+            # A busy database must not stop the start: the queue is drained by the next capacity change.
+            server.log.warning("waiting contacts not drained at start (%s); run flask leadcrm drain", exc.orig)
+        else:
+            if assigned:
+                server.log.info("Assigned %d waiting contact%s.", assigned, "" if assigned == 1 else "s")
         db.session.remove()
         db.engine.dispose()

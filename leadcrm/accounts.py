@@ -155,6 +155,10 @@ def update_user(session: Session, user: User, *, role: str | None = None, is_act
     return user
 
 
+def has_users(session: Session) -> bool:
+    return session.scalar(sa.select(sa.exists().select_from(User))) or False
+
+
 def ensure_admin(session: Session, password: str | None) -> str | None:
     """On a database without users, create supervisor ``admin``.
 

@@ -228,7 +228,8 @@ def init_auth(app: Flask) -> None:
     if app.config["LEADCRM_PROXY_COUNT"]:
         # Behind N reverse proxies: trust their X-Forwarded-For/-Proto (client address, HTTPS).
         count = app.config["LEADCRM_PROXY_COUNT"]
-        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=count, x_proto=count, x_host=count)  # type: ignore[method-assign]
+        # Not X-Forwarded-Host: the proxy passes the Host itself (deploy/nginx.conf).
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=count, x_proto=count)  # type: ignore[method-assign]
     app.session_interface = SessionInterface()
     # CSRF is checked by check_access, which knows whether a request came with a token.
     app.config["WTF_CSRF_CHECK_DEFAULT"] = False

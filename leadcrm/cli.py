@@ -4,6 +4,7 @@ from collections.abc import Callable
 from typing import NoReturn
 
 import click
+import sqlalchemy as sa
 from flask import current_app
 from flask.cli import AppGroup
 
@@ -53,10 +54,16 @@ def drain() -> None:
     example after editing the database by hand). Safe to run at any time, as
     often as you like: from cron or a systemd timer, say hourly.
     """
-    assigned = drain_backlog()
-    begin_write(db.session)
-    forgotten = forget_expired(db.session)
-    db.session.commit()
+    try:
+        assigned = drain_backlog()
+        begin_write(db.session)
+        forgotten = forget_expired(db.session)
+        db.session.commit()
+    except sa.exc.OperationalError as exc:
+        db.session.rollback()
+        # What was committed batch by batch stays assigned; the rest waits for the next run.
+        message = f"The database is busy or unreachable ({exc.orig}); run the command again."
+        raise click.ClickException(message) from None
     click.echo(f"Assigned {assigned} waiting contact{'s' if assigned != 1 else ''}.")
     click.echo(f"Forgot {forgotten} expired idempotency key{'s' if forgotten != 1 else ''}.")
 
@@ -129,7 +136,15 @@ def list_users() -> None:
 
 
 def ensure_first_admin(log: Callable[[str], None]) -> None:
-    """On an empty database create supervisor "admin" (LEADCRM_ADMIN_PASSWORD, or a random password logged once)."""
+    """On an empty database create supervisor "admin" (LEADCRM_ADMIN_PASSWORD, or a random password logged once).
+
+    A database with users is only read: every start does this, and a start
+    must not wait for (or fail on) a write lock someone else holds.
+    """
+    has_users = accounts.has_users(db.session)
+    db.session.commit()
+    if has_users:
+        return
     begin_write(db.session)
     try:
         generated = accounts.ensure_admin(db.session, current_app.config["LEADCRM_ADMIN_PASSWORD"] or None)
@@ -140,5 +155,5 @@ def ensure_first_admin(log: Callable[[str], None]) -> None:
     if generated:
         log(
             f"Created supervisor 'admin' with password: {generated}  "
-            "(shown only now; log in and change it on the Users page)"
+            "(shown only now; log in and change it on the Your account page, /account)"
         )

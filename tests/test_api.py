@@ -837,3 +837,17 @@ def test_export_defuses_formulas_in_operator_and_source_names(client: FlaskClien
     rows = list(csv.DictReader(io.StringIO(client.get(f"{API}/contacts/export.csv").text)))
     assert rows[0]["operator"] == "'" + operator["name"] and rows[0]["source"] == "'@SUM(1+1)"
     assert rows[0]["email"] == "'-1@example.com" and rows[0]["phone"] == "+79001234567"
+
+
+def test_fractions_are_read_exactly_and_never_rounded_into_integers(client: FlaskClient, setup: dict) -> None:
+    tiny = "0." + "0" * 5000 + "1"
+    body = '{"operator_id": 1, "weight": ' + tiny + "}"
+    assert_error(client.post(f"{API}/sources/1/config", data=body, content_type="application/json"), 422)
+    assert client.get(f"{API}/sources/1/config").json[0]["weight"] == 10  # not removed by a weight rounded to 0
+    nearly_one = '{"source_id": 1.0000000000000001, "phone": "+79001234567"}'
+    response = client.post(f"{API}/contacts/register", data=nearly_one, content_type="application/json")
+    assert_error(response, 422, fields={"source_id"})
+    # Integral numbers written as fractions are still integers (JSON Schema agrees).
+    assert post(client, "/contacts/register", {"source_id": 1.0, "phone": "+79001234567"}).status_code == 201
+    huge = '{"name": "A", "max_active_leads": 1e999999999}'
+    assert_error(client.post(f"{API}/operators/", data=huge, content_type="application/json"), 422)

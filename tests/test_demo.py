@@ -1,5 +1,6 @@
 """`flask leadcrm demo` on a real database, through Flask's CLI runner."""
 
+import pytest
 import sqlalchemy as sa
 from flask import Flask
 from flask.testing import FlaskClient
@@ -115,3 +116,26 @@ def test_a_capacity_change_assigns_one_batch_and_the_drain_command_the_rest_batc
     assert assigned() == [contact["id"] for contact in waiting[1:]]
     assert client.get(f"/api/v1/operators/{anna}").json["active_leads"] == 29
     assert "Assigned 0 waiting contacts." in app.test_cli_runner().invoke(args=["leadcrm", "drain"]).output
+
+
+def test_drain_on_a_busy_database_says_so(database_url: str, backend) -> None:
+    """Another process holding SQLite's write lock: the command gives up after the busy timeout with a message."""
+    import sqlite3
+
+    from leadcrm import create_app
+
+    if backend.name != "sqlite":
+        pytest.skip("SQLite's single write lock")
+    app = create_app({"TESTING": True, "SQLALCHEMY_DATABASE_URI": database_url, "LEADCRM_SQLITE_BUSY_TIMEOUT": 0.3})
+    holder = sqlite3.connect(sa.make_url(database_url).database, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        result = app.test_cli_runner().invoke(args=["leadcrm", "drain"])
+    finally:
+        holder.rollback()
+        holder.close()
+        with app.app_context():
+            db.engine.dispose()
+    assert result.exit_code == 1, result.output
+    assert "The database is busy or unreachable" in result.output and "run the command again" in result.output
+    assert "Traceback" not in result.output

@@ -11,6 +11,7 @@ import os
 import re
 import shutil
 import socket
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -398,13 +399,30 @@ def nginx_or_skip() -> str:
     return NGINX
 
 
+def self_signed_certificate(workdir: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 (and its key) that requests can be told to trust."""
+    cert, key = workdir / "cert.pem", workdir / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return cert, key
+
+
 @contextmanager
-def nginx_in_front_of(app_base: str, workdir: Path) -> Iterator[str]:
-    """nginx with deploy/nginx.conf (only its two addresses and its log's path changed) in front of ``app_base``."""
+def nginx_in_front_of(app_base: str, workdir: Path, tls: tuple[Path, Path] | None = None) -> Iterator[str]:
+    """nginx with deploy/nginx.conf (only its two addresses and its log's path changed) in front of ``app_base``.
+
+    With ``tls`` (certificate, key) it listens for HTTPS, as the file's comment says to, on a port other than 443.
+    """
     binary = nginx_or_skip()
     port = free_port()
     site = (PROJECT_ROOT / "deploy" / "nginx.conf").read_text()
-    site, listens = re.subn(r"^(\s*)listen 80;", rf"\1listen 127.0.0.1:{port};", site, flags=re.M)
+    listen = f"listen 127.0.0.1:{port};"
+    if tls:
+        listen = f"listen 127.0.0.1:{port} ssl; ssl_certificate {tls[0]}; ssl_certificate_key {tls[1]};"
+    site, listens = re.subn(r"^(\s*)listen 80;", rf"\1{listen}", site, flags=re.M)
     site, upstreams = re.subn(r"server 127\.0\.0\.1:8000;", f"server {app_base.removeprefix('http://')};", site)
     assert listens == upstreams == 1, "deploy/nginx.conf changed shape: update this test"
     prefix = workdir / "nginx"
@@ -424,13 +442,13 @@ def nginx_in_front_of(app_base: str, workdir: Path) -> Iterator[str]:
     )
     command = [binary, "-p", str(prefix), "-c", str(prefix / "nginx.conf"), "-e", str(prefix / "error.log")]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
+    base = f"{'https' if tls else 'http'}://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 20
         while True:
             assert process.poll() is None, (prefix / "error.log").read_text()
             try:
-                if requests.get(f"{base}/healthz", timeout=1).status_code == 200:
+                if requests.get(f"{base}/healthz", timeout=1, verify=tls[0] if tls else True).status_code == 200:
                     break
             except requests.ConnectionError:
                 pass
@@ -523,3 +541,54 @@ def test_the_shipped_proxy_keeps_query_strings_out_of_its_access_log(tmp_path: P
     logged = (tmp_path / "nginx" / "access.log").read_text()
     assert "/api/v1/leads/" in logged and "/leads/" in logged
     assert "79001234567" not in logged and "Ivan" not in logged and "q=" not in logged, logged
+
+
+def test_forms_work_through_the_shipped_proxy_over_https_on_any_port(tmp_path: Path) -> None:
+    """Flask-WTF compares an HTTPS form's Referer with the Host: the proxy must pass the port on."""
+    nginx_or_skip()
+    url = f"sqlite:///{tmp_path / 'proxied.sqlite3'}"
+    tls = self_signed_certificate(tmp_path)
+    env = {"LEADCRM_PROXY_COUNT": "1", "LEADCRM_ADMIN_PASSWORD": ADMIN_PASSWORD}
+    with gunicorn(url, tmp_path, workers=1, env=env) as app_base, nginx_in_front_of(app_base, tmp_path, tls) as base:
+        browser = requests.Session()
+        trust = str(tls[0])  # per request: REQUESTS_CA_BUNDLE in the environment would win over Session.verify
+        page = browser.get(f"{base}/login", timeout=10, verify=trust).text
+        csrf = re.search(r'name="csrf-token" content="([^"]+)"', page).group(1)
+        form = {"csrf_token": csrf, "username": "admin", "password": ADMIN_PASSWORD}
+        # As a browser sends it: the page's own address, port included.
+        referer = {"Referer": f"{base}/login"}
+        answer = browser.post(
+            f"{base}/login", data=form, headers=referer, timeout=10, allow_redirects=False, verify=trust
+        )
+        assert answer.status_code == 302, answer.text[:500]
+        assert "Secure" in answer.headers["Set-Cookie"] and "Strict-Transport-Security" in answer.headers
+        assert browser.get(f"{base}/users/", timeout=10, allow_redirects=False, verify=trust).status_code == 200
+
+
+def test_only_the_configured_proxies_may_say_a_request_came_over_https(tmp_path: Path) -> None:
+    """gunicorn by itself believes X-Forwarded-Proto from any local process; the app decides (LEADCRM_PROXY_COUNT)."""
+    url = f"sqlite:///{tmp_path / 'direct.sqlite3'}"
+    with gunicorn(url, tmp_path, workers=1, env={"LEADCRM_ADMIN_PASSWORD": ADMIN_PASSWORD}) as base:
+        claimed = requests.get(f"{base}/login", headers={"X-Forwarded-Proto": "https"}, timeout=10)
+        assert claimed.status_code == 200
+        assert "Strict-Transport-Security" not in claimed.headers
+        assert "Secure" not in claimed.headers.get("Set-Cookie", "")
+
+
+def test_the_server_starts_while_the_write_lock_is_held_elsewhere(tmp_path: Path) -> None:
+    """Every start reads whether users exist and drains the queue: neither may stop it when the lock is taken."""
+    path = tmp_path / "busy.sqlite3"
+    url = f"sqlite:///{path}"
+    with gunicorn(url, tmp_path, workers=1, env={"LEADCRM_ADMIN_PASSWORD": ADMIN_PASSWORD}):
+        pass  # migrated, with its first supervisor
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        started = time.monotonic()
+        with gunicorn(url, tmp_path, workers=1, name="second") as base:
+            assert time.monotonic() - started < 15
+            assert requests.get(f"{base}/healthz", timeout=5).status_code == 200
+    finally:
+        holder.rollback()
+        holder.close()
+    assert "waiting contacts not drained at start" in (tmp_path / "second.log").read_text()

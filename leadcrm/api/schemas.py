@@ -1,6 +1,7 @@
 """Request and response shapes of the JSON API, and the source of its OpenAPI schemas."""
 
 from datetime import datetime
+from decimal import Decimal
 from functools import partial
 from typing import Annotated, Any, Generic, Literal, Optional, TypeVar
 
@@ -17,8 +18,15 @@ from leadcrm.models import (
 
 
 def _integral(value: object) -> object:
-    """JSON has one number type: 3.0 is the integer 3 (JSON Schema agrees). 3.5 stays a float and is refused."""
+    """JSON has one number type: 3.0 is the integer 3 (JSON Schema agrees). 3.5 stays a fraction and is refused.
+
+    The API reads fractions exactly (as Decimal, see ``api.views.json_body``):
+    0.000...01 is not 0, and 1.0000000000000001 is not 1.
+    """
     if isinstance(value, float) and value.is_integer() and abs(value) < 2**63:
+        return int(value)
+    # adjusted() first: it is the exponent, read without arithmetic (1e999999999 would overflow any).
+    if isinstance(value, Decimal) and value.is_finite() and value.adjusted() < 18 and value == int(value):
         return int(value)
     return value
 

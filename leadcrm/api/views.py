@@ -2,6 +2,7 @@
 
 import json
 from datetime import datetime
+from decimal import Decimal
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
@@ -79,7 +80,11 @@ def json_body() -> Any:
     if not request.is_json:
         raise UnsupportedMediaType("Send the body as JSON, with Content-Type: application/json.")
     try:
-        return json.loads(request.get_data(cache=True), object_pairs_hook=_no_duplicate_keys, parse_int=_integer)
+        # Fractions exactly, as Decimal: a float would round 0.000...01 to 0 (a weight
+        # removed) and 1.0000000000000001 to 1; every number field here is an integer.
+        return json.loads(
+            request.get_data(cache=True), object_pairs_hook=_no_duplicate_keys, parse_int=_integer, parse_float=Decimal
+        )
     except _BodyRefused as exc:
         raise BadRequest(str(exc)) from None
     except (ValueError, RecursionError) as exc:
