@@ -26,6 +26,7 @@ import os
 import signal
 import sqlite3
 import stat
+import struct
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -94,6 +95,14 @@ _LONGEST_SLEEP = 0.002
 # A writer that waited less than this for the file lock leaves SQLite's busy
 # timeout as it is (not worth a statement); a longer wait is taken off it.
 _SLACK = 0.1
+# No write transaction of ours holds the lock this long. Each writer that
+# takes the file lock writes the time into the lock file; a waiter goes on
+# waiting while the lock changes hands (a queue that moves), and gives up with
+# a 503 once it has watched one holder keep it this long: something is stuck
+# (a process stopped while writing, or SQLite's own lock held elsewhere, which
+# that holder alone waits out in SQLite's busy handler). So a stall ties up one
+# sync worker, not all of them, and reads and /healthz keep a worker.
+_STALL = 1.0
 
 
 def write_lock_busy(waited: float) -> sa.exc.OperationalError:
@@ -153,6 +162,7 @@ class SQLiteConnection(sqlite3.Connection):
         if self._lock_fd is not None:
             self._wait_for_file_lock(started, self.busy_timeout if wait else 0.0)
             self._locked = True
+            os.pwrite(self._lock_fd, struct.pack("d", time.time()), 0)  # for the writers waiting behind this one
         waited = time.monotonic() - started
         left = 0.0 if not wait else self.busy_timeout if waited < _SLACK else self.busy_timeout - waited
         busy_ms = max(0, round(left * 1000))
@@ -163,24 +173,38 @@ class SQLiteConnection(sqlite3.Connection):
     def _wait_for_file_lock(self, started: float, patience: float) -> None:
         if self._try_file_lock():
             return
-        if patience > 0 and threading.current_thread() is threading.main_thread():
+        holder, watched_since = self._holder(), time.monotonic()
+        while time.monotonic() - started < patience:
+            if self._wait_until(started, min(patience, watched_since + _STALL - started)):
+                return
+            if (now_holder := self._holder()) == holder:
+                break  # one holder all the while this writer watched: stuck
+            holder, watched_since = now_holder, time.monotonic()  # the lock changed hands: the queue moves
+        raise write_lock_busy(time.monotonic() - started)
+
+    def _holder(self) -> float:
+        """Which take of the file lock holds it now: the time its writer took it, as it wrote it down."""
+        mark = os.pread(self._lock_fd, 8, 0)
+        return struct.unpack("d", mark)[0] if len(mark) == 8 else 0.0
+
+    def _wait_until(self, started: float, patience: float) -> bool:
+        """Wait for the file lock until ``patience`` after ``started``; True once it is taken."""
+        if threading.current_thread() is threading.main_thread():
             # A sync worker's request: block in flock, woken by the kernel the
             # moment the holder lets go, and by a timer signal at the deadline.
             with suppress(_Deadline), _deadline_alarm(patience - (time.monotonic() - started)):
                 fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
             # Locked, or the deadline came (perhaps just as the lock did): one
             # more try tells which (flock again on a lock held is a no-op).
+            return self._try_file_lock()
+        # No signals outside the main thread: poll, sleeping a little longer each time.
+        sleep = _FIRST_SLEEP
+        while (left := patience - (time.monotonic() - started)) > 0:
+            time.sleep(min(sleep, left))
+            sleep = min(sleep * 2, _LONGEST_SLEEP)
             if self._try_file_lock():
-                return
-        else:
-            # No signals outside the main thread: poll, sleeping a little longer each time.
-            sleep = _FIRST_SLEEP
-            while (left := patience - (time.monotonic() - started)) > 0:
-                time.sleep(min(sleep, left))
-                sleep = min(sleep * 2, _LONGEST_SLEEP)
-                if self._try_file_lock():
-                    return
-        raise write_lock_busy(time.monotonic() - started)
+                return True
+        return False
 
     def _try_file_lock(self) -> bool:
         try:

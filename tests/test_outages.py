@@ -346,6 +346,50 @@ def test_a_write_lock_held_elsewhere_gives_quick_503s_and_reads_keep_answering(b
     assert "WORKER TIMEOUT" not in (tmp_path / "gunicorn.log").read_text()
 
 
+def test_a_stall_ties_up_one_worker_not_all_of_them(backend, tmp_path: Path) -> None:
+    """As many writers as workers while SQLite's lock is held elsewhere: one writer waits it out (in SQLite's
+    busy handler, holding our file lock), the others give up after watching that holder for a second, so
+    /healthz still finds a worker."""
+    if backend.name != "sqlite":
+        pytest.skip("SQLite's single write lock")
+    path = tmp_path / "stalled.sqlite3"
+    url = f"sqlite:///{path}"
+    with gunicorn(url, tmp_path, workers=2, env={"LEADCRM_ADMIN_PASSWORD": ADMIN_PASSWORD}) as base:
+        api = f"{base}/api/v1"
+        token = create_token(url)
+        set_up_distribution(api, token, operators=1, limit=100_000)
+        stop = threading.Event()
+        statuses: Counter[int] = Counter()
+
+        def write() -> None:
+            session = api_session(token)
+            n = 0
+            while not stop.is_set():
+                n += 1
+                body = {"source_name": "web_form", "phone": f"+7904{threading.get_ident() % 1000:03d}{n:04d}"}
+                statuses[session.post(f"{api}/contacts/register", json=body, timeout=60).status_code] += 1
+
+        args = [sys.executable, "-c", HOLD_THE_WRITE_LOCK, str(path), str(HOLD_SECONDS), "0"]
+        with subprocess.Popen(args, stdout=subprocess.PIPE, text=True) as holder:
+            assert holder.stdout.readline().strip() == "held"
+            held_until = time.monotonic() + HOLD_SECONDS
+            writers = [threading.Thread(target=write) for _ in range(2)]
+            for writer in writers:
+                writer.start()
+            slowest = 0.0
+            time.sleep(1)  # both writers are waiting by now
+            while time.monotonic() < held_until - 1:
+                started = time.monotonic()
+                assert requests.get(f"{base}/healthz", timeout=30).status_code == 200
+                slowest = max(slowest, time.monotonic() - started)
+                time.sleep(0.25)
+            stop.set()
+            for writer in writers:
+                writer.join()
+    assert statuses[503] >= 3, statuses
+    assert slowest < 2.5, f"/healthz took {slowest:.1f} s while writers waited"
+
+
 def test_the_file_lock_wait_has_a_deadline_in_any_thread(tmp_path: Path) -> None:
     """The main thread blocks in flock with a timer, other threads poll: both give up in time."""
     path = str(tmp_path / "lock.sqlite3")
