@@ -9,11 +9,12 @@ writers. PostgreSQL has pg_dump for the same.
 
 import os
 import sqlite3
+import stat
 from dataclasses import dataclass
 
 from sqlalchemy.engine import Engine
 
-from leadcrm.database import sqlite_file
+from leadcrm.database import SQLITE_COMPANIONS, sqlite_file
 
 PG_DUMP_HINT = (
     "flask leadcrm backup copies SQLite databases; on PostgreSQL use pg_dump, "
@@ -46,11 +47,17 @@ def backup_sqlite(engine: Engine, target: str, *, overwrite: bool = False) -> Ba
     if engine.dialect.name != "sqlite" or database is None:
         raise BackupRefused(PG_DUMP_HINT if engine.dialect.name == "postgresql" else "not an SQLite database file")
     target = os.path.abspath(target)
-    if os.path.exists(target):
-        if os.path.exists(database) and os.path.samefile(target, database):
+    live = os.path.abspath(database)
+    if target in (live, *(live + suffix for suffix in SQLITE_COMPANIONS)):
+        raise BackupRefused(f"{target} is the database itself or one of its files")
+    if os.path.lexists(target):
+        if os.path.exists(database) and os.path.exists(target) and os.path.samefile(target, database):
             raise BackupRefused(f"{target} is the database itself")
         if not overwrite:
             raise BackupRefused(f"{target} exists; use --force to overwrite it")
+        if not stat.S_ISREG(os.lstat(target).st_mode):
+            # --force replaces a file, never a link, a device (/dev/stdout) or a folder.
+            raise BackupRefused(f"{target} is not a regular file; give the path of a file")
     folder = os.path.dirname(target)
     if not os.path.isdir(folder):
         raise BackupRefused(f"no folder {folder}")

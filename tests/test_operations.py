@@ -192,6 +192,16 @@ def test_backup_writes_a_private_self_contained_copy_and_keeps_an_existing_file(
         database = db.engine.url.database
     itself = runner.invoke(args=["leadcrm", "backup", "--force", database])
     assert itself.exit_code == 1 and "is the database itself" in itself.output
+    # Nor any of its files (a -wal replaced by a copy would corrupt it), nor a link or a device with --force.
+    for companion in ("-wal", "-shm", "-writelock"):
+        refused = runner.invoke(args=["leadcrm", "backup", "--force", database + companion])
+        assert refused.exit_code == 1 and "one of its files" in refused.output, refused.output
+    link = tmp_path / "backups" / "latest.sqlite3"
+    link.symlink_to(target)
+    linked = runner.invoke(args=["leadcrm", "backup", "--force", str(link)])
+    assert linked.exit_code == 1 and "not a regular file" in linked.output and link.is_symlink()
+    device = runner.invoke(args=["leadcrm", "backup", "--force", "/dev/null"])
+    assert device.exit_code == 1 and "not a regular file" in device.output
 
 
 def test_backup_on_postgresql_refuses_and_names_pg_dump(backend, app: Flask, tmp_path: Path) -> None:
