@@ -617,6 +617,9 @@ def test_only_the_configured_proxies_may_say_a_request_came_over_https(tmp_path:
         assert claimed.status_code == 200
         assert "Strict-Transport-Security" not in claimed.headers
         assert "Secure" not in claimed.headers.get("Set-Cookie", "")
+        # gunicorn itself refuses a request line over 4094 bytes, as the README says.
+        too_long = requests.get(f"{base}/leads/", params={"q": "9" * 5000}, timeout=10)
+        assert too_long.status_code == 414
 
 
 def test_the_server_starts_while_the_write_lock_is_held_elsewhere(tmp_path: Path) -> None:
