@@ -334,7 +334,9 @@ def test_an_account_is_refused_from_an_address_after_five_failures_there_but_not
     assert log_in(vera, "vera").status_code == 302
 
 
-def test_an_account_failing_from_many_addresses_is_slowed_down_for_everyone_never_locked(ctx, people) -> None:
+def test_an_account_failing_from_many_addresses_is_slowed_down_for_browsers_without_a_device_cookie(
+    ctx, people
+) -> None:
     start = utcnow()
     for n in range(accounts.ACCOUNT_SLOWDOWN_AFTER):
         assert accounts.authenticate(db.session, "vera", "guess", f"10.0.0.{n}", now=start) is None
