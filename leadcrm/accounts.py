@@ -9,10 +9,12 @@ import hashlib
 import re
 import secrets
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
+from typing import NamedTuple
 
 import sqlalchemy as sa
 from flask_babel import lazy_gettext as _l
+from itsdangerous import BadData, URLSafeSerializer
 from sqlalchemy.orm import Session, scoped_session
 from werkzeug.security import check_password_hash, generate_password_hash
 
@@ -41,11 +43,19 @@ TOKEN_PREFIX = "lcrm_"
 THROTTLE_WINDOW = timedelta(minutes=15)
 MAX_FAILURES_PER_ACCOUNT_AND_ADDRESS = 5
 MAX_FAILURES_PER_ADDRESS = 20
-# An account failing from many addresses is slowed down for everyone, never
-# locked: from this many failures in the window on, each attempt waits 1, 2, 4,
-# ... seconds (at most ACCOUNT_DELAY_MAX) after the account's latest failure.
+# An account failing from many addresses is slowed down for every browser it
+# has never logged in from: from this many failures in the window on, each
+# attempt waits 1, 2, 4, ... seconds (at most ACCOUNT_DELAY_MAX) after the
+# account's latest failure.
 ACCOUNT_SLOWDOWN_AFTER = 10
 ACCOUNT_DELAY_MAX = timedelta(seconds=30)
+# A browser that logged in to an account before carries a device cookie for it
+# (OWASP's device cookies): it skips that slowdown, so attackers failing from
+# many addresses cannot keep the account's users out. Its failures count
+# against the device instead (and against its address, as any attempt's do).
+MAX_FAILURES_PER_DEVICE = 5
+DEVICE_COOKIE_MAX_AGE = timedelta(days=365)
+_DEVICE_COOKIE_MAX_LENGTH = 500
 # A token's last use is written at most this often, so reads stay reads.
 LAST_USED_PRECISION = timedelta(minutes=1)
 # Checked against when the username is unknown, so both cases take as long.
@@ -190,19 +200,85 @@ def _throttled(wait: timedelta, message: object | None = None) -> LoginThrottled
     return LoginThrottled(message, retry)
 
 
-def _throttle_keys(name: str, address: str) -> tuple[str, str, str]:
-    """The keys a login attempt counts against: (account and address, address, account)."""
+@dataclass(frozen=True)
+class DeviceCookie:
+    """The device cookie a login attempt came with (empty: none), and the key that signs such cookies."""
+
+    value: str
+    secret_key: str | bytes
+
+
+def _device_serializer(secret_key: str | bytes) -> URLSafeSerializer:
+    return URLSafeSerializer(
+        secret_key,
+        salt="leadcrm.device",
+        signer_kwargs={"key_derivation": "hmac", "digest_method": hashlib.sha256},
+    )
+
+
+def _password_salt(user: User) -> str:
+    # The signature covers the password hash without the cookie showing it: a new password ends the devices.
+    return f"leadcrm.device\n{user.password_hash}"
+
+
+def issue_device_cookie(secret_key: str | bytes, user: User, now: datetime | None = None) -> str:
+    """A device cookie for a browser that has just proved ``user``'s password (see DeviceCookie).
+
+    Signed with ``secret_key``; names the user (id and username), when it was
+    issued and a random nonce (each browser's own), and is valid only while
+    the user keeps this password and for DEVICE_COOKIE_MAX_AGE.
+    """
+    issued = int((now or utcnow()).timestamp())
+    payload = [user.id, user.username, issued, secrets.token_urlsafe(9)]
+    return _device_serializer(secret_key).dumps(payload, salt=_password_salt(user))
+
+
+def _device_key(device: DeviceCookie | None, user: User | None, now: datetime) -> str | None:
+    """The throttle key of ``device`` if it is a valid device cookie for ``user``, else None."""
+    if device is None or user is None or not device.value or len(device.value) > _DEVICE_COOKIE_MAX_LENGTH:
+        return None
+    try:
+        payload = _device_serializer(device.secret_key).loads(device.value, salt=_password_salt(user))
+    except BadData:
+        return None
+    if not (isinstance(payload, list) and len(payload) == 4 and isinstance(payload[2], int)):
+        return None
+    user_id, username, issued, _ = payload
+    age = now - datetime.fromtimestamp(issued, UTC)
+    if user_id != user.id or username != user.username or age > DEVICE_COOKIE_MAX_AGE:
+        return None
+    return "dev:" + hashlib.sha256(device.value.encode()).hexdigest()[:40]
+
+
+class ThrottleKeys(NamedTuple):
+    """The keys a login attempt counts against; ``device`` only with a valid device cookie for the account."""
+
+    pair: str  # the account from this address
+    address: str
+    account: str
+    device: str | None
+
+    def counted(self) -> tuple[str, ...]:
+        """The keys a failure of this attempt is recorded under: a known device's, not the account's."""
+        if self.device is not None:
+            return self.pair, self.address, self.device
+        return self.pair, self.address, self.account
+
+
+def _throttle_keys(name: str, address: str, device: str | None = None) -> ThrottleKeys:
     address = address[:64]
     # Hashed: a username and an address together may be longer than the key column.
     pair = hashlib.sha256(f"{name}\n{address}".encode()).hexdigest()[:40]
-    return f"pair:{pair}", f"addr:{address}", f"user:{name}"
+    return ThrottleKeys(f"pair:{pair}", f"addr:{address}", f"user:{name}", device)
 
 
-def _check_throttle(session: Session, keys: tuple[str, str, str], now: datetime) -> None:
+def _check_throttle(session: Session, keys: ThrottleKeys, now: datetime) -> None:
     """Raise LoginThrottled if an attempt with these keys may not be checked now."""
     since = now - THROTTLE_WINDOW
-    pair, address, account = keys
-    for key, limit in ((pair, MAX_FAILURES_PER_ACCOUNT_AND_ADDRESS), (address, MAX_FAILURES_PER_ADDRESS)):
+    limits = [(keys.pair, MAX_FAILURES_PER_ACCOUNT_AND_ADDRESS), (keys.address, MAX_FAILURES_PER_ADDRESS)]
+    if keys.device is not None:
+        limits.append((keys.device, MAX_FAILURES_PER_DEVICE))
+    for key, limit in limits:
         times = session.scalars(
             sa.select(LoginFailure.created_at)
             .where(LoginFailure.key == key, LoginFailure.created_at >= since)
@@ -211,9 +287,11 @@ def _check_throttle(session: Session, keys: tuple[str, str, str], now: datetime)
         ).all()
         if len(times) >= limit:
             raise _throttled(times[-1] + THROTTLE_WINDOW - now)
+    if keys.device is not None:
+        return  # a browser that logged in to this account before is not slowed down with the rest
     count, latest = session.execute(
         sa.select(sa.func.count(), sa.func.max(LoginFailure.created_at)).where(
-            LoginFailure.key == account, LoginFailure.created_at >= since
+            LoginFailure.key == keys.account, LoginFailure.created_at >= since
         )
     ).one()
     if count >= ACCOUNT_SLOWDOWN_AFTER:
@@ -237,7 +315,9 @@ def _lock_throttle_keys(session: Session, keys: tuple[str, ...]) -> None:
     """
     if session.get_bind().dialect.name != "postgresql":
         return
-    lock_ids = sorted({int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big", signed=True) for key in keys})
+    lock_ids = sorted(
+        {int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big", signed=True) for key in keys if key}
+    )
     for lock_id in lock_ids:
         session.execute(sa.select(sa.func.pg_advisory_xact_lock(lock_id)))
 
@@ -249,16 +329,23 @@ def authenticate(
     address: str,
     now: datetime | None = None,
     *,
+    device: DeviceCookie | None = None,
     open_session: timedelta | None = None,
 ) -> User | None:
     """The active user with this username and password, or None; commits what it records.
 
     Raises LoginThrottled while this account from this address, or this
     address, has too many recent failures, or while the account as a whole is
-    being slowed down. Runs its own transactions, so call it with none open:
-    a read transaction (the user and the throttle's counts), the password hash
-    with no transaction and no lock, then a short write transaction that
-    recounts under the throttle's locks and records the failure or clears the
+    being slowed down. An attempt with a valid ``device`` cookie for this
+    account (issue_device_cookie) is not slowed down with the account; its
+    device has a limit of its own instead, and its failures count against
+    the device, not the account, while its success leaves the account's count
+    to the attack it may be under.
+
+    Runs its own transactions, so call it with none open: a read transaction
+    (the user and the throttle's counts), the password hash with no
+    transaction and no lock, then a short write transaction that recounts
+    under the throttle's locks and records the failure or clears the
     account's count. Concurrent attempts are counted exactly.
 
     With ``open_session`` (its maximum age), a successful login also opens its
@@ -270,10 +357,10 @@ def authenticate(
         raise RuntimeError("authenticate() runs its own transactions: call it with none open")
     now = now or utcnow()
     name = normalise_username(username)[:USERNAME_MAX]
-    keys = _throttle_keys(name, address)
     try:
-        _check_throttle(session, keys, now)  # refused at once: no hash
         user = find_user(session, name)
+        keys = _throttle_keys(name, address, _device_key(device, user, now))
+        _check_throttle(session, keys, now)  # refused at once: no hash
         checked_hash = user.password_hash if user else _DUMMY_HASH
     finally:
         session.commit()  # no lock (and no snapshot) kept while hashing
@@ -292,19 +379,17 @@ def authenticate(
         session.execute(sa.delete(LoginFailure).where(LoginFailure.id.in_(stale.scalar_subquery())))
         user = find_user(session, name)
         if user is not None and user.is_active and valid and user.password_hash == checked_hash:
-            pair, _, account = keys
+            # A known device clears its own count, not the account's: the real user logging in on their
+            # own browser must not hand an attack on the account a fresh run of quick guesses.
+            cleared = (keys.pair, keys.device if keys.device is not None else keys.account)
             # Rows of these keys are ours under the locks; a locked one is old and being forgotten by another.
-            counted = (
-                sa.select(LoginFailure.id)
-                .where(LoginFailure.key.in_((pair, account)))
-                .with_for_update(skip_locked=True)
-            )
+            counted = sa.select(LoginFailure.id).where(LoginFailure.key.in_(cleared)).with_for_update(skip_locked=True)
             session.execute(sa.delete(LoginFailure).where(LoginFailure.id.in_(counted.scalar_subquery())))
             if open_session is not None:
                 start_session(session, user, open_session, now)
         else:
             user = None
-            session.add_all(LoginFailure(key=key, created_at=now) for key in keys)
+            session.add_all(LoginFailure(key=key, created_at=now) for key in keys.counted())
         session.commit()
     except BaseException:
         session.rollback()

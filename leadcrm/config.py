@@ -20,7 +20,7 @@ class Config:
     # gunicorn's worker timeout (30 s), so a lock held elsewhere never gets
     # workers killed.
     LEADCRM_SQLITE_BUSY_TIMEOUT = float(os.environ.get("LEADCRM_SQLITE_BUSY_TIMEOUT", "5"))
-    # Signs sessions and CSRF tokens. Empty: a random key kept in the instance folder.
+    # Signs sessions, CSRF tokens and device cookies. Empty: a random key kept in the instance folder.
     SECRET_KEY = os.environ.get("SECRET_KEY", "")
     # CSRF tokens do not expire while the page stays open (intake works all day).
     WTF_CSRF_TIME_LIMIT = None

@@ -284,7 +284,7 @@ class LoginFailure(db.Model):
     __tablename__ = "login_failures"
 
     id: so.Mapped[int] = so.mapped_column(primary_key=True)
-    # "user:<name>" or "addr:<ip>".
+    # "pair:<hash of name and ip>", "addr:<ip>", "user:<name>" or "dev:<hash of a device cookie>".
     key: so.Mapped[str] = so.mapped_column(sa.String(USERNAME_MAX + 10))
     created_at: so.Mapped[datetime] = so.mapped_column(UTCDateTime, default=utcnow)
 

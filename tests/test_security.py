@@ -15,7 +15,7 @@ import click
 import pytest
 import requests
 import sqlalchemy as sa
-from flask import Flask
+from flask import Flask, current_app
 from flask.testing import FlaskClient
 from werkzeug.security import generate_password_hash
 
@@ -334,7 +334,9 @@ def test_an_account_is_refused_from_an_address_after_five_failures_there_but_not
     assert log_in(vera, "vera").status_code == 302
 
 
-def test_an_account_failing_from_many_addresses_is_slowed_down_for_everyone_never_locked(ctx, people) -> None:
+def test_an_account_failing_from_many_addresses_is_slowed_down_for_browsers_without_a_device_cookie(
+    ctx, people
+) -> None:
     start = utcnow()
     for n in range(accounts.ACCOUNT_SLOWDOWN_AFTER):
         assert accounts.authenticate(db.session, "vera", "guess", f"10.0.0.{n}", now=start) is None
@@ -382,6 +384,204 @@ def test_throttle_forgets_old_failures_and_success_clears_the_account(ctx, peopl
     assert db.session.scalar(sa.select(sa.func.count()).where(LoginFailure.key == "user:vera")) == 0
     db.session.commit()
     assert accounts.authenticate(db.session, "vera", PASSWORD, "a", now=later) is not None  # and again
+
+
+# --- known devices ----------------------------------------------------------------------------
+
+
+def device_cookie(client: FlaskClient) -> str | None:
+    cookie = client.get_cookie("leadcrm_device")
+    return cookie.value if cookie else None
+
+
+def slow_down_account(app: Flask, name: str) -> None:
+    """Fail ``name`` from fresh addresses, as an attacker following Retry-After, until it waits the longest.
+
+    The latest failure is a few seconds old: the account stays slowed down for about 25 s more.
+    """
+    now = utcnow() - timedelta(seconds=40)
+    with app.app_context():
+        for n in range(accounts.ACCOUNT_SLOWDOWN_AFTER + 5):
+            while True:
+                try:
+                    assert accounts.authenticate(db.session, name, "guess", f"10.7.{n}.1", now=now) is None
+                    break
+                except accounts.LoginThrottled as exc:
+                    now += timedelta(seconds=exc.retry_after)
+    assert now < utcnow()
+
+
+def test_many_addresses_slow_an_account_down_but_never_lock_out_a_known_device(ctx, people) -> None:
+    """The reviewer's attack: 5 failures per address, fired the moment each Retry-After is over."""
+    key = current_app.secret_key
+    vera = db.session.get(User, people["vera"].id)
+    start = utcnow()
+    known = accounts.DeviceCookie(accounts.issue_device_cookie(key, vera, start), key)
+    db.session.commit()
+    now, address, failures = start, 0, 0
+    refused_without_cookie = logged_in_with_cookie = 0
+    while now < start + timedelta(seconds=90):
+        try:
+            assert accounts.authenticate(db.session, "vera", "guess", f"10.3.{address}.1", now=now) is None
+            failures += 1
+            if failures % accounts.MAX_FAILURES_PER_ACCOUNT_AND_ADDRESS == 0:
+                address += 1
+        except accounts.LoginThrottled as exc:
+            now += timedelta(seconds=exc.retry_after)
+            continue
+        if failures < accounts.ACCOUNT_SLOWDOWN_AFTER:
+            continue
+        # Right after the attacker's failure: a new browser is slowed down, vera's own browser is not.
+        with pytest.raises(accounts.LoginThrottled):
+            accounts.authenticate(db.session, "vera", PASSWORD, "198.51.100.7", now=now)
+        refused_without_cookie += 1
+        assert accounts.authenticate(db.session, "vera", PASSWORD, "198.51.100.7", now=now, device=known) is not None
+        logged_in_with_cookie += 1
+    assert address <= 8 and refused_without_cookie >= 6 and logged_in_with_cookie == refused_without_cookie
+
+
+def test_a_known_device_keeps_the_limits_of_its_address_and_its_own(ctx, people) -> None:
+    key = current_app.secret_key
+    vera = db.session.get(User, people["vera"].id)
+    start = utcnow()
+    device = accounts.DeviceCookie(accounts.issue_device_cookie(key, vera, start), key)
+    db.session.commit()
+    # Its address may fail this account 5 times, as any browser there.
+    for _ in range(accounts.MAX_FAILURES_PER_ACCOUNT_AND_ADDRESS):
+        assert accounts.authenticate(db.session, "vera", "guess", "192.0.2.1", now=start, device=device) is None
+    with pytest.raises(accounts.LoginThrottled):
+        accounts.authenticate(db.session, "vera", PASSWORD, "192.0.2.1", now=start, device=device)
+    # The device itself may fail 5 times, from any addresses.
+    other = accounts.DeviceCookie(accounts.issue_device_cookie(key, vera, start), key)
+    for n in range(accounts.MAX_FAILURES_PER_DEVICE):
+        assert accounts.authenticate(db.session, "vera", "guess", f"192.0.3.{n}", now=start, device=other) is None
+    with pytest.raises(accounts.LoginThrottled) as refused:
+        accounts.authenticate(db.session, "vera", PASSWORD, "192.0.4.1", now=start, device=other)
+    assert refused.value.retry_after > 60
+    # A known device's failures are its own: they do not slow the account down for anyone else.
+    assert db.session.scalar(sa.select(sa.func.count()).where(LoginFailure.key == "user:vera")) == 0
+    db.session.commit()
+    assert accounts.authenticate(db.session, "vera", PASSWORD, "192.0.5.1", now=start) is not None
+
+
+def test_a_device_cookie_is_bound_to_its_account_its_password_and_a_year(ctx, people) -> None:
+    key = current_app.secret_key
+    vera, irina = db.session.get(User, people["vera"].id), db.session.get(User, people["irina"].id)
+    start = utcnow()
+    genuine = accounts.issue_device_cookie(key, vera, start)
+    db.session.commit()
+    for n in range(accounts.ACCOUNT_SLOWDOWN_AFTER):
+        assert accounts.authenticate(db.session, "vera", "guess", f"10.0.0.{n}", now=start) is None
+    refused = {
+        "no cookie": "",
+        "garbage": "not a cookie",
+        "tampered": genuine[:-2] + ("AA" if not genuine.endswith("AA") else "BB"),
+        "another key": accounts.issue_device_cookie("not our secret key", vera, start),
+        "another account": accounts.issue_device_cookie(key, irina, start),
+        "older than a year": accounts.issue_device_cookie(key, vera, start - timedelta(days=366)),
+        "huge": genuine + "x" * 5000,
+    }
+    for case, cookie in refused.items():
+        with pytest.raises(accounts.LoginThrottled):
+            accounts.authenticate(
+                db.session, "vera", PASSWORD, "10.9.9.9", now=start, device=accounts.DeviceCookie(cookie, key)
+            )
+            pytest.fail(f"{case} was exempt from the slowdown")
+    assert accounts.authenticate(
+        db.session, "vera", PASSWORD, "10.9.9.9", now=start, device=accounts.DeviceCookie(genuine, key)
+    )
+    # A new password (the account is still slowed down): the devices that knew the old one are new browsers again.
+    accounts.set_password(db.session, vera, "a brand new passphrase")
+    renewed = accounts.issue_device_cookie(key, vera, start)
+    db.session.commit()
+    with pytest.raises(accounts.LoginThrottled):
+        accounts.authenticate(
+            db.session,
+            "vera",
+            "a brand new passphrase",
+            "10.9.9.9",
+            now=start,
+            device=accounts.DeviceCookie(genuine, key),
+        )
+    new_device = accounts.DeviceCookie(renewed, key)
+    assert accounts.authenticate(db.session, "vera", "a brand new passphrase", "10.9.9.9", now=start, device=new_device)
+
+
+def test_a_browser_that_logged_in_before_skips_the_slowdown_a_new_one_or_a_forged_cookie_does_not(
+    app: Flask, people
+) -> None:
+    vera = app.test_client()
+    vera.environ_base["REMOTE_ADDR"] = "198.51.100.7"
+    assert log_in(vera, "vera").status_code == 302
+    genuine = device_cookie(vera)
+    assert genuine
+    irina = app.test_client()
+    assert log_in(irina, "irina").status_code == 302
+    post_form(vera, "/logout", {})
+    slow_down_account(app, "vera")
+    # A new browser, even from vera's address, waits like the attacker ...
+    stranger = app.test_client()
+    stranger.environ_base["REMOTE_ADDR"] = "198.51.100.7"
+    refused = log_in(stranger, "vera")
+    assert refused.status_code == 429 and int(refused.headers["Retry-After"]) > 1
+    assert "Many failed attempts for this account" in text(refused)
+    # ... and so does a browser whose cookie is forged, tampered with or another account's.
+    forged = {
+        "tampered": genuine[:-2] + ("AA" if not genuine.endswith("AA") else "BB"),
+        "another key": accounts.issue_device_cookie("not our secret key", people["vera"]),
+        "another account": device_cookie(irina),
+    }
+    for case, cookie in forged.items():
+        browser = app.test_client()
+        browser.set_cookie("leadcrm_device", cookie)
+        assert log_in(browser, "vera").status_code == 429, case
+    # vera's own browser logs in at once, and its cookie is renewed.
+    assert log_in(vera, "vera").status_code == 302
+    assert device_cookie(vera) not in (None, genuine)
+
+
+def test_device_cookie_is_httponly_lax_long_lived_and_secure_over_https(app: Flask, people) -> None:
+    for base, secure in (("http://localhost", False), ("https://localhost", True)):
+        client = app.test_client()
+        page = text(client.get("/login", base_url=base))
+        assert client.get_cookie("leadcrm_device") is None
+        csrf = re.search(r'name="csrf-token" content="([^"]+)"', page).group(1)
+        data = {"csrf_token": csrf, "username": "vera", "password": PASSWORD}
+        # Over HTTPS, Flask-WTF wants a same-origin Referer, as browsers send.
+        response = client.post("/login", data=data, base_url=base, headers={"Referer": f"{base}/login"})
+        assert response.status_code == 302
+        (cookie,) = [c for c in response.headers.getlist("Set-Cookie") if c.startswith("leadcrm_device=")]
+        assert "HttpOnly" in cookie and "SameSite=Lax" in cookie and "Path=/" in cookie
+        assert f"Max-Age={365 * 24 * 3600}" in cookie
+        assert ("Secure" in cookie) == secure
+    # A failed login sets none.
+    client = app.test_client()
+    assert log_in(client, "vera", "guess").status_code == 401
+    assert device_cookie(client) is None
+
+
+def test_a_known_device_changes_its_password_during_the_slowdown_and_gets_a_cookie_for_the_new_one(
+    app: Flask, people
+) -> None:
+    irina = app.test_client()
+    assert log_in(irina, "irina").status_code == 302
+    before = device_cookie(irina)
+    slow_down_account(app, "irina")
+    done = post_form(irina, "/account", {"current_password": PASSWORD, "new_password": "a brand new one"})
+    assert done.status_code == 200 and "Password changed." in text(done)
+    assert device_cookie(irina) not in (None, before)
+    # A browser without it proving the current password is slowed down ...
+    stranger = login_client(app, people["irina"])
+    refused = post_form(
+        stranger, "/account", {"current_password": "a brand new one", "new_password": "another new one"}
+    )
+    assert refused.status_code == 429 and int(refused.headers["Retry-After"]) > 1
+    # ... and so is one holding the cookie from before the new password.
+    old_device = app.test_client()
+    old_device.set_cookie("leadcrm_device", before)
+    assert log_in(old_device, "irina", "a brand new one").status_code == 429
+    post_form(irina, "/logout", {})
+    assert log_in(irina, "irina", "a brand new one").status_code == 302
 
 
 # --- users ------------------------------------------------------------------------------------
@@ -579,8 +779,9 @@ def test_session_cookie_is_httponly_lax_and_secure_over_https(app: Flask, people
         page = text(client.get("/login", base_url=base))
         csrf = re.search(r'name="csrf-token" content="([^"]+)"', page).group(1)
         data = {"csrf_token": csrf, "username": "vera", "password": PASSWORD}
-        response = client.post("/login", data=data, base_url=base)
-        cookie = response.headers["Set-Cookie"]
+        response = client.post("/login", data=data, base_url=base, headers={"Referer": f"{base}/login"})
+        assert response.status_code == 302  # logged in (not a 400 that happens to set a session cookie)
+        (cookie,) = [c for c in response.headers.getlist("Set-Cookie") if c.startswith("session=")]
         assert "HttpOnly" in cookie and "SameSite=Lax" in cookie
         assert ("Secure" in cookie) == secure
         assert ("Strict-Transport-Security" in response.headers) == secure

@@ -16,9 +16,30 @@ from leadcrm.web.rendering import local_target, render
 
 bp = Blueprint("auth", __name__)
 
+# A browser that logged in before: skips the account-wide slowdown of the login throttle (accounts.DeviceCookie).
+DEVICE_COOKIE = "leadcrm_device"
+
 
 def home_for(user: User) -> str:
     return url_for("intake.index" if user.role == INTAKE else "load.index")
+
+
+def _device() -> accounts.DeviceCookie:
+    return accounts.DeviceCookie(request.cookies.get(DEVICE_COOKIE, ""), current_app.secret_key)
+
+
+def _remember_device(response: Response, user: User) -> Response:
+    """Give this browser a new device cookie for ``user``, who has just proved their password here."""
+    response.set_cookie(
+        DEVICE_COOKIE,
+        accounts.issue_device_cookie(current_app.secret_key, user),
+        max_age=int(accounts.DEVICE_COOKIE_MAX_AGE.total_seconds()),
+        httponly=True,
+        samesite="Lax",
+        # Secure as the session cookie is: by the config, or whenever the request came over HTTPS.
+        secure=current_app.session_interface.get_cookie_secure(current_app),
+    )
+    return response
 
 
 def _throttled(template: str, errors: list, exc: accounts.LoginThrottled, **context: object) -> Response:
@@ -47,6 +68,7 @@ def login() -> ResponseReturnValue:
             form.username.data,
             form.password.data,
             request.remote_addr or "-",
+            device=_device(),
             open_session=current_app.permanent_session_lifetime,
         )
     except accounts.LoginThrottled as exc:
@@ -57,7 +79,7 @@ def login() -> ResponseReturnValue:
     # A fresh session: nothing from before the login carries over.
     session.clear()
     login_user(user)
-    return redirect(local_target(request.args.get("next"), home_for(user)))
+    return _remember_device(redirect(local_target(request.args.get("next"), home_for(user))), user)
 
 
 def _end_this_session() -> None:
@@ -104,7 +126,7 @@ def account() -> ResponseReturnValue:
     try:
         # The current password is checked like a login: failures count towards the throttle.
         user = accounts.authenticate(
-            db.session, current_user.username, form.current_password.data, request.remote_addr or "-"
+            db.session, current_user.username, form.current_password.data, request.remote_addr or "-", device=_device()
         )
     except accounts.LoginThrottled as exc:
         return _throttled("auth/account.html", form.current_password.errors, exc, form=form)
@@ -115,5 +137,7 @@ def account() -> ResponseReturnValue:
     begin_write(db.session)
     accounts.set_password_hash(db.session, user, new_hash, keep_session=session.get("_user_id"))
     db.session.commit()
-    # This session goes on with the new password; the others have ended.
-    return render("auth/account.html", form=OwnPasswordForm(formdata=None), changed=True)
+    # This session goes on with the new password; the others have ended. The devices that knew the old
+    # password are new browsers again, but this one.
+    response = render("auth/account.html", form=OwnPasswordForm(formdata=None), changed=True)
+    return _remember_device(response, user)
