@@ -122,10 +122,14 @@ def test_two_instances_running_at_once_each_keep_their_own_control_socket(tmp_pa
                 assert client.send_command("show config")["bind"] == [base.removeprefix("http://")]
         assert not (home / ".gunicorn").exists()
 
+        time.sleep(1)  # as below: gunicorn's control server finishes closing the connections first
         first.close()
         assert not sockets[0].exists()
         with ControlClient(str(sockets[1]), timeout=5) as client:
             assert client.send_command("show config")["bind"] == [bases[1].removeprefix("http://")]
+        # gunicorn 27 stopped while its control server still closes a client's connection logs an
+        # asyncio CancelledError traceback (its own shutdown race): let it finish closing first.
+        time.sleep(1)
 
 
 @pytest.mark.slow
