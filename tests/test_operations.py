@@ -129,6 +129,17 @@ def test_two_instances_running_at_once_each_keep_their_own_control_socket(tmp_pa
 
 
 @pytest.mark.slow
+def test_an_instance_folder_too_deep_for_a_unix_socket_serves_without_a_control_socket(tmp_path: Path) -> None:
+    workdir = tmp_path / ("deep" * 20)
+    workdir.mkdir()
+    home = tmp_path / "home"
+    with gunicorn(f"sqlite:///{workdir / 'leadcrm.sqlite3'}", workdir, workers=1, env={"HOME": str(home)}):
+        pass  # it serves (and logs no error)
+    assert "control socket off: its path would be too long" in (workdir / "gunicorn.log").read_text()
+    assert not list((workdir / "instance").glob("*.ctl")) and not home.exists()
+
+
+@pytest.mark.slow
 def test_access_log_records_paths_without_query_strings(tmp_path: Path, instance: Path) -> None:
     """Searches carry customers' phone numbers, e-mails and names."""
     url = f"sqlite:///{tmp_path / 'leadcrm.sqlite3'}"
