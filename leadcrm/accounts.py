@@ -369,14 +369,7 @@ def authenticate(
     try:
         _lock_throttle_keys(session, keys)
         _check_throttle(session, keys, now)  # others may have failed while this one hashed
-        # Forget failures older than the window: a bounded batch, skipping rows others are deleting.
-        stale = (
-            sa.select(LoginFailure.id)
-            .where(LoginFailure.created_at < now - THROTTLE_WINDOW)
-            .limit(100)
-            .with_for_update(skip_locked=True)
-        )
-        session.execute(sa.delete(LoginFailure).where(LoginFailure.id.in_(stale.scalar_subquery())))
+        _forget_older(session, LoginFailure.id, LoginFailure.created_at, now - THROTTLE_WINDOW)
         user = find_user(session, name)
         if user is not None and user.is_active and valid and user.password_hash == checked_hash:
             # A known device clears its own count, not the account's: the real user logging in on their
@@ -400,20 +393,23 @@ def authenticate(
 # Login sessions
 
 
+def _forget_older(
+    session: Session, key: sa.orm.InstrumentedAttribute, created_at: sa.orm.InstrumentedAttribute, before: datetime
+) -> None:
+    """Delete rows created before ``before``, lazily: a bounded batch, skipping rows another transaction
+    holds (it is deleting them, or counting them under its own locks)."""
+    table = key.class_
+    stale = sa.select(key).where(created_at < before).limit(100).with_for_update(skip_locked=True)
+    session.execute(sa.delete(table).where(key.in_(stale.scalar_subquery())))
+
+
 def start_session(session: Session, user: User, max_age: timedelta, now: datetime | None = None) -> str:
     """Open a login session for ``user`` and return its secret, for the cookie (also kept on ``user``).
 
     Sessions older than ``max_age`` are deleted here, lazily (user_of_session refuses them already).
     """
     now = now or utcnow()
-    # A bounded batch, skipping rows another transaction is deleting (a logout, another login).
-    expired = (
-        sa.select(LoginSession.id_hash)
-        .where(LoginSession.created_at < now - max_age)
-        .limit(100)
-        .with_for_update(skip_locked=True)
-    )
-    session.execute(sa.delete(LoginSession).where(LoginSession.id_hash.in_(expired.scalar_subquery())))
+    _forget_older(session, LoginSession.id_hash, LoginSession.created_at, now - max_age)
     secret = secrets.token_urlsafe(32)
     session.add(LoginSession(id_hash=_hash(secret), user_id=user.id, created_at=now))
     session.flush()
