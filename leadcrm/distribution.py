@@ -15,10 +15,8 @@ from bisect import bisect_right
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime
 from itertools import accumulate
 
-import sqlalchemy as sa
 from flask_babel import lazy_gettext as _l
 from sqlalchemy.orm import Session
 
@@ -26,7 +24,7 @@ from leadcrm import storage
 from leadcrm.errors import Conflict, InvalidInput, NotFound, UnknownOperator
 from leadcrm.identity import LeadIdentity
 from leadcrm.leads import resolve_lead
-from leadcrm.models import OPEN, Contact, ContactEvent, Operator, Source, SourceOperator, utcnow
+from leadcrm.models import OPEN, Source, utcnow
 from leadcrm.storage import ContactRecord, LeadRecord, OperatorRecord, SourceRecord
 
 log = logging.getLogger(__name__)
@@ -322,12 +320,6 @@ def reopen_contact(session: Session, contact_id: int, rng: random.Random | None 
     return get_open_or_closed(session, contact.id)
 
 
-def contact_events(session: Session, contact_id: int) -> list[ContactEvent]:
-    """A contact's history, oldest first."""
-    query = sa.select(ContactEvent).where(ContactEvent.contact_id == contact_id).order_by(ContactEvent.id)
-    return list(session.scalars(query))
-
-
 # At most this many waiting contacts are assigned in one transaction: a change
 # that frees capacity answers at once however long the queue, and on SQLite no
 # drain holds the write lock for longer than one batch. The rest is assigned by
@@ -412,120 +404,3 @@ def drain_all(session: Session, *, limit: int | None = None) -> int:
     """
     tx = storage.Tx.of(session)
     return drain_queue(session, [row[0] for row in tx.execute(storage.SOURCES_WITH_WAITING, {})], limit=limit)
-
-
-@dataclass(frozen=True)
-class SourceShare:
-    operator_id: int
-    weight: int
-    target_share: float
-    assigned_total: int
-
-
-@dataclass(frozen=True)
-class SourceStatus:
-    source: sa.Row
-    operators: list[SourceShare]
-    waiting: "Waiting"
-
-
-@dataclass(frozen=True)
-class DistributionStatus:
-    operators: list[sa.Row]
-    sources: list[SourceStatus]
-    unassigned_open: int
-
-
-OPERATORS = Operator.__table__
-SOURCE_OPERATORS = SourceOperator.__table__
-CONTACTS = Contact.__table__
-
-
-def operator_loads(session: Session) -> list[sa.Row]:
-    """Every operator with its load and limit, by id (the counters: no history is read)."""
-    op = OPERATORS.c
-    query = sa.select(op.id, op.name, op.is_active, op.active_leads, op.max_active_leads).order_by(op.id)
-    return session.connection().execute(query).all()
-
-
-def unassigned_open(session: Session) -> int:
-    """Open contacts waiting without an operator (an index range, not a scan of history)."""
-    c = CONTACTS.c
-    query = sa.select(sa.func.count()).select_from(CONTACTS).where(c.operator_id.is_(None), c.status == OPEN)
-    return session.connection().scalar(query) or 0
-
-
-def distribution_status(session: Session) -> DistributionStatus:
-    """Every operator's load, every source's weights, history and queue, in five queries."""
-    conn = session.connection()
-    sources = conn.execute(sa.select(Source.__table__).order_by(Source.__table__.c.id)).all()
-    so = SOURCE_OPERATORS.c
-    shares: dict[int, list[sa.Row]] = {}
-    for row in conn.execute(
-        sa.select(so.source_id, so.operator_id, so.weight, so.assigned_total)
-        .where(so.weight > 0)
-        .order_by(so.source_id, so.operator_id)
-    ):
-        shares.setdefault(row.source_id, []).append(row)
-    queues = waiting_by_source(session)
-    statuses = []
-    for source in sources:
-        rows = shares.get(source.id, [])
-        total = sum(r.weight for r in rows)
-        statuses.append(
-            SourceStatus(
-                source=source,
-                operators=[SourceShare(r.operator_id, r.weight, r.weight / total, r.assigned_total) for r in rows],
-                waiting=queues.get(source.id, NO_QUEUE),
-            )
-        )
-    return DistributionStatus(
-        operators=operator_loads(session), sources=statuses, unassigned_open=unassigned_open(session)
-    )
-
-
-def contacts_query(
-    *,
-    status: str | None = None,
-    operator_id: int | None = None,
-    source_id: int | None = None,
-    lead_id: int | None = None,
-    unassigned: bool | None = None,
-) -> sa.Select[tuple[Contact]]:
-    """Contacts matching the filters, newest first."""
-    query = sa.select(Contact).order_by(Contact.id.desc())
-    if status is not None:
-        query = query.where(Contact.status == status)
-    if operator_id is not None:
-        query = query.where(Contact.operator_id == operator_id)
-    if source_id is not None:
-        query = query.where(Contact.source_id == source_id)
-    if lead_id is not None:
-        query = query.where(Contact.lead_id == lead_id)
-    if unassigned is True:
-        query = query.where(Contact.operator_id.is_(None))
-    elif unassigned is False:
-        query = query.where(Contact.operator_id.is_not(None))
-    return query
-
-
-@dataclass(frozen=True)
-class Waiting:
-    """A source's queue: open contacts with no operator yet."""
-
-    count: int
-    oldest_created_at: datetime | None
-
-
-NO_QUEUE = Waiting(0, None)
-
-
-def waiting_by_source(session: Session) -> dict[int, Waiting]:
-    """Queue length and oldest waiting contact per source (sources with a queue only)."""
-    rows = session.execute(
-        sa.select(Contact.source_id, sa.func.count(), sa.func.min(Contact.created_at))
-        .where(Contact.operator_id.is_(None), Contact.status == OPEN)
-        .group_by(Contact.source_id)
-    )
-    # An aggregate loses the column's type: SQLite hands back text, PostgreSQL a datetime.
-    return {source_id: Waiting(count, storage.from_db_time(oldest)) for source_id, count, oldest in rows}

@@ -34,7 +34,7 @@ class StoredAnswer:
 
 def request_hash(data: Any) -> str:
     """The body's fingerprint: equal for equal JSON, whatever its spacing or key order."""
-    # Fractions arrive as Decimal (api.views.json_body), written as sent.
+    # Fractions arrive as Decimal (api.http.json_body), written as sent.
     canonical = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
     return hashlib.sha256(canonical.encode()).hexdigest()
 

@@ -6,7 +6,7 @@ from collections import Counter
 import pytest
 import sqlalchemy as sa
 
-from leadcrm import distribution, operators, storage
+from leadcrm import distribution, operators, queries, storage
 from leadcrm.distribution import pick_operator, register_contact
 from leadcrm.errors import LeadConflict
 from leadcrm.extensions import db
@@ -313,7 +313,7 @@ def test_assign_by_hand_moves_a_contact_and_frees_the_old_slot_for_the_queue() -
     with pytest.raises(InvalidInput):
         distribution.assign_by_hand(db.session, first.id, anna.id)  # Anna is full again
     assert distribution.assign_by_hand(db.session, first.id, anna.id, override=True).operator_id == anna.id
-    reasons = [e.reason for e in distribution.contact_events(db.session, first.id)]
+    reasons = [e.reason for e in queries.contact_events(db.session, first.id)]
     assert reasons == ["registered", "manual", "override"]
     assert_load_matches_open_contacts()
 

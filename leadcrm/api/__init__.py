@@ -1,7 +1,8 @@
-"""JSON API v1 for integrations: /api/v1."""
+"""JSON API v1 for integrations: /api/v1, one module per resource (as web/ has one per page area)."""
 
 from flask import Blueprint
 
 bp = Blueprint("api", __name__)
 
-from leadcrm.api import views  # noqa: E402,F401  (registers the routes)
+# Importing the modules registers their routes.
+from leadcrm.api import contacts, leads, openapi, operators, sources, status  # noqa: E402,F401

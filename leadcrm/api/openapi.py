@@ -6,7 +6,11 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
+from leadcrm.api import bp
 from leadcrm.api import schemas as s
+from leadcrm.api.http import Response
+from leadcrm.auth import allow
+from leadcrm.models import INTAKE, SUPERVISOR
 
 REF = "#/components/schemas/{model}"
 
@@ -338,3 +342,9 @@ def openapi_document() -> dict[str, Any]:
         },
         "security": [{"bearerAuth": []}],
     }
+
+
+@bp.get("/openapi.json")
+@allow(SUPERVISOR, INTAKE, register_token=True)
+def openapi_json() -> Response:
+    return openapi_document()

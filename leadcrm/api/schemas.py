@@ -20,7 +20,7 @@ from leadcrm.models import (
 def _integral(value: object) -> object:
     """JSON has one number type: 3.0 is the integer 3 (JSON Schema agrees). 3.5 stays a fraction and is refused.
 
-    The API reads fractions exactly (as Decimal, see ``api.views.json_body``):
+    The API reads fractions exactly (as Decimal, see ``api.http.json_body``):
     0.000...01 is not 0, and 1.0000000000000001 is not 1.
     """
     if isinstance(value, float) and value.is_integer() and abs(value) < 2**63:

@@ -5,12 +5,12 @@ from flask.typing import ResponseReturnValue
 from flask_babel import gettext as _
 from pydantic import ValidationError
 
-from leadcrm import distribution
+from leadcrm import distribution, queries
 from leadcrm.api.schemas import ContactFilter
 from leadcrm.auth import allow
 from leadcrm.errors import DomainError, InvalidInput
 from leadcrm.extensions import db
-from leadcrm.models import INT_MAX, INTAKE, SUPERVISOR, Contact, ContactEvent, Lead, Operator, Source, SourceOperator
+from leadcrm.models import INT_MAX, INTAKE, SUPERVISOR, Contact
 from leadcrm.operators import list_operators_query
 from leadcrm.sources import list_sources_query
 from leadcrm.web.rendering import changed, is_htmx, local_target, render
@@ -29,22 +29,9 @@ def read_filters() -> ContactFilter:
         return ContactFilter.model_validate({k: v for k, v in args.items() if k not in bad} | {"per_page": PER_PAGE})
 
 
-def names_for(contacts: list[Contact]) -> dict[str, dict[int, object]]:
-    """Leads, sources and operators the listed contacts refer to, in three queries."""
-
-    def by_id(model: type, ids: set[int]) -> dict[int, object]:
-        return {obj.id: obj for obj in db.session.scalars(db.select(model).where(model.id.in_(ids)))} if ids else {}
-
-    return {
-        "leads": by_id(Lead, {c.lead_id for c in contacts}),
-        "sources": by_id(Source, {c.source_id for c in contacts}),
-        "operators": by_id(Operator, {c.operator_id for c in contacts if c.operator_id}),
-    }
-
-
 def _list_page(status: int = 200, bulk_error: str | None = None) -> ResponseReturnValue:
     filters = read_filters()
-    query = distribution.contacts_query(**filters.model_dump(exclude={"page", "per_page"}))
+    query = queries.contacts_query(**filters.model_dump(exclude={"page", "per_page"}))
     page = db.paginate(query, page=filters.page, per_page=PER_PAGE, error_out=False)
     args = {k: v for k, v in filters.model_dump(exclude={"page", "per_page"}).items() if v is not None}
     return render(
@@ -57,7 +44,7 @@ def _list_page(status: int = 200, bulk_error: str | None = None) -> ResponseRetu
         bulk_error=bulk_error,
         source_choices=db.session.scalars(list_sources_query()).all(),
         operator_choices=db.session.scalars(list_operators_query()).all(),
-        **names_for(list(page.items)),
+        **queries.names_for(db.session, list(page.items)),
     )
 
 
@@ -67,38 +54,9 @@ def index() -> ResponseReturnValue:
     return _list_page()
 
 
-def history_of(contact_ids: list[int]) -> tuple[list, dict[int, object]]:
-    """The events of these contacts, oldest first, and the operators they name."""
-    events = list(
-        db.session.scalars(
-            db.select(ContactEvent).where(ContactEvent.contact_id.in_(contact_ids)).order_by(ContactEvent.id)
-        )
-    )
-    named = {e.from_operator_id for e in events} | {e.to_operator_id for e in events}
-    named.discard(None)
-    operators = {op.id: op for op in db.session.scalars(db.select(Operator).where(Operator.id.in_(named)))}
-    return events, operators
-
-
-def operator_choices(source_id: int) -> tuple[list, list]:
-    """Operators to offer for a contact of ``source_id``: (serving it with room, everyone else), by name."""
-    serving = set(
-        db.session.scalars(
-            db.select(SourceOperator.operator_id).where(
-                SourceOperator.source_id == source_id, SourceOperator.weight > 0
-            )
-        )
-    )
-    first, rest = [], []
-    for op in db.session.scalars(db.select(Operator).order_by(Operator.name)):
-        has_room = op.is_active and op.active_leads < op.max_active_leads
-        (first if op.id in serving and has_room else rest).append(op)
-    return first, rest
-
-
 def _detail(contact: object, status: int = 200, error: str | None = None) -> ResponseReturnValue:
-    events, event_operators = history_of([contact.id])
-    first, rest = operator_choices(contact.source_id)
+    events, event_operators = queries.history_of(db.session, [contact.id])
+    first, rest = queries.operator_choices(db.session, contact.source_id)
     return render(
         "contacts/detail.html",
         status=status,
@@ -108,7 +66,7 @@ def _detail(contact: object, status: int = 200, error: str | None = None) -> Res
         offer_first=first,
         offer_rest=rest,
         assign_error=error,
-        **names_for([contact]),
+        **queries.names_for(db.session, [contact]),
     )
 
 
@@ -185,4 +143,6 @@ def close(contact_id: int) -> ResponseReturnValue:
     db.session.commit()
     if not is_htmx():
         return _back(url_for(".index"))
-    return changed(render("contacts/index.html", block="contact_row", contact=contact, **names_for([contact])))
+    return changed(
+        render("contacts/index.html", block="contact_row", contact=contact, **queries.names_for(db.session, [contact]))
+    )

@@ -3,12 +3,11 @@
 from flask import Blueprint, current_app, request
 from flask.typing import ResponseReturnValue
 
-from leadcrm import distribution
 from leadcrm import leads as domain
+from leadcrm import queries
 from leadcrm.auth import allow
 from leadcrm.extensions import db
 from leadcrm.models import INTAKE, NAME_MAX, SUPERVISOR, Lead
-from leadcrm.web.contacts import history_of, names_for
 from leadcrm.web.rendering import render
 
 bp = Blueprint("leads", __name__, url_prefix="/leads")
@@ -28,8 +27,8 @@ def index() -> ResponseReturnValue:
 @allow(SUPERVISOR, INTAKE)
 def detail(lead_id: int) -> ResponseReturnValue:
     lead = db.get_or_404(Lead, lead_id)
-    contacts = list(db.session.scalars(distribution.contacts_query(lead_id=lead_id)))
-    events, event_operators = history_of([c.id for c in contacts])
+    contacts = list(db.session.scalars(queries.contacts_query(lead_id=lead_id)))
+    events, event_operators = queries.history_of(db.session, [c.id for c in contacts])
     return render(
         "leads/detail.html",
         block="lead_contacts",
@@ -37,5 +36,5 @@ def detail(lead_id: int) -> ResponseReturnValue:
         contacts=contacts,
         events=events,
         event_operators=event_operators,
-        **names_for(contacts),
+        **queries.names_for(db.session, contacts),
     )

@@ -6,9 +6,9 @@ from flask.typing import ResponseReturnValue
 from flask_babel import format_timedelta
 
 from leadcrm.auth import allow
-from leadcrm.distribution import operator_loads, unassigned_open, waiting_by_source
 from leadcrm.extensions import db
 from leadcrm.models import INTAKE, SUPERVISOR, Source, utcnow
+from leadcrm.queries import operator_loads, unassigned_open, waiting_by_source
 from leadcrm.web.rendering import render
 
 bp = Blueprint("load", __name__)

@@ -6,9 +6,9 @@ from flask import Blueprint
 from flask.typing import ResponseReturnValue
 
 from leadcrm.auth import allow
-from leadcrm.distribution import distribution_status, waiting_by_source
 from leadcrm.extensions import db
 from leadcrm.models import SUPERVISOR
+from leadcrm.queries import distribution_status, waiting_by_source
 from leadcrm.web.rendering import render
 
 bp = Blueprint("report", __name__, url_prefix="/report")

@@ -1,0 +1,34 @@
+"""Leads: search and read, with their contacts."""
+
+from flask import current_app
+
+from leadcrm import leads, queries
+from leadcrm.api import bp
+from leadcrm.api.http import Response, page_of, query_args
+from leadcrm.api.schemas import (
+    ContactOut,
+    LeadDetailOut,
+    LeadOut,
+    LeadSearch,
+)
+from leadcrm.auth import allow
+from leadcrm.extensions import db
+from leadcrm.models import INTAKE, SUPERVISOR
+
+
+@bp.get("/leads/")
+@allow(SUPERVISOR, INTAKE)
+def list_leads() -> Response:
+    args = query_args(LeadSearch)
+    return page_of(leads.search_leads_query(args.q, current_app.config["LEADCRM_PHONE_REGION"]), args, LeadOut)
+
+
+@bp.get("/leads/<id:lead_id>")
+@allow(SUPERVISOR, INTAKE)
+def get_lead(lead_id: int) -> Response:
+    lead = leads.get_lead(db.session, lead_id)
+    contacts = db.session.scalars(queries.contacts_query(lead_id=lead_id)).all()
+    return LeadDetailOut(
+        **LeadOut.model_validate(lead).model_dump(),
+        contacts=[ContactOut.model_validate(c) for c in contacts],
+    ).model_dump(mode="json")
