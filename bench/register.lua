@@ -1,6 +1,8 @@
--- wrk script: POST /api/v1/contacts/register, a new lead every time.
--- wrk -s bench/register.lua URL -- SOURCE_NAME RUN_PREFIX
--- Each wrk thread numbers its own requests, so bodies never repeat.
+-- wrk script: POST /api/v1/contacts/register, a new lead every time, with a phone and an e-mail
+-- (as intake and integrations send them), optionally with an Idempotency-Key.
+-- wrk -s bench/register.lua URL -- SOURCE_NAME RUN_DIGIT [key]
+-- RUN_DIGIT (0-9) keeps the phones of different runs apart; each wrk thread numbers its own
+-- requests, so bodies never repeat.
 local thread_id = 0
 
 function setup(thread)
@@ -11,7 +13,8 @@ end
 function init(args)
   counter = 0
   source = args[1] or "bench_source"
-  prefix = args[2] or "run"
+  run = args[2] or "0"
+  with_key = args[3] == "key"
   wrk.method = "POST"
   wrk.headers["Content-Type"] = "application/json"
 end
@@ -19,7 +22,12 @@ end
 function request()
   counter = counter + 1
   local body = string.format(
-    '{"source_name": "%s", "external_id": "%s-%d-%d", "name": "Bench lead", "message": "load test"}',
-    source, prefix, id, counter)
-  return wrk.format(nil, nil, nil, body)
+    '{"source_name": "%s", "phone": "+79%s%d%07d", "email": "lead-%s-%d-%d@example.com", '
+    .. '"name": "Bench lead", "message": "load test"}',
+    source, run, id, counter, run, id, counter)
+  local headers = nil
+  if with_key then
+    headers = {["Idempotency-Key"] = string.format("bench-%s-%d-%d", run, id, counter)}
+  end
+  return wrk.format(nil, nil, headers, body)
 end

@@ -1,0 +1,166 @@
+"""Worker CPU per request, in process: where the hot path's time goes, without wrk's noise.
+
+Each request is sent through the app's WSGI interface (Flask's test client,
+no sockets), and the CPU time of this thread is taken around it
+(``time.thread_time``): what a gunicorn worker spends on the request, less
+HTTP parsing. The kinds of request take turns in rounds, so a noisy
+neighbour slows them all alike; the median of each kind is reported.
+
+    python bench/cpu.py [--rounds 400] [--postgres URL]
+
+``bench/bench.py`` runs it too and puts the table in bench/results.md.
+"""
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from leadcrm import create_app  # noqa: E402
+from leadcrm.extensions import db  # noqa: E402
+
+
+@contextmanager
+def postgres_schema(url: str) -> Iterator[str]:
+    """A database URL on a fresh schema of ``url``'s database, dropped afterwards."""
+    schema = f"leadcrm_cpu_{uuid.uuid4().hex[:8]}"
+    admin = sa.create_engine(url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+    try:
+        scoped = sa.make_url(url).update_query_dict({"options": f"-csearch_path={schema}"})
+        yield scoped.render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+
+
+def measure(url: str, rounds: int, instance: Path) -> dict[str, float]:
+    """Median worker CPU in ms per kind of request, on the database at ``url``."""
+    from flask_migrate import upgrade
+
+    from leadcrm import accounts
+    from leadcrm.models import FULL_SCOPE, Operator, Source, SourceOperator
+
+    os.environ["LEADCRM_INSTANCE_PATH"] = str(instance)
+    app = create_app({"SQLALCHEMY_DATABASE_URI": url})
+    with app.app_context():
+        upgrade()
+        secret = accounts.create_token(db.session, name="cpu", scope=FULL_SCOPE, created_by=None).secret
+        db.session.commit()
+        source = Source(name="cpu", strategy="random")
+        db.session.add(source)
+        db.session.flush()
+        for i in range(10):
+            operator = Operator(name=f"cpu-{i}", max_active_leads=10**6)
+            db.session.add(operator)
+            db.session.flush()
+            db.session.add(SourceOperator(source_id=source.id, operator_id=operator.id, weight=1 + i % 5))
+        # The status page's case: 1,000 operators and 30 sources.
+        operators = [Operator(name=f"status-{i}", max_active_leads=10) for i in range(1000)]
+        db.session.add_all(operators)
+        db.session.flush()
+        for s in range(30):
+            status_source = Source(name=f"status-{s}")
+            db.session.add(status_source)
+            db.session.flush()
+            db.session.add_all(
+                SourceOperator(source_id=status_source.id, operator_id=op.id, weight=1 + (op.id + s) % 7)
+                for op in operators[s * 30 : s * 30 + 100]
+            )
+        db.session.commit()
+        db.session.remove()
+    client = app.test_client()
+    auth = {"Authorization": f"Bearer {secret}"}
+    counter = iter(range(10**9))
+
+    def register(body: Callable[[int], dict[str, Any]], key: bool = False) -> Callable[[], Any]:
+        def send() -> Any:
+            n = next(counter)
+            headers = {**auth, "Idempotency-Key": f"k-{n}"} if key else auth
+            return client.post("/api/v1/contacts/register", json=body(n), headers=headers)
+
+        return send
+
+    def external_id(n: int) -> dict[str, Any]:
+        return {"source_name": "cpu", "external_id": f"x-{n}", "name": "Bench lead", "message": "load test"}
+
+    def phone_and_email(n: int) -> dict[str, Any]:
+        return {
+            "source_name": "cpu",
+            "phone": f"+7900{n:07d}",
+            "email": f"lead{n}@example.com",
+            "name": "Bench lead",
+            "message": "load test",
+        }
+
+    kinds: dict[str, Callable[[], Any]] = {
+        "GET /healthz": lambda: client.get("/healthz"),
+        "register (external id)": register(external_id),
+        "register (phone and e-mail)": register(phone_and_email),
+        "register (phone and e-mail, Idempotency-Key)": register(phone_and_email, key=True),
+    }
+    status_every = 20  # the status answer is slow: a sample of it is enough
+    times: dict[str, list[float]] = {name: [] for name in [*kinds, "GET /api/v1/distribution_status/"]}
+    for round_number in range(rounds):
+        for name, send in kinds.items():
+            started = time.thread_time()
+            response = send()
+            times[name].append(time.thread_time() - started)
+            assert response.status_code in (200, 201), (name, response.status_code, response.get_data(as_text=True))
+        if round_number % status_every == 0:
+            started = time.thread_time()
+            response = client.get("/api/v1/distribution_status/", headers=auth)
+            times["GET /api/v1/distribution_status/"].append(time.thread_time() - started)
+            assert response.status_code == 200
+    with app.app_context():
+        db.engine.dispose()
+    return {name: statistics.median(values) * 1000 for name, values in times.items()}
+
+
+def run(rounds: int, postgres: str | None) -> dict[str, dict[str, float]]:
+    results = {}
+    with tempfile.TemporaryDirectory(prefix="leadcrm-cpu-") as tmp:
+        results["sqlite"] = measure(f"sqlite:///{tmp}/cpu.sqlite3", rounds, Path(tmp) / "instance")
+        if postgres:
+            with postgres_schema(postgres) as url:
+                results["postgresql"] = measure(url, rounds, Path(tmp) / "instance-pg")
+    return results
+
+
+def table(results: dict[str, dict[str, float]]) -> list[str]:
+    names = list(next(iter(results.values())))
+    header = "| request | " + " | ".join(f"{db_name} CPU" for db_name in results) + " |"
+    lines = [header, "|---" * (len(results) + 1) + "|"]
+    for name in names:
+        cells = []
+        for values in results.values():
+            ratio = values["GET /healthz"] / values[name]
+            cells.append(f"{values[name]:.2f} ms" + ("" if name == "GET /healthz" else f" ({ratio:.0%} of /healthz)"))
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=400)
+    parser.add_argument("--postgres", default=os.environ.get("LEADCRM_BENCH_POSTGRES_URL"))
+    args = parser.parse_args()
+    print("\n".join(table(run(args.rounds, args.postgres))))
+
+
+if __name__ == "__main__":
+    main()
