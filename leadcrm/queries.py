@@ -5,8 +5,10 @@ histories, and the names pages show next to ids. Nothing here writes; the
 engine that writes is ``leadcrm.distribution``.
 """
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import NamedTuple
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
@@ -15,24 +17,33 @@ from leadcrm import storage
 from leadcrm.models import OPEN, Contact, ContactEvent, Lead, Operator, Source, SourceOperator
 
 
-@dataclass(frozen=True)
-class SourceShare:
+class SourceShare(NamedTuple):
+    """One operator serving a source: its weight, its target share of the source, its assigned contacts."""
+
     operator_id: int
     weight: int
     target_share: float
     assigned_total: int
 
 
-@dataclass(frozen=True)
+class OperatorLoad(NamedTuple):
+    id: int
+    name: str
+    is_active: bool
+    active_leads: int
+    max_active_leads: int
+
+
+@dataclass(frozen=True, slots=True)
 class SourceStatus:
     source: sa.Row
     operators: list[SourceShare]
     waiting: "Waiting"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class DistributionStatus:
-    operators: list[sa.Row]
+    operators: list[OperatorLoad]
     sources: list[SourceStatus]
     unassigned_open: int
 
@@ -41,12 +52,33 @@ OPERATORS = Operator.__table__
 SOURCE_OPERATORS = SourceOperator.__table__
 CONTACTS = Contact.__table__
 
+# Plain rows from the driver, built into tuples once: the status of 1,000
+# operators and 30 sources has thousands of rows, and SQLAlchemy's Row and a
+# dataclass per row cost more than the queries (bench/results.md). The target
+# share is computed by the database, the same IEEE division Python would do.
+OPERATOR_LOADS = "SELECT id, name, is_active, active_leads, max_active_leads FROM operators ORDER BY id"
+SHARES = (
+    "SELECT source_id, operator_id, weight, "
+    "CAST(weight AS DOUBLE PRECISION) / sum(weight) OVER (PARTITION BY source_id), assigned_total "
+    "FROM source_operators WHERE weight > 0 ORDER BY source_id, operator_id"
+)
 
-def operator_loads(session: Session) -> list[sa.Row]:
+
+def operator_load_rows(session: Session) -> list[tuple[int, str, bool, int, int]]:
+    """Every operator as (id, name, is_active, active_leads, max_active_leads), by id: plain driver rows."""
+    return session.connection().exec_driver_sql(OPERATOR_LOADS).cursor.fetchall()
+
+
+def operator_loads(session: Session) -> list[OperatorLoad]:
     """Every operator with its load and limit, by id (the counters: no history is read)."""
-    op = OPERATORS.c
-    query = sa.select(op.id, op.name, op.is_active, op.active_leads, op.max_active_leads).order_by(op.id)
-    return session.connection().execute(query).all()
+    rows = operator_load_rows(session)
+    return [OperatorLoad(op_id, name, bool(active), load, limit) for op_id, name, active, load, limit in rows]
+
+
+def share_rows(session: Session) -> list[tuple[int, int, int, float, int]]:
+    """Every serving operator of every source as (source_id, operator_id, weight, target_share,
+    assigned_total), by source and operator: plain driver rows."""
+    return session.connection().exec_driver_sql(SHARES).cursor.fetchall()
 
 
 def unassigned_open(session: Session) -> int:
@@ -56,32 +88,23 @@ def unassigned_open(session: Session) -> int:
     return session.connection().scalar(query) or 0
 
 
+def source_rows(session: Session) -> Sequence[sa.Row]:
+    """Every source's row, by id."""
+    return session.connection().execute(sa.select(Source.__table__).order_by(Source.__table__.c.id)).all()
+
+
 def distribution_status(session: Session) -> DistributionStatus:
-    """Every operator's load, every source's weights, history and queue, in five queries."""
-    conn = session.connection()
-    sources = conn.execute(sa.select(Source.__table__).order_by(Source.__table__.c.id)).all()
-    so = SOURCE_OPERATORS.c
-    shares: dict[int, list[sa.Row]] = {}
-    for row in conn.execute(
-        sa.select(so.source_id, so.operator_id, so.weight, so.assigned_total)
-        .where(so.weight > 0)
-        .order_by(so.source_id, so.operator_id)
-    ):
-        shares.setdefault(row.source_id, []).append(row)
+    """Every operator's load, every source's weights, history and queue, in five queries, one pass each."""
+    sources = source_rows(session)
+    shares: dict[int, list[SourceShare]] = {source.id: [] for source in sources}
+    make = SourceShare._make
+    for source_id, *share in share_rows(session):
+        shares[source_id].append(make(share))
     queues = waiting_by_source(session)
-    statuses = []
-    for source in sources:
-        rows = shares.get(source.id, [])
-        total = sum(r.weight for r in rows)
-        statuses.append(
-            SourceStatus(
-                source=source,
-                operators=[SourceShare(r.operator_id, r.weight, r.weight / total, r.assigned_total) for r in rows],
-                waiting=queues.get(source.id, NO_QUEUE),
-            )
-        )
     return DistributionStatus(
-        operators=operator_loads(session), sources=statuses, unassigned_open=unassigned_open(session)
+        operators=operator_loads(session),
+        sources=[SourceStatus(source, shares[source.id], queues.get(source.id, NO_QUEUE)) for source in sources],
+        unassigned_open=unassigned_open(session),
     )
 
 
