@@ -65,8 +65,10 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     if app.config["SQLALCHEMY_DATABASE_URI"].startswith("postgresql"):
         # A sync gunicorn worker serves one request at a time: a small pool per
         # process (total = workers x pool) keeps PostgreSQL's connection count in
-        # check; pre-ping replaces connections the server closed.
-        app.config.setdefault("SQLALCHEMY_ENGINE_OPTIONS", {"pool_pre_ping": True, "pool_size": 2, "max_overflow": 2})
+        # check. Connections the server closed are refused at checkout without a
+        # round trip (database.configure_engine), and none is kept past an hour
+        # (idle-connection timeouts of proxies and firewalls).
+        app.config.setdefault("SQLALCHEMY_ENGINE_OPTIONS", {"pool_recycle": 3600, "pool_size": 2, "max_overflow": 2})
     if not app.config["SECRET_KEY"]:
         app.config["SECRET_KEY"] = _instance_secret(app.instance_path)
     app.url_map.converters["id"] = IdConverter

@@ -219,6 +219,29 @@ def test_the_hand_written_sql_path_invalidates_a_lost_connection(app, backend) -
         assert db.session.execute(sa.text("SELECT pg_backend_pid()")).scalar() != pid
 
 
+def test_a_pooled_connection_the_server_closed_is_replaced_before_use(app, backend, client) -> None:
+    """No pre-ping round trip on every checkout, yet a connection the server terminated while it
+    sat in the pool (a restart, an administrator, an idle timeout) is never handed to a request:
+    the next request is answered, not refused with a 503."""
+    if backend.name != "postgresql":
+        pytest.skip("terminating a connection is a PostgreSQL test")
+    assert not app.config["SQLALCHEMY_ENGINE_OPTIONS"].get("pool_pre_ping")
+    with app.app_context():
+        db.session.remove()
+        # Every connection the pool keeps (pool_size of them), checked out at once, then back, idle.
+        connections = [db.engine.connect() for _ in range(app.config["SQLALCHEMY_ENGINE_OPTIONS"]["pool_size"])]
+        pids = [c.execute(sa.text("SELECT pg_backend_pid()")).scalar() for c in connections]
+        for connection in connections:
+            connection.close()
+        with backend.admin.connect() as admin:
+            admin.execute(sa.text("SELECT pg_terminate_backend(pid) FROM unnest(CAST(:pids AS int[])) pid"),
+                          {"pids": pids})  # fmt: skip
+        time.sleep(0.2)  # the server's goodbye reaches the socket
+    for _ in range(3):
+        response = client.get("/api/v1/operators/")
+        assert response.status_code == 200, response.get_data(as_text=True)
+
+
 # --- 2. SQLite's write lock held by another process ------------------------------------
 
 # Another program on the same database file: it takes our writers' file lock
