@@ -3,13 +3,20 @@
 import io
 import json
 import re
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from leadcrm.api.schemas import DistributionStatusOut
+from leadcrm.api.contacts import lead_json, registration_json
+from leadcrm.api.schemas import ContactOut, DistributionStatusOut, LeadOut, OperatorOut, RegistrationOut
+from leadcrm.distribution import Registration
+from leadcrm.models import INT_MAX
+from leadcrm.storage import ContactRecord, LeadRecord, OperatorRecord
 
 API = "/api/v1"
 
@@ -851,3 +858,57 @@ def test_fractions_are_read_exactly_and_never_rounded_into_integers(client: Flas
     assert post(client, "/contacts/register", {"source_id": 1.0, "phone": "+79001234567"}).status_code == 201
     huge = '{"name": "A", "max_active_leads": 1e999999999}'
     assert_error(client.post(f"{API}/operators/", data=huge, content_type="application/json"), 422)
+
+
+# --- the registration's answer, built without pydantic --------------------------------
+
+utc_times = st.datetimes(min_value=datetime(2000, 1, 1), max_value=datetime(2100, 1, 1), timezones=st.just(UTC))
+texts = st.none() | st.text(max_size=30)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    contact=st.builds(
+        ContactRecord,
+        id=st.integers(1, INT_MAX),
+        lead_id=st.integers(1, INT_MAX),
+        source_id=st.integers(1, INT_MAX),
+        operator_id=st.none() | st.integers(1, INT_MAX),
+        status=st.sampled_from(["open", "closed"]),
+        message=texts,
+        created_at=utc_times,
+        assigned_at=st.none() | utc_times,
+        closed_at=st.none() | utc_times,
+    ),
+    lead=st.builds(
+        LeadRecord,
+        id=st.integers(1, INT_MAX),
+        external_id=texts,
+        phone=texts,
+        email=texts,
+        name=texts,
+        created_at=utc_times,
+    ),
+    operator=st.none()
+    | st.builds(
+        OperatorRecord,
+        id=st.integers(1, INT_MAX),
+        name=st.text(max_size=30),
+        is_active=st.booleans(),
+        max_active_leads=st.integers(0, INT_MAX),
+        active_leads=st.integers(0, INT_MAX),
+    ),
+    lead_created=st.booleans(),
+)
+def test_the_registration_answer_built_from_records_is_what_the_schema_says(
+    contact: ContactRecord, lead: LeadRecord, operator: OperatorRecord | None, lead_created: bool
+) -> None:
+    registration = Registration(contact=contact, lead=lead, lead_created=lead_created, operator=operator)
+    by_schema = RegistrationOut(
+        contact=ContactOut.model_validate(contact),
+        lead=LeadOut.model_validate(lead),
+        lead_created=lead_created,
+        assigned_operator=OperatorOut.model_validate(operator) if operator else None,
+    ).model_dump(mode="json")
+    built = registration_json(registration, lead_json(lead))
+    assert json.dumps(built) == json.dumps(by_schema)
