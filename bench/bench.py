@@ -76,14 +76,15 @@ def credentials(url: str, base: str) -> dict[str, dict[str, str]]:
     from werkzeug.security import generate_password_hash
 
     from leadcrm import accounts
-    from leadcrm.models import FULL_SCOPE, SUPERVISOR, User
+    from leadcrm.models import User
+    from leadcrm.vocabulary import Role, TokenScope
 
     app = create_app({"SQLALCHEMY_DATABASE_URI": url})
     with app.app_context():
-        secret = accounts.create_token(db.session, name="bench", scope=FULL_SCOPE, created_by=None).secret
+        secret = accounts.create_token(db.session, name="bench", scope=TokenScope.FULL, created_by=None).secret
         if accounts.find_user(db.session, "bench") is None:
             db.session.add(
-                User(username="bench", password_hash=generate_password_hash("bench password"), role=SUPERVISOR)
+                User(username="bench", password_hash=generate_password_hash("bench password"), role=Role.SUPERVISOR)
             )
         db.session.commit()
         db.session.remove()

@@ -20,7 +20,7 @@ from leadcrm.database import (
 )
 from leadcrm.extensions import babel, csrf, db, migrate
 from leadcrm.i18n import select_locale
-from leadcrm.models import INT_MAX
+from leadcrm.vocabulary import INT_MAX
 
 
 class IdConverter(IntegerConverter):

@@ -20,19 +20,8 @@ from werkzeug.security import check_password_hash, generate_password_hash
 
 from leadcrm.database import begin_write, unique_or
 from leadcrm.errors import Conflict, DomainError, InvalidInput, NotFound
-from leadcrm.models import (
-    LOGIN_SECRET,
-    PASSWORD_MAX,
-    ROLES,
-    SCOPES,
-    SUPERVISOR,
-    USERNAME_MAX,
-    ApiToken,
-    LoginFailure,
-    LoginSession,
-    User,
-    utcnow,
-)
+from leadcrm.models import LOGIN_SECRET, ApiToken, LoginFailure, LoginSession, User, utcnow
+from leadcrm.vocabulary import PASSWORD_MAX, USERNAME_MAX, Role, TokenScope
 
 PASSWORD_MIN = 10
 USERNAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9._@-]*")
@@ -95,7 +84,7 @@ def validate_password(password: str) -> str:
 
 
 def _check_role(role: str) -> str:
-    if role not in ROLES:
+    if role not in tuple(Role):
         raise InvalidInput(_l("Unknown role."), {"role": _l("Unknown role.")})
     return role
 
@@ -144,12 +133,12 @@ def update_user(session: Session, user: User, *, role: str | None = None, is_act
     if role is not None:
         _check_role(role)
     loses_supervisor = (
-        user.role == SUPERVISOR and user.is_active and (role not in (None, SUPERVISOR) or is_active is False)
+        user.role == Role.SUPERVISOR and user.is_active and (role not in (None, Role.SUPERVISOR) or is_active is False)
     )
     if loses_supervisor:
         # Lock the active supervisors' rows: two supervisors demoting each other at once cannot both win.
         ids = session.scalars(
-            sa.select(User.id).where(User.role == SUPERVISOR, User.is_active.is_(True)).with_for_update()
+            sa.select(User.id).where(User.role == Role.SUPERVISOR, User.is_active.is_(True)).with_for_update()
         ).all()
         if set(ids) <= {user.id}:
             raise Conflict(
@@ -179,7 +168,7 @@ def ensure_admin(session: Session, password: str | None) -> str | None:
         return None
     generated = None if password else secrets.token_urlsafe(12)
     try:
-        create_user(session, username="admin", password=password or generated, role=SUPERVISOR)  # type: ignore[arg-type]
+        create_user(session, username="admin", password=password or generated, role=Role.SUPERVISOR)  # type: ignore[arg-type]
     except Conflict:
         return None  # another server created it at the same moment
     return generated
@@ -470,7 +459,7 @@ def list_tokens(session: Session) -> list[ApiToken]:
 
 
 def create_token(session: Session, *, name: str, scope: str, created_by: User | None) -> NewToken:
-    if scope not in SCOPES:
+    if scope not in tuple(TokenScope):
         raise InvalidInput(_l("Unknown scope."), {"scope": _l("Unknown scope.")})
     secret = TOKEN_PREFIX + secrets.token_urlsafe(32)
     token = ApiToken(name=name, scope=scope, token_hash=_hash(secret), prefix=secret[:12], created_by=created_by)

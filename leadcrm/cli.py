@@ -15,7 +15,7 @@ from leadcrm.distribution import drain_all
 from leadcrm.errors import DomainError
 from leadcrm.extensions import db
 from leadcrm.idempotency import forget_expired
-from leadcrm.models import INTAKE, ROLES
+from leadcrm.vocabulary import Role
 
 cli = AppGroup("leadcrm", help="leadcrm maintenance and demo commands.")
 
@@ -96,7 +96,7 @@ def _fail(exc: DomainError) -> NoReturn:
 
 @users_cli.command("create")
 @click.argument("username")
-@click.option("--role", type=click.Choice(ROLES), default=INTAKE, show_default=True)
+@click.option("--role", type=click.Choice([role.value for role in Role]), default=Role.INTAKE.value, show_default=True)
 @click.password_option(help="Asked for when not given (read from stdin when it is not a terminal).")
 def create_user(username: str, role: str, password: str) -> None:
     """Add a user."""

@@ -12,8 +12,9 @@ from leadcrm.cli import cli
 from leadcrm.database import begin_write
 from leadcrm.extensions import db
 from leadcrm.identity import LeadIdentity
-from leadcrm.models import OPEN, Contact, Operator, Source
+from leadcrm.models import Contact, Operator, Source
 from leadcrm.sources import find_source
+from leadcrm.vocabulary import ContactStatus, Strategy
 
 OPERATORS = [
     ("Анна Смирнова", 8),
@@ -31,10 +32,10 @@ OPERATORS = [
 ]
 # name, strategy, {operator index: weight}
 SOURCES = [
-    ("telegram_sales_bot", "random", {0: 30, 1: 10, 2: 20, 6: 20, 10: 20}),
-    ("telegram_support_bot", "deterministic", {2: 10, 3: 10, 4: 20, 7: 10, 8: 10}),
-    ("web_form", "random", {0: 10, 5: 10, 6: 30, 9: 10, 11: 5}),
-    ("phone_line", "deterministic", {1: 20, 3: 10, 8: 30, 10: 10}),
+    ("telegram_sales_bot", Strategy.RANDOM, {0: 30, 1: 10, 2: 20, 6: 20, 10: 20}),
+    ("telegram_support_bot", Strategy.DETERMINISTIC, {2: 10, 3: 10, 4: 20, 7: 10, 8: 10}),
+    ("web_form", Strategy.RANDOM, {0: 10, 5: 10, 6: 30, 9: 10, 11: 5}),
+    ("phone_line", Strategy.DETERMINISTIC, {1: 20, 3: 10, 8: 30, 10: 10}),
 ]
 FIRST_NAMES = ["Иван", "Мария", "Пётр", "Ольга", "Сергей", "Наталья", "John", "Sarah", "Michael", "Laura"]
 MESSAGES = [
@@ -95,7 +96,7 @@ def demo(lead_count: int, simulate: bool, rate: float, seed: int, steps: int) ->
 
 def _close_random(rng: random.Random) -> bool:
     ids = db.session.scalars(
-        sa.select(Contact.id).where(Contact.status == OPEN, Contact.operator_id.is_not(None)).limit(50)
+        sa.select(Contact.id).where(Contact.status == ContactStatus.OPEN, Contact.operator_id.is_not(None)).limit(50)
     ).all()
     if not ids:
         return False

@@ -24,8 +24,9 @@ from leadcrm import storage
 from leadcrm.errors import Conflict, InvalidInput, NotFound, UnknownOperator
 from leadcrm.identity import LeadIdentity
 from leadcrm.leads import resolve_lead
-from leadcrm.models import OPEN, Source, utcnow
+from leadcrm.models import Source, utcnow
 from leadcrm.storage import ContactRecord, LeadRecord, OperatorRecord, SourceRecord
+from leadcrm.vocabulary import ContactStatus, EventReason, Strategy
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +57,7 @@ def pick_operator(session: Session, source: Source | SourceRecord, rng: random.R
     rows = storage.Tx.of(session).execute(storage.ELIGIBLE, params).fetchall()  # (id, weight, assigned_total)
     if not rows:
         return None
-    if source.strategy == "deterministic":
+    if source.strategy == Strategy.DETERMINISTIC:
         total_weight = sum(row[1] for row in rows)
         assigned = sum(row[2] for row in rows)
         return max(rows, key=lambda row: ((assigned + 1) * row[1] - total_weight * row[2], -row[0]))[0]
@@ -85,7 +86,7 @@ def assign_operator(
     session: Session, source: Source | SourceRecord, rng: random.Random | None = None
 ) -> OperatorRecord | None:
     """Pick and claim an operator for one new contact of ``source``, or None."""
-    if source.strategy == "deterministic":
+    if source.strategy == Strategy.DETERMINISTIC:
         # The pick depends on every operator's history for this source: take
         # turns per source so that two requests do not both use the same counts.
         storage.lock_source(storage.Tx.of(session), source.id)
@@ -130,10 +131,10 @@ def register_contact(
     """
     lead, lead_created = resolve_lead(session, identity, name)
     operator = None
-    reason = "registered"
+    reason = EventReason.REGISTERED
     if source.sticky and not lead_created:
         operator = back_to_latest_operator(session, source, lead.id)
-        reason = "sticky" if operator else reason
+        reason = EventReason.STICKY if operator else reason
     if operator is None:
         operator = assign_operator(session, source, rng)
     now = utcnow()
@@ -156,7 +157,7 @@ def register_contact(
         lead_id=lead.id,
         source_id=source.id,
         operator_id=operator.id if operator else None,
-        status=OPEN,
+        status=ContactStatus.OPEN,
         message=message,
         created_at=now,
         assigned_at=now if operator else None,
@@ -179,7 +180,7 @@ def close_contact(session: Session, contact_id: int, *, drain: bool = True) -> C
     if row is None:
         return get_open_or_closed(session, contact_id)
     contact = storage.contact_record(row)
-    tx.record(contact.id, "closed", contact.operator_id, None, closed_at)
+    tx.record(contact.id, EventReason.CLOSED, contact.operator_id, None, closed_at)
     if contact.operator_id is not None and release_slot(tx, contact.operator_id, contact.id) and drain:
         drain_for_operators(session, [contact.operator_id])
     return contact
@@ -229,7 +230,7 @@ def assign_by_hand(
     # manual change locks in this order, so they queue instead of deadlocking,
     # and what is read here cannot change before the move.
     contact = lock_contact(tx, contact_id)
-    if contact.status != OPEN:
+    if contact.status != ContactStatus.OPEN:
         raise InvalidInput(_l("A closed contact cannot be assigned; reopen it first."), {"status": _l("Closed.")})
     if contact.operator_id == operator_id:
         return contact
@@ -251,7 +252,8 @@ def assign_by_hand(
     # No row when the operator does not serve the source: such a contact is not counted in its share.
     tx.execute(storage.COUNT_ASSIGNMENT, {"source_id": contact.source_id, "operator_id": operator_id})
     full = operator[4] > operator[3]  # active_leads > max_active_leads after the claim
-    tx.record(contact.id, "override" if override and full else "manual", contact.operator_id, operator_id, now)
+    reason = EventReason.OVERRIDE if override and full else EventReason.MANUAL
+    tx.record(contact.id, reason, contact.operator_id, operator_id, now)
     if contact.operator_id is not None and release_slot(tx, contact.operator_id, contact.id) and drain:
         drain_for_operators(session, [contact.operator_id])
     return get_open_or_closed(session, contact.id)
@@ -269,7 +271,9 @@ def close_contacts(session: Session, contact_ids: Iterable[int]) -> list[Contact
     contacts = [lock_contact(tx, contact_id) for contact_id in sorted(set(contact_ids))]
     storage.lock_operators(tx, [contact.operator_id for contact in contacts])
     closed = [close_contact(session, contact.id, drain=False) for contact in contacts]
-    freed = [contact.operator_id for contact in contacts if contact.status == OPEN and contact.operator_id]
+    freed = [
+        contact.operator_id for contact in contacts if contact.status == ContactStatus.OPEN and contact.operator_id
+    ]
     drain_for_operators(session, freed)
     return closed
 
@@ -297,7 +301,7 @@ def reopen_contact(session: Session, contact_id: int, rng: random.Random | None 
     also when concurrent requests reopen it: only the one that flips the status claims a slot."""
     tx = storage.Tx.of(session)
     contact = lock_contact(tx, contact_id)
-    if contact.status == OPEN:
+    if contact.status == ContactStatus.OPEN:
         return contact
     if tx.execute(storage.REOPEN_CONTACT, {"id": contact.id}).rowcount != 1:
         return get_open_or_closed(session, contact.id)  # reopened by someone else first
@@ -316,7 +320,7 @@ def reopen_contact(session: Session, contact_id: int, rng: random.Random | None 
         params = {"id": contact.id, "operator_id": operator.id, "assigned_at": now, "previous": None}
         if tx.execute(storage.MOVE_CONTACT, params).rowcount != 1:  # cannot happen: we reopened it, under its lock
             raise RuntimeError(f"reopened contact {contact.id} changed under its lock")
-    tx.record(contact.id, "reopened", None, operator.id if operator else None, now)
+    tx.record(contact.id, EventReason.REOPENED, None, operator.id if operator else None, now)
     return get_open_or_closed(session, contact.id)
 
 
@@ -383,7 +387,7 @@ def drain_queue(
     if assignments:
         if tx.execute_many(storage.ASSIGN_WAITING, assignments).rowcount != len(assignments):
             raise RuntimeError("a waiting contact changed under its lock")  # cannot happen under our locks
-        tx.record_assignments("queue", assignments)
+        tx.record_assignments(EventReason.QUEUE, assignments)
     return len(assignments)
 
 

@@ -1,6 +1,7 @@
 """The data model: operators, sources and their weights, leads and contacts."""
 
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any, Optional
 
 import sqlalchemy as sa
@@ -8,20 +9,25 @@ import sqlalchemy.orm as so
 from flask_login import UserMixin
 
 from leadcrm.extensions import db
+from leadcrm.vocabulary import (
+    EMAIL_MAX,
+    EXTERNAL_ID_MAX,
+    IDEMPOTENCY_KEY_MAX,
+    NAME_MAX,
+    PHONE_MAX,
+    USERNAME_MAX,
+    ContactStatus,
+    EventReason,
+    Role,
+    Strategy,
+    TokenScope,
+)
 
-NAME_MAX = 200
-EXTERNAL_ID_MAX = 200
-PHONE_MAX = 32  # E.164 is at most 16 characters; room for the '+' and future formats
-EMAIL_MAX = 320
-MESSAGE_MAX = 10_000
-IDEMPOTENCY_KEY_MAX = 200
-# Largest value any id, limit or weight column holds on every supported database.
-INT_MAX = 2**31 - 1
 
-STRATEGIES = ("random", "deterministic")
-# Why a contact's assignment changed (ContactEvent.reason).
-REASONS = ("registered", "queue", "sticky", "manual", "override", "closed", "reopened")
-OPEN, CLOSED = "open", "closed"
+def one_of(column: str, values: type[StrEnum]) -> str:
+    """A CHECK constraint's SQL: ``column IN ('a', 'b')``, in the enumeration's order (as the migrations wrote it)."""
+    quoted = ", ".join(f"'{value}'" for value in values)
+    return f"{column} IN ({quoted})"
 
 
 def utcnow() -> datetime:
@@ -71,11 +77,11 @@ class Operator(db.Model):
 
 class Source(db.Model):
     __tablename__ = "sources"
-    __table_args__ = (sa.CheckConstraint("strategy IN ('random', 'deterministic')", name="strategy_known"),)
+    __table_args__ = (sa.CheckConstraint(one_of("strategy", Strategy), name="strategy_known"),)
 
     id: so.Mapped[int] = so.mapped_column(primary_key=True)
     name: so.Mapped[str] = so.mapped_column(sa.String(NAME_MAX), unique=True)
-    strategy: so.Mapped[str] = so.mapped_column(sa.String(20), default="random")
+    strategy: so.Mapped[str] = so.mapped_column(sa.String(20), default=Strategy.RANDOM)
     # Returning leads go back to the operator of their latest contact through
     # this source, while that operator serves it and has room.
     sticky: so.Mapped[bool] = so.mapped_column(default=False, server_default=sa.false())
@@ -123,12 +129,16 @@ class Lead(db.Model):
         return f"<Lead {self.id} {self.external_id or self.phone or self.email}>"
 
 
+# The waiting queue: open contacts without an operator (ix_contacts_waiting's condition).
+WAITING = f"operator_id IS NULL AND status = '{ContactStatus.OPEN}'"
+
+
 class Contact(db.Model):
     """One appeal of a lead through a source; open until someone closes it."""
 
     __tablename__ = "contacts"
     __table_args__ = (
-        sa.CheckConstraint("status IN ('open', 'closed')", name="status_known"),
+        sa.CheckConstraint(one_of("status", ContactStatus), name="status_known"),
         # Open contacts per operator (load checks), and the waiting queue
         # (operator_id IS NULL AND status = 'open').
         sa.Index("ix_contacts_operator_status", "operator_id", "status"),
@@ -140,8 +150,8 @@ class Contact(db.Model):
             "source_id",
             "created_at",
             "id",
-            sqlite_where=sa.text("operator_id IS NULL AND status = 'open'"),
-            postgresql_where=sa.text("operator_id IS NULL AND status = 'open'"),
+            sqlite_where=sa.text(WAITING),
+            postgresql_where=sa.text(WAITING),
         ),
     )
 
@@ -149,7 +159,7 @@ class Contact(db.Model):
     lead_id: so.Mapped[int] = so.mapped_column(sa.ForeignKey("leads.id"), index=True)
     source_id: so.Mapped[int] = so.mapped_column(sa.ForeignKey("sources.id"))
     operator_id: so.Mapped[Optional[int]] = so.mapped_column(sa.ForeignKey("operators.id"))
-    status: so.Mapped[str] = so.mapped_column(sa.String(10), default=OPEN)
+    status: so.Mapped[str] = so.mapped_column(sa.String(10), default=ContactStatus.OPEN)
     message: so.Mapped[Optional[str]] = so.mapped_column(sa.Text)
     created_at: so.Mapped[datetime] = so.mapped_column(UTCDateTime, default=utcnow)
     assigned_at: so.Mapped[Optional[datetime]] = so.mapped_column(UTCDateTime)
@@ -170,12 +180,7 @@ class ContactEvent(db.Model):
     """
 
     __tablename__ = "contact_events"
-    __table_args__ = (
-        sa.CheckConstraint(
-            "reason IN ('registered', 'queue', 'sticky', 'manual', 'override', 'closed', 'reopened')",
-            name="reason_known",
-        ),
-    )
+    __table_args__ = (sa.CheckConstraint(one_of("reason", EventReason), name="reason_known"),)
 
     id: so.Mapped[int] = so.mapped_column(primary_key=True)
     contact_id: so.Mapped[int] = so.mapped_column(sa.ForeignKey("contacts.id"), index=True)
@@ -210,15 +215,6 @@ class IdempotencyKey(db.Model):
     created_at: so.Mapped[datetime] = so.mapped_column(UTCDateTime, default=utcnow, index=True)
 
 
-SUPERVISOR, INTAKE = "supervisor", "intake"
-ROLES = (SUPERVISOR, INTAKE)
-USERNAME_MAX = 64
-PASSWORD_MAX = 256  # long passphrases are welcome; unbounded input is not
-# API token scopes: "register" may only register contacts and read the distribution status.
-REGISTER_SCOPE, FULL_SCOPE = "register", "full"
-SCOPES = (REGISTER_SCOPE, FULL_SCOPE)
-
-
 # Where a loaded User keeps the secret of its login session (not a column).
 LOGIN_SECRET = "_leadcrm_login_secret"
 
@@ -227,7 +223,7 @@ class User(UserMixin, db.Model):
     """A person who logs in: a supervisor (everything) or intake staff."""
 
     __tablename__ = "users"
-    __table_args__ = (sa.CheckConstraint("role IN ('supervisor', 'intake')", name="role_known"),)
+    __table_args__ = (sa.CheckConstraint(one_of("role", Role), name="role_known"),)
 
     id: so.Mapped[int] = so.mapped_column(primary_key=True)
     username: so.Mapped[str] = so.mapped_column(sa.String(USERNAME_MAX), unique=True)
@@ -259,7 +255,7 @@ class ApiToken(db.Model):
     """A named credential for an integration. Only the SHA-256 of the secret is kept."""
 
     __tablename__ = "api_tokens"
-    __table_args__ = (sa.CheckConstraint("scope IN ('register', 'full')", name="scope_known"),)
+    __table_args__ = (sa.CheckConstraint(one_of("scope", TokenScope), name="scope_known"),)
 
     id: so.Mapped[int] = so.mapped_column(primary_key=True)
     name: so.Mapped[str] = so.mapped_column(sa.String(NAME_MAX))

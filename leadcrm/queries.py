@@ -12,7 +12,8 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from leadcrm import storage
-from leadcrm.models import OPEN, Contact, ContactEvent, Lead, Operator, Source, SourceOperator
+from leadcrm.models import Contact, ContactEvent, Lead, Operator, Source, SourceOperator
+from leadcrm.vocabulary import ContactStatus
 
 
 @dataclass(frozen=True)
@@ -52,7 +53,9 @@ def operator_loads(session: Session) -> list[sa.Row]:
 def unassigned_open(session: Session) -> int:
     """Open contacts waiting without an operator (an index range, not a scan of history)."""
     c = CONTACTS.c
-    query = sa.select(sa.func.count()).select_from(CONTACTS).where(c.operator_id.is_(None), c.status == OPEN)
+    query = (
+        sa.select(sa.func.count()).select_from(CONTACTS).where(c.operator_id.is_(None), c.status == ContactStatus.OPEN)
+    )
     return session.connection().scalar(query) or 0
 
 
@@ -125,7 +128,7 @@ def waiting_by_source(session: Session) -> dict[int, Waiting]:
     """Queue length and oldest waiting contact per source (sources with a queue only)."""
     rows = session.execute(
         sa.select(Contact.source_id, sa.func.count(), sa.func.min(Contact.created_at))
-        .where(Contact.operator_id.is_(None), Contact.status == OPEN)
+        .where(Contact.operator_id.is_(None), Contact.status == ContactStatus.OPEN)
         .group_by(Contact.source_id)
     )
     # An aggregate loses the column's type: SQLite hands back text, PostgreSQL a datetime.

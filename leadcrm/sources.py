@@ -13,6 +13,7 @@ from leadcrm.distribution import drain_queue
 from leadcrm.errors import NameTaken, UnknownOperator, UnknownSource
 from leadcrm.models import Operator, Source, SourceOperator
 from leadcrm.storage import SourceRecord
+from leadcrm.vocabulary import Strategy
 
 
 def get_source(session: Session, source_id: int) -> Source:
@@ -41,7 +42,7 @@ def list_sources_query() -> sa.Select[tuple[Source]]:
     return sa.select(Source).order_by(Source.id)
 
 
-def create_source(session: Session, *, name: str, strategy: str = "random", sticky: bool = False) -> Source:
+def create_source(session: Session, *, name: str, strategy: str = Strategy.RANDOM, sticky: bool = False) -> Source:
     source = Source(name=name, strategy=strategy, sticky=sticky)
     with unique_or(session, _name_taken(name)):
         session.add(source)

@@ -9,7 +9,7 @@ from flask.testing import FlaskClient
 
 from leadcrm import create_app
 from leadcrm.extensions import db
-from leadcrm.models import FULL_SCOPE, SUPERVISOR
+from leadcrm.vocabulary import Role, TokenScope
 from tests.backends import POSTGRES_URL, PostgresBackend, SqliteBackend
 from tests.helpers import add_token, add_user, login_client
 
@@ -56,8 +56,8 @@ def client(app: Flask) -> FlaskClient:
     through the token, as integrations call it.
     """
     with app.app_context():
-        supervisor = add_user("boss", SUPERVISOR)
-        secret = add_token("tests", FULL_SCOPE)
+        supervisor = add_user("boss", Role.SUPERVISOR)
+        secret = add_token("tests", TokenScope.FULL)
     return login_client(app, supervisor, token=secret)
 
 

@@ -10,7 +10,8 @@ from werkzeug.security import generate_password_hash
 from leadcrm import accounts, operators, sources
 from leadcrm.extensions import db
 from leadcrm.identity import LeadIdentity
-from leadcrm.models import OPEN, Contact, Operator, Source, User
+from leadcrm.models import Contact, Operator, Source, User
+from leadcrm.vocabulary import ContactStatus
 
 
 def add_operator(name: str, limit: int = 10, *, active: bool = True) -> Operator:
@@ -30,7 +31,9 @@ def phone(n: int) -> LeadIdentity:
 
 def open_contacts_by_operator() -> dict[int | None, int]:
     rows = db.session.execute(
-        sa.select(Contact.operator_id, sa.func.count()).where(Contact.status == OPEN).group_by(Contact.operator_id)
+        sa.select(Contact.operator_id, sa.func.count())
+        .where(Contact.status == ContactStatus.OPEN)
+        .group_by(Contact.operator_id)
     )
     return {operator_id: count for operator_id, count in rows}
 

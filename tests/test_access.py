@@ -14,7 +14,7 @@ from werkzeug.test import TestResponse
 
 from leadcrm import create_app
 from leadcrm.api.openapi import INTAKE_OPERATIONS, REGISTER_SCOPE_OPERATIONS
-from leadcrm.models import FULL_SCOPE, INTAKE, REGISTER_SCOPE, SUPERVISOR
+from leadcrm.vocabulary import Role, TokenScope
 from tests.helpers import add_token, add_user, login_client
 
 CALLERS = ("anonymous", "intake", "supervisor", "register_token", "full_token")
@@ -125,10 +125,10 @@ def test_openapi_document_states_the_same_scopes_and_roles() -> None:
 @pytest.fixture
 def callers(app: Flask) -> dict[str, FlaskClient]:
     with app.app_context():
-        intake = add_user("irina", INTAKE)
-        supervisor = add_user("boss", SUPERVISOR)
-        register_secret = add_token("web form", REGISTER_SCOPE)
-        full_secret = add_token("crm", FULL_SCOPE)
+        intake = add_user("irina", Role.INTAKE)
+        supervisor = add_user("boss", Role.SUPERVISOR)
+        register_secret = add_token("web form", TokenScope.REGISTER)
+        full_secret = add_token("crm", TokenScope.FULL)
     register_client, full_client = app.test_client(), app.test_client()
     register_client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {register_secret}"
     full_client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {full_secret}"

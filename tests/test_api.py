@@ -726,11 +726,11 @@ def test_text_lengths_count_as_sent_and_blank_or_nul_text_is_named(client: Flask
 
 def _register_token_client(app: Flask, name: str = "form") -> FlaskClient:
     from leadcrm.extensions import db
-    from leadcrm.models import REGISTER_SCOPE
+    from leadcrm.vocabulary import TokenScope
     from tests.helpers import add_token
 
     with app.app_context():
-        secret = add_token(name, REGISTER_SCOPE)
+        secret = add_token(name, TokenScope.REGISTER)
         db.session.remove()
     token_client = app.test_client()
     token_client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {secret}"

@@ -22,7 +22,7 @@ import sqlalchemy as sa
 
 from leadcrm import accounts, create_app
 from leadcrm.extensions import db
-from leadcrm.models import REGISTER_SCOPE, SUPERVISOR
+from leadcrm.vocabulary import Role, TokenScope
 from tests.servers import api_session, create_token, gunicorn
 
 pytestmark = pytest.mark.slow
@@ -82,7 +82,7 @@ def test_limits_hold_under_concurrent_registrations_closes_and_flips(servers) ->
     api = apis[0]
     setup = api_session(token)
     # Registrations come from integrations with the narrowest scope.
-    register_token = create_token(database_url, REGISTER_SCOPE, name="web form")
+    register_token = create_token(database_url, TokenScope.REGISTER, name="web form")
     ops = [
         setup.post(f"{api}/operators/", json={"name": f"Op{i}", "max_active_leads": limit}).json()
         for i, limit in enumerate(LIMITS)
@@ -410,7 +410,7 @@ def create_supervisor(database_url: str, username: str = "boss") -> str:
     password = "a long enough password"
     app = create_app({"SQLALCHEMY_DATABASE_URI": database_url})
     with app.app_context():
-        accounts.create_user(db.session, username=username, password=password, role=SUPERVISOR)
+        accounts.create_user(db.session, username=username, password=password, role=Role.SUPERVISOR)
         db.session.commit()
         db.session.remove()
         db.engine.dispose()

@@ -22,17 +22,8 @@ from werkzeug.security import generate_password_hash
 from leadcrm import accounts, create_app
 from leadcrm.cli import ensure_first_admin
 from leadcrm.extensions import db
-from leadcrm.models import (
-    FULL_SCOPE,
-    INTAKE,
-    REGISTER_SCOPE,
-    SUPERVISOR,
-    ApiToken,
-    LoginFailure,
-    LoginSession,
-    User,
-    utcnow,
-)
+from leadcrm.models import ApiToken, LoginFailure, LoginSession, User, utcnow
+from leadcrm.vocabulary import Role, TokenScope
 from tests.helpers import PASSWORD, add_token, add_user, login_client, password_hash
 from tests.servers import api_session, create_token, gunicorn
 from tests.test_web import HTMX, post_form, text
@@ -49,7 +40,7 @@ def log_in(client: FlaskClient, username: str, password: str = PASSWORD, **kw):
 @pytest.fixture
 def people(app: Flask) -> dict[str, User]:
     with app.app_context():
-        return {"vera": add_user("vera", SUPERVISOR), "irina": add_user("irina", INTAKE)}
+        return {"vera": add_user("vera", Role.SUPERVISOR), "irina": add_user("irina", Role.INTAKE)}
 
 
 # --- login and logout -------------------------------------------------------------------------
@@ -603,7 +594,9 @@ def test_supervisor_creates_users_with_hashed_passwords(client: FlaskClient) -> 
     with client.application.app_context():
         olga = db.session.scalar(sa.select(User).where(User.username == "olga"))
         assert (
-            olga.role == INTAKE and olga.password_hash.startswith("scrypt:") and "long enough" not in olga.password_hash
+            olga.role == Role.INTAKE
+            and olga.password_hash.startswith("scrypt:")
+            and "long enough" not in olga.password_hash
         )
     assert log_in(client.application.test_client(), "olga", "long enough!").location == "/intake/"
 
@@ -626,13 +619,13 @@ def test_users_page_keeps_the_last_supervisor(app: Flask, client: FlaskClient) -
 
 
 def test_the_last_active_supervisor_can_be_neither_demoted_nor_deactivated(ctx) -> None:
-    boss = add_user("boss", SUPERVISOR)
+    boss = add_user("boss", Role.SUPERVISOR)
     with pytest.raises(accounts.Conflict):
-        accounts.update_user(db.session, boss, role=INTAKE)
+        accounts.update_user(db.session, boss, role=Role.INTAKE)
     with pytest.raises(accounts.Conflict):
         accounts.update_user(db.session, boss, is_active=False)
-    second = add_user("second", SUPERVISOR)
-    accounts.update_user(db.session, boss, role=INTAKE)
+    second = add_user("second", Role.SUPERVISOR)
+    accounts.update_user(db.session, boss, role=Role.INTAKE)
     with pytest.raises(accounts.Conflict):
         accounts.update_user(db.session, second, is_active=False)
 
@@ -645,7 +638,7 @@ def test_first_start_creates_admin_once_with_a_random_or_given_password(app: Fla
         assert len(lines) == 1
         password = lines[0].split("password: ")[1].split()[0]
         assert len(password) >= 16
-        assert accounts.authenticate(db.session, "admin", password, "-").role == SUPERVISOR
+        assert accounts.authenticate(db.session, "admin", password, "-").role == Role.SUPERVISOR
     app.config["LEADCRM_ADMIN_PASSWORD"] = "from the environment"
     with app.app_context():
         db.session.execute(sa.delete(User))
@@ -690,7 +683,7 @@ def test_token_is_shown_once_and_only_its_hash_is_kept(client: FlaskClient) -> N
     with client.application.app_context():
         token = db.session.scalar(sa.select(ApiToken).where(ApiToken.name == "Website form"))
         assert token.token_hash == hashlib.sha256(secret.encode()).hexdigest()
-        assert token.scope == REGISTER_SCOPE and token.last_used_at is None
+        assert token.scope == TokenScope.REGISTER and token.last_used_at is None
         stored = " ".join(str(v) for v in db.session.execute(sa.select(ApiToken.__table__)).all())
         assert secret not in stored
     headers = {"Authorization": f"Bearer {secret}"}
@@ -704,8 +697,8 @@ def test_token_is_shown_once_and_only_its_hash_is_kept(client: FlaskClient) -> N
 
 def test_scopes_revocation_and_bad_credentials(app: Flask, client: FlaskClient) -> None:
     with app.app_context():
-        register = add_token("form", REGISTER_SCOPE)
-        full = add_token("crm", FULL_SCOPE)
+        register = add_token("form", TokenScope.REGISTER)
+        full = add_token("crm", TokenScope.FULL)
         register_id = db.session.scalar(sa.select(ApiToken.id).where(ApiToken.name == "form"))
     anonymous = app.test_client()
     body = {"source_name": "nowhere", "phone": "+79001234567"}
@@ -850,7 +843,7 @@ def store_user(database_url: str, username: str, password_hash: str) -> None:
     """A supervisor stored straight into a served (migrated) database."""
     app = create_app({"SQLALCHEMY_DATABASE_URI": database_url})
     with app.app_context():
-        db.session.add(User(username=username, password_hash=password_hash, role=SUPERVISOR))
+        db.session.add(User(username=username, password_hash=password_hash, role=Role.SUPERVISOR))
         db.session.commit()
         db.session.remove()
         db.engine.dispose()

@@ -23,11 +23,12 @@ from leadcrm.auth import allow, caller_may, current_caller
 from leadcrm.errors import InvalidInput, LeadConflict, NotFound
 from leadcrm.extensions import db
 from leadcrm.identity import parse_identity
-from leadcrm.models import IDEMPOTENCY_KEY_MAX, INTAKE, SUPERVISOR, Contact
+from leadcrm.models import Contact
+from leadcrm.vocabulary import IDEMPOTENCY_KEY_MAX, Role
 
 
 @bp.post("/contacts/register")
-@allow(SUPERVISOR, INTAKE, register_token=True)
+@allow(Role.SUPERVISOR, Role.INTAKE, register_token=True)
 def register_contact() -> Response:
     key = request.headers.get("Idempotency-Key")
     if key is not None and not 1 <= len(key.strip()) <= IDEMPOTENCY_KEY_MAX:
@@ -101,7 +102,7 @@ def _stored_answer(answer: idempotency.StoredAnswer, *, replayed: bool) -> Flask
 
 
 @bp.get("/contacts/")
-@allow(SUPERVISOR, INTAKE)
+@allow(Role.SUPERVISOR, Role.INTAKE)
 def list_contacts() -> Response:
     args = query_args(ContactFilter)
     query = queries.contacts_query(
@@ -115,7 +116,7 @@ def list_contacts() -> Response:
 
 
 @bp.get("/contacts/<id:contact_id>")
-@allow(SUPERVISOR, INTAKE)
+@allow(Role.SUPERVISOR, Role.INTAKE)
 def get_contact(contact_id: int) -> Response:
     contact = db.session.get(Contact, contact_id)
     if contact is None:
@@ -124,7 +125,7 @@ def get_contact(contact_id: int) -> Response:
 
 
 @bp.get("/contacts/<id:contact_id>/events")
-@allow(SUPERVISOR, INTAKE)
+@allow(Role.SUPERVISOR, Role.INTAKE)
 def get_contact_events(contact_id: int) -> Response:
     if db.session.get(Contact, contact_id) is None:
         raise NotFound(f"No contact with id {contact_id}.")
@@ -132,7 +133,7 @@ def get_contact_events(contact_id: int) -> Response:
 
 
 @bp.post("/contacts/<id:contact_id>/assign")
-@allow(SUPERVISOR)
+@allow(Role.SUPERVISOR)
 def assign_contact(contact_id: int) -> Response:
     """Give an open contact to a chosen operator (past its limit only with override)."""
     body = parse(AssignIn, json_body())
@@ -142,7 +143,7 @@ def assign_contact(contact_id: int) -> Response:
 
 
 @bp.post("/contacts/<id:contact_id>/reopen")
-@allow(SUPERVISOR)
+@allow(Role.SUPERVISOR)
 def reopen_contact(contact_id: int) -> Response:
     contact = distribution.reopen_contact(db.session, contact_id)
     db.session.commit()
@@ -150,7 +151,7 @@ def reopen_contact(contact_id: int) -> Response:
 
 
 @bp.get("/contacts/export.csv")
-@allow(SUPERVISOR)
+@allow(Role.SUPERVISOR)
 def export_contacts() -> FlaskResponse:
     """The contacts matching the list's filters, as CSV, streamed (the contacts page links here)."""
     filters = query_args(ContactFilter)
@@ -162,7 +163,7 @@ def export_contacts() -> FlaskResponse:
 
 
 @bp.post("/contacts/<id:contact_id>/close")
-@allow(SUPERVISOR, INTAKE)
+@allow(Role.SUPERVISOR, Role.INTAKE)
 def close_contact(contact_id: int) -> Response:
     contact = distribution.close_contact(db.session, contact_id)
     db.session.commit()

@@ -13,18 +13,18 @@ from leadcrm.api.schemas import (
 )
 from leadcrm.auth import allow
 from leadcrm.extensions import db
-from leadcrm.models import INTAKE, SUPERVISOR
+from leadcrm.vocabulary import Role
 
 
 @bp.get("/leads/")
-@allow(SUPERVISOR, INTAKE)
+@allow(Role.SUPERVISOR, Role.INTAKE)
 def list_leads() -> Response:
     args = query_args(LeadSearch)
     return page_of(leads.search_leads_query(args.q, current_app.config["LEADCRM_PHONE_REGION"]), args, LeadOut)
 
 
 @bp.get("/leads/<id:lead_id>")
-@allow(SUPERVISOR, INTAKE)
+@allow(Role.SUPERVISOR, Role.INTAKE)
 def get_lead(lead_id: int) -> Response:
     lead = leads.get_lead(db.session, lead_id)
     contacts = db.session.scalars(queries.contacts_query(lead_id=lead_id)).all()

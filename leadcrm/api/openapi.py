@@ -10,7 +10,7 @@ from leadcrm.api import bp
 from leadcrm.api import schemas as s
 from leadcrm.api.http import Response
 from leadcrm.auth import allow
-from leadcrm.models import INTAKE, SUPERVISOR
+from leadcrm.vocabulary import Role
 
 REF = "#/components/schemas/{model}"
 
@@ -345,6 +345,6 @@ def openapi_document() -> dict[str, Any]:
 
 
 @bp.get("/openapi.json")
-@allow(SUPERVISOR, INTAKE, register_token=True)
+@allow(Role.SUPERVISOR, Role.INTAKE, register_token=True)
 def openapi_json() -> Response:
     return openapi_document()

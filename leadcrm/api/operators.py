@@ -13,11 +13,11 @@ from leadcrm.api.schemas import (
 )
 from leadcrm.auth import allow
 from leadcrm.extensions import db
-from leadcrm.models import SUPERVISOR
+from leadcrm.vocabulary import Role
 
 
 @bp.post("/operators/")
-@allow(SUPERVISOR)
+@allow(Role.SUPERVISOR)
 def create_operator() -> Response:
     body = parse(OperatorCreate, json_body())
     operator = operators.create_operator(
@@ -28,19 +28,19 @@ def create_operator() -> Response:
 
 
 @bp.get("/operators/")
-@allow(SUPERVISOR)
+@allow(Role.SUPERVISOR)
 def list_operators() -> Response:
     return page_of(operators.list_operators_query(), query_args(PageArgs), OperatorOut)
 
 
 @bp.get("/operators/<id:operator_id>")
-@allow(SUPERVISOR)
+@allow(Role.SUPERVISOR)
 def get_operator(operator_id: int) -> Response:
     return dump(OperatorOut, operators.get_operator(db.session, operator_id))
 
 
 @bp.patch("/operators/<id:operator_id>")
-@allow(SUPERVISOR)
+@allow(Role.SUPERVISOR)
 def update_operator(operator_id: int) -> Response:
     operator = operators.get_operator(db.session, operator_id)
     body = parse(OperatorUpdate, json_body())

@@ -3,17 +3,25 @@
 from datetime import datetime
 from decimal import Decimal
 from functools import partial
-from typing import Annotated, Any, Generic, Literal, Optional, TypeVar
+from typing import Annotated, Any, Generic, Optional, TypeVar
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, WithJsonSchema
 from pydantic_core import PydanticCustomError
 
-from leadcrm.models import (
+from leadcrm.vocabulary import (
     EMAIL_MAX,
     EXTERNAL_ID_MAX,
     INT_MAX,
+    LIMIT_MAX,
     MESSAGE_MAX,
     NAME_MAX,
+    PER_PAGE,
+    PER_PAGE_MAX,
+    PHONE_INPUT_MAX,
+    WEIGHT_MAX,
+    ContactStatus,
+    EventReason,
+    Strategy,
 )
 
 
@@ -65,12 +73,26 @@ def text(max_length: int, *, required: bool = False, strip: bool = True) -> Any:
 
 Name = text(NAME_MAX, required=True)
 Id = Annotated[int, Field(ge=1, le=INT_MAX), INTEGRAL]
-Limit = Annotated[int, Field(ge=0, le=1_000_000, description="Limit of active leads (open contacts)."), INTEGRAL]
-# Bounded so that a source's total weight always fits an integer column.
+Limit = Annotated[int, Field(ge=0, le=LIMIT_MAX, description="Limit of active leads (open contacts)."), INTEGRAL]
 Weight = Annotated[
-    int, Field(ge=0, le=1_000_000, description="Share of the source's traffic; 0 = does not serve it."), INTEGRAL
+    int, Field(ge=0, le=WEIGHT_MAX, description="Share of the source's traffic; 0 = does not serve it."), INTEGRAL
 ]
-Strategy = Literal["random", "deterministic"]
+# An enumeration in a strict body is still sent as its text: "random", not an enum object.
+StrategyIn = Annotated[Strategy, Field(strict=False)]
+
+
+def _no_default(schema: dict[str, Any]) -> None:
+    schema.pop("default", None)
+
+
+def omittable() -> Any:
+    """A field that may be left out, but not sent as null.
+
+    Left out, it reads as None and is not in ``model_fields_set`` (the views
+    change only the fields that were sent). The schema states no default:
+    a generated client must not send ``null`` for it.
+    """
+    return Field(None, json_schema_extra=_no_default)
 
 
 class Strict(BaseModel):
@@ -87,9 +109,9 @@ class OperatorCreate(Strict):
 
 class OperatorUpdate(Strict):
     # Every field may be left out; none may be null.
-    name: Name = None  # type: ignore[assignment]
-    is_active: bool = None  # type: ignore[assignment]
-    max_active_leads: Limit = None  # type: ignore[assignment]
+    name: Name = omittable()
+    is_active: bool = omittable()
+    max_active_leads: Limit = omittable()
 
 
 Sticky = Annotated[
@@ -99,14 +121,14 @@ Sticky = Annotated[
 
 class SourceCreate(Strict):
     name: Name
-    strategy: Strategy = "random"
+    strategy: StrategyIn = Strategy.RANDOM
     sticky: Sticky = False
 
 
 class SourceUpdate(Strict):
-    name: Name = None  # type: ignore[assignment]
-    strategy: Strategy = None  # type: ignore[assignment]
-    sticky: Sticky = None  # type: ignore[assignment]
+    name: Name = omittable()
+    strategy: StrategyIn = omittable()
+    sticky: Sticky = omittable()
 
 
 class WeightIn(Strict):
@@ -137,7 +159,7 @@ class RegisterIn(Strict):
     source_id: Optional[Id] = None
     source_name: Optional[Name] = None
     external_id: Optional[text(EXTERNAL_ID_MAX)] = None
-    phone: Optional[text(64)] = Field(
+    phone: Optional[text(PHONE_INPUT_MAX)] = Field(
         None,
         description="Any common format; stored as E.164. Without a country code it is read in LEADCRM_PHONE_REGION.",
     )
@@ -175,7 +197,7 @@ class ContactOut(Out):
     lead_id: int
     source_id: int
     operator_id: Optional[int]
-    status: Literal["open", "closed"]
+    status: ContactStatus
     message: Optional[str]
     created_at: datetime
     assigned_at: Optional[datetime]
@@ -198,7 +220,7 @@ class LeadDetailOut(LeadOut):
 class EventOut(Out):
     id: int
     contact_id: int
-    reason: Literal["registered", "queue", "sticky", "manual", "override", "closed", "reopened"]
+    reason: EventReason
     from_operator_id: Optional[int]
     to_operator_id: Optional[int]
     actor: Optional[str] = Field(description="Who made the change, once accounts exist.")
@@ -234,10 +256,17 @@ T = TypeVar("T")
 
 
 class Page(BaseModel, Generic[T]):
+    """A page of a list (``api.http.page_of`` builds it)."""
+
     items: list[T]
     page: int
     per_page: int
     total: int
+
+    @classmethod
+    def model_parametrized_name(cls, params: tuple[type[Any], ...]) -> str:
+        # Page[OperatorOut] is "OperatorPage" in the document, and in clients generated from it.
+        return f"{params[0].__name__.removesuffix('Out')}Page"
 
 
 class OperatorLoadOut(BaseModel):
@@ -282,11 +311,11 @@ class ErrorOut(BaseModel):
 
 class PageArgs(BaseModel):
     page: int = Field(1, ge=1, le=INT_MAX)
-    per_page: int = Field(50, ge=1, le=500)
+    per_page: int = Field(PER_PAGE, ge=1, le=PER_PAGE_MAX)
 
 
 class ContactFilter(PageArgs):
-    status: Optional[Literal["open", "closed"]] = None
+    status: Optional[ContactStatus] = None
     operator_id: Optional[Id] = None
     source_id: Optional[Id] = None
     lead_id: Optional[Id] = None

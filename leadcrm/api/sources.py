@@ -18,11 +18,11 @@ from leadcrm.api.schemas import (
 from leadcrm.auth import allow
 from leadcrm.errors import InvalidInput
 from leadcrm.extensions import db
-from leadcrm.models import SUPERVISOR
+from leadcrm.vocabulary import Role
 
 
 @bp.post("/sources/")
-@allow(SUPERVISOR)
+@allow(Role.SUPERVISOR)
 def create_source() -> Response:
     body = parse(SourceCreate, json_body())
     source = sources.create_source(db.session, name=body.name, strategy=body.strategy, sticky=body.sticky)
@@ -31,19 +31,19 @@ def create_source() -> Response:
 
 
 @bp.get("/sources/")
-@allow(SUPERVISOR)
+@allow(Role.SUPERVISOR)
 def list_sources() -> Response:
     return page_of(sources.list_sources_query(), query_args(PageArgs), SourceOut)
 
 
 @bp.get("/sources/<id:source_id>")
-@allow(SUPERVISOR)
+@allow(Role.SUPERVISOR)
 def get_source(source_id: int) -> Response:
     return dump(SourceOut, sources.get_source(db.session, source_id))
 
 
 @bp.patch("/sources/<id:source_id>")
-@allow(SUPERVISOR)
+@allow(Role.SUPERVISOR)
 def update_source(source_id: int) -> Response:
     source = sources.get_source(db.session, source_id)
     body = parse(SourceUpdate, json_body())
@@ -57,14 +57,14 @@ def _weights_response(source_id: int) -> list[dict[str, Any]]:
 
 
 @bp.get("/sources/<id:source_id>/config")
-@allow(SUPERVISOR)
+@allow(Role.SUPERVISOR)
 def get_source_config(source_id: int) -> Response:
     sources.get_source(db.session, source_id)
     return _weights_response(source_id)
 
 
 @bp.post("/sources/<id:source_id>/config")
-@allow(SUPERVISOR)
+@allow(Role.SUPERVISOR)
 def set_source_config(source_id: int) -> Response:
     """An object sets one operator's weight; an array replaces the whole config."""
     source = sources.get_source(db.session, source_id)

@@ -7,7 +7,7 @@ from leadcrm.api import bp
 from leadcrm.api.http import Response
 from leadcrm.auth import allow
 from leadcrm.extensions import db
-from leadcrm.models import INTAKE, SUPERVISOR
+from leadcrm.vocabulary import Role
 
 
 def _utc_text(value: datetime | None) -> str | None:
@@ -16,7 +16,7 @@ def _utc_text(value: datetime | None) -> str | None:
 
 
 @bp.get("/distribution_status/")
-@allow(SUPERVISOR, INTAKE, register_token=True)
+@allow(Role.SUPERVISOR, Role.INTAKE, register_token=True)
 def distribution_status() -> Response:
     # Plain dicts, not pydantic models: with 1,000 operators and 30 sources the
     # answer has tens of thousands of fields. Its shape is DistributionStatusOut

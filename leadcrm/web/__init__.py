@@ -8,6 +8,7 @@ from flask_wtf.csrf import CSRFError
 
 from leadcrm.auth import public
 from leadcrm.i18n import LANGUAGE_COOKIE, LANGUAGES
+from leadcrm.vocabulary import LIMIT_MAX, WEIGHT_MAX, ContactStatus, EventReason, Role, Strategy
 from leadcrm.web import auth, contacts, intake, leads, load, operators, report, sources, tokens, users
 from leadcrm.web.rendering import local_target, render
 
@@ -39,6 +40,17 @@ def register_web(app: Flask) -> None:
         for values in (request.args, request.form):
             if any("\x00" in key or "\x00" in value for key, value in values.items(multi=True)):
                 abort(400, description=_("Text may not contain the NUL character."))
+
+    # The vocabulary as globals, not through a context processor: macros imported
+    # from _macros.html see globals, but not the context of the page that calls them.
+    app.jinja_env.globals.update(
+        ContactStatus=ContactStatus,
+        EventReason=EventReason,
+        Role=Role,
+        Strategy=Strategy,
+        LIMIT_MAX=LIMIT_MAX,
+        WEIGHT_MAX=WEIGHT_MAX,
+    )
 
     @app.context_processor
     def interface() -> dict[str, object]:

@@ -10,7 +10,8 @@ from leadcrm.auth import allow, public
 from leadcrm.database import begin_write, own_transactions
 from leadcrm.errors import DomainError
 from leadcrm.extensions import db
-from leadcrm.models import INTAKE, SUPERVISOR, User
+from leadcrm.models import User
+from leadcrm.vocabulary import Role
 from leadcrm.web.forms import LoginForm, OwnPasswordForm
 from leadcrm.web.rendering import local_target, render
 
@@ -21,7 +22,7 @@ DEVICE_COOKIE = "leadcrm_device"
 
 
 def home_for(user: User) -> str:
-    return url_for("intake.index" if user.role == INTAKE else "load.index")
+    return url_for("intake.index" if user.role == Role.INTAKE else "load.index")
 
 
 def _device() -> accounts.DeviceCookie:
@@ -100,7 +101,7 @@ def logout() -> ResponseReturnValue:
 
 
 @bp.post("/account/logout-everywhere")
-@allow(SUPERVISOR, INTAKE)
+@allow(Role.SUPERVISOR, Role.INTAKE)
 def logout_everywhere() -> ResponseReturnValue:
     """End every login session of the current user, this one included (a lost phone, a shared computer)."""
     accounts.end_sessions(db.session, current_user.id)
@@ -111,7 +112,7 @@ def logout_everywhere() -> ResponseReturnValue:
 
 
 @bp.route("/account", methods=["GET", "POST"])
-@allow(SUPERVISOR, INTAKE)
+@allow(Role.SUPERVISOR, Role.INTAKE)
 @own_transactions  # both passwords are hashed with no lock held
 def account() -> ResponseReturnValue:
     """Anyone logged in changes their own password, proving the current one first."""

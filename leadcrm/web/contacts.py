@@ -10,13 +10,13 @@ from leadcrm.api.schemas import ContactFilter
 from leadcrm.auth import allow
 from leadcrm.errors import DomainError, InvalidInput
 from leadcrm.extensions import db
-from leadcrm.models import INT_MAX, INTAKE, SUPERVISOR, Contact
+from leadcrm.models import Contact
 from leadcrm.operators import list_operators_query
 from leadcrm.sources import list_sources_query
+from leadcrm.vocabulary import INT_MAX, PER_PAGE, Role
 from leadcrm.web.rendering import changed, is_htmx, local_target, render
 
 bp = Blueprint("contacts", __name__, url_prefix="/contacts")
-PER_PAGE = 50
 
 
 def read_filters() -> ContactFilter:
@@ -49,7 +49,7 @@ def _list_page(status: int = 200, bulk_error: str | None = None) -> ResponseRetu
 
 
 @bp.get("/")
-@allow(SUPERVISOR, INTAKE)
+@allow(Role.SUPERVISOR, Role.INTAKE)
 def index() -> ResponseReturnValue:
     return _list_page()
 
@@ -71,7 +71,7 @@ def _detail(contact: object, status: int = 200, error: str | None = None) -> Res
 
 
 @bp.get("/<id:contact_id>")
-@allow(SUPERVISOR, INTAKE)
+@allow(Role.SUPERVISOR, Role.INTAKE)
 def detail(contact_id: int) -> ResponseReturnValue:
     return _detail(db.get_or_404(Contact, contact_id))
 
@@ -89,7 +89,7 @@ def _chosen_operator() -> tuple[int, bool]:
 
 
 @bp.post("/<id:contact_id>/assign")
-@allow(SUPERVISOR)
+@allow(Role.SUPERVISOR)
 def assign(contact_id: int) -> ResponseReturnValue:
     """Assign or reassign by hand; past the limit only with the override box ticked."""
     contact = db.get_or_404(Contact, contact_id)
@@ -106,7 +106,7 @@ def assign(contact_id: int) -> ResponseReturnValue:
 
 
 @bp.post("/<id:contact_id>/reopen")
-@allow(SUPERVISOR)
+@allow(Role.SUPERVISOR)
 def reopen(contact_id: int) -> ResponseReturnValue:
     distribution.reopen_contact(db.session, contact_id)
     db.session.commit()
@@ -114,7 +114,7 @@ def reopen(contact_id: int) -> ResponseReturnValue:
 
 
 @bp.post("/bulk")
-@allow(SUPERVISOR)
+@allow(Role.SUPERVISOR)
 def bulk() -> ResponseReturnValue:
     """Close, or reassign, every selected contact: all of them or, on any error, none."""
     ids = sorted({int(v) for v in request.form.getlist("contact_id") if v.isascii() and v.isdigit() and len(v) < 10})
@@ -137,7 +137,7 @@ def bulk() -> ResponseReturnValue:
 
 
 @bp.post("/<id:contact_id>/close")
-@allow(SUPERVISOR, INTAKE)
+@allow(Role.SUPERVISOR, Role.INTAKE)
 def close(contact_id: int) -> ResponseReturnValue:
     contact = distribution.close_contact(db.session, contact_id)
     db.session.commit()

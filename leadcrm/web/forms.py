@@ -7,10 +7,19 @@ from wtforms.fields.choices import SelectChoice
 from wtforms.validators import DataRequired, InputRequired, Length, NumberRange, Optional
 
 from leadcrm.errors import DomainError, InvalidInput
-from leadcrm.models import EMAIL_MAX, EXTERNAL_ID_MAX, MESSAGE_MAX, NAME_MAX, PASSWORD_MAX, USERNAME_MAX
-
-LIMIT_MAX = 1_000_000
-WEIGHT_MAX = 1_000_000
+from leadcrm.vocabulary import (
+    EMAIL_MAX,
+    EXTERNAL_ID_MAX,
+    LIMIT_MAX,
+    MESSAGE_MAX,
+    NAME_MAX,
+    PASSWORD_MAX,
+    PHONE_INPUT_MAX,
+    USERNAME_MAX,
+    Role,
+    Strategy,
+    TokenScope,
+)
 
 
 def show_domain_error(form: FlaskForm, exc: DomainError) -> None:
@@ -47,24 +56,24 @@ class SourceForm(FlaskForm):
     strategy = SelectField(
         _l("Distribution"),
         choices=[
-            SelectChoice("random", _l("Random, by weights")),
-            SelectChoice("deterministic", _l("Deterministic, by weights")),
+            SelectChoice(Strategy.RANDOM, _l("Random, by weights")),
+            SelectChoice(Strategy.DETERMINISTIC, _l("Deterministic, by weights")),
         ],
-        default="random",
+        default=Strategy.RANDOM,
     )
     sticky = BooleanField(_l("Returning leads go back to their operator"), default=False)
 
 
 class IntakeForm(FlaskForm):
     source_id = SelectField(_l("Source"), coerce=int, validators=[InputRequired()])
-    phone = StringField(_l("Phone"), filters=[strip], validators=[Optional(), Length(max=64)])
+    phone = StringField(_l("Phone"), filters=[strip], validators=[Optional(), Length(max=PHONE_INPUT_MAX)])
     email = StringField(_l("E-mail"), filters=[strip], validators=[Optional(), Length(max=EMAIL_MAX)])
     external_id = StringField(_l("External id"), filters=[strip], validators=[Optional(), Length(max=EXTERNAL_ID_MAX)])
     name = StringField(_l("Name"), filters=[strip], validators=[Optional(), Length(max=NAME_MAX)])
     message = TextAreaField(_l("Message"), validators=[Optional(), Length(max=MESSAGE_MAX)])
 
 
-ROLE_CHOICES = [SelectChoice("intake", _l("Intake")), SelectChoice("supervisor", _l("Supervisor"))]
+ROLE_CHOICES = [SelectChoice(Role.INTAKE, _l("Intake")), SelectChoice(Role.SUPERVISOR, _l("Supervisor"))]
 
 
 class LoginForm(FlaskForm):
@@ -74,7 +83,7 @@ class LoginForm(FlaskForm):
 
 class UserForm(FlaskForm):
     username = StringField(_l("Username"), filters=[strip], validators=[DataRequired(), Length(max=USERNAME_MAX)])
-    role = SelectField(_l("Role"), choices=ROLE_CHOICES, default="intake")
+    role = SelectField(_l("Role"), choices=ROLE_CHOICES, default=Role.INTAKE)
     password = PasswordField(_l("Password"), validators=[DataRequired(), Length(max=PASSWORD_MAX)])
 
 
@@ -96,8 +105,8 @@ class TokenForm(FlaskForm):
     scope = SelectField(
         _l("Scope"),
         choices=[
-            SelectChoice("register", _l("register: contacts and status only")),
-            SelectChoice("full", _l("full: the whole API")),
+            SelectChoice(TokenScope.REGISTER, _l("register: contacts and status only")),
+            SelectChoice(TokenScope.FULL, _l("full: the whole API")),
         ],
-        default="register",
+        default=TokenScope.REGISTER,
     )

@@ -9,8 +9,9 @@ from leadcrm.auth import allow
 from leadcrm.errors import DomainError
 from leadcrm.extensions import db
 from leadcrm.identity import parse_identity
-from leadcrm.models import INT_MAX, INTAKE, SUPERVISOR, Contact, Lead, Operator
+from leadcrm.models import Contact, Lead, Operator
 from leadcrm.sources import find_source, list_sources_query
+from leadcrm.vocabulary import INT_MAX, Role
 from leadcrm.web.forms import IntakeForm, show_domain_error
 from leadcrm.web.rendering import changed, is_htmx, render
 
@@ -31,7 +32,7 @@ def _page(form: IntakeForm, status: int = 200, **result: object) -> ResponseRetu
 
 
 @bp.get("/")
-@allow(SUPERVISOR, INTAKE)
+@allow(Role.SUPERVISOR, Role.INTAKE)
 def index() -> ResponseReturnValue:
     """The empty form; after a registration without JavaScript, also its result card."""
     result: dict[str, object] = {}
@@ -48,7 +49,7 @@ def index() -> ResponseReturnValue:
 
 
 @bp.post("/")
-@allow(SUPERVISOR, INTAKE)
+@allow(Role.SUPERVISOR, Role.INTAKE)
 def register() -> ResponseReturnValue:
     form = _form(request.form)
     if form.validate():

@@ -7,15 +7,16 @@ from flask_babel import format_timedelta
 
 from leadcrm.auth import allow
 from leadcrm.extensions import db
-from leadcrm.models import INTAKE, SUPERVISOR, Source, utcnow
+from leadcrm.models import Source, utcnow
 from leadcrm.queries import operator_loads, unassigned_open, waiting_by_source
+from leadcrm.vocabulary import Role
 from leadcrm.web.rendering import render
 
 bp = Blueprint("load", __name__)
 
 
 @bp.get("/")
-@allow(SUPERVISOR, INTAKE)
+@allow(Role.SUPERVISOR, Role.INTAKE)
 def index() -> ResponseReturnValue:
     waiting = waiting_by_source(db.session)
     now = utcnow()

@@ -7,7 +7,8 @@ from leadcrm import operators as domain
 from leadcrm.auth import allow
 from leadcrm.errors import DomainError
 from leadcrm.extensions import db
-from leadcrm.models import SUPERVISOR, Operator
+from leadcrm.models import Operator
+from leadcrm.vocabulary import Role
 from leadcrm.web.forms import OperatorForm, OperatorLimitForm, show_domain_error
 from leadcrm.web.rendering import changed, is_htmx, render
 
@@ -22,13 +23,13 @@ def _page(form: OperatorForm, status: int = 200, **context: object) -> ResponseR
 
 
 @bp.get("/")
-@allow(SUPERVISOR)
+@allow(Role.SUPERVISOR)
 def index() -> ResponseReturnValue:
     return _page(OperatorForm())
 
 
 @bp.post("/")
-@allow(SUPERVISOR)
+@allow(Role.SUPERVISOR)
 def create() -> ResponseReturnValue:
     form = OperatorForm()
     if form.validate():
@@ -50,7 +51,7 @@ def create() -> ResponseReturnValue:
 
 
 @bp.post("/<id:operator_id>")
-@allow(SUPERVISOR)
+@allow(Role.SUPERVISOR)
 def update(operator_id: int) -> ResponseReturnValue:
     """One change from a row: a new limit, or the active toggle (``is_active`` = 1 / 0)."""
     operator = db.get_or_404(Operator, operator_id)

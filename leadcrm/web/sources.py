@@ -8,9 +8,10 @@ from leadcrm import sources as domain
 from leadcrm.auth import allow
 from leadcrm.errors import DomainError
 from leadcrm.extensions import db
-from leadcrm.models import STRATEGIES, SUPERVISOR, Operator, Source
+from leadcrm.models import Operator, Source
 from leadcrm.operators import list_operators_query
-from leadcrm.web.forms import WEIGHT_MAX, SourceForm, show_domain_error
+from leadcrm.vocabulary import WEIGHT_MAX, Role, Strategy
+from leadcrm.web.forms import SourceForm, show_domain_error
 from leadcrm.web.rendering import changed, is_htmx, render
 
 bp = Blueprint("sources", __name__, url_prefix="/sources")
@@ -26,13 +27,13 @@ def _list_page(form: SourceForm, status: int = 200) -> ResponseReturnValue:
 
 
 @bp.get("/")
-@allow(SUPERVISOR)
+@allow(Role.SUPERVISOR)
 def index() -> ResponseReturnValue:
     return _list_page(SourceForm())
 
 
 @bp.post("/")
-@allow(SUPERVISOR)
+@allow(Role.SUPERVISOR)
 def create() -> ResponseReturnValue:
     form = SourceForm()
     if form.validate():
@@ -59,7 +60,6 @@ def _editor(
         block="editor",
         status=status,
         source=source,
-        strategies=STRATEGIES,
         serving=[(op, weights[op.id], weights[op.id] / total) for op in operators if op.id in weights],
         not_serving=[op for op in operators if op.id not in weights],
         typed=typed or {},
@@ -77,13 +77,13 @@ def _weight(text: str) -> int | None:
 
 
 @bp.get("/<id:source_id>")
-@allow(SUPERVISOR)
+@allow(Role.SUPERVISOR)
 def detail(source_id: int) -> ResponseReturnValue:
     return _editor(db.get_or_404(Source, source_id))
 
 
 @bp.post("/<id:source_id>")
-@allow(SUPERVISOR)
+@allow(Role.SUPERVISOR)
 def save(source_id: int) -> ResponseReturnValue:
     """Save the whole editor: every operator's weight (blank = 0) and the strategy."""
     source = db.get_or_404(Source, source_id)
@@ -107,7 +107,7 @@ def save(source_id: int) -> ResponseReturnValue:
         else:
             weights[operator_id] = weight
     strategy = request.form.get("strategy", source.strategy)
-    if strategy not in STRATEGIES:
+    if strategy not in tuple(Strategy):
         strategy = source.strategy
     if errors:
         return _editor(source, status=422, typed=typed, errors=errors)

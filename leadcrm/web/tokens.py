@@ -8,7 +8,7 @@ from leadcrm import accounts
 from leadcrm.auth import allow
 from leadcrm.errors import DomainError
 from leadcrm.extensions import db
-from leadcrm.models import SUPERVISOR
+from leadcrm.vocabulary import Role
 from leadcrm.web.forms import TokenForm, show_domain_error
 from leadcrm.web.rendering import render
 
@@ -21,13 +21,13 @@ def _page(form: TokenForm | None = None, status: int = 200, **context: object) -
 
 
 @bp.get("/")
-@allow(SUPERVISOR)
+@allow(Role.SUPERVISOR)
 def index() -> ResponseReturnValue:
     return _page()
 
 
 @bp.post("/")
-@allow(SUPERVISOR)
+@allow(Role.SUPERVISOR)
 def create() -> ResponseReturnValue:
     form = TokenForm()
     if form.validate():
@@ -45,7 +45,7 @@ def create() -> ResponseReturnValue:
 
 
 @bp.post("/<id:token_id>/revoke")
-@allow(SUPERVISOR)
+@allow(Role.SUPERVISOR)
 def revoke(token_id: int) -> ResponseReturnValue:
     accounts.revoke_token(db.session, token_id)
     db.session.commit()

@@ -11,7 +11,8 @@ from leadcrm import accounts
 from leadcrm.auth import allow
 from leadcrm.errors import DomainError
 from leadcrm.extensions import db
-from leadcrm.models import SUPERVISOR, User
+from leadcrm.models import User
+from leadcrm.vocabulary import Role
 from leadcrm.web.forms import PasswordForm, RoleForm, UserForm, show_domain_error
 from leadcrm.web.rendering import render
 
@@ -30,13 +31,13 @@ def _page(form: UserForm | None = None, status: int = 200, **row: object) -> Res
 
 
 @bp.get("/")
-@allow(SUPERVISOR)
+@allow(Role.SUPERVISOR)
 def index() -> ResponseReturnValue:
     return _page()
 
 
 @bp.post("/")
-@allow(SUPERVISOR)
+@allow(Role.SUPERVISOR)
 def create() -> ResponseReturnValue:
     form = UserForm()
     if form.validate():
@@ -66,14 +67,14 @@ def _row_change(user_id: int, form: FlaskForm, change: Callable[[User], object])
 
 
 @bp.post("/<id:user_id>/role")
-@allow(SUPERVISOR)
+@allow(Role.SUPERVISOR)
 def set_role(user_id: int) -> ResponseReturnValue:
     form = RoleForm()
     return _row_change(user_id, form, lambda user: accounts.update_user(db.session, user, role=form.role.data))
 
 
 @bp.post("/<id:user_id>/active")
-@allow(SUPERVISOR)
+@allow(Role.SUPERVISOR)
 def set_active(user_id: int) -> ResponseReturnValue:
     """``is_active`` = 1 activates, anything else deactivates (the user's sessions end at once)."""
     active = request.form.get("is_active") == "1"
@@ -81,7 +82,7 @@ def set_active(user_id: int) -> ResponseReturnValue:
 
 
 @bp.post("/<id:user_id>/password")
-@allow(SUPERVISOR)
+@allow(Role.SUPERVISOR)
 def set_password(user_id: int) -> ResponseReturnValue:
     form = PasswordForm()
     try:
