@@ -598,6 +598,28 @@ def test_openapi_documents_every_api_route(app: Flask, client: FlaskClient) -> N
     assert {"RegisterIn", "RegistrationOut", "ErrorOut", "DistributionStatusOut"} <= set(schemas)
 
 
+def test_every_operation_has_its_own_operation_id(client: FlaskClient) -> None:
+    # Clients generated from the document name their functions after it: explicit, unique, camelCase.
+    document = client.get(f"{API}/openapi.json").json
+    ids = [op["operationId"] for item in document["paths"].values() for m, op in item.items() if m != "parameters"]
+    assert len(ids) == len(set(ids)) == 21
+    assert all(re.fullmatch(r"[a-z]+(?:[A-Z][a-z]+)+", operation_id) for operation_id in ids), ids
+    assert {"registerContact", "listContacts", "getContact", "closeContact", "getDistributionStatus"} <= set(ids)
+
+
+def test_fields_that_may_be_left_out_but_not_null_claim_no_default(client: FlaskClient) -> None:
+    schemas = client.get(f"{API}/openapi.json").json["components"]["schemas"]
+    for name in ("OperatorUpdate", "SourceUpdate"):
+        schema = schemas[name]
+        assert "required" not in schema, name
+        for field, prop in schema["properties"].items():
+            assert "default" not in prop and "anyOf" not in prop and prop.get("type") != "null", (name, field)
+    # Left out, nothing changes; sent as null, refused.
+    client.post(f"{API}/operators/", json={"name": "Anna", "max_active_leads": 2})
+    assert client.patch(f"{API}/operators/1", json={}).json["max_active_leads"] == 2
+    assert client.patch(f"{API}/operators/1", json={"max_active_leads": None}).status_code == 422
+
+
 def test_docs_page_uses_local_assets_only(client: FlaskClient) -> None:
     page = client.get("/docs")
     assert page.status_code == 200

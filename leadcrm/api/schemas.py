@@ -11,6 +11,7 @@ from pydantic_core import PydanticCustomError
 from leadcrm.vocabulary import (
     EMAIL_MAX,
     EXTERNAL_ID_MAX,
+    IDEMPOTENCY_KEY_MAX,
     INT_MAX,
     LIMIT_MAX,
     MESSAGE_MAX,
@@ -168,6 +169,17 @@ class RegisterIn(Strict):
     message: Optional[text(MESSAGE_MAX, strip=False)] = None
 
 
+class RegisterHeaders(BaseModel):
+    """The request headers a registration reads (the view checks them itself; this states them in the document)."""
+
+    idempotency_key: Optional[Annotated[str, StringConstraints(min_length=1, max_length=IDEMPOTENCY_KEY_MAX)]] = Field(
+        None,
+        alias="Idempotency-Key",
+        description="Retry-safe: the same key with the same body within 24 hours returns the original response "
+        "and stores nothing new (header Idempotent-Replayed: true); the same key with a different body is a 409.",
+    )
+
+
 class Out(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
@@ -256,17 +268,28 @@ T = TypeVar("T")
 
 
 class Page(BaseModel, Generic[T]):
-    """A page of a list (``api.http.page_of`` builds it)."""
-
+    # What api.http.page_of answers. Each list has its own named page below, so the
+    # document (and a client generated from it) calls it OperatorPage, not Page_OperatorOut_.
     items: list[T]
     page: int
     per_page: int
     total: int
 
-    @classmethod
-    def model_parametrized_name(cls, params: tuple[type[Any], ...]) -> str:
-        # Page[OperatorOut] is "OperatorPage" in the document, and in clients generated from it.
-        return f"{params[0].__name__.removesuffix('Out')}Page"
+
+class OperatorPage(Page[OperatorOut]):
+    """A page of operators."""
+
+
+class SourcePage(Page[SourceOut]):
+    """A page of sources."""
+
+
+class ContactPage(Page[ContactOut]):
+    """A page of contacts."""
+
+
+class LeadPage(Page[LeadOut]):
+    """A page of leads."""
 
 
 class OperatorLoadOut(BaseModel):

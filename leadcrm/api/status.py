@@ -5,6 +5,8 @@ from datetime import datetime
 from leadcrm import queries
 from leadcrm.api import bp
 from leadcrm.api.http import Response
+from leadcrm.api.openapi import Answer, operation
+from leadcrm.api.schemas import DistributionStatusOut
 from leadcrm.auth import allow
 from leadcrm.extensions import db
 from leadcrm.vocabulary import Role
@@ -17,7 +19,9 @@ def _utc_text(value: datetime | None) -> str | None:
 
 @bp.get("/distribution_status/")
 @allow(Role.SUPERVISOR, Role.INTAKE, register_token=True)
+@operation("getDistributionStatus", Answer("The status.", DistributionStatusOut))
 def distribution_status() -> Response:
+    """Load of every operator and weights and history of every source."""
     # Plain dicts, not pydantic models: with 1,000 operators and 30 sources the
     # answer has tens of thousands of fields. Its shape is DistributionStatusOut
     # (the tests check it).
