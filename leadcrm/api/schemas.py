@@ -143,12 +143,13 @@ class AssignIn(Strict):
 
 
 # "Exactly one of source_id and source_name" in JSON Schema's words: a number
-# in one and nothing (absent or null) in the other.
+# in one and nothing (absent or null) in the other. Said with if/then/else, not
+# a top-level oneOf: client generators read a oneOf as two body types, each
+# without the other fields (openapi-python-client does), and skip if/then/else.
 EXACTLY_ONE_SOURCE = {
-    "oneOf": [
-        {"required": ["source_id"], "properties": {"source_id": {"type": "integer"}, "source_name": {"type": "null"}}},
-        {"required": ["source_name"], "properties": {"source_name": {"type": "string"}, "source_id": {"type": "null"}}},
-    ]
+    "if": {"required": ["source_id"], "properties": {"source_id": {"type": "integer"}}},
+    "then": {"properties": {"source_name": {"type": "null"}}},
+    "else": {"required": ["source_name"], "properties": {"source_name": {"type": "string"}}},
 }
 
 
