@@ -24,7 +24,7 @@ pytestmark = pytest.mark.slow
 
 PACKAGE = "leadcrm_client"
 # No post-hooks: the generated code is not formatted (nor linted) by a tool found on PATH.
-GENERATOR_CONFIG = {"post_hooks": []}
+GENERATOR_CONFIG: dict[str, list[str]] = {"post_hooks": []}
 
 
 @pytest.fixture
@@ -65,6 +65,7 @@ def generate_client(document: dict, workdir: Path) -> ModuleType:
 
 def operations(package: ModuleType) -> SimpleNamespace:
     """Every generated operation's module (api/<tag>/<operation>.py), by name: ``op.register_contact.sync(...)``."""
+    assert package.__file__ is not None
     root = Path(package.__file__).parent / "api"
     return SimpleNamespace(
         **{

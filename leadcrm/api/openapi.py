@@ -288,7 +288,7 @@ def _build(app: Flask) -> dict[str, Any]:
         item = paths.setdefault(_path(rule, prefix), {})
         if rule.arguments:
             item["parameters"] = _path_parameters(rule)
-        for method in sorted(rule.methods - {"HEAD", "OPTIONS"}):
+        for method in sorted((rule.methods or set()) - {"HEAD", "OPTIONS"}):
             item[method.lower()] = described
 
     # Query and header models are parameters, not components.

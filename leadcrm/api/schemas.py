@@ -1,11 +1,15 @@
 """Request and response shapes of the JSON API, and the source of its OpenAPI schemas."""
 
+from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from functools import partial
 from typing import Annotated, Any, Generic, Optional, TypeVar
 
+from annotated_types import GroupedMetadata, MaxLen
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, WithJsonSchema
+from pydantic.config import JsonDict
 from pydantic_core import PydanticCustomError
 
 from leadcrm.vocabulary import (
@@ -56,23 +60,30 @@ def _clean(value: str, *, required: bool, strip: bool) -> str:
     return value
 
 
-def text(max_length: int, *, required: bool = False, strip: bool = True) -> Any:
+@dataclass(frozen=True)
+class Text(GroupedMetadata):
     """Text of at most ``max_length`` characters as sent, stored stripped (unless not ``strip``).
 
-    ``required``: not blank.
+    ``required``: not blank. Used as ``Annotated[str, Text(NAME_MAX)]``.
 
     The document states the same rules as patterns, so clients and the fuzz test know them.
     """
-    schema = {"type": "string", "maxLength": max_length, "pattern": NOT_BLANK if required else NO_NUL}
-    return Annotated[
-        str,
-        StringConstraints(max_length=max_length),
-        AfterValidator(partial(_clean, required=required, strip=strip)),
-        WithJsonSchema(schema | ({"minLength": 1} if required else {})),
-    ]
+
+    max_length: int
+    required: bool = False
+    strip: bool = True
+
+    def __iter__(self) -> Iterator[object]:
+        schema: JsonDict = {"type": "string", "maxLength": self.max_length}
+        schema["pattern"] = NOT_BLANK if self.required else NO_NUL
+        if self.required:
+            schema["minLength"] = 1
+        yield MaxLen(self.max_length)
+        yield AfterValidator(partial(_clean, required=self.required, strip=self.strip))
+        yield WithJsonSchema(schema)
 
 
-Name = text(NAME_MAX, required=True)
+Name = Annotated[str, Text(NAME_MAX, required=True)]
 Id = Annotated[int, Field(ge=1, le=INT_MAX), INTEGRAL]
 Limit = Annotated[int, Field(ge=0, le=LIMIT_MAX, description="Limit of active leads (open contacts)."), INTEGRAL]
 Weight = Annotated[
@@ -146,7 +157,7 @@ class AssignIn(Strict):
 # in one and nothing (absent or null) in the other. Said with if/then/else, not
 # a top-level oneOf: client generators read a oneOf as two body types, each
 # without the other fields (openapi-python-client does), and skip if/then/else.
-EXACTLY_ONE_SOURCE = {
+EXACTLY_ONE_SOURCE: JsonDict = {
     "if": {"required": ["source_id"], "properties": {"source_id": {"type": "integer"}}},
     "then": {"properties": {"source_name": {"type": "null"}}},
     "else": {"required": ["source_name"], "properties": {"source_name": {"type": "string"}}},
@@ -160,14 +171,14 @@ class RegisterIn(Strict):
 
     source_id: Optional[Id] = None
     source_name: Optional[Name] = None
-    external_id: Optional[text(EXTERNAL_ID_MAX)] = None
-    phone: Optional[text(PHONE_INPUT_MAX)] = Field(
+    external_id: Optional[Annotated[str, Text(EXTERNAL_ID_MAX)]] = None
+    phone: Optional[Annotated[str, Text(PHONE_INPUT_MAX)]] = Field(
         None,
         description="Any common format; stored as E.164. Without a country code it is read in LEADCRM_PHONE_REGION.",
     )
-    email: Optional[text(EMAIL_MAX)] = None
-    name: Optional[text(NAME_MAX)] = None
-    message: Optional[text(MESSAGE_MAX, strip=False)] = None
+    email: Optional[Annotated[str, Text(EMAIL_MAX)]] = None
+    name: Optional[Annotated[str, Text(NAME_MAX)]] = None
+    message: Optional[Annotated[str, Text(MESSAGE_MAX, strip=False)]] = None
 
 
 class RegisterHeaders(BaseModel):
@@ -347,4 +358,4 @@ class ContactFilter(PageArgs):
 
 
 class LeadSearch(PageArgs):
-    q: Optional[text(NAME_MAX)] = None
+    q: Optional[Annotated[str, Text(NAME_MAX)]] = None
