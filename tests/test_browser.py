@@ -254,7 +254,8 @@ def test_tokens_are_shown_once_work_and_can_be_revoked(server: str, browser) -> 
     page.locator("#auth-bearer-value").fill(secret)
     page.get_by_role("button", name="Apply credentials").click()
     page.locator(".auth-btn-wrapper .btn-done").click()
-    page.locator("#operations-status-get_distribution_status_").get_by_role("button").first.click()
+    # Swagger UI names the element after the operationId.
+    page.locator("#operations-status-getDistributionStatus").get_by_role("button").first.click()
     page.get_by_role("button", name="Try it out").click()
     page.get_by_role("button", name="Execute").click()
     expect(page.locator(".live-responses-table tbody .response-col_status").first).to_contain_text("200")
