@@ -21,9 +21,8 @@ from werkzeug.security import check_password_hash, generate_password_hash
 from leadcrm.database import begin_write, unique_or
 from leadcrm.errors import Conflict, DomainError, InvalidInput, NotFound
 from leadcrm.models import LOGIN_SECRET, ApiToken, LoginFailure, LoginSession, User, utcnow
-from leadcrm.vocabulary import PASSWORD_MAX, USERNAME_MAX, Role, TokenScope
+from leadcrm.vocabulary import PASSWORD_MAX, PASSWORD_MIN, USERNAME_MAX, Role, TokenScope
 
-PASSWORD_MIN = 10
 USERNAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9._@-]*")
 TOKEN_PREFIX = "lcrm_"
 # Failed logins are counted over this window. An account from one address, and

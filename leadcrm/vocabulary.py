@@ -61,6 +61,7 @@ EMAIL_MAX = 320
 MESSAGE_MAX = 10_000
 IDEMPOTENCY_KEY_MAX = 200
 USERNAME_MAX = 64
+PASSWORD_MIN = 10
 PASSWORD_MAX = 256  # long passphrases are welcome; unbounded input is not
 
 # Largest value any id, limit or weight column holds on every supported database.

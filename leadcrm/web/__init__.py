@@ -8,7 +8,18 @@ from flask_wtf.csrf import CSRFError
 
 from leadcrm.auth import public
 from leadcrm.i18n import LANGUAGE_COOKIE, LANGUAGES
-from leadcrm.vocabulary import LIMIT_MAX, WEIGHT_MAX, ContactStatus, EventReason, Role, Strategy
+from leadcrm.vocabulary import (
+    LIMIT_MAX,
+    NAME_MAX,
+    PASSWORD_MAX,
+    PASSWORD_MIN,
+    USERNAME_MAX,
+    WEIGHT_MAX,
+    ContactStatus,
+    EventReason,
+    Role,
+    Strategy,
+)
 from leadcrm.web import auth, contacts, intake, leads, load, operators, report, sources, tokens, users
 from leadcrm.web.rendering import local_target, render
 
@@ -48,6 +59,10 @@ def register_web(app: Flask) -> None:
         EventReason=EventReason,
         Role=Role,
         Strategy=Strategy,
+        NAME_MAX=NAME_MAX,
+        USERNAME_MAX=USERNAME_MAX,
+        PASSWORD_MIN=PASSWORD_MIN,
+        PASSWORD_MAX=PASSWORD_MAX,
         LIMIT_MAX=LIMIT_MAX,
         WEIGHT_MAX=WEIGHT_MAX,
     )
