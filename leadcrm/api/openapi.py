@@ -142,8 +142,8 @@ class _Schemas:
             self.models_of(arg, mode)
 
     def build(self) -> None:
-        refs, schema = models_json_schema(self.uses, ref_template=REF)
-        self.refs = refs
+        """Generate every schema at once, so that models used in several places share one definition."""
+        self.refs, schema = models_json_schema(self.uses, ref_template=REF)
         self.definitions: dict[str, Any] = schema.get("$defs", {})
 
     def of(self, schema_type: Any, mode: JsonSchemaMode) -> dict[str, Any]:
@@ -171,9 +171,9 @@ class _Schemas:
                 (branch,) = branches
                 schema |= branch
             schema.pop("title", None)
-            if schema.get("default", 0) is None:
+            if "default" in schema and schema["default"] is None:
                 del schema["default"]
-            parameter = {"name": field.alias or field_name, "in": where, "schema": schema, "required": False}
+            parameter: dict[str, Any] = {"name": field.alias or field_name, "in": where, "schema": schema}
             if "description" in schema:
                 parameter["description"] = schema.pop("description")
             parameter["required"] = field.is_required()
