@@ -1,7 +1,7 @@
 """The data model: operators, sources and their weights, leads and contacts."""
 
 from datetime import UTC, datetime
-from typing import Any, Optional
+from typing import Any, Optional, overload
 
 import sqlalchemy as sa
 import sqlalchemy.orm as so
@@ -28,6 +28,30 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def as_utc(value: datetime) -> datetime:
+    """A timestamp on its way into a column: aware, in UTC. A naive one is refused (its zone is a guess)."""
+    if value.tzinfo is None:
+        raise ValueError("naive datetime given; use leadcrm.models.utcnow()")
+    return value.astimezone(UTC)
+
+
+@overload
+def from_stored_time(value: datetime | str) -> datetime: ...
+@overload
+def from_stored_time(value: None) -> None: ...
+def from_stored_time(value: datetime | str | None) -> datetime | None:
+    """A timestamp as a column gives it back, made aware UTC.
+
+    SQLite keeps no zone (the text SQLAlchemy wrote, or a naive datetime once
+    SQLAlchemy parsed it); PostgreSQL's timestamptz comes back aware.
+    """
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
 class UTCDateTime(sa.TypeDecorator[datetime]):
     """A timestamp that is always timezone-aware UTC in Python.
 
@@ -38,14 +62,10 @@ class UTCDateTime(sa.TypeDecorator[datetime]):
     cache_ok = True
 
     def process_bind_param(self, value: Optional[datetime], dialect: Any) -> Optional[datetime]:
-        if value is not None and value.tzinfo is None:
-            raise ValueError("naive datetime given; use leadcrm.models.utcnow()")
-        return value.astimezone(UTC) if value is not None else None
+        return as_utc(value) if value is not None else None
 
     def process_result_value(self, value: Optional[datetime], dialect: Any) -> Optional[datetime]:
-        if value is not None and value.tzinfo is None:
-            return value.replace(tzinfo=UTC)
-        return value
+        return from_stored_time(value)
 
 
 class Operator(db.Model):

@@ -42,8 +42,8 @@ def get_operator(operator_id: int) -> Response:
 @bp.patch("/operators/<id:operator_id>")
 @allow(SUPERVISOR)
 def update_operator(operator_id: int) -> Response:
-    operator = operators.get_operator(db.session, operator_id)
+    operators.get_operator(db.session, operator_id)
     body = parse(OperatorUpdate, json_body())
-    operators.update_operator(db.session, operator, body.model_dump(include=body.model_fields_set))
+    operator = operators.update_operator(db.session, operator_id, body.model_dump(include=body.model_fields_set))
     db.session.commit()
     return dump(OperatorOut, operator)
