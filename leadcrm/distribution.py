@@ -56,17 +56,16 @@ def pick_operator(tx: Tx, source: Source | SourceRecord, rng: random.Random | No
     Nothing is claimed here.
     """
     eligible = storage.eligible_operators(tx, source.id)
-    if not eligible:
+    if eligible is None:
         return None
     if source.strategy == "deterministic":
-        total_weight = sum(op.weight for op in eligible)
-        assigned = sum(op.assigned_total for op in eligible)
-        return max(
-            eligible, key=lambda op: ((assigned + 1) * op.weight - total_weight * op.assigned_total, -op.operator_id)
-        ).operator_id
+        weights, assigned_totals = eligible.weights(), eligible.assigned_totals()
+        total_weight, assigned = sum(weights), sum(assigned_totals)
+        behind = [(assigned + 1) * w - total_weight * n for w, n in zip(weights, assigned_totals, strict=True)]
+        return eligible.operator_id(behind.index(max(behind)))  # the first: the lowest id among ties
     # Lay the weights end to end and see where a uniform point falls.
-    ends = list(accumulate(op.weight for op in eligible))
-    return eligible[bisect_right(ends, (rng or _system_random).random() * ends[-1])].operator_id
+    ends = list(accumulate(eligible.weights()))
+    return eligible.operator_id(bisect_right(ends, (rng or _system_random).random() * ends[-1]))
 
 
 def count_assignment(tx: Tx, source_id: int, operator_id: int) -> None:

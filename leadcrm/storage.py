@@ -22,6 +22,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from itertools import combinations
+from operator import itemgetter
 from typing import Any
 
 import sqlalchemy as sa
@@ -77,13 +78,34 @@ class ContactRecord:
     closed_at: datetime | None
 
 
-@dataclass(frozen=True, slots=True)
-class EligibleOperator:
-    """An operator a source's next contact may go to, with its weight and its history for that source."""
+class EligibleOperators:
+    """The operators a source's next contact may go to, in id order: each one's weight and its
+    history for the source (assigned_total), read by column and an operator picked by position.
 
-    operator_id: int
-    weight: int
-    assigned_total: int
+    Columns rather than one record per operator: they are built in C from the rows, where a
+    record per operator costs about 1 us on the hot path (1 ms for 1,000 operators).
+    """
+
+    __slots__ = ("_rows",)
+
+    def __init__(self, rows: list[tuple[int, int, int]]) -> None:
+        self._rows = rows  # (operator_id, weight, assigned_total), as ELIGIBLE selects them
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def weights(self) -> list[int]:
+        return list(map(_WEIGHT, self._rows))
+
+    def assigned_totals(self) -> list[int]:
+        return list(map(_ASSIGNED_TOTAL, self._rows))
+
+    def operator_id(self, position: int) -> int:
+        """The id of the operator at ``position`` of ``weights()`` and ``assigned_totals()``."""
+        return self._rows[position][0]
+
+
+_WEIGHT, _ASSIGNED_TOTAL = itemgetter(1), itemgetter(2)
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,7 +180,7 @@ class Tx:
         self._driver: Any = conn.connection.driver_connection
         self._errors = conn.dialect.loaded_dbapi.Error
         # A timestamp as the column stores it: exactly what UTCDateTime writes through SQLAlchemy.
-        self._stored = _TIMESTAMP.bind_processor(conn.dialect) or _as_is
+        self._stored = _TIMESTAMP.dialect_impl(conn.dialect).bind_processor(conn.dialect) or _as_is
         # Who makes this unit of work's changes ("user:ann", "token:crm (#2)"), for the history.
         self.actor: str | None = session.info.get(ACTOR)
         # The session's settings for its units of work (distribution.limit_drains).
@@ -351,9 +373,10 @@ def _operator(row: Any) -> OperatorRecord | None:
     return OperatorRecord(row[0], row[1], bool(row[2]), row[3], row[4]) if row else None
 
 
-def eligible_operators(tx: Tx, source_id: int) -> list[EligibleOperator]:
-    """The operators the source's next contact may go to (serving it, active, with room), by id."""
-    return [EligibleOperator(*row) for row in tx.execute(ELIGIBLE, {"source_id": source_id, "active": True})]
+def eligible_operators(tx: Tx, source_id: int) -> EligibleOperators | None:
+    """The operators the source's next contact may go to (serving it, active, with room), by id; None if nobody."""
+    rows = tx.execute(ELIGIBLE, {"source_id": source_id, "active": True}).fetchall()
+    return EligibleOperators(rows) if rows else None
 
 
 def room(tx: Tx, source_id: int) -> int:

@@ -406,3 +406,22 @@ def test_the_oldest_waiting_contact_is_read_from_the_waiting_index() -> None:
     # Finding the sources with a queue reads an index too, not the history.
     plan = query_plan(storage.SOURCES_WITH_WAITING, {})
     assert "SCAN c\n" not in plan + "\n" and "Seq Scan on contacts" not in plan, plan
+
+
+def test_the_engine_stores_timestamps_exactly_as_the_orm_does() -> None:
+    """The hand-written statements write a timestamp in the column's own stored form (SQLAlchemy's
+    text on SQLite), so comparisons and the waiting queue's order see one format, and it reads back equal."""
+    anna = add_operator("Anna")
+    source = add_source(weights={anna: 1})
+    by_engine = register_contact(db.session, source=source, identity=phone(1)).contact
+    by_orm = Contact(lead_id=by_engine.lead_id, source_id=source.id, created_at=by_engine.created_at)
+    db.session.add(by_orm)
+    db.session.flush()
+    stored = dict(db.session.execute(sa.text("SELECT id, created_at FROM contacts")).all())
+    assert stored[by_engine.id] == stored[by_orm.id]
+    if storage.Tx.of(db.session).dialect == "sqlite":
+        assert isinstance(stored[by_engine.id], str) and not stored[by_engine.id].endswith("+00:00")
+    events = db.session.execute(sa.text("SELECT created_at FROM contact_events")).scalars().all()
+    assert events == [stored[by_engine.id]]
+    db.session.expire_all()
+    assert db.session.get(Contact, by_engine.id).created_at == by_engine.created_at
