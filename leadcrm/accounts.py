@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session, scoped_session
 from werkzeug.security import check_password_hash, generate_password_hash
 
 from leadcrm.database import begin_write, unique_or
-from leadcrm.errors import Conflict, DomainError, InvalidInput, Message, NotFound
+from leadcrm.errors import Conflict, DomainError, InvalidInput, Message, NotFound, Text
 from leadcrm.models import (
     LOGIN_SECRET,
     PASSWORD_MAX,
@@ -64,7 +64,7 @@ _DUMMY_HASH = generate_password_hash("leadcrm: no such user")
 class LoginThrottled(DomainError):
     code = "too_many_attempts"
 
-    def __init__(self, message: object, retry_after: int) -> None:
+    def __init__(self, message: Text, retry_after: int) -> None:
         super().__init__(message)
         self.retry_after = retry_after
 
@@ -194,7 +194,7 @@ def hash_password(password: str) -> str:
     return generate_password_hash(validate_password(password))
 
 
-def _throttled(wait: timedelta, message: object | None = None) -> LoginThrottled:
+def _throttled(wait: timedelta, message: Text | None = None) -> LoginThrottled:
     retry = max(1, int(wait.total_seconds()) + 1)
     if message is None:
         message = Message("Too many failed attempts. Try again in %(minutes)s min.", minutes=-(-retry // 60))

@@ -1,5 +1,6 @@
 """Domain exceptions, and the messages they carry. Views map them to HTTP statuses or inline form errors."""
 
+from collections.abc import Mapping
 from typing import Any
 
 
@@ -47,10 +48,10 @@ class DomainError(Exception):
 
     code = "domain_error"
 
-    def __init__(self, message: Text, fields: dict[str, Text] | None = None) -> None:
+    def __init__(self, message: Text, fields: Mapping[str, Text] | None = None) -> None:
         super().__init__(message)
         self.message = message
-        self.fields = fields or {}
+        self.fields: dict[str, Text] = dict(fields or {})
 
     def __str__(self) -> str:
         return str(self.message)

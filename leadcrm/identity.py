@@ -5,7 +5,7 @@ from dataclasses import dataclass
 import phonenumbers
 from email_validator import EmailNotValidError, validate_email
 
-from leadcrm.errors import InvalidInput, Message
+from leadcrm.errors import InvalidInput, Message, Text
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,7 @@ def parse_identity(*, external_id: str | None, phone: str | None, email: str | N
     external_id = (external_id or "").strip() or None
     phone = (phone or "").strip() or None
     email = (email or "").strip() or None
-    fields: dict[str, str] = {}
+    fields: dict[str, Text] = {}
     if phone is not None:
         try:
             phone = normalize_phone(phone, region)

@@ -193,6 +193,18 @@ def test_active_toggle_changes_in_place(client: FlaskClient, setup: dict) -> Non
     assert client.get("/api/v1/operators/2").json["is_active"] is True
 
 
+def test_a_raised_limit_shows_the_load_its_drain_gave(client: FlaskClient, setup: dict) -> None:
+    """Raising a limit assigns waiting contacts in the same request; the row it answers shows that load."""
+    for operator in ("anna", "boris"):
+        client.patch(f"/api/v1/operators/{setup[operator]['id']}", json={"max_active_leads": 0})
+    for n in range(3):
+        client.post("/api/v1/contacts/register", json={"source_id": setup["source"]["id"], "phone": f"+7900000001{n}"})
+    response = post_form(client, f"/operators/{setup['anna']['id']}", {"max_active_leads": "2"}, htmx=True)
+    assert response.status_code == 200
+    assert '<td class="num">2</td>' in text(response)
+    assert client.get(f"/api/v1/operators/{setup['anna']['id']}").json["active_leads"] == 2
+
+
 # --- sources ---------------------------------------------------------------------------------
 
 
