@@ -46,7 +46,7 @@ demo: $(VENV)/.installed
 
 ## translations: re-extract interface text and merge it into the catalogs
 translations: $(VENV)/.installed
-	$(BIN)/pybabel extract -F babel.cfg -k _l -k lazy_gettext --no-location --omit-header -o translations/messages.pot .
+	$(BIN)/pybabel extract -F babel.cfg -k _l -k lazy_gettext -k Message --no-location --omit-header -o translations/messages.pot .
 	$(BIN)/pybabel update -w 100 -i translations/messages.pot -d translations -D messages
 
 ## screenshots: refresh docs/screenshots/ from the demo data (needs Chromium)

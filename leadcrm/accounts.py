@@ -13,13 +13,12 @@ from datetime import UTC, datetime, timedelta
 from typing import NamedTuple
 
 import sqlalchemy as sa
-from flask_babel import lazy_gettext as _l
 from itsdangerous import BadData, URLSafeSerializer
 from sqlalchemy.orm import Session, scoped_session
 from werkzeug.security import check_password_hash, generate_password_hash
 
 from leadcrm.database import begin_write, unique_or
-from leadcrm.errors import Conflict, DomainError, InvalidInput, NotFound
+from leadcrm.errors import Conflict, DomainError, InvalidInput, Message, NotFound, Text
 from leadcrm.models import LOGIN_SECRET, ApiToken, LoginFailure, LoginSession, User, utcnow
 from leadcrm.vocabulary import PASSWORD_MAX, PASSWORD_MIN, USERNAME_MAX, Role, TokenScope
 
@@ -53,7 +52,7 @@ _DUMMY_HASH = generate_password_hash("leadcrm: no such user")
 class LoginThrottled(DomainError):
     code = "too_many_attempts"
 
-    def __init__(self, message: object, retry_after: int) -> None:
+    def __init__(self, message: Text, retry_after: int) -> None:
         super().__init__(message)
         self.retry_after = retry_after
 
@@ -69,29 +68,29 @@ def validate_username(username: str) -> str:
     name = normalise_username(username)
     if not name or len(name) > USERNAME_MAX or not USERNAME_PATTERN.fullmatch(name):
         raise InvalidInput(
-            _l("Use 1 to %(max)s lowercase letters, digits and . _ @ -", max=USERNAME_MAX),
-            {"username": _l("Not a valid username.")},
+            Message("Use 1 to %(max)s lowercase letters, digits and . _ @ -", max=USERNAME_MAX),
+            {"username": Message("Not a valid username.")},
         )
     return name
 
 
 def validate_password(password: str) -> str:
     if not PASSWORD_MIN <= len(password) <= PASSWORD_MAX:
-        message = _l("Use %(min)s to %(max)s characters.", min=PASSWORD_MIN, max=PASSWORD_MAX)
+        message = Message("Use %(min)s to %(max)s characters.", min=PASSWORD_MIN, max=PASSWORD_MAX)
         raise InvalidInput(message, {"password": message})
     return password
 
 
 def _check_role(role: str) -> str:
     if role not in tuple(Role):
-        raise InvalidInput(_l("Unknown role."), {"role": _l("Unknown role.")})
+        raise InvalidInput(Message("Unknown role."), {"role": Message("Unknown role.")})
     return role
 
 
 def get_user(session: Session, user_id: int) -> User:
     user = session.get(User, user_id)
     if user is None:
-        raise NotFound(_l("No user with id %(id)s.", id=user_id))
+        raise NotFound(Message("No user with id %(id)s.", id=user_id))
     return user
 
 
@@ -109,7 +108,7 @@ def create_user(session: Session, *, username: str, password: str, role: str) ->
         password_hash=generate_password_hash(validate_password(password)),
         role=_check_role(role),
     )
-    taken = Conflict(_l("The username is taken."), {"username": _l("The username is taken.")})
+    taken = Conflict(Message("The username is taken."), {"username": Message("The username is taken.")})
     with unique_or(session, taken):
         session.add(user)
     return user
@@ -141,7 +140,9 @@ def update_user(session: Session, user: User, *, role: str | None = None, is_act
         ).all()
         if set(ids) <= {user.id}:
             raise Conflict(
-                _l("%(name)s is the last active supervisor; make someone else a supervisor first.", name=user.username)
+                Message(
+                    "%(name)s is the last active supervisor; make someone else a supervisor first.", name=user.username
+                )
             )
     if role is not None:
         user.role = role
@@ -181,10 +182,10 @@ def hash_password(password: str) -> str:
     return generate_password_hash(validate_password(password))
 
 
-def _throttled(wait: timedelta, message: object | None = None) -> LoginThrottled:
+def _throttled(wait: timedelta, message: Text | None = None) -> LoginThrottled:
     retry = max(1, int(wait.total_seconds()) + 1)
     if message is None:
-        message = _l("Too many failed attempts. Try again in %(minutes)s min.", minutes=-(-retry // 60))
+        message = Message("Too many failed attempts. Try again in %(minutes)s min.", minutes=-(-retry // 60))
     return LoginThrottled(message, retry)
 
 
@@ -288,7 +289,7 @@ def _check_throttle(session: Session, keys: ThrottleKeys, now: datetime) -> None
             wait = latest + delay - now
             raise _throttled(
                 wait,
-                _l(
+                Message(
                     "Many failed attempts for this account: try again in %(seconds)s s.",
                     seconds=max(1, int(wait.total_seconds()) + 1),
                 ),
@@ -459,7 +460,7 @@ def list_tokens(session: Session) -> list[ApiToken]:
 
 def create_token(session: Session, *, name: str, scope: str, created_by: User | None) -> NewToken:
     if scope not in tuple(TokenScope):
-        raise InvalidInput(_l("Unknown scope."), {"scope": _l("Unknown scope.")})
+        raise InvalidInput(Message("Unknown scope."), {"scope": Message("Unknown scope.")})
     secret = TOKEN_PREFIX + secrets.token_urlsafe(32)
     token = ApiToken(name=name, scope=scope, token_hash=_hash(secret), prefix=secret[:12], created_by=created_by)
     session.add(token)
@@ -470,7 +471,7 @@ def create_token(session: Session, *, name: str, scope: str, created_by: User | 
 def revoke_token(session: Session, token_id: int) -> ApiToken:
     token = session.get(ApiToken, token_id)
     if token is None:
-        raise NotFound(_l("No token with id %(id)s.", id=token_id))
+        raise NotFound(Message("No token with id %(id)s.", id=token_id))
     if token.revoked_at is None:
         token.revoked_at = utcnow()
         session.flush()

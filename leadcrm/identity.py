@@ -4,9 +4,8 @@ from dataclasses import dataclass
 
 import phonenumbers
 from email_validator import EmailNotValidError, validate_email
-from flask_babel import lazy_gettext as _l
 
-from leadcrm.errors import InvalidInput
+from leadcrm.errors import InvalidInput, Message, Text
 
 
 @dataclass(frozen=True)
@@ -23,9 +22,9 @@ def normalize_phone(raw: str, region: str) -> str:
     try:
         number = phonenumbers.parse(raw, region)
     except phonenumbers.NumberParseException:
-        raise InvalidInput(_l("Not a phone number."), {"phone": _l("Not a phone number.")}) from None
+        raise InvalidInput(Message("Not a phone number."), {"phone": Message("Not a phone number.")}) from None
     if not phonenumbers.is_valid_number(number):
-        raise InvalidInput(_l("Not a valid phone number."), {"phone": _l("Not a valid phone number.")})
+        raise InvalidInput(Message("Not a valid phone number."), {"phone": Message("Not a valid phone number.")})
     return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
 
 
@@ -34,7 +33,7 @@ def normalize_email(raw: str) -> str:
     try:
         return validate_email(raw, check_deliverability=False).normalized
     except EmailNotValidError as exc:
-        message = _l("Not a valid e-mail address.")
+        message = Message("Not a valid e-mail address.")
         raise InvalidInput(message, {"email": message}) from exc
 
 
@@ -46,7 +45,7 @@ def parse_identity(*, external_id: str | None, phone: str | None, email: str | N
     external_id = (external_id or "").strip() or None
     phone = (phone or "").strip() or None
     email = (email or "").strip() or None
-    fields: dict[str, str] = {}
+    fields: dict[str, Text] = {}
     if phone is not None:
         try:
             phone = normalize_phone(phone, region)
@@ -58,8 +57,8 @@ def parse_identity(*, external_id: str | None, phone: str | None, email: str | N
         except InvalidInput as exc:
             fields.update(exc.fields)
     if not fields and not (external_id or phone or email):
-        message = _l("Give at least one of external id, phone, e-mail.")
+        message = Message("Give at least one of external id, phone, e-mail.")
         fields = {"external_id": message, "phone": message, "email": message}
     if fields:
-        raise InvalidInput(_l("The lead's identifiers are not valid."), fields)
+        raise InvalidInput(Message("The lead's identifiers are not valid."), fields)
     return LeadIdentity(external_id=external_id, phone=phone, email=email)

@@ -3,14 +3,13 @@
 from dataclasses import replace
 
 import sqlalchemy as sa
-from flask_babel import lazy_gettext as _l
 from sqlalchemy.orm import Session
 
 from leadcrm import storage
-from leadcrm.errors import Conflict, InvalidInput, LeadConflict, NotFound
+from leadcrm.errors import Conflict, InvalidInput, LeadConflict, Message, NotFound
 from leadcrm.identity import LeadIdentity, normalize_phone
 from leadcrm.models import Lead, utcnow
-from leadcrm.storage import LeadRecord
+from leadcrm.storage import LeadRecord, Tx
 
 IDENTIFIERS = ("external_id", "phone", "email")  # in the order they are trusted
 # How often to look again when a concurrent request created the same lead first.
@@ -20,11 +19,11 @@ RESOLVE_ATTEMPTS = 3
 def get_lead(session: Session, lead_id: int) -> Lead:
     lead = session.get(Lead, lead_id)
     if lead is None:
-        raise NotFound(_l("No lead with id %(id)s.", id=lead_id))
+        raise NotFound(Message("No lead with id %(id)s.", id=lead_id))
     return lead
 
 
-def resolve_lead(session: Session, identity: LeadIdentity, name: str | None) -> tuple[LeadRecord, bool]:
+def resolve_lead(tx: Tx, identity: LeadIdentity, name: str | None) -> tuple[LeadRecord, bool]:
     """Find the lead ``identity`` points at, or create it. Returns (lead, created).
 
     The lead is looked up by external_id, then phone, then email. Identifiers
@@ -36,41 +35,33 @@ def resolve_lead(session: Session, identity: LeadIdentity, name: str | None) -> 
     given = {field: getattr(identity, field) for field in IDENTIFIERS}
     wanted = {field: value for field, value in given.items() if value}
     for _ in range(RESOLVE_ATTEMPTS):
-        found = [storage.lead_record(row) for row in storage.Tx.of(session).execute(storage.FIND_LEADS, given)]
+        found = storage.find_leads(tx, **given)
         owners = {field: lead for field, value in wanted.items() for lead in found if getattr(lead, field) == value}
         if len({lead.id for lead in owners.values()}) > 1:
             raise LeadConflict(
-                _l("These identifiers belong to different leads."),
-                {field: _l("Belongs to lead %(id)s.", id=lead.id) for field, lead in owners.items()},
+                Message("These identifiers belong to different leads."),
+                {field: Message("Belongs to lead %(id)s.", id=lead.id) for field, lead in owners.items()},
             )
         lead = next(iter(owners.values()), None)
         if lead is None:
-            now = utcnow()
-            params = {**given, "name": name, "created_at": storage.Tx.of(session).time(now)}
-            row = storage.Tx.of(session).execute(storage.INSERT_LEAD, params).fetchone()
-            if row is None:
+            created = storage.insert_lead(tx, **given, name=name, now=utcnow())
+            if created is None:
                 continue  # a concurrent request stored one of these identifiers first: look again
-            return LeadRecord(id=row[0], **given, name=name, created_at=now), True
+            return created, True
         changes = {field: value for field, value in wanted.items() if getattr(lead, field) is None}
         if name and lead.name is None:
             changes["name"] = name
         if not changes:
-            storage.lock_lead(storage.Tx.of(session), lead.id)
+            storage.lock_lead(tx, lead.id)
             return lead, False
-        # Only fill what is still empty: a concurrent request may have filled it since we read.
-        still_empty = [getattr(Lead, field).is_(None) for field in changes]
-        try:
-            with session.begin_nested():
-                filled = session.execute(sa.update(Lead).where(Lead.id == lead.id, *still_empty).values(**changes))
-        except sa.exc.IntegrityError:
-            continue  # an identifier we add was just stored on another lead: look again
-        if filled.rowcount == 1:
+        # Only what is still empty is filled: a concurrent request may have filled it since we read,
+        # or stored one of these identifiers on another lead; then look again (first come, first kept).
+        if storage.fill_lead(tx, lead.id, changes):
             return replace(lead, **changes), False
-        # Someone filled one of these first; first come, first kept: look again.
-    raise Conflict(_l("The lead was changed by concurrent requests; try again."))
+    raise Conflict(Message("The lead was changed by concurrent requests; try again."))
 
 
-def search_leads_query(q: str | None, region: str) -> sa.Select[tuple[Lead]]:
+def search_leads_query(q: str | None, region: str) -> sa.Select[Lead]:
     """Leads whose external_id, phone, email or name contains ``q``, newest first.
 
     When ``q`` reads as a phone number it also finds that number, so that

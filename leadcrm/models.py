@@ -1,14 +1,16 @@
-"""The data model: operators, sources and their weights, leads and contacts."""
+"""The data model: operators, sources and their weights, leads and contacts.
+
+Plain SQLAlchemy (no Flask): ``leadcrm.extensions`` hands ``Base`` to
+Flask-SQLAlchemy, and the engine can run on a bare SQLAlchemy session.
+"""
 
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any, Optional
+from typing import Any, Optional, overload
 
 import sqlalchemy as sa
 import sqlalchemy.orm as so
-from flask_login import UserMixin
 
-from leadcrm.extensions import db
 from leadcrm.vocabulary import (
     EMAIL_MAX,
     EXTERNAL_ID_MAX,
@@ -34,6 +36,43 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+class Base(so.DeclarativeBase):
+    # Named constraints, so that later migrations can alter them on SQLite too.
+    metadata = sa.MetaData(
+        naming_convention={
+            "ix": "ix_%(column_0_label)s",
+            "uq": "uq_%(table_name)s_%(column_0_name)s",
+            "ck": "ck_%(table_name)s_%(constraint_name)s",
+            "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+            "pk": "pk_%(table_name)s",
+        }
+    )
+
+
+def as_utc(value: datetime) -> datetime:
+    """A timestamp on its way into a column: aware, in UTC. A naive one is refused (its zone is a guess)."""
+    if value.tzinfo is None:
+        raise ValueError("naive datetime given; use leadcrm.models.utcnow()")
+    return value.astimezone(UTC)
+
+
+@overload
+def from_stored_time(value: datetime | str) -> datetime: ...
+@overload
+def from_stored_time(value: None) -> None: ...
+def from_stored_time(value: datetime | str | None) -> datetime | None:
+    """A timestamp as a column gives it back, made aware UTC.
+
+    SQLite keeps no zone (the text SQLAlchemy wrote, or a naive datetime once
+    SQLAlchemy parsed it); PostgreSQL's timestamptz comes back aware.
+    """
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
 class UTCDateTime(sa.TypeDecorator[datetime]):
     """A timestamp that is always timezone-aware UTC in Python.
 
@@ -44,17 +83,13 @@ class UTCDateTime(sa.TypeDecorator[datetime]):
     cache_ok = True
 
     def process_bind_param(self, value: Optional[datetime], dialect: Any) -> Optional[datetime]:
-        if value is not None and value.tzinfo is None:
-            raise ValueError("naive datetime given; use leadcrm.models.utcnow()")
-        return value.astimezone(UTC) if value is not None else None
+        return as_utc(value) if value is not None else None
 
     def process_result_value(self, value: Optional[datetime], dialect: Any) -> Optional[datetime]:
-        if value is not None and value.tzinfo is None:
-            return value.replace(tzinfo=UTC)
-        return value
+        return from_stored_time(value)
 
 
-class Operator(db.Model):
+class Operator(Base):
     __tablename__ = "operators"
     __table_args__ = (
         sa.CheckConstraint("max_active_leads >= 0", name="max_active_leads_not_negative"),
@@ -75,7 +110,7 @@ class Operator(db.Model):
         return f"<Operator {self.id} {self.name!r} {self.active_leads}/{self.max_active_leads}>"
 
 
-class Source(db.Model):
+class Source(Base):
     __tablename__ = "sources"
     __table_args__ = (sa.CheckConstraint(one_of("strategy", Strategy), name="strategy_known"),)
 
@@ -91,7 +126,7 @@ class Source(db.Model):
         return f"<Source {self.id} {self.name!r} {self.strategy}>"
 
 
-class SourceOperator(db.Model):
+class SourceOperator(Base):
     """One operator's weight for one source, and how many contacts it got from it.
 
     A row with weight 0 means the operator does not serve the source; the row
@@ -113,7 +148,7 @@ class SourceOperator(db.Model):
     assigned_total: so.Mapped[int] = so.mapped_column(default=0, server_default="0")
 
 
-class Lead(db.Model):
+class Lead(Base):
     """An end customer. Any one of its identifiers finds it."""
 
     __tablename__ = "leads"
@@ -133,7 +168,7 @@ class Lead(db.Model):
 WAITING = f"operator_id IS NULL AND status = '{ContactStatus.OPEN}'"
 
 
-class Contact(db.Model):
+class Contact(Base):
     """One appeal of a lead through a source; open until someone closes it."""
 
     __tablename__ = "contacts"
@@ -169,7 +204,7 @@ class Contact(db.Model):
         return f"<Contact {self.id} lead={self.lead_id} op={self.operator_id} {self.status}>"
 
 
-class ContactEvent(db.Model):
+class ContactEvent(Base):
     """One change of a contact's assignment, and why: its history.
 
     ``registered``: stored, with its first operator (or none: it waits);
@@ -194,7 +229,7 @@ class ContactEvent(db.Model):
 CALLER_MAX = 40
 
 
-class IdempotencyKey(db.Model):
+class IdempotencyKey(Base):
     """A register request's ``Idempotency-Key`` and the answer it got, kept 24 hours.
 
     The row is taken before the registration runs and filled in the same
@@ -219,7 +254,7 @@ class IdempotencyKey(db.Model):
 LOGIN_SECRET = "_leadcrm_login_secret"
 
 
-class User(UserMixin, db.Model):
+class User(Base):
     """A person who logs in: a supervisor (everything) or intake staff."""
 
     __tablename__ = "users"
@@ -233,10 +268,10 @@ class User(UserMixin, db.Model):
     is_active: so.Mapped[bool] = so.mapped_column(default=True, server_default=sa.true())
     created_at: so.Mapped[datetime] = so.mapped_column(UTCDateTime, default=utcnow)
 
-    # One row, one object (the session's identity map): not UserMixin's comparison of get_id().
-    __eq__ = object.__eq__
-    __ne__ = object.__ne__
-    __hash__ = object.__hash__
+    # What Flask-Login asks of a user object (``is_active`` is the column):
+    # a loaded user is a logged-in one, never the anonymous user.
+    is_authenticated = True
+    is_anonymous = False
 
     def get_id(self) -> str:
         # What Flask-Login keeps in the session cookie: the secret of the login
@@ -251,7 +286,7 @@ class User(UserMixin, db.Model):
         return f"<User {self.id} {self.username!r} {self.role}>"
 
 
-class ApiToken(db.Model):
+class ApiToken(Base):
     """A named credential for an integration. Only the SHA-256 of the secret is kept."""
 
     __tablename__ = "api_tokens"
@@ -274,7 +309,7 @@ class ApiToken(db.Model):
         return f"<ApiToken {self.id} {self.name!r} {self.scope}>"
 
 
-class LoginFailure(db.Model):
+class LoginFailure(Base):
     """One failed login, counted against an account and an address to throttle guessing."""
 
     __tablename__ = "login_failures"
@@ -287,7 +322,7 @@ class LoginFailure(db.Model):
     __table_args__ = (sa.Index("ix_login_failures_key_created_at", "key", "created_at"),)
 
 
-class LoginSession(db.Model):
+class LoginSession(Base):
     """One logged-in browser. Its cookie holds a random secret; only the secret's SHA-256 is kept.
 
     Logging out deletes the row, so a copy of the cookie is worthless afterwards.

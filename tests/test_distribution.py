@@ -60,22 +60,26 @@ def test_lookup_order_is_external_id_then_phone_then_email() -> None:
     by_external = Lead(external_id="crm-1")
     db.session.add(by_external)
     db.session.flush()
-    lead, created = resolve_lead(db.session, LeadIdentity(external_id="crm-1", phone="+79001112233"), None)
+    lead, created = resolve_lead(
+        storage.Tx.of(db.session), LeadIdentity(external_id="crm-1", phone="+79001112233"), None
+    )
     assert lead.id == by_external.id and not created
 
 
 def test_identifiers_the_found_lead_lacks_are_stored_on_it() -> None:
-    lead, _ = resolve_lead(db.session, LeadIdentity(phone="+79001234567"), None)
+    lead, _ = resolve_lead(storage.Tx.of(db.session), LeadIdentity(phone="+79001234567"), None)
     again, created = resolve_lead(
-        db.session, LeadIdentity(external_id="tg:7", phone="+79001234567", email="a@example.com"), "Ivan"
+        storage.Tx.of(db.session), LeadIdentity(external_id="tg:7", phone="+79001234567", email="a@example.com"), "Ivan"
     )
     assert again.id == lead.id and not created
     assert (again.external_id, again.email, again.name) == ("tg:7", "a@example.com", "Ivan")
 
 
 def test_known_identifiers_are_not_overwritten() -> None:
-    lead, _ = resolve_lead(db.session, LeadIdentity(external_id="tg:7", phone="+79001234567"), "Ivan")
-    again, _ = resolve_lead(db.session, LeadIdentity(external_id="tg:7", phone="+79007654321"), "Someone else")
+    lead, _ = resolve_lead(storage.Tx.of(db.session), LeadIdentity(external_id="tg:7", phone="+79001234567"), "Ivan")
+    again, _ = resolve_lead(
+        storage.Tx.of(db.session), LeadIdentity(external_id="tg:7", phone="+79007654321"), "Someone else"
+    )
     assert again.id == lead.id
     assert (again.phone, again.name) == ("+79001234567", "Ivan")
 
@@ -113,7 +117,7 @@ def test_only_active_operators_with_weight_and_room_are_eligible() -> None:
     full = add_operator("Full", 0)
     add_operator("NotConfigured", 5)
     source = add_source(weights={serving: 1, inactive: 5, zero: 0, full: 5})
-    assert {pick_operator(db.session, source, random.Random(n)) for n in range(50)} == {serving.id}
+    assert {pick_operator(storage.Tx.of(db.session), source, random.Random(n)) for n in range(50)} == {serving.id}
     for n in range(5):
         assert register_contact(db.session, source=source, identity=phone(n)).operator.id == serving.id
 
@@ -174,9 +178,9 @@ def test_raising_a_limit_activating_or_adding_a_weight_drains_the_queue() -> Non
     source = add_source(weights={anna: 1, boris: 1})
     waiting = [register_contact(db.session, source=source, identity=phone(n)).contact.id for n in range(6)]
     assert all(contact_operator(c) is None for c in waiting)
-    operators.update_operator(db.session, anna, {"max_active_leads": 2})
+    operators.update_operator(db.session, anna.id, {"max_active_leads": 2})
     assert [contact_operator(c) for c in waiting[:3]] == [anna.id, anna.id, None]
-    operators.update_operator(db.session, boris, {"is_active": True})
+    operators.update_operator(db.session, boris.id, {"is_active": True})
     assert [contact_operator(c) for c in waiting[2:]] == [boris.id] * 4
     extra = [register_contact(db.session, source=source, identity=phone(n)).contact.id for n in range(10, 13)]
     assert [contact_operator(c) for c in extra] == [boris.id, None, None]
@@ -221,7 +225,7 @@ def test_lowering_the_limit_below_the_load_only_stops_new_assignments() -> None:
     source = add_source(weights={anna: 1}, strategy="deterministic")
     for n in range(3):
         register_contact(db.session, source=source, identity=phone(n))
-    operators.update_operator(db.session, anna, {"max_active_leads": 1})
+    operators.update_operator(db.session, anna.id, {"max_active_leads": 1})
     assert register_contact(db.session, source=source, identity=phone(9)).operator is None
     db.session.refresh(anna)
     assert anna.active_leads == 3
@@ -235,7 +239,7 @@ def test_random_pick_follows_weights() -> None:
     ops = [add_operator(f"Op{i}") for i in range(3)]
     source = add_source(weights={ops[0]: 10, ops[1]: 30, ops[2]: 60})
     rng = random.Random(2026)
-    picks = Counter(pick_operator(db.session, source, rng) for _ in range(10_000))
+    picks = Counter(pick_operator(storage.Tx.of(db.session), source, rng) for _ in range(10_000))
     expected = {ops[0].id: 1_000, ops[1].id: 3_000, ops[2].id: 6_000}
     assert chi_square(picks, expected) < CHI2_CRITICAL_001[2], picks
     # The same test refuses an unweighted pick: it is not a test that always passes.
@@ -402,3 +406,22 @@ def test_the_oldest_waiting_contact_is_read_from_the_waiting_index() -> None:
     # Finding the sources with a queue reads an index too, not the history.
     plan = query_plan(storage.SOURCES_WITH_WAITING, {})
     assert "SCAN c\n" not in plan + "\n" and "Seq Scan on contacts" not in plan, plan
+
+
+def test_the_engine_stores_timestamps_exactly_as_the_orm_does() -> None:
+    """The hand-written statements write a timestamp in the column's own stored form (SQLAlchemy's
+    text on SQLite), so comparisons and the waiting queue's order see one format, and it reads back equal."""
+    anna = add_operator("Anna")
+    source = add_source(weights={anna: 1})
+    by_engine = register_contact(db.session, source=source, identity=phone(1)).contact
+    by_orm = Contact(lead_id=by_engine.lead_id, source_id=source.id, created_at=by_engine.created_at)
+    db.session.add(by_orm)
+    db.session.flush()
+    stored = dict(db.session.execute(sa.text("SELECT id, created_at FROM contacts")).all())
+    assert stored[by_engine.id] == stored[by_orm.id]
+    if storage.Tx.of(db.session).dialect == "sqlite":
+        assert isinstance(stored[by_engine.id], str) and not stored[by_engine.id].endswith("+00:00")
+    events = db.session.execute(sa.text("SELECT created_at FROM contact_events")).scalars().all()
+    assert events == [stored[by_engine.id]]
+    db.session.expire_all()
+    assert db.session.get(Contact, by_engine.id).created_at == by_engine.created_at

@@ -193,6 +193,18 @@ def test_active_toggle_changes_in_place(client: FlaskClient, setup: dict) -> Non
     assert client.get("/api/v1/operators/2").json["is_active"] is True
 
 
+def test_a_raised_limit_shows_the_load_its_drain_gave(client: FlaskClient, setup: dict) -> None:
+    """Raising a limit assigns waiting contacts in the same request; the row it answers shows that load."""
+    for operator in ("anna", "boris"):
+        client.patch(f"/api/v1/operators/{setup[operator]['id']}", json={"max_active_leads": 0})
+    for n in range(3):
+        client.post("/api/v1/contacts/register", json={"source_id": setup["source"]["id"], "phone": f"+7900000001{n}"})
+    response = post_form(client, f"/operators/{setup['anna']['id']}", {"max_active_leads": "2"}, htmx=True)
+    assert response.status_code == 200
+    assert '<td class="num">2</td>' in text(response)
+    assert client.get(f"/api/v1/operators/{setup['anna']['id']}").json["active_leads"] == 2
+
+
 # --- sources ---------------------------------------------------------------------------------
 
 
@@ -402,6 +414,20 @@ def test_form_errors_are_translated(client: FlaskClient) -> None:
     assert "Обязательное поле." in text(response) and "Значение должно быть между 0 и 1000000." in text(response)
 
 
+def test_domain_messages_are_shown_in_the_pages_language(client: FlaskClient, setup: dict) -> None:
+    """The domain says what is wrong in Messages; the page translates them for its reader."""
+    ru = {"Accept-Language": "ru"}
+    csrf = token(client)
+    taken = client.post(
+        "/operators/", data={"csrf_token": csrf, "name": "Anna", "max_active_leads": "1"}, headers=ru
+    )  # fmt: skip
+    assert taken.status_code == 422 and "Оператор с таким именем уже есть." in text(taken)
+    bad_phone = client.post("/intake/", data={"csrf_token": csrf, "source_id": "1", "phone": "12"}, headers=ru)
+    assert bad_phone.status_code == 422 and "Такого номера телефона не бывает." in text(bad_phone)
+    english = client.post("/intake/", data={"csrf_token": csrf, "source_id": "1", "phone": "12"})
+    assert "Not a valid phone number." in text(english)
+
+
 @pytest.mark.parametrize("target", ["//evil.example/", "https://evil.example/", "evil", "/\\evil.example/"])
 def test_language_switch_never_redirects_elsewhere(client: FlaskClient, target: str) -> None:
     assert client.get(f"/language/ru?next={target}").headers["Location"] == "/"
@@ -416,7 +442,7 @@ def test_russian_catalog_is_complete(tmp_path: Path) -> None:
     pot = tmp_path / "messages.pot"
     subprocess.run(
         [Path(sys.executable).parent / "pybabel", "extract", "-F", "babel.cfg", "-k", "_l",
-         "-k", "lazy_gettext", "--no-location", "--omit-header", "-o", str(pot), "."],
+         "-k", "lazy_gettext", "-k", "Message", "--no-location", "--omit-header", "-o", str(pot), "."],
         cwd=PROJECT_ROOT, check=True, capture_output=True,
     )  # fmt: skip
     with open(pot, "rb") as f:

@@ -52,8 +52,8 @@ def get_operator(operator_id: int) -> Response:
 @operation("updateOperator", Answer("The changed operator.", OperatorOut), body=OperatorUpdate, errors=(404, 409))
 def update_operator(operator_id: int) -> Response:
     """Change an operator (a limit below its load only stops new assignments)."""
-    operator = operators.get_operator(db.session, operator_id)
+    operators.get_operator(db.session, operator_id)
     body = parse(OperatorUpdate, json_body())
-    operators.update_operator(db.session, operator, body.model_dump(include=body.model_fields_set))
+    operator = operators.update_operator(db.session, operator_id, body.model_dump(include=body.model_fields_set))
     db.session.commit()
     return dump(OperatorOut, operator)

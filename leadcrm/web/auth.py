@@ -10,6 +10,7 @@ from leadcrm.auth import allow, public
 from leadcrm.database import begin_write, own_transactions
 from leadcrm.errors import DomainError
 from leadcrm.extensions import db
+from leadcrm.i18n import translate, translate_fields
 from leadcrm.models import User
 from leadcrm.vocabulary import Role
 from leadcrm.web.forms import LoginForm, OwnPasswordForm
@@ -45,7 +46,7 @@ def _remember_device(response: Response, user: User) -> Response:
 
 def _throttled(template: str, errors: list, exc: accounts.LoginThrottled, **context: object) -> Response:
     """The form again with the throttle's message, a 429 and Retry-After."""
-    errors.append(exc.message)
+    errors.append(translate(exc.message))
     response = render(template, status=429, **context)
     response.headers["Retry-After"] = str(exc.retry_after)
     return response
@@ -122,7 +123,7 @@ def account() -> ResponseReturnValue:
     try:
         accounts.validate_password(form.new_password.data)
     except DomainError as exc:
-        form.new_password.errors.extend(exc.fields.values())
+        form.new_password.errors.extend(translate_fields(exc.fields).values())
         return render("auth/account.html", form=form, status=422)
     try:
         # The current password is checked like a login: failures count towards the throttle.

@@ -10,6 +10,7 @@ from leadcrm.api.schemas import ContactFilter
 from leadcrm.auth import allow
 from leadcrm.errors import DomainError, InvalidInput
 from leadcrm.extensions import db
+from leadcrm.i18n import translate
 from leadcrm.models import Contact
 from leadcrm.operators import list_operators_query
 from leadcrm.sources import list_sources_query
@@ -99,7 +100,7 @@ def assign(contact_id: int) -> ResponseReturnValue:
     except DomainError as exc:
         db.session.rollback()
         return _detail(
-            db.get_or_404(Contact, contact_id), status=422, error=str(exc.fields.get("operator_id", exc.message))
+            db.get_or_404(Contact, contact_id), status=422, error=translate(exc.fields.get("operator_id", exc.message))
         )
     db.session.commit()
     return changed(_back(url_for(".detail", contact_id=contact.id)))
@@ -131,7 +132,7 @@ def bulk() -> ResponseReturnValue:
             raise InvalidInput(_("Choose what to do with the selected contacts."))
     except DomainError as exc:
         db.session.rollback()
-        return _list_page(status=422, bulk_error=str(exc.message))
+        return _list_page(status=422, bulk_error=translate(exc.message))
     db.session.commit()
     return changed(_back(url_for(".index")))
 

@@ -7,6 +7,7 @@ from wtforms.fields.choices import SelectChoice
 from wtforms.validators import DataRequired, InputRequired, Length, NumberRange, Optional
 
 from leadcrm.errors import DomainError, InvalidInput
+from leadcrm.i18n import translate
 from leadcrm.vocabulary import (
     EMAIL_MAX,
     EXTERNAL_ID_MAX,
@@ -28,9 +29,9 @@ def show_domain_error(form: FlaskForm, exc: DomainError) -> None:
     The form-level message is shown only when no field explains the error.
     """
     if not exc.fields or not isinstance(exc, InvalidInput):
-        form.form_errors.append(exc.message)
+        form.form_errors.append(translate(exc.message))
     for field, message in exc.fields.items():
-        getattr(form, field).errors.append(message)
+        getattr(form, field).errors.append(translate(message))
 
 
 def strip(value: str | None) -> str | None:

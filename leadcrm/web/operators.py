@@ -57,9 +57,9 @@ def update(operator_id: int) -> ResponseReturnValue:
     operator = db.get_or_404(Operator, operator_id)
     form = OperatorLimitForm()
     if "is_active" in request.form:
-        domain.update_operator(db.session, operator, {"is_active": request.form["is_active"] == "1"})
+        updated = domain.update_operator(db.session, operator.id, {"is_active": request.form["is_active"] == "1"})
     elif form.validate():
-        domain.update_operator(db.session, operator, {"max_active_leads": form.max_active_leads.data})
+        updated = domain.update_operator(db.session, operator.id, {"max_active_leads": form.max_active_leads.data})
     else:
         # The row shows the error next to the limit, with what was typed.
         invalid = {"row_form": form, "row_form_for": operator.id}
@@ -69,4 +69,4 @@ def update(operator_id: int) -> ResponseReturnValue:
     db.session.commit()
     if not is_htmx():
         return redirect(url_for(".index"))
-    return changed(render("operators/index.html", block="operator_row", operator=operator), "operators-changed")
+    return changed(render("operators/index.html", block="operator_row", operator=updated), "operators-changed")
