@@ -230,14 +230,15 @@ LOCK_OPERATOR = Sql("SELECT id FROM operators WHERE id = :id FOR UPDATE")
 
 LEAD_COLUMNS = "id, external_id, phone, email, name, created_at"
 # An absent identifier is passed as NULL, and "column = NULL" matches nothing.
+# An address is matched by its email_key (leadcrm.identity.email_key), whatever its case.
 FIND_LEADS = Sql(
-    f"SELECT {LEAD_COLUMNS} FROM leads WHERE external_id = :external_id OR phone = :phone OR email = :email"
+    f"SELECT {LEAD_COLUMNS} FROM leads WHERE external_id = :external_id OR phone = :phone OR email_key = :email_key"
 )
 # Nothing is inserted (no row returned) when a concurrent request stored one
 # of these identifiers first.
 INSERT_LEAD = Sql(
-    "INSERT INTO leads (external_id, phone, email, name, created_at) "
-    "VALUES (:external_id, :phone, :email, :name, :created_at) ON CONFLICT DO NOTHING RETURNING id"
+    "INSERT INTO leads (external_id, phone, email, email_key, name, created_at) "
+    "VALUES (:external_id, :phone, :email, :email_key, :name, :created_at) ON CONFLICT DO NOTHING RETURNING id"
 )
 
 # The operators a source's next contact may go to: serving it, active, with

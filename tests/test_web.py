@@ -270,6 +270,14 @@ def test_intake_registers_and_returns_a_fresh_form(client: FlaskClient, setup: d
     assert "returning lead" in again
 
 
+def test_intake_finds_a_lead_by_its_address_whatever_its_case(client: FlaskClient, setup: dict) -> None:
+    first = text(post_form(client, "/intake/", {"source_id": "1", "email": "Ivan.Petrov@Example.com"}, htmx=True))
+    assert "new lead" in first
+    again = text(post_form(client, "/intake/", {"source_id": "1", "email": "ivan.petrov@example.com"}, htmx=True))
+    assert "returning lead" in again and "Ivan.Petrov@example.com" in again
+    assert client.get("/api/v1/leads/").json["total"] == 1
+
+
 def test_intake_without_javascript_redirects_to_the_result(client: FlaskClient, setup: dict) -> None:
     response = post_form(client, "/intake/", {"source_id": "1", "email": "a@example.com"})
     assert response.status_code == 302
