@@ -351,6 +351,28 @@ def test_close_from_the_list_updates_the_row_and_the_load(client: FlaskClient, s
     assert no_js.status_code == 302 and no_js.headers["Location"] == "/contacts/?status=open"
 
 
+def test_a_closed_contact_that_never_had_an_operator_is_not_shown_waiting(client: FlaskClient, setup: dict) -> None:
+    client.patch("/api/v1/operators/1", json={"max_active_leads": 0})
+    client.patch("/api/v1/operators/2", json={"max_active_leads": 0})
+    waiting = client.post("/api/v1/contacts/register", json={"source_id": 1, "external_id": "w1"}).json["contact"]
+    assert waiting["operator_id"] is None
+
+    def badges(html: str) -> list[str]:
+        row = re.search(rf'<tr id="contact-{waiting["id"]}".*?</tr>', html, re.S).group(0)
+        return re.findall(r'<span class="badge[^"]*">([^<]*)</span>', row)
+
+    assert badges(text(client.get("/contacts/"))) == ["waiting"]
+    # Closed from the list (htmx answers with the row), then the list, the contact's and the lead's pages.
+    closed_row = text(post_form(client, f"/contacts/{waiting['id']}/close", {}, htmx=True))
+    assert badges(closed_row) == ["closed, no operator", "closed"]
+    assert badges(text(client.get("/contacts/"))) == ["closed, no operator", "closed"]
+    for path in (f"/contacts/{waiting['id']}", f"/leads/{waiting['lead_id']}"):
+        html = text(client.get(path))
+        assert "closed, no operator" in html and ">waiting<" not in html, path
+    ru = text(client.get("/contacts/", headers={"Accept-Language": "ru"}))
+    assert "закрыто без оператора" in ru and ">ожидает<" not in ru
+
+
 def test_leads_search_and_detail(client: FlaskClient, setup: dict) -> None:
     client.post("/api/v1/sources/", json={"name": "web_form"})
     client.post("/api/v1/contacts/register", json={"source_id": 1, "phone": "+79001234567", "name": "Ivan Petrov"})
