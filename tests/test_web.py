@@ -3,12 +3,19 @@
 import re
 import subprocess
 import sys
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 from babel.messages.pofile import read_po
+from flask import Flask
 from flask.testing import FlaskClient
+from flask_babel import gettext
 
+from leadcrm.extensions import db
+from leadcrm.models import Contact, utcnow
+from leadcrm.web.ages import format_age
 from tests.servers import PROJECT_ROOT
 
 HTMX = {"HX-Request": "true"}
@@ -106,6 +113,64 @@ def test_load_page_shows_each_queue_and_its_age(client: FlaskClient, setup: dict
     assert 'data-testid="unassigned-open">2<' in html
     assert "telegram_bot · oldest waiting for" in html and "second" in html
     assert "ждёт" in text(client.get("/", headers={**HTMX, "Accept-Language": "ru"}))
+
+
+# An age, and how the load page's sentence says it: one unit, whole, rounded down.
+AGES = [
+    (59, "59 seconds", "59 секунд"),
+    (60, "1 minute", "1 минуту"),
+    (61, "1 minute", "1 минуту"),
+    (90, "1 minute", "1 минуту"),
+    (2 * 60, "2 minutes", "2 минуты"),
+    (5 * 60, "5 minutes", "5 минут"),
+    (21 * 60, "21 minutes", "21 минуту"),
+    (3600, "1 hour", "1 час"),
+    (22 * 3600, "22 hours", "22 часа"),
+    (2 * 86400, "2 days", "2 дня"),
+]
+
+
+def test_an_age_reads_the_same_whatever_its_seconds_in_both_languages(app: Flask) -> None:
+    for seconds, english, russian in AGES:
+        for language, said, sentence in [
+            ("en", english, f"oldest waiting for {english}"),
+            ("ru", russian, f"самое старое ждёт {russian}"),
+        ]:
+            with app.test_request_context("/", headers={"Accept-Language": language}):
+                assert format_age(timedelta(seconds=seconds)) == said, (seconds, language)
+                assert gettext("oldest waiting for %(age)s", age=format_age(timedelta(seconds=seconds))) == sentence
+
+
+def test_load_page_says_how_many_wait_and_for_how_long_in_both_languages(
+    app: Flask, client: FlaskClient, setup: dict
+) -> None:
+    client.patch("/api/v1/operators/1", json={"max_active_leads": 0})
+    client.patch("/api/v1/operators/2", json={"max_active_leads": 0})
+
+    def wait(count: int) -> None:
+        for n in range(count):
+            client.post("/api/v1/contacts/register", json={"source_id": 1, "external_id": f"w{count}-{n}"})
+        with app.app_context():  # the oldest came in 21 minutes and 20 seconds ago
+            oldest = db.session.scalar(sa.select(sa.func.min(Contact.id)))
+            db.session.execute(
+                sa.update(Contact).where(Contact.id == oldest).values(created_at=utcnow() - timedelta(seconds=1280))
+            )
+            db.session.commit()
+
+    def summary(language: str) -> str:
+        html = text(client.get("/", headers={**HTMX, "Accept-Language": language}))
+        number = re.search(r'data-testid="unassigned-open">(\d+)</span>\s*<span>([^<]*)</span>', html)
+        age = re.search(r"telegram_bot · ([^<]*)</span>", html)
+        return f"{number.group(1)} {number.group(2)} · {age.group(1)}"
+
+    wait(1)
+    assert summary("en") == "1 contact waiting, no operator · oldest waiting for 21 minutes"
+    assert summary("ru") == "1 обращение ожидает, без оператора · самое старое ждёт 21 минуту"
+    wait(2)
+    assert summary("en") == "3 contacts waiting, no operator · oldest waiting for 21 minutes"
+    assert summary("ru") == "3 обращения ожидают, без оператора · самое старое ждёт 21 минуту"
+    wait(2)
+    assert summary("ru") == "5 обращений ожидают, без оператора · самое старое ждёт 21 минуту"
 
 
 def test_empty_states_say_what_to_do_first(client: FlaskClient) -> None:
