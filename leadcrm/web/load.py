@@ -24,6 +24,10 @@ def index() -> ResponseReturnValue:
         block="load_table",
         operators=operator_loads(db.session),
         unassigned_open=unassigned_open(db.session),
-        waiting=[(names[source_id], w, now - w.oldest_created_at) for source_id, w in sorted(waiting.items())],
+        waiting=[
+            (names[source_id], w, now - w.oldest_created_at)
+            for source_id, w in sorted(waiting.items())
+            if w.oldest_created_at is not None  # always, for a source with a queue
+        ],
         sources_count=len(names),
     )
