@@ -28,10 +28,10 @@ def holds_identifier(lead: LeadRecord | Lead, field: str, value: str) -> bool:
     """Whether ``lead`` has identifier ``field`` (one of IDENTIFIERS) equal to ``value``; e-mail whatever its case."""
     stored = getattr(lead, field)
     if field == "email":
-        # Compared by key, not by email_key: a lead stored apart before addresses
-        # were matched whatever their case has none (an older lead holds it; see
-        # email_duplicates), and still holds its own address when another
-        # identifier of the request finds it.
+        # The key of the stored address, not the email_key column: a lead stored
+        # apart before addresses were matched whatever their case has none (an
+        # older lead holds it; see email_duplicates), and still holds its own
+        # address when another identifier of the request finds it.
         return stored is not None and email_key(stored) == email_key(value)
     return bool(stored == value)
 
@@ -48,9 +48,9 @@ def resolve_lead(session: Session, identity: LeadIdentity, name: str | None) -> 
     """
     given = {field: getattr(identity, field) for field in IDENTIFIERS}
     wanted = {field: value for field, value in given.items() if value}
-    params = {**given, "email_key": email_key(identity.email) if identity.email else None}
+    lookup = {**given, "email_key": email_key(identity.email) if identity.email else None}
     for _ in range(RESOLVE_ATTEMPTS):
-        found = [storage.lead_record(row) for row in storage.Tx.of(session).execute(storage.FIND_LEADS, params)]
+        found = [storage.lead_record(row) for row in storage.Tx.of(session).execute(storage.FIND_LEADS, lookup)]
         holders = {
             field: [lead for lead in found if holds_identifier(lead, field, value)] for field, value in wanted.items()
         }
@@ -63,11 +63,8 @@ def resolve_lead(session: Session, identity: LeadIdentity, name: str | None) -> 
             )
         if lead is None:
             now = utcnow()
-            row = (
-                storage.Tx.of(session)
-                .execute(storage.INSERT_LEAD, {**params, "name": name, "created_at": storage.Tx.of(session).time(now)})
-                .fetchone()
-            )
+            params = {**lookup, "name": name, "created_at": storage.Tx.of(session).time(now)}
+            row = storage.Tx.of(session).execute(storage.INSERT_LEAD, params).fetchone()
             if row is None:
                 continue  # a concurrent request stored one of these identifiers first: look again
             return LeadRecord(id=row[0], **given, name=name, created_at=now), True
