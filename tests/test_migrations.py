@@ -347,6 +347,7 @@ def test_upgrade_from_every_revision_keeps_the_data(backend, tmp_path: Path, ins
         distribution.close_contact(db.session, 1)
         # Addresses are found whatever their case; Olga's finds the older of her two leads.
         web_form = db.session.get(Source, 2)
+        assert web_form is not None
         for address, lead_id in [("OLGA@example.com", 2), ("Olga@example.com", 2), ("ёЖ@EXAMPLE.com", 3)]:
             again = distribution.register_contact(db.session, source=web_form, identity=LeadIdentity(email=address))
             assert (again.lead.id, again.lead_created) == (lead_id, False), address

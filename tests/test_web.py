@@ -161,6 +161,7 @@ def test_load_page_says_how_many_wait_and_for_how_long_in_both_languages(
         html = text(client.get("/", headers={**HTMX, "Accept-Language": language}))
         number = re.search(r'data-testid="unassigned-open">(\d+)</span>\s*<span>([^<]*)</span>', html)
         age = re.search(r"telegram_bot · ([^<]*)</span>", html)
+        assert number and age, html
         return f"{number.group(1)} {number.group(2)} · {age.group(1)}"
 
     wait(1)
@@ -423,8 +424,9 @@ def test_a_closed_contact_that_never_had_an_operator_is_not_shown_waiting(client
     assert waiting["operator_id"] is None
 
     def badges(html: str) -> list[str]:
-        row = re.search(rf'<tr id="contact-{waiting["id"]}".*?</tr>', html, re.S).group(0)
-        return re.findall(r'<span class="badge[^"]*">([^<]*)</span>', row)
+        row = re.search(rf'<tr id="contact-{waiting["id"]}".*?</tr>', html, re.S)
+        assert row, html
+        return re.findall(r'<span class="badge[^"]*">([^<]*)</span>', row.group(0))
 
     assert badges(text(client.get("/contacts/"))) == ["waiting"]
     # Closed from the list (htmx answers with the row), then the list, the contact's and the lead's pages.
