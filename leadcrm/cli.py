@@ -15,6 +15,7 @@ from leadcrm.distribution import drain_all
 from leadcrm.errors import DomainError
 from leadcrm.extensions import db
 from leadcrm.idempotency import forget_expired
+from leadcrm.leads import email_duplicates
 from leadcrm.vocabulary import Role
 
 cli = AppGroup("leadcrm", help="leadcrm maintenance and demo commands.")
@@ -83,6 +84,31 @@ def backup(path: str, force: bool) -> None:
         raise click.ClickException(str(exc)) from None
     contacts = f"{copy.contacts} contact{'s' if copy.contacts != 1 else ''}"
     click.echo(f"Backed up to {copy.path}: {copy.size} bytes, {contacts}.")
+
+
+@cli.command("email-duplicates")
+def report_email_duplicates() -> None:
+    """List leads whose e-mail addresses differ only in case, to decide what to do with them.
+
+    Leads stored before addresses were matched whatever their case may be two
+    for one customer (Ivan.Petrov@example.com and ivan.petrov@example.com).
+    Nothing was merged: each keeps its contacts and identifiers. New
+    registrations with any of a group's addresses find the lead marked "finds"
+    (the oldest); the others are still found by their phone or external id.
+    """
+    groups = email_duplicates(db.session)
+    db.session.rollback()  # only read
+    if not groups:
+        click.echo("No leads whose e-mail addresses differ only in case.")
+        return
+    for group in groups:
+        found = f"lead {group.found.id}" if group.found else "no lead (a new registration creates one)"
+        click.echo(f"{group.key}: new registrations find {found}")
+        for lead, contacts in group.leads:
+            mark = "finds" if group.found is not None and lead.id == group.found.id else "kept apart"
+            count = f"{contacts} contact{'s' if contacts != 1 else ''}"
+            click.echo(f"  lead {lead.id}\t{lead.email}\t{count}\t{mark}")
+    click.echo(f"{len(groups)} address{'es' if len(groups) != 1 else ''} shared by more than one lead.")
 
 
 users_cli = AppGroup("users", help="Manage user accounts (also on the Users page).")

@@ -14,7 +14,19 @@ class LeadIdentity:
 
     external_id: str | None = None
     phone: str | None = None  # E.164
-    email: str | None = None  # normalised
+    email: str | None = None  # normalised, as typed; matched by its email_key
+
+
+def email_key(address: str) -> str:
+    """The form an e-mail address is matched and kept unique by: all of it in lower case.
+
+    email-validator lowercases only the domain; mail systems and every CRM
+    that deduplicates by address treat the local part as case-insensitive
+    too, so ``Ivan.Petrov@Example.com`` and ``ivan.petrov@example.com`` are
+    one customer. Computed here, not with SQL's lower(), which SQLite applies
+    to ASCII letters only.
+    """
+    return address.lower()
 
 
 def normalize_phone(raw: str, region: str) -> str:

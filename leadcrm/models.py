@@ -11,6 +11,7 @@ from typing import Any, Optional, overload
 import sqlalchemy as sa
 import sqlalchemy.orm as so
 
+from leadcrm.identity import email_key
 from leadcrm.vocabulary import (
     EMAIL_MAX,
     EXTERNAL_ID_MAX,
@@ -156,9 +157,21 @@ class Lead(Base):
     id: so.Mapped[int] = so.mapped_column(primary_key=True)
     external_id: so.Mapped[Optional[str]] = so.mapped_column(sa.String(EXTERNAL_ID_MAX), unique=True)
     phone: so.Mapped[Optional[str]] = so.mapped_column(sa.String(PHONE_MAX), unique=True)
-    email: so.Mapped[Optional[str]] = so.mapped_column(sa.String(EMAIL_MAX), unique=True)
+    # As typed (email-validator's normalised form), for display; matched by email_key.
+    email: so.Mapped[Optional[str]] = so.mapped_column(sa.String(EMAIL_MAX))
+    # The address in lower case (leadcrm.identity.email_key): what finds the lead
+    # and keeps addresses unique whatever their case. NULL on a lead whose
+    # address an older lead's differs from only in case, stored before 0008
+    # (leads.email_duplicates reports them): new registrations find the older one.
+    email_key: so.Mapped[Optional[str]] = so.mapped_column(sa.String(EMAIL_MAX), unique=True)
     name: so.Mapped[Optional[str]] = so.mapped_column(sa.String(NAME_MAX))
     created_at: so.Mapped[datetime] = so.mapped_column(UTCDateTime, default=utcnow)
+
+    @so.validates("email")
+    def _keep_email_key(self, _key: str, email: Optional[str]) -> Optional[str]:
+        # Leads made through the ORM (tests, scripts) are found by their address too.
+        self.email_key = email_key(email) if email is not None else None
+        return email
 
     def __repr__(self) -> str:
         return f"<Lead {self.id} {self.external_id or self.phone or self.email}>"

@@ -449,21 +449,25 @@ def update_operator(
 LEAD_FIELDS = ("external_id", "phone", "email", "name")
 LEAD_COLUMNS = "id, external_id, phone, email, name, created_at"
 # An absent identifier is passed as NULL, and "column = NULL" matches nothing.
+# An address is matched by its email_key (leadcrm.identity.email_key), whatever its case.
 FIND_LEADS = Sql(
-    f"SELECT {LEAD_COLUMNS} FROM leads WHERE external_id = :external_id OR phone = :phone OR email = :email"
+    f"SELECT {LEAD_COLUMNS} FROM leads WHERE external_id = :external_id OR phone = :phone OR email_key = :email_key"
 )
 # Nothing is inserted (no row returned) when a concurrent request stored one
 # of these identifiers first.
 INSERT_LEAD = Sql(
-    "INSERT INTO leads (external_id, phone, email, name, created_at) "
-    "VALUES (:external_id, :phone, :email, :name, :created_at) ON CONFLICT DO NOTHING RETURNING id"
+    "INSERT INTO leads (external_id, phone, email, email_key, name, created_at) "
+    "VALUES (:external_id, :phone, :email, :email_key, :name, :created_at) ON CONFLICT DO NOTHING RETURNING id"
 )
 # Filling a lead's empty fields, one statement per set of fields: each is set
 # only while still empty, so what a concurrent request stored first is kept.
+# An address comes with its key.
 FILL_LEAD = {
     fields: Sql(
         "UPDATE leads SET "
-        + ", ".join(f"{field} = :{field}" for field in fields)
+        + ", ".join(
+            f"{field} = :{field}" + (", email_key = :email_key" if field == "email" else "") for field in fields
+        )
         + " WHERE id = :id AND "
         + " AND ".join(f"{field} IS NULL" for field in fields)
     )
@@ -478,9 +482,9 @@ LATEST_OPERATOR = Sql(
 )
 
 
-def find_leads(tx: Tx, *, external_id: str | None, phone: str | None, email: str | None) -> list[LeadRecord]:
-    """The leads holding any of these identifiers (None: not looked for)."""
-    params = {"external_id": external_id, "phone": phone, "email": email}
+def find_leads(tx: Tx, *, external_id: str | None, phone: str | None, email_key: str | None) -> list[LeadRecord]:
+    """The leads holding any of these identifiers, an address by its key (None: not looked for)."""
+    params = {"external_id": external_id, "phone": phone, "email_key": email_key}
     return [
         LeadRecord(row[0], row[1], row[2], row[3], row[4], from_stored_time(row[5]))
         for row in tx.execute(FIND_LEADS, params)
@@ -488,21 +492,30 @@ def find_leads(tx: Tx, *, external_id: str | None, phone: str | None, email: str
 
 
 def insert_lead(
-    tx: Tx, *, external_id: str | None, phone: str | None, email: str | None, name: str | None, now: datetime
+    tx: Tx,
+    *,
+    external_id: str | None,
+    phone: str | None,
+    email: str | None,
+    email_key: str | None,
+    name: str | None,
+    now: datetime,
 ) -> LeadRecord | None:
     """Store a new lead; None (nothing stored) when a concurrent request stored one of its identifiers first."""
-    params = {"external_id": external_id, "phone": phone, "email": email, "name": name, "created_at": tx.stored(now)}
+    params = {"external_id": external_id, "phone": phone, "email": email, "email_key": email_key, "name": name}
+    params["created_at"] = tx.stored(now)
     row = tx.execute(INSERT_LEAD, params).fetchone()
     return LeadRecord(row[0], external_id, phone, email, name, now) if row else None
 
 
 def fill_lead(tx: Tx, lead_id: int, values: dict[str, str]) -> bool:
-    """Store ``values`` (of LEAD_FIELDS) in the lead's columns that are still empty.
+    """Store ``values`` (of LEAD_FIELDS, and ``email_key`` with an address) in the lead's columns that are
+    still empty.
 
     False, and nothing stored, when one of them is no longer empty or another
     lead already holds one of these identifiers.
     """
-    statement = FILL_LEAD[tuple(field for field in LEAD_FIELDS if field in values)]
+    statement = FILL_LEAD[tuple(field for field in LEAD_FIELDS if field in values)]  # email_key: with email
     try:
         with tx.savepoint():
             return tx.execute(statement, {"id": lead_id, **values}).rowcount == 1

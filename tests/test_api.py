@@ -339,6 +339,43 @@ def test_lead_conflict_is_409_and_stores_nothing(client: FlaskClient, setup: dic
     assert client.get(f"{API}/contacts/").json["total"] == 2
 
 
+def test_an_address_finds_its_lead_whatever_its_case(app: Flask, client: FlaskClient, setup: dict) -> None:
+    first = post(client, "/contacts/register", {"source_id": 1, "email": "Ivan.Petrov@Example.com"}).json
+    assert first["lead"]["email"] == "Ivan.Petrov@example.com"  # as typed (the domain normalised), for display
+    again = post(client, "/contacts/register", {"source_id": 1, "email": "ivan.petrov@EXAMPLE.com"}).json
+    assert (again["lead"]["id"], again["lead_created"]) == (first["lead"]["id"], False)
+    assert again["lead"]["email"] == "Ivan.Petrov@example.com"
+    # An address filled in on a lead found by its phone is found whatever its case, too.
+    maria = post(client, "/contacts/register", {"source_id": 1, "phone": "+79001234567"}).json["lead"]["id"]
+    post(client, "/contacts/register", {"source_id": 1, "phone": "+79001234567", "email": "Maria@Example.com"})
+    assert (
+        post(client, "/contacts/register", {"source_id": 1, "email": "MARIA@example.com"}).json["lead"]["id"] == maria
+    )
+    # Ivan's address in another case is Ivan's: Maria's phone with it names two leads.
+    taken = post(
+        client, "/contacts/register", {"source_id": 1, "phone": "+79001234567", "email": "IVAN.PETROV@example.com"}
+    )
+    assert_error(taken, 409, "lead_conflict", {"phone", "email"})
+    # A register token is told the address it sent, not how another source typed it.
+    form = _register_token_client(app)
+    echoed = form.post(f"{API}/contacts/register", json={"source_id": 1, "email": "IVAN.petrov@example.com"})
+    assert echoed.json["lead"] == {"id": first["lead"]["id"], "email": "IVAN.petrov@example.com"}
+    assert "Ivan.Petrov" not in echoed.text
+    assert client.get(f"{API}/leads/").json["total"] == 2
+
+
+def test_lead_search_finds_an_address_whatever_its_case(client: FlaskClient, setup: dict) -> None:
+    post(client, "/contacts/register", {"source_id": 1, "email": "Ivan.Petrov@Example.com"})
+    post(client, "/contacts/register", {"source_id": 1, "email": "Ёж@Пример.рф"})
+
+    def found(q: str) -> list[str | None]:
+        return [lead["email"] for lead in client.get(f"{API}/leads/", query_string={"q": q}).json["items"]]
+
+    assert found("ivan.petrov@example.com") == found("IVAN.PETROV") == ["Ivan.Petrov@example.com"]
+    # Cyrillic letters too, which SQLite's lower() leaves as they are.
+    assert found("ёж@") == found("ЁЖ@ПРИМЕР.РФ") == ["Ёж@пример.рф"]
+
+
 @pytest.mark.parametrize(
     ("body", "status", "fields"),
     [

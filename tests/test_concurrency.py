@@ -318,6 +318,36 @@ def test_concurrent_requests_filling_the_same_missing_identifier_keep_the_first(
         assert {answer["id"] for answer in answers} == {lead["id"]}
 
 
+def test_concurrent_new_leads_with_one_address_in_different_cases_make_one_lead(servers) -> None:
+    """12 first contacts at once from one new customer, each typing the address in its own case: one lead.
+
+    They meet at the unique email_key (INSERT ... ON CONFLICT DO NOTHING, then
+    look again); before it, each case was a lead of its own.
+    """
+    database_url, bases, token = servers
+    setup = api_session(token)
+    api = f"{bases[0]}/api/v1"
+    operator = setup.post(f"{api}/operators/", json={"name": "Anna", "max_active_leads": 1000}).json()["id"]
+    source = setup.post(f"{api}/sources/", json={"name": "web_form"}).json()["id"]
+    setup.post(f"{api}/sources/{source}/config", json=[{"operator_id": operator, "weight": 1}])
+    rng = random.Random(11)
+
+    def register(job: tuple[str, dict]) -> int:
+        base, body = job
+        response = api_session(token).post(f"{base}/api/v1/contacts/register", json=body, timeout=60)
+        assert response.status_code == 201, response.text
+        return response.json()["lead"]["id"]
+
+    for round_ in range(10):
+        address = f"ivan.petrov.{round_}@example.com"
+        typed = ["".join(c.upper() if rng.random() < 0.5 else c for c in address) for _ in range(12)]
+        jobs = [(bases[n % len(bases)], {"source_id": source, "email": email}) for n, email in enumerate(typed)]
+        with ThreadPoolExecutor(12) as pool:
+            assert len(set(pool.map(register, jobs))) == 1, round_
+    assert setup.get(f"{api}/leads/").json()["total"] == 10
+    assert setup.get(f"{api}/contacts/").json()["total"] == 120
+
+
 def assignment_invariants(database_url: str) -> dict[str, object]:
     """What the counters say against what the contacts and the history say, straight from SQL."""
     engine = sa.create_engine(database_url)

@@ -66,6 +66,15 @@ def test_lookup_order_is_external_id_then_phone_then_email() -> None:
     assert lead.id == by_external.id and not created
 
 
+def test_a_lead_stored_through_the_orm_is_found_by_its_address_whatever_its_case() -> None:
+    stored = Lead(email="Ivan.Petrov@example.com")
+    db.session.add(stored)
+    db.session.flush()
+    assert stored.email_key == "ivan.petrov@example.com"
+    lead, created = resolve_lead(storage.Tx.of(db.session), LeadIdentity(email="IVAN.PETROV@example.com"), None)
+    assert (lead.id, lead.email, created) == (stored.id, "Ivan.Petrov@example.com", False)
+
+
 def test_identifiers_the_found_lead_lacks_are_stored_on_it() -> None:
     lead, _ = resolve_lead(storage.Tx.of(db.session), LeadIdentity(phone="+79001234567"), None)
     again, created = resolve_lead(

@@ -3,12 +3,19 @@
 import re
 import subprocess
 import sys
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 from babel.messages.pofile import read_po
+from flask import Flask
 from flask.testing import FlaskClient
+from flask_babel import gettext
 
+from leadcrm.extensions import db
+from leadcrm.models import Contact, utcnow
+from leadcrm.web.ages import format_age
 from tests.servers import PROJECT_ROOT
 
 HTMX = {"HX-Request": "true"}
@@ -106,6 +113,65 @@ def test_load_page_shows_each_queue_and_its_age(client: FlaskClient, setup: dict
     assert 'data-testid="unassigned-open">2<' in html
     assert "telegram_bot · oldest waiting for" in html and "second" in html
     assert "ждёт" in text(client.get("/", headers={**HTMX, "Accept-Language": "ru"}))
+
+
+# An age, and how the load page's sentence says it: one unit, whole, rounded down.
+AGES = [
+    (59, "59 seconds", "59 секунд"),
+    (60, "1 minute", "1 минуту"),
+    (61, "1 minute", "1 минуту"),
+    (90, "1 minute", "1 минуту"),
+    (2 * 60, "2 minutes", "2 минуты"),
+    (5 * 60, "5 minutes", "5 минут"),
+    (21 * 60, "21 minutes", "21 минуту"),
+    (3600, "1 hour", "1 час"),
+    (22 * 3600, "22 hours", "22 часа"),
+    (2 * 86400, "2 days", "2 дня"),
+]
+
+
+def test_an_age_reads_the_same_whatever_its_seconds_in_both_languages(app: Flask) -> None:
+    for seconds, english, russian in AGES:
+        for language, said, sentence in [
+            ("en", english, f"oldest waiting for {english}"),
+            ("ru", russian, f"самое старое ждёт {russian}"),
+        ]:
+            with app.test_request_context("/", headers={"Accept-Language": language}):
+                assert format_age(timedelta(seconds=seconds)) == said, (seconds, language)
+                assert gettext("oldest waiting for %(age)s", age=format_age(timedelta(seconds=seconds))) == sentence
+
+
+def test_load_page_says_how_many_wait_and_for_how_long_in_both_languages(
+    app: Flask, client: FlaskClient, setup: dict
+) -> None:
+    client.patch("/api/v1/operators/1", json={"max_active_leads": 0})
+    client.patch("/api/v1/operators/2", json={"max_active_leads": 0})
+
+    def wait(count: int) -> None:
+        for n in range(count):
+            client.post("/api/v1/contacts/register", json={"source_id": 1, "external_id": f"w{count}-{n}"})
+        with app.app_context():  # the oldest came in 21 minutes and 20 seconds ago
+            oldest = db.session.scalar(sa.select(sa.func.min(Contact.id)))
+            db.session.execute(
+                sa.update(Contact).where(Contact.id == oldest).values(created_at=utcnow() - timedelta(seconds=1280))
+            )
+            db.session.commit()
+
+    def summary(language: str) -> str:
+        html = text(client.get("/", headers={**HTMX, "Accept-Language": language}))
+        number = re.search(r'data-testid="unassigned-open">(\d+)</span>\s*<span>([^<]*)</span>', html)
+        age = re.search(r"telegram_bot · ([^<]*)</span>", html)
+        assert number and age, html
+        return f"{number.group(1)} {number.group(2)} · {age.group(1)}"
+
+    wait(1)
+    assert summary("en") == "1 contact waiting, no operator · oldest waiting for 21 minutes"
+    assert summary("ru") == "1 обращение ожидает, без оператора · самое старое ждёт 21 минуту"
+    wait(2)
+    assert summary("en") == "3 contacts waiting, no operator · oldest waiting for 21 minutes"
+    assert summary("ru") == "3 обращения ожидают, без оператора · самое старое ждёт 21 минуту"
+    wait(2)
+    assert summary("ru") == "5 обращений ожидают, без оператора · самое старое ждёт 21 минуту"
 
 
 def test_empty_states_say_what_to_do_first(client: FlaskClient) -> None:
@@ -282,6 +348,14 @@ def test_intake_registers_and_returns_a_fresh_form(client: FlaskClient, setup: d
     assert "returning lead" in again
 
 
+def test_intake_finds_a_lead_by_its_address_whatever_its_case(client: FlaskClient, setup: dict) -> None:
+    first = text(post_form(client, "/intake/", {"source_id": "1", "email": "Ivan.Petrov@Example.com"}, htmx=True))
+    assert "new lead" in first
+    again = text(post_form(client, "/intake/", {"source_id": "1", "email": "ivan.petrov@example.com"}, htmx=True))
+    assert "returning lead" in again and "Ivan.Petrov@example.com" in again
+    assert client.get("/api/v1/leads/").json["total"] == 1
+
+
 def test_intake_without_javascript_redirects_to_the_result(client: FlaskClient, setup: dict) -> None:
     response = post_form(client, "/intake/", {"source_id": "1", "email": "a@example.com"})
     assert response.status_code == 302
@@ -353,6 +427,29 @@ def test_close_from_the_list_updates_the_row_and_the_load(client: FlaskClient, s
     assert f'data-testid="load-{operator_id}">0 / ' in text(client.get("/"))
     no_js = post_form(client, f"/contacts/{contact['contact']['id']}/close", {"next": "/contacts/?status=open"})
     assert no_js.status_code == 302 and no_js.headers["Location"] == "/contacts/?status=open"
+
+
+def test_a_closed_contact_that_never_had_an_operator_is_not_shown_waiting(client: FlaskClient, setup: dict) -> None:
+    client.patch("/api/v1/operators/1", json={"max_active_leads": 0})
+    client.patch("/api/v1/operators/2", json={"max_active_leads": 0})
+    waiting = client.post("/api/v1/contacts/register", json={"source_id": 1, "external_id": "w1"}).json["contact"]
+    assert waiting["operator_id"] is None
+
+    def badges(html: str) -> list[str]:
+        row = re.search(rf'<tr id="contact-{waiting["id"]}".*?</tr>', html, re.S)
+        assert row, html
+        return re.findall(r'<span class="badge[^"]*">([^<]*)</span>', row.group(0))
+
+    assert badges(text(client.get("/contacts/"))) == ["waiting"]
+    # Closed from the list (htmx answers with the row), then the list, the contact's and the lead's pages.
+    closed_row = text(post_form(client, f"/contacts/{waiting['id']}/close", {}, htmx=True))
+    assert badges(closed_row) == ["closed, no operator", "closed"]
+    assert badges(text(client.get("/contacts/"))) == ["closed, no operator", "closed"]
+    for path in (f"/contacts/{waiting['id']}", f"/leads/{waiting['lead_id']}"):
+        html = text(client.get(path))
+        assert "closed, no operator" in html and ">waiting<" not in html, path
+    ru = text(client.get("/contacts/", headers={"Accept-Language": "ru"}))
+    assert "закрыто без оператора" in ru and ">ожидает<" not in ru
 
 
 def test_leads_search_and_detail(client: FlaskClient, setup: dict) -> None:

@@ -99,7 +99,11 @@ def _registered_lead(lead: Any, identity: Any, name: str | None) -> LeadOut | Re
     if caller_may("api.get_lead"):
         return LeadOut.model_validate(lead)
     sent = {field: getattr(identity, field) for field in leads.IDENTIFIERS} | {"name": name}
-    known = {field: value for field, value in sent.items() if value is not None and getattr(lead, field) == value}
+    known = {
+        field: value
+        for field, value in sent.items()
+        if value is not None and (lead.name == value if field == "name" else leads.holds_identifier(lead, field, value))
+    }
     return RegisteredLeadOut(id=lead.id, **known)
 
 

@@ -21,6 +21,7 @@ from leadcrm.vocabulary import (
     Strategy,
 )
 from leadcrm.web import auth, contacts, intake, leads, load, operators, report, sources, tokens, users
+from leadcrm.web.ages import format_age
 from leadcrm.web.rendering import local_target, render
 
 BLUEPRINTS = (
@@ -70,6 +71,8 @@ def register_web(app: Flask) -> None:
     @app.context_processor
     def interface() -> dict[str, object]:
         return {"languages": LANGUAGES, "current_language": str(get_locale())}
+
+    app.add_template_filter(format_age, "age")
 
     @app.template_filter("percent")
     def percent(share: float) -> str:

@@ -3,7 +3,6 @@
 import sqlalchemy as sa
 from flask import Blueprint
 from flask.typing import ResponseReturnValue
-from flask_babel import format_timedelta
 
 from leadcrm.auth import allow
 from leadcrm.extensions import db
@@ -27,8 +26,9 @@ def index() -> ResponseReturnValue:
         operators=operator_loads(db.session),
         unassigned_open=unassigned_open(db.session),
         waiting=[
-            (names[source_id], w, format_timedelta(now - w.oldest_created_at, threshold=1.1))
+            (names[source_id], w, now - w.oldest_created_at)
             for source_id, w in sorted(waiting.items())
+            if w.oldest_created_at is not None  # always, for a source with a queue
         ],
         sources_count=len(names),
     )
