@@ -1,6 +1,8 @@
 """Operators page: list, create, and change limit or active state in place."""
 
-from flask import Blueprint, redirect, request, url_for
+from typing import Any
+
+from flask import Blueprint, Response, redirect, request, url_for
 from flask.typing import ResponseReturnValue
 
 from leadcrm import operators as domain
@@ -8,13 +10,13 @@ from leadcrm.auth import allow
 from leadcrm.errors import DomainError
 from leadcrm.extensions import db
 from leadcrm.models import SUPERVISOR, Operator
-from leadcrm.web.forms import OperatorForm, OperatorLimitForm, show_domain_error
+from leadcrm.web.forms import OperatorForm, OperatorLimitForm, required, show_domain_error
 from leadcrm.web.rendering import changed, is_htmx, render
 
 bp = Blueprint("operators", __name__, url_prefix="/operators")
 
 
-def _page(form: OperatorForm, status: int = 200, **context: object) -> ResponseReturnValue:
+def _page(form: OperatorForm, status: int = 200, **context: Any) -> Response:
     operators = db.session.scalars(domain.list_operators_query()).all()
     return render(
         "operators/index.html", block="operators_section", status=status, form=form, operators=operators, **context
@@ -34,9 +36,9 @@ def create() -> ResponseReturnValue:
     if form.validate():
         try:
             domain.create_operator(
-                db.session,
-                name=form.name.data,
-                max_active_leads=form.max_active_leads.data,
+                db.session(),
+                name=required(form.name),
+                max_active_leads=required(form.max_active_leads),
                 is_active=form.is_active.data,
             )
         except DomainError as exc:
@@ -56,9 +58,9 @@ def update(operator_id: int) -> ResponseReturnValue:
     operator = db.get_or_404(Operator, operator_id)
     form = OperatorLimitForm()
     if "is_active" in request.form:
-        domain.update_operator(db.session, operator, {"is_active": request.form["is_active"] == "1"})
+        domain.update_operator(db.session(), operator, {"is_active": request.form["is_active"] == "1"})
     elif form.validate():
-        domain.update_operator(db.session, operator, {"max_active_leads": form.max_active_leads.data})
+        domain.update_operator(db.session(), operator, {"max_active_leads": form.max_active_leads.data})
     else:
         # The row shows the error next to the limit, with what was typed.
         invalid = {"row_form": form, "row_form_for": operator.id}
