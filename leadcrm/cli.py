@@ -35,7 +35,7 @@ def drain_backlog(batch: int | None = None) -> int:
     while True:
         begin_write(db.session)
         try:
-            assigned = drain_all(db.session, limit=batch)
+            assigned = drain_all(db.session(), limit=batch)
             db.session.commit()
         except Exception:
             db.session.rollback()
@@ -58,7 +58,7 @@ def drain() -> None:
     try:
         assigned = drain_backlog()
         begin_write(db.session)
-        forgotten = forget_expired(db.session)
+        forgotten = forget_expired(db.session())
         db.session.commit()
     except sa.exc.OperationalError as exc:
         db.session.rollback()
@@ -128,7 +128,7 @@ def create_user(username: str, role: str, password: str) -> None:
     """Add a user."""
     begin_write(db.session)
     try:
-        user = accounts.create_user(db.session, username=username, password=password, role=role)
+        user = accounts.create_user(db.session(), username=username, password=password, role=role)
     except DomainError as exc:
         _fail(exc)
     db.session.commit()
@@ -145,10 +145,10 @@ def set_password(username: str, password: str) -> None:
     except DomainError as exc:
         _fail(exc)
     begin_write(db.session)
-    user = accounts.find_user(db.session, username)
+    user = accounts.find_user(db.session(), username)
     if user is None:
         raise click.ClickException(f"No user {username!r}.")
-    accounts.set_password_hash(db.session, user, password_hash)
+    accounts.set_password_hash(db.session(), user, password_hash)
     user.is_active = True
     db.session.commit()
     click.echo(f"Password of {user.username!r} changed.")
@@ -157,7 +157,7 @@ def set_password(username: str, password: str) -> None:
 @users_cli.command("list")
 def list_users() -> None:
     """Show every user with role and state."""
-    for user in accounts.list_users(db.session):
+    for user in accounts.list_users(db.session()):
         click.echo(f"{user.username}\t{user.role}\t{'active' if user.is_active else 'inactive'}")
 
 
@@ -167,13 +167,13 @@ def ensure_first_admin(log: Callable[[str], None]) -> None:
     A database with users is only read: every start does this, and a start
     must not wait for (or fail on) a write lock someone else holds.
     """
-    has_users = accounts.has_users(db.session)
+    has_users = accounts.has_users(db.session())
     db.session.commit()
     if has_users:
         return
     begin_write(db.session)
     try:
-        generated = accounts.ensure_admin(db.session, current_app.config["LEADCRM_ADMIN_PASSWORD"] or None)
+        generated = accounts.ensure_admin(db.session(), current_app.config["LEADCRM_ADMIN_PASSWORD"] or None)
     except DomainError as exc:
         db.session.rollback()
         raise click.ClickException(f"LEADCRM_ADMIN_PASSWORD: {exc.message}") from None

@@ -10,17 +10,17 @@ from flask.testing import FlaskClient
 from leadcrm import create_app
 from leadcrm.extensions import db
 from leadcrm.vocabulary import Role, TokenScope
-from tests.backends import POSTGRES_URL, PostgresBackend, SqliteBackend
+from tests.backends import POSTGRES_URL, Backend, PostgresBackend, SqliteBackend
 from tests.helpers import add_token, add_user, login_client
 
 
 @pytest.fixture(scope="session", params=["sqlite", "postgresql"])
-def backend(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+def backend(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Backend]:
     """SQLite always; PostgreSQL when LEADCRM_TEST_POSTGRES_URL names a database to use."""
     if request.param == "postgresql":
         if not POSTGRES_URL:
             pytest.skip("PostgreSQL not configured: set LEADCRM_TEST_POSTGRES_URL (.ci/run does)")
-        chosen = PostgresBackend(POSTGRES_URL)
+        chosen: Backend = PostgresBackend(POSTGRES_URL)
     else:
         chosen = SqliteBackend(tmp_path_factory.mktemp("sqlite"))
     yield chosen
@@ -28,7 +28,7 @@ def backend(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
 
 
 @pytest.fixture
-def database_url(backend, tmp_path: Path) -> str:
+def database_url(backend: Backend, tmp_path: Path) -> str:
     return backend.fresh_url(tmp_path)
 
 

@@ -104,7 +104,7 @@ def create_token(database_url: str, scope: str = TokenScope.FULL, name: str = "t
     """An API token stored straight into a served (migrated) database; returns its secret."""
     app = create_app({"SQLALCHEMY_DATABASE_URI": database_url})
     with app.app_context():
-        secret = accounts.create_token(db.session, name=name, scope=scope, created_by=None).secret
+        secret = accounts.create_token(db.session(), name=name, scope=scope, created_by=None).secret
         db.session.commit()
         db.session.remove()
         db.engine.dispose()

@@ -10,12 +10,12 @@ import re
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
-from werkzeug.test import TestResponse
+from werkzeug.wrappers import Response
 
 from leadcrm import create_app
 from leadcrm.api.openapi import openapi_document
 from leadcrm.vocabulary import Role, TokenScope
-from tests.helpers import add_token, add_user, login_client
+from tests.helpers import add_token, add_user, csrf_token_of, json_of, login_client
 
 CALLERS = ("anonymous", "intake", "supervisor", "register_token", "full_token")
 PUBLIC = set(CALLERS)
@@ -96,6 +96,7 @@ def _routes() -> list[tuple[str, str, str]]:
     routes = []
     for rule in URL_MAP.iter_rules():
         url = re.sub(r"<(?:\w+:)?(\w+)>", lambda m: SAMPLE_ARGS.get(m.group(1), "1"), rule.rule)
+        assert rule.methods is not None  # Flask gives every rule its methods
         routes += [(rule.endpoint, method, url) for method in sorted(rule.methods - {"HEAD", "OPTIONS"})]
     return routes
 
@@ -150,7 +151,7 @@ def callers(app: Flask) -> dict[str, FlaskClient]:
 def csrf_token(client: FlaskClient) -> str:
     """The CSRF token a page of this client's session carries (so CSRF is not what refuses)."""
     response = client.get("/login", follow_redirects=True)
-    return re.search(r'name="csrf-token" content="([^"]+)"', response.get_data(as_text=True)).group(1)
+    return csrf_token_of(response.get_data(as_text=True))
 
 
 @pytest.mark.parametrize(("endpoint", "method", "url"), ROUTES, ids=[f"{m} {u}" for _, m, u in ROUTES])
@@ -164,7 +165,8 @@ def test_access_rules(callers: dict[str, FlaskClient], endpoint: str, method: st
             check(endpoint, api, caller, response)
 
 
-def check(endpoint: str, api: bool, caller: str, response: TestResponse) -> None:
+def check(endpoint: str, api: bool, caller: str, response: Response) -> None:
+    # Response, not TestResponse: werkzeug types `with response` as giving the base class.
     status = response.status_code
     assert status < 500, (caller, status)
     if caller in EXPECTED[endpoint]:
@@ -172,11 +174,11 @@ def check(endpoint: str, api: bool, caller: str, response: TestResponse) -> None
         assert endpoint.startswith("auth.") or "/login" not in (response.location or ""), caller
     elif api and caller == "anonymous":
         assert status == 401, caller
-        assert response.json["error"]["code"] == "unauthorized"
+        assert json_of(response)["error"]["code"] == "unauthorized"
         assert response.headers["WWW-Authenticate"].startswith("Bearer")
     elif api:
         assert status == 403, caller
-        assert response.json["error"]["code"] == "forbidden"
+        assert json_of(response)["error"]["code"] == "forbidden"
     elif caller in ("anonymous", "register_token", "full_token"):
         # Pages never take tokens: without a session, log in first (and come back after).
         assert status == 302, caller

@@ -7,7 +7,6 @@ split across both, as behind a load balancer.
 
 import itertools
 import random
-import re
 import threading
 from collections import Counter
 from collections.abc import Iterator
@@ -15,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from datetime import datetime
 from pathlib import Path
+from typing import Any, TypedDict
 
 import pytest
 import requests
@@ -23,6 +23,7 @@ import sqlalchemy as sa
 from leadcrm import accounts, create_app
 from leadcrm.extensions import db
 from leadcrm.vocabulary import Role, TokenScope
+from tests.helpers import csrf_token_of
 from tests.servers import api_session, create_token, gunicorn
 
 pytestmark = pytest.mark.slow
@@ -99,7 +100,7 @@ def test_limits_hold_under_concurrent_registrations_closes_and_flips(servers) ->
     bodies = []
     for n in range(REGISTRATIONS):
         customer = rng.randrange(CUSTOMERS)
-        body = {"phone": f"+7900{customer:07d}", "message": f"appeal {n}"}
+        body: dict[str, Any] = {"phone": f"+7900{customer:07d}", "message": f"appeal {n}"}
         if customer % 2:
             body["external_id"] = f"tg:{customer}"
         if n % 2:
@@ -126,7 +127,7 @@ def test_limits_hold_under_concurrent_registrations_closes_and_flips(servers) ->
         for target in itertools.cycle(apis):
             if done.is_set():
                 return
-            page = session.get(f"{target}/contacts/", params={"status": "open", "unassigned": "false", "per_page": 3})
+            page = session.get(f"{target}/contacts/", params={"status": "open", "unassigned": "false", "per_page": "3"})
             for contact in page.json()["items"]:
                 response = session.post(f"{target}/contacts/{contact['id']}/close", timeout=60)
                 assert response.status_code == 200
@@ -348,7 +349,13 @@ def test_concurrent_new_leads_with_one_address_in_different_cases_make_one_lead(
     assert setup.get(f"{api}/contacts/").json()["total"] == 120
 
 
-def assignment_invariants(database_url: str) -> dict[str, object]:
+class Invariants(TypedDict):
+    load_mismatches: list[sa.Row]  # (operator id, active_leads, open contacts)
+    total_mismatches: list[sa.Row]  # (source id, operator id, assigned_total, assignments in the history)
+    reasons: dict[str, int]  # history rows by reason
+
+
+def assignment_invariants(database_url: str) -> Invariants:
     """What the counters say against what the contacts and the history say, straight from SQL."""
     engine = sa.create_engine(database_url)
     try:
@@ -369,7 +376,9 @@ def assignment_invariants(database_url: str) -> dict[str, object]:
                     "FROM source_operators so ORDER BY so.source_id, so.operator_id"
                 )
             ).all()
-            reasons = dict(conn.execute(sa.text("SELECT reason, count(*) FROM contact_events GROUP BY reason")).all())
+            reasons: dict[str, int] = dict(
+                conn.execute(sa.text("SELECT reason, count(*) FROM contact_events GROUP BY reason")).all()
+            )
     finally:
         engine.dispose()
     return {
@@ -440,7 +449,7 @@ def create_supervisor(database_url: str, username: str = "boss") -> str:
     password = "a long enough password"
     app = create_app({"SQLALCHEMY_DATABASE_URI": database_url})
     with app.app_context():
-        accounts.create_user(db.session, username=username, password=password, role=Role.SUPERVISOR)
+        accounts.create_user(db.session(), username=username, password=password, role=Role.SUPERVISOR)
         db.session.commit()
         db.session.remove()
         db.engine.dispose()
@@ -451,13 +460,13 @@ def page_session(base: str, username: str, password: str) -> tuple[requests.Sess
     """A browser-like session logged in through the real login form; returns it and its CSRF token."""
     session = requests.Session()
     page = session.get(f"{base}/login", timeout=30).text
-    csrf = re.search(r'name="csrf-token" content="([^"]+)"', page).group(1)
+    csrf = csrf_token_of(page)
     response = session.post(
         f"{base}/login", data={"csrf_token": csrf, "username": username, "password": password}, timeout=30
     )
     assert response.status_code == 200 and response.url.rstrip("/") != f"{base}/login", response.text[:500]
     page = session.get(f"{base}/contacts/", timeout=30).text
-    return session, re.search(r'name="csrf-token" content="([^"]+)"', page).group(1)
+    return session, csrf_token_of(page)
 
 
 def test_crosswise_bulk_reassigns_queue_instead_of_deadlocking(servers) -> None:

@@ -331,16 +331,16 @@ def test_upgrade_from_every_revision_keeps_the_data(backend, tmp_path: Path, ins
             sa.select(Contact.id).where(Contact.operator_id.is_(None), Contact.status == "open")
         )
         assert list(waiting) == WAITING_CONTACTS
-        assert db.session.get(Contact, 1).created_at == at(10)
+        assert db.session.get_one(Contact, 1).created_at == at(10)
         sticky = {source.name: source.sticky for source in db.session.scalars(sa.select(Source))}
         assert sticky == {"telegram_bot": "sticky" in before["sources"][0], "web_form": False}
         db.session.remove()
 
         # The app keeps working on it: new rows get new ids, counters follow.
-        begin_write(db.session)
-        source = db.session.get(Source, 1)
+        begin_write(db.session())
+        source = db.session.get_one(Source, 1)
         registration = distribution.register_contact(
-            db.session, source=source, identity=LeadIdentity(phone="+79001112233")
+            db.session(), source=source, identity=LeadIdentity(phone="+79001112233")
         )
         assert registration.contact.id == 9
         assert registration.operator is not None and registration.operator.id == 2
@@ -439,8 +439,8 @@ def test_contacts_waiting_while_an_operator_has_room_are_assigned_when_the_serve
     assert "Assigned 2 waiting contacts" in (tmp_path / "gunicorn.log").read_text()
     app = create_app({"SQLALCHEMY_DATABASE_URI": url})
     with app.app_context():
-        assert db.session.get(Operator, 3).active_leads == 2
-        assert db.session.get(SourceOperator, (2, 3)).assigned_total == 2
+        assert db.session.get_one(Operator, 3).active_leads == 2
+        assert db.session.get_one(SourceOperator, (2, 3)).assigned_total == 2
         assert_load_matches_open_contacts()
         db.session.remove()
         db.engine.dispose()

@@ -16,6 +16,7 @@ from flask_babel import gettext
 from leadcrm.extensions import db
 from leadcrm.models import Contact, utcnow
 from leadcrm.web.ages import format_age
+from tests.helpers import csrf_token_of, json_of
 from tests.servers import PROJECT_ROOT
 
 HTMX = {"HX-Request": "true"}
@@ -23,8 +24,7 @@ PAGES = ["/", "/operators/", "/sources/", "/report/", "/intake/", "/contacts/", 
 
 
 def token(client: FlaskClient, path: str = "/") -> str:
-    html = client.get(path).get_data(as_text=True)
-    return re.search(r'name="csrf-token" content="([^"]+)"', html).group(1)
+    return csrf_token_of(client.get(path).get_data(as_text=True))
 
 
 def post_form(client: FlaskClient, path: str, data: dict, htmx: bool = False, **kw):
@@ -44,9 +44,9 @@ def text(response) -> str:
 def setup(client: FlaskClient) -> dict:
     """Anna (limit 2) and Boris (limit 1) serve telegram_bot with weights 10 / 30, through the API."""
     api = "/api/v1"
-    anna = client.post(f"{api}/operators/", json={"name": "Anna", "max_active_leads": 2}).json
-    boris = client.post(f"{api}/operators/", json={"name": "Boris", "max_active_leads": 1}).json
-    source = client.post(f"{api}/sources/", json={"name": "telegram_bot"}).json
+    anna = json_of(client.post(f"{api}/operators/", json={"name": "Anna", "max_active_leads": 2}))
+    boris = json_of(client.post(f"{api}/operators/", json={"name": "Boris", "max_active_leads": 1}))
+    source = json_of(client.post(f"{api}/sources/", json={"name": "telegram_bot"}))
     client.post(
         f"{api}/sources/{source['id']}/config",
         json=[{"operator_id": anna["id"], "weight": 10}, {"operator_id": boris["id"], "weight": 30}],
@@ -188,7 +188,7 @@ def test_forms_without_csrf_token_are_refused(client: FlaskClient, setup: dict, 
     response = client.post(path, data={"name": "X", "max_active_leads": "1"})
     assert response.status_code == 400
     assert "could not be accepted" in text(response)
-    assert client.get("/api/v1/operators/").json["total"] == 2
+    assert json_of(client.get("/api/v1/operators/"))["total"] == 2
 
 
 def test_htmx_requests_send_the_token_in_a_header(client: FlaskClient) -> None:
@@ -212,7 +212,7 @@ def test_create_operator_with_htmx_returns_the_section(client: FlaskClient) -> N
     assert 'id="operators-section"' in text(response) and "Anna" in text(response)
     assert "<html" not in text(response)
     assert "operators-changed" in response.headers["HX-Trigger"]
-    assert client.get("/api/v1/operators/1").json["is_active"] is False  # unchecked box: inactive
+    assert json_of(client.get("/api/v1/operators/1"))["is_active"] is False  # unchecked box: inactive
 
 
 @pytest.mark.parametrize(
@@ -234,7 +234,7 @@ def test_operator_form_errors_appear_next_to_the_field(
         html = text(response)
         assert f'<p class="error" id="{field}-error">' in html and message in html
         assert f'value="{data["max_active_leads"]}"' in html  # what was typed stays
-    assert client.get("/api/v1/operators/").json["total"] == 1
+    assert json_of(client.get("/api/v1/operators/"))["total"] == 1
 
 
 def test_limit_changes_in_place(client: FlaskClient, setup: dict) -> None:
@@ -242,11 +242,11 @@ def test_limit_changes_in_place(client: FlaskClient, setup: dict) -> None:
     assert response.status_code == 200
     html = text(response)
     assert html.lstrip().startswith('<tr id="operator-1"') and 'value="7"' in html
-    assert client.get("/api/v1/operators/1").json["max_active_leads"] == 7
+    assert json_of(client.get("/api/v1/operators/1"))["max_active_leads"] == 7
     bad = post_form(client, "/operators/1", {"max_active_leads": "-5"}, htmx=True)
     assert bad.status_code == 422
     assert 'value="-5"' in text(bad) and 'id="limit-1-error"' in text(bad)
-    assert client.get("/api/v1/operators/1").json["max_active_leads"] == 7
+    assert json_of(client.get("/api/v1/operators/1"))["max_active_leads"] == 7
     no_js = post_form(client, "/operators/1", {"max_active_leads": "-5"})
     assert no_js.status_code == 422 and 'id="limit-1-error"' in text(no_js) and "<html" in text(no_js)
 
@@ -254,9 +254,9 @@ def test_limit_changes_in_place(client: FlaskClient, setup: dict) -> None:
 def test_active_toggle_changes_in_place(client: FlaskClient, setup: dict) -> None:
     response = post_form(client, "/operators/2", {"is_active": "0"}, htmx=True)
     assert response.status_code == 200 and 'aria-pressed="false"' in text(response)
-    assert client.get("/api/v1/operators/2").json["is_active"] is False
+    assert json_of(client.get("/api/v1/operators/2"))["is_active"] is False
     post_form(client, "/operators/2", {"is_active": "1"})
-    assert client.get("/api/v1/operators/2").json["is_active"] is True
+    assert json_of(client.get("/api/v1/operators/2"))["is_active"] is True
 
 
 def test_a_raised_limit_shows_the_load_its_drain_gave(client: FlaskClient, setup: dict) -> None:
@@ -277,7 +277,7 @@ def test_a_raised_limit_shows_the_load_its_drain_gave(client: FlaskClient, setup
 def test_create_source_goes_to_its_weights(client: FlaskClient) -> None:
     response = post_form(client, "/sources/", {"name": "web_form", "strategy": "deterministic"})
     assert response.status_code == 302 and response.headers["Location"] == "/sources/1"
-    assert client.get("/api/v1/sources/1").json["strategy"] == "deterministic"
+    assert json_of(client.get("/api/v1/sources/1"))["strategy"] == "deterministic"
     duplicate = post_form(client, "/sources/", {"name": "web_form", "strategy": "random"})
     assert duplicate.status_code == 422 and "already exists" in text(duplicate)
 
@@ -301,14 +301,14 @@ def test_weights_editor_saves_and_shows_new_shares(client: FlaskClient, setup: d
         {"operator_id": 1, "weight": 10},
         {"operator_id": 3, "weight": 30},
     ]
-    assert client.get("/api/v1/sources/1").json["strategy"] == "deterministic"
+    assert json_of(client.get("/api/v1/sources/1"))["strategy"] == "deterministic"
 
 
 @pytest.mark.parametrize("typed", ["-3", "²", "1.5", "9" * 5000, "1000001", "ten"])
 def test_any_bad_weight_is_an_inline_error(client: FlaskClient, setup: dict, typed: str) -> None:
     response = post_form(client, "/sources/1", {"weight-1": typed, "weight-2": "50"}, htmx=True)
     assert response.status_code == 422 and "A whole number" in text(response)
-    assert client.get("/api/v1/sources/1/config").json[1]["weight"] == 30
+    assert json_of(client.get("/api/v1/sources/1/config"))[1]["weight"] == 30
 
 
 def test_bad_weight_keeps_what_was_typed_and_saves_nothing(client: FlaskClient, setup: dict) -> None:
@@ -316,7 +316,7 @@ def test_bad_weight_keeps_what_was_typed_and_saves_nothing(client: FlaskClient, 
     assert response.status_code == 422
     html = text(response)
     assert 'value="-3"' in html and 'value="50"' in html and "A whole number" in html
-    assert client.get("/api/v1/sources/1/config").json[1]["weight"] == 30
+    assert json_of(client.get("/api/v1/sources/1/config"))[1]["weight"] == 30
 
 
 # --- report ----------------------------------------------------------------------------------
@@ -389,7 +389,7 @@ def test_intake_errors_are_inline_and_keep_what_was_typed(
         for error_id in expected:
             assert f'id="{error_id}"' in html
         assert 'value="Ivan"' in html
-    assert client.get("/api/v1/contacts/").json["total"] == 0
+    assert json_of(client.get("/api/v1/contacts/"))["total"] == 0
 
 
 def test_intake_lead_conflict_is_shown_and_nothing_is_lost(client: FlaskClient, setup: dict) -> None:
@@ -401,7 +401,7 @@ def test_intake_lead_conflict_is_shown_and_nothing_is_lost(client: FlaskClient, 
     html = text(response)
     assert "belong to different leads" in html and "Belongs to lead 1" in html
     assert "keep me" in html
-    assert client.get("/api/v1/contacts/").json["total"] == 2
+    assert json_of(client.get("/api/v1/contacts/"))["total"] == 2
 
 
 # --- contacts and leads ------------------------------------------------------------------------
@@ -418,7 +418,7 @@ def test_contacts_list_filters(client: FlaskClient, setup: dict) -> None:
 
 
 def test_close_from_the_list_updates_the_row_and_the_load(client: FlaskClient, setup: dict) -> None:
-    contact = client.post("/api/v1/contacts/register", json={"source_id": 1, "phone": "+79001234567"}).json
+    contact = json_of(client.post("/api/v1/contacts/register", json={"source_id": 1, "phone": "+79001234567"}))
     operator_id = contact["assigned_operator"]["id"]
     response = post_form(client, f"/contacts/{contact['contact']['id']}/close", {}, htmx=True)
     assert response.status_code == 200
@@ -505,7 +505,7 @@ def test_language_follows_the_browser_and_can_be_switched(client: FlaskClient) -
 def test_form_errors_are_translated(client: FlaskClient) -> None:
     ru = {"Accept-Language": "ru"}
     html = text(client.get("/operators/", headers=ru))
-    csrf = re.search(r'name="csrf-token" content="([^"]+)"', html).group(1)
+    csrf = csrf_token_of(html)
     response = client.post("/operators/", data={"csrf_token": csrf, "name": "", "max_active_leads": "-1"}, headers=ru)
     assert response.status_code == 422
     assert "Обязательное поле." in text(response) and "Значение должно быть между 0 и 1000000." in text(response)
@@ -532,7 +532,7 @@ def test_language_switch_never_redirects_elsewhere(client: FlaskClient, target: 
 
 def test_api_answers_in_english_whatever_the_browser_says(client: FlaskClient) -> None:
     response = client.get("/api/v1/operators/9", headers={"Accept-Language": "ru"})
-    assert response.json["error"]["message"] == "No operator with id 9."
+    assert json_of(response)["error"]["message"] == "No operator with id 9."
 
 
 def test_russian_catalog_is_complete(tmp_path: Path) -> None:
@@ -556,9 +556,9 @@ def test_load_counters_follow_web_actions(client: FlaskClient, setup: dict) -> N
     for n in range(3):
         post_form(client, "/intake/", {"source_id": "1", "external_id": f"x{n}"}, htmx=True)
     post_form(client, "/contacts/1/close", {}, htmx=True)
-    status = client.get("/api/v1/distribution_status/").json
+    status = json_of(client.get("/api/v1/distribution_status/"))
     assert sum(op["active_leads"] for op in status["operators"]) == 2
-    open_contacts = client.get("/api/v1/contacts/?status=open&unassigned=false").json["total"]
+    open_contacts = json_of(client.get("/api/v1/contacts/?status=open&unassigned=false"))["total"]
     assert open_contacts == 2
 
 
@@ -573,15 +573,15 @@ def test_assign_and_reassign_from_the_contact_page(client: FlaskClient, setup: d
     assert "Assign to an operator" in page and "Serve this source and have room" not in page  # nobody has room
     refused = post_form(client, "/contacts/3/assign", {"operator_id": "1"})
     assert refused.status_code == 422 and 'id="operator_id-error"' in text(refused) and "override" in text(refused)
-    assert client.get("/api/v1/contacts/3").json["operator_id"] is None
+    assert json_of(client.get("/api/v1/contacts/3"))["operator_id"] is None
     done = post_form(client, "/contacts/3/assign", {"operator_id": "1", "override": "1"})
     assert done.status_code == 302 and done.headers["Location"] == "/contacts/3"
-    assert client.get("/api/v1/contacts/3").json["operator_id"] == 1
+    assert json_of(client.get("/api/v1/contacts/3"))["operator_id"] == 1
     assert "assigned past the limit" in text(client.get("/contacts/3"))
     client.patch("/api/v1/operators/2", json={"is_active": True})
     assert "Serve this source and have room" in text(client.get("/contacts/3"))
     post_form(client, "/contacts/3/assign", {"operator_id": "2"})
-    assert client.get("/api/v1/contacts/3").json["operator_id"] == 2
+    assert json_of(client.get("/api/v1/contacts/3"))["operator_id"] == 2
     assert post_form(client, "/contacts/3/assign", {"operator_id": "abc"}).status_code == 422
 
 
@@ -591,7 +591,7 @@ def test_reopen_from_the_contact_page(client: FlaskClient, setup: dict) -> None:
     assert "Reopen" in text(client.get("/contacts/1"))
     response = post_form(client, "/contacts/1/reopen", {})
     assert response.status_code == 302
-    assert client.get("/api/v1/contacts/1").json["status"] == "open"
+    assert json_of(client.get("/api/v1/contacts/1"))["status"] == "open"
     assert "reopened" in text(client.get("/contacts/1"))
 
 
@@ -604,7 +604,7 @@ def test_bulk_close_and_reassign_all_or_nothing(client: FlaskClient, setup: dict
     assert page.count('form="bulk-form"') == 4 and 'href="/api/v1/contacts/export.csv"' in page
     closed = post_form(client, "/contacts/bulk", {"action": "close", "contact_id": ["1", "2"], "next": "/contacts/"})
     assert closed.status_code == 302 and closed.headers["Location"] == "/contacts/"
-    assert [c["status"] for c in client.get("/api/v1/contacts/?per_page=10").json["items"]] == [
+    assert [c["status"] for c in json_of(client.get("/api/v1/contacts/?per_page=10"))["items"]] == [
         "open",
         "open",
         "closed",
@@ -612,11 +612,11 @@ def test_bulk_close_and_reassign_all_or_nothing(client: FlaskClient, setup: dict
     ]
     moved = post_form(client, "/contacts/bulk", {"action": "reassign", "operator_id": "2", "contact_id": ["3", "4"]})
     assert moved.status_code == 302
-    assert {client.get(f"/api/v1/contacts/{n}").json["operator_id"] for n in (3, 4)} == {2}
+    assert {json_of(client.get(f"/api/v1/contacts/{n}"))["operator_id"] for n in (3, 4)} == {2}
     # Anna full (limit 0): reassigning both to her fails, so neither moves.
     client.patch("/api/v1/operators/1", json={"max_active_leads": 0})
     refused = post_form(client, "/contacts/bulk", {"action": "reassign", "operator_id": "1", "contact_id": ["3", "4"]})
     assert refused.status_code == 422 and "override" in text(refused)
-    assert {client.get(f"/api/v1/contacts/{n}").json["operator_id"] for n in (3, 4)} == {2}
+    assert {json_of(client.get(f"/api/v1/contacts/{n}"))["operator_id"] for n in (3, 4)} == {2}
     assert post_form(client, "/contacts/bulk", {"action": "close"}).status_code == 422
     assert post_form(client, "/contacts/bulk", {"action": "dance", "contact_id": "3"}).status_code == 422

@@ -1,9 +1,10 @@
 """Contacts: a filterable list, newest first; close with one click."""
 
-from flask import Blueprint, redirect, request, url_for
+from flask import Blueprint, Response, redirect, request, url_for
 from flask.typing import ResponseReturnValue
 from flask_babel import gettext as _
 from pydantic import ValidationError
+from werkzeug.wrappers import Response as BaseResponse
 
 from leadcrm import distribution, queries
 from leadcrm.api.schemas import ContactFilter
@@ -30,7 +31,7 @@ def read_filters() -> ContactFilter:
         return ContactFilter.model_validate({k: v for k, v in args.items() if k not in bad} | {"per_page": PER_PAGE})
 
 
-def _list_page(status: int = 200, bulk_error: str | None = None) -> ResponseReturnValue:
+def _list_page(status: int = 200, bulk_error: str | None = None) -> Response:
     filters = read_filters()
     query = queries.contacts_query(**filters.model_dump(exclude={"page", "per_page"}))
     page = db.paginate(query, page=filters.page, per_page=PER_PAGE, error_out=False)
@@ -45,7 +46,7 @@ def _list_page(status: int = 200, bulk_error: str | None = None) -> ResponseRetu
         bulk_error=bulk_error,
         source_choices=db.session.scalars(list_sources_query()).all(),
         operator_choices=db.session.scalars(list_operators_query()).all(),
-        **queries.names_for(db.session, list(page.items)),
+        **queries.names_for(db.session(), list(page.items)),
     )
 
 
@@ -55,9 +56,9 @@ def index() -> ResponseReturnValue:
     return _list_page()
 
 
-def _detail(contact: object, status: int = 200, error: str | None = None) -> ResponseReturnValue:
-    events, event_operators = queries.history_of(db.session, [contact.id])
-    first, rest = queries.operator_choices(db.session, contact.source_id)
+def _detail(contact: Contact, status: int = 200, error: str | None = None) -> Response:
+    events, event_operators = queries.history_of(db.session(), [contact.id])
+    first, rest = queries.operator_choices(db.session(), contact.source_id)
     return render(
         "contacts/detail.html",
         status=status,
@@ -67,7 +68,7 @@ def _detail(contact: object, status: int = 200, error: str | None = None) -> Res
         offer_first=first,
         offer_rest=rest,
         assign_error=error,
-        **queries.names_for(db.session, [contact]),
+        **queries.names_for(db.session(), [contact]),
     )
 
 
@@ -77,7 +78,7 @@ def detail(contact_id: int) -> ResponseReturnValue:
     return _detail(db.get_or_404(Contact, contact_id))
 
 
-def _back(default: str) -> ResponseReturnValue:
+def _back(default: str) -> BaseResponse:
     return redirect(local_target(request.form.get("next"), default))
 
 
@@ -96,7 +97,7 @@ def assign(contact_id: int) -> ResponseReturnValue:
     contact = db.get_or_404(Contact, contact_id)
     try:
         operator_id, override = _chosen_operator()
-        distribution.assign_by_hand(db.session, contact.id, operator_id, override=override)
+        distribution.assign_by_hand(db.session(), contact.id, operator_id, override=override)
     except DomainError as exc:
         db.session.rollback()
         return _detail(
@@ -109,7 +110,7 @@ def assign(contact_id: int) -> ResponseReturnValue:
 @bp.post("/<id:contact_id>/reopen")
 @allow(Role.SUPERVISOR)
 def reopen(contact_id: int) -> ResponseReturnValue:
-    distribution.reopen_contact(db.session, contact_id)
+    distribution.reopen_contact(db.session(), contact_id)
     db.session.commit()
     return changed(_back(url_for(".detail", contact_id=contact_id)))
 
@@ -124,10 +125,10 @@ def bulk() -> ResponseReturnValue:
         if not ids:
             raise InvalidInput(_("Select at least one contact."))
         if action == "close":
-            distribution.close_contacts(db.session, ids)
+            distribution.close_contacts(db.session(), ids)
         elif action == "reassign":
             operator_id, override = _chosen_operator()
-            distribution.assign_contacts_by_hand(db.session, ids, operator_id, override=override)
+            distribution.assign_contacts_by_hand(db.session(), ids, operator_id, override=override)
         else:
             raise InvalidInput(_("Choose what to do with the selected contacts."))
     except DomainError as exc:
@@ -140,10 +141,12 @@ def bulk() -> ResponseReturnValue:
 @bp.post("/<id:contact_id>/close")
 @allow(Role.SUPERVISOR, Role.INTAKE)
 def close(contact_id: int) -> ResponseReturnValue:
-    contact = distribution.close_contact(db.session, contact_id)
+    contact = distribution.close_contact(db.session(), contact_id)
     db.session.commit()
     if not is_htmx():
         return _back(url_for(".index"))
     return changed(
-        render("contacts/index.html", block="contact_row", contact=contact, **queries.names_for(db.session, [contact]))
+        render(
+            "contacts/index.html", block="contact_row", contact=contact, **queries.names_for(db.session(), [contact])
+        )
     )

@@ -1,9 +1,11 @@
 """HTML forms (Flask-WTF: CSRF, and field errors that keep what was typed)."""
 
+from typing import Protocol, TypeVar
+
 from flask_babel import lazy_gettext as _l
 from flask_wtf import FlaskForm
-from wtforms import BooleanField, IntegerField, PasswordField, SelectField, StringField, TextAreaField
-from wtforms.fields.choices import SelectChoice
+from wtforms import BooleanField, Field, IntegerField, PasswordField, SelectField, StringField, TextAreaField
+from wtforms.fields.choices import SelectChoice  # type: ignore[attr-defined]  # new in WTForms 3.3; types-WTForms is 3.2
 from wtforms.validators import DataRequired, InputRequired, Length, NumberRange, Optional
 
 from leadcrm.errors import DomainError, InvalidInput
@@ -32,6 +34,27 @@ def show_domain_error(form: FlaskForm, exc: DomainError) -> None:
         form.form_errors.append(translate(exc.message))
     for field, message in exc.fields.items():
         getattr(form, field).errors.append(translate(message))
+
+
+def errors_of(field: Field) -> list[str]:
+    """A validated field's list of errors, to add to (WTForms types it a Sequence: a tuple before validation)."""
+    if not isinstance(field.errors, list):
+        raise TypeError("field errors added before the form was validated")
+    return field.errors
+
+
+T = TypeVar("T")
+
+
+class _Holds(Protocol[T]):
+    data: T | None
+
+
+def required(field: _Holds[T]) -> T:
+    """The value of a field that passed DataRequired or InputRequired (WTForms types all data as optional)."""
+    if field.data is None:
+        raise ValueError("a required field read before the form was validated")
+    return field.data
 
 
 def strip(value: str | None) -> str | None:

@@ -29,7 +29,7 @@ def index() -> ResponseReturnValue:
 def detail(lead_id: int) -> ResponseReturnValue:
     lead = db.get_or_404(Lead, lead_id)
     contacts = list(db.session.scalars(queries.contacts_query(lead_id=lead_id)))
-    events, event_operators = queries.history_of(db.session, [c.id for c in contacts])
+    events, event_operators = queries.history_of(db.session(), [c.id for c in contacts])
     return render(
         "leads/detail.html",
         block="lead_contacts",
@@ -37,5 +37,5 @@ def detail(lead_id: int) -> ResponseReturnValue:
         contacts=contacts,
         events=events,
         event_operators=event_operators,
-        **queries.names_for(db.session, contacts),
+        **queries.names_for(db.session(), contacts),
     )

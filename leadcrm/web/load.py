@@ -17,14 +17,14 @@ bp = Blueprint("load", __name__)
 @bp.get("/")
 @allow(Role.SUPERVISOR, Role.INTAKE)
 def index() -> ResponseReturnValue:
-    waiting = waiting_by_source(db.session)
+    waiting = waiting_by_source(db.session())
     now = utcnow()
     names = dict(db.session.execute(sa.select(Source.id, Source.name)).all())
     return render(
         "load/index.html",
         block="load_table",
-        operators=operator_loads(db.session),
-        unassigned_open=unassigned_open(db.session),
+        operators=operator_loads(db.session()),
+        unassigned_open=unassigned_open(db.session()),
         waiting=[
             (names[source_id], w, now - w.oldest_created_at)
             for source_id, w in sorted(waiting.items())

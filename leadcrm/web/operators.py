@@ -1,6 +1,8 @@
 """Operators page: list, create, and change limit or active state in place."""
 
-from flask import Blueprint, redirect, request, url_for
+from typing import Any
+
+from flask import Blueprint, Response, redirect, request, url_for
 from flask.typing import ResponseReturnValue
 
 from leadcrm import operators as domain
@@ -9,13 +11,13 @@ from leadcrm.errors import DomainError
 from leadcrm.extensions import db
 from leadcrm.models import Operator
 from leadcrm.vocabulary import Role
-from leadcrm.web.forms import OperatorForm, OperatorLimitForm, show_domain_error
+from leadcrm.web.forms import OperatorForm, OperatorLimitForm, required, show_domain_error
 from leadcrm.web.rendering import changed, is_htmx, render
 
 bp = Blueprint("operators", __name__, url_prefix="/operators")
 
 
-def _page(form: OperatorForm, status: int = 200, **context: object) -> ResponseReturnValue:
+def _page(form: OperatorForm, status: int = 200, **context: Any) -> Response:
     operators = db.session.scalars(domain.list_operators_query()).all()
     return render(
         "operators/index.html", block="operators_section", status=status, form=form, operators=operators, **context
@@ -35,9 +37,9 @@ def create() -> ResponseReturnValue:
     if form.validate():
         try:
             domain.create_operator(
-                db.session,
-                name=form.name.data,
-                max_active_leads=form.max_active_leads.data,
+                db.session(),
+                name=required(form.name),
+                max_active_leads=required(form.max_active_leads),
                 is_active=form.is_active.data,
             )
         except DomainError as exc:
@@ -57,9 +59,9 @@ def update(operator_id: int) -> ResponseReturnValue:
     operator = db.get_or_404(Operator, operator_id)
     form = OperatorLimitForm()
     if "is_active" in request.form:
-        updated = domain.update_operator(db.session, operator.id, {"is_active": request.form["is_active"] == "1"})
+        updated = domain.update_operator(db.session(), operator.id, {"is_active": request.form["is_active"] == "1"})
     elif form.validate():
-        updated = domain.update_operator(db.session, operator.id, {"max_active_leads": form.max_active_leads.data})
+        updated = domain.update_operator(db.session(), operator.id, {"max_active_leads": form.max_active_leads.data})
     else:
         # The row shows the error next to the limit, with what was typed.
         invalid = {"row_form": form, "row_form_for": operator.id}

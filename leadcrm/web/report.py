@@ -26,8 +26,8 @@ class ShareRow:
 @bp.get("/")
 @allow(Role.SUPERVISOR)
 def index() -> ResponseReturnValue:
-    status = distribution_status(db.session)
-    waiting = waiting_by_source(db.session)
+    status = distribution_status(db.session())
+    waiting = waiting_by_source(db.session())
     names = {op.id: op.name for op in status.operators}
     cards = []
     for source_status in status.sources:

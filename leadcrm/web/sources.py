@@ -1,6 +1,6 @@
 """Sources page: list and create; per source, the weights editor and the strategy."""
 
-from flask import Blueprint, redirect, request, url_for
+from flask import Blueprint, Response, redirect, request, url_for
 from flask.typing import ResponseReturnValue
 from flask_babel import gettext as _
 
@@ -11,15 +11,15 @@ from leadcrm.extensions import db
 from leadcrm.models import Operator, Source
 from leadcrm.operators import list_operators_query
 from leadcrm.vocabulary import WEIGHT_MAX, Role, Strategy
-from leadcrm.web.forms import SourceForm, show_domain_error
+from leadcrm.web.forms import SourceForm, required, show_domain_error
 from leadcrm.web.rendering import changed, is_htmx, render
 
 bp = Blueprint("sources", __name__, url_prefix="/sources")
 
 
-def _list_page(form: SourceForm, status: int = 200) -> ResponseReturnValue:
+def _list_page(form: SourceForm, status: int = 200) -> Response:
     sources = db.session.scalars(domain.list_sources_query()).all()
-    counts = domain.serving_counts(db.session)
+    counts = domain.serving_counts(db.session())
     serving = {s.id: counts.get(s.id, 0) for s in sources}
     return render(
         "sources/index.html", block="sources_section", status=status, form=form, sources=sources, serving=serving
@@ -39,7 +39,7 @@ def create() -> ResponseReturnValue:
     if form.validate():
         try:
             source = domain.create_source(
-                db.session, name=form.name.data, strategy=form.strategy.data, sticky=form.sticky.data
+                db.session(), name=required(form.name), strategy=form.strategy.data, sticky=form.sticky.data
             )
         except DomainError as exc:
             show_domain_error(form, exc)
@@ -51,8 +51,8 @@ def create() -> ResponseReturnValue:
 
 def _editor(
     source: Source, status: int = 200, typed: dict[int, str] | None = None, errors: dict[int, str] | None = None
-) -> ResponseReturnValue:
-    weights = {row.operator_id: row.weight for row in domain.source_weights(db.session, source.id)}
+) -> Response:
+    weights = {row.operator_id: row.weight for row in domain.source_weights(db.session(), source.id)}
     total = sum(weights.values())
     operators: list[Operator] = list(db.session.scalars(list_operators_query()))
     return render(
@@ -111,8 +111,8 @@ def save(source_id: int) -> ResponseReturnValue:
         strategy = source.strategy
     if errors:
         return _editor(source, status=422, typed=typed, errors=errors)
-    domain.set_weights(db.session, source, weights, replace=True)
-    domain.update_source(db.session, source, {"strategy": strategy, "sticky": request.form.get("sticky") == "1"})
+    domain.set_weights(db.session(), source, weights, replace=True)
+    domain.update_source(db.session(), source, {"strategy": strategy, "sticky": request.form.get("sticky") == "1"})
     db.session.commit()
     if not is_htmx():
         return redirect(url_for(".detail", source_id=source.id))
