@@ -33,10 +33,8 @@ run: $(VENV)/.installed $(MO)
 migrate: $(VENV)/.installed
 	$(BIN)/flask db upgrade
 
-## test: run the whole test suite
-test: $(VENV)/.installed-dev $(MO)
-	$(BIN)/ruff check .
-	$(BIN)/ruff format --check .
+## test: lint, then run the whole test suite
+test: lint $(MO)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 ## demo: fill an empty database with a believable setup (then `make run`)
@@ -46,7 +44,7 @@ demo: $(VENV)/.installed
 
 ## translations: re-extract interface text and merge it into the catalogs
 translations: $(VENV)/.installed
-	$(BIN)/pybabel extract -F babel.cfg -k _l -k lazy_gettext --no-location --omit-header -o translations/messages.pot .
+	$(BIN)/pybabel extract -F babel.cfg -k _l -k lazy_gettext -k Message --no-location --omit-header -o translations/messages.pot .
 	$(BIN)/pybabel update -w 100 -i translations/messages.pot -d translations -D messages
 
 ## screenshots: refresh docs/screenshots/ from the demo data (needs Chromium)
@@ -59,9 +57,11 @@ bench: $(VENV)/.installed-dev $(MO)
 		{ echo "make bench needs wrk: apt-get install wrk"; exit 1; }
 	$(BIN)/python bench/bench.py
 
+## lint: ruff (rules and formatting) and mypy (pyproject.toml [tool.mypy]); `make test` runs it first
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache

@@ -29,11 +29,15 @@ import time
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import requests
 import sqlalchemy as sa
 
-from bench import ROOT, count_contacts, migrate, server, setup_source, wrk  # bench/bench.py
+if TYPE_CHECKING:  # mypy sees bench/ as a package; run as a script, `bench` is bench/bench.py beside this file
+    from bench.bench import ROOT, count_contacts, migrate, server, setup_source, wrk
+else:
+    from bench import ROOT, count_contacts, migrate, server, setup_source, wrk
 
 
 def waiting_backlog(url: str, waiting: int) -> int:
@@ -181,8 +185,8 @@ def main() -> None:
             with admin.connect() as conn:
                 conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
             try:
-                url = sa.make_url(pg_url).update_query_dict({"options": f"-csearch_path={schema}"})
-                url = url.render_as_string(hide_password=False)
+                schema_url = sa.make_url(pg_url).update_query_dict({"options": f"-csearch_path={schema}"})
+                url = schema_url.render_as_string(hide_password=False)
                 migrate(url)
                 result = measure(url, workdir, args.waiting, args.register_seconds)
                 print(result, flush=True)

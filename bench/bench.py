@@ -35,6 +35,7 @@ from collections import Counter
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import requests
 import sqlalchemy as sa
@@ -57,6 +58,13 @@ NOTES = ROOT / "bench" / "notes.md"
 # --- helpers ------------------------------------------------------------------------
 
 
+def find(pattern: str, text: str, flags: int = 0) -> re.Match[str]:
+    """re.search for what must be there (a CSRF token, a line of wrk's report)."""
+    found = re.search(pattern, text, flags)
+    assert found, f"{pattern!r} not in {text!r}"
+    return found
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -77,21 +85,22 @@ def credentials(url: str, base: str) -> dict[str, dict[str, str]]:
     from werkzeug.security import generate_password_hash
 
     from leadcrm import accounts
-    from leadcrm.models import FULL_SCOPE, SUPERVISOR, User
+    from leadcrm.models import User
+    from leadcrm.vocabulary import Role, TokenScope
 
     app = create_app({"SQLALCHEMY_DATABASE_URI": url})
     with app.app_context():
-        secret = accounts.create_token(db.session, name="bench", scope=FULL_SCOPE, created_by=None).secret
-        if accounts.find_user(db.session, "bench") is None:
+        secret = accounts.create_token(db.session(), name="bench", scope=TokenScope.FULL, created_by=None).secret
+        if accounts.find_user(db.session(), "bench") is None:
             db.session.add(
-                User(username="bench", password_hash=generate_password_hash("bench password"), role=SUPERVISOR)
+                User(username="bench", password_hash=generate_password_hash("bench password"), role=Role.SUPERVISOR)
             )
         db.session.commit()
         db.session.remove()
         db.engine.dispose()
     browser = requests.Session()
     page = browser.get(f"{base}/login", timeout=30).text
-    csrf = re.search(r'name="csrf-token" content="([^"]+)"', page).group(1)
+    csrf = find(r'name="csrf-token" content="([^"]+)"', page).group(1)
     form = {"csrf_token": csrf, "username": "bench", "password": "bench password"}
     assert browser.post(f"{base}/login", data=form, timeout=30, allow_redirects=False).status_code == 302
     cookie = "; ".join(f"{c.name}={c.value}" for c in browser.cookies)
@@ -147,16 +156,16 @@ def wrk(
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
 
     def latency(label: str) -> float:
-        value, unit = re.search(rf"^\s*{label}\s+([\d.]+)(us|ms|s)\s*$", out, re.M).groups()
+        value, unit = find(rf"^\s*{label}\s+([\d.]+)(us|ms|s)\s*$", out, re.M).groups()
         return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
 
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     socket_errors = re.search(r"Socket errors: (.*)", out)
     return {
-        "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
+        "rps": float(find(r"Requests/sec:\s+([\d.]+)", out).group(1)),
         "p50": latency("50%"),
         "p99": latency("99%"),
-        "requests": int(re.search(r"(\d+) requests in", out).group(1)),
+        "requests": int(find(r"(\d+) requests in", out).group(1)),
         "non2xx": int(errors.group(1)) if errors else 0,
         "socket_errors": socket_errors.group(1) if socket_errors else "",
     }
@@ -279,7 +288,7 @@ def growth(url: str, workdir: Path, seconds: int, big_history: int) -> dict:
     setup_source(url, "grow_source", 10)
     setup_source(url, "ten_operators", 10, prefix="ten")
     setup_source(url, "thousand_operators", 1000, prefix="thousand")
-    result = {}
+    result: dict[str, Any] = {}
     load_history(url, 10_000, "grow_source")
     with server(url, workdir) as (base, auth):
         register = f"{base}/api/v1/contacts/register"
@@ -348,7 +357,7 @@ def accuracy(workdir: Path) -> dict:
         setup_source(url, f"acc_{strategy}", 3, strategy=strategy, prefix=strategy)
         app = create_app({"SQLALCHEMY_DATABASE_URI": url})
         with app.app_context():
-            source = db.session.scalar(sa.select(Source).where(Source.name == f"acc_{strategy}"))
+            source = db.session.scalars(sa.select(Source).where(Source.name == f"acc_{strategy}")).one()
             rows = db.session.scalars(sa.select(SourceOperator).where(SourceOperator.source_id == source.id)).all()
             for row, weight in zip(sorted(rows, key=lambda r: r.operator_id), weights, strict=True):
                 row.weight = weight
@@ -358,8 +367,9 @@ def accuracy(workdir: Path) -> dict:
             counts: Counter = Counter()
             for n in range(10_000):
                 registration = register_contact(
-                    db.session, source=source, identity=LeadIdentity(external_id=f"{strategy}-{n}"), rng=rng
+                    db.session(), source=source, identity=LeadIdentity(external_id=f"{strategy}-{n}"), rng=rng
                 )
+                assert registration.operator is not None  # every operator has room for all of them
                 counts[registration.operator.id] += 1
                 if n % 500 == 499:
                     db.session.commit()
@@ -508,8 +518,8 @@ def main() -> None:
                 conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
                 results["pg_version"] = "PostgreSQL " + conn.execute(sa.text("SHOW server_version")).scalar_one()
             try:
-                url = sa.make_url(pg_url).update_query_dict({"options": f"-csearch_path={schema}"})
-                url = url.render_as_string(hide_password=False)
+                schema_url = sa.make_url(pg_url).update_query_dict({"options": f"-csearch_path={schema}"})
+                url = schema_url.render_as_string(hide_password=False)
                 migrate(url)
                 results["throughput"]["postgresql"] = throughput(url, workdir, args.seconds)
             finally:

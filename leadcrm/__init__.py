@@ -4,6 +4,7 @@ import os
 from typing import Any
 
 from flask import Flask, request
+from flask.json.provider import DefaultJSONProvider
 from werkzeug.exceptions import NotFound, RequestEntityTooLarge
 from werkzeug.routing import IntegerConverter, ValidationError
 
@@ -20,7 +21,7 @@ from leadcrm.database import (
 )
 from leadcrm.extensions import babel, csrf, db, migrate
 from leadcrm.i18n import select_locale
-from leadcrm.models import INT_MAX
+from leadcrm.vocabulary import INT_MAX
 
 
 class IdConverter(IntegerConverter):
@@ -72,8 +73,10 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     if not app.config["SECRET_KEY"]:
         app.config["SECRET_KEY"] = _instance_secret(app.instance_path)
     app.url_map.converters["id"] = IdConverter
-    app.json.sort_keys = False  # type: ignore[attr-defined]  # keep fields in schema order
-    app.json.ensure_ascii = False  # type: ignore[attr-defined]  # names in Cyrillic stay readable
+    json_provider = app.json
+    assert isinstance(json_provider, DefaultJSONProvider)  # Flask's own, which has these two settings
+    json_provider.sort_keys = False  # keep fields in schema order
+    json_provider.ensure_ascii = False  # names in Cyrillic stay readable
 
     db.init_app(app)
     migrate.init_app(app, db, directory=os.path.join(PROJECT_ROOT, "migrations"))
@@ -104,7 +107,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         view = app.view_functions.get(request.endpoint or "")
         if request.method not in ("GET", "HEAD", "OPTIONS") and not getattr(view, OWN_TRANSACTIONS, False):
             begin_write(db.session)
-            limit_drains(db.session, app.config["LEADCRM_DRAIN_BATCH"])
+            limit_drains(db.session(), app.config["LEADCRM_DRAIN_BATCH"])
 
     from leadcrm import demo  # noqa: F401  (adds `flask leadcrm demo`)
     from leadcrm.api import bp as api_bp

@@ -13,28 +13,15 @@ from datetime import UTC, datetime, timedelta
 from typing import NamedTuple
 
 import sqlalchemy as sa
-from flask_babel import lazy_gettext as _l
 from itsdangerous import BadData, URLSafeSerializer
 from sqlalchemy.orm import Session, scoped_session
 from werkzeug.security import check_password_hash, generate_password_hash
 
 from leadcrm.database import begin_write, unique_or
-from leadcrm.errors import Conflict, DomainError, InvalidInput, NotFound
-from leadcrm.models import (
-    LOGIN_SECRET,
-    PASSWORD_MAX,
-    ROLES,
-    SCOPES,
-    SUPERVISOR,
-    USERNAME_MAX,
-    ApiToken,
-    LoginFailure,
-    LoginSession,
-    User,
-    utcnow,
-)
+from leadcrm.errors import Conflict, DomainError, InvalidInput, Message, NotFound, Text
+from leadcrm.models import LOGIN_SECRET, ApiToken, LoginFailure, LoginSession, User, utcnow
+from leadcrm.vocabulary import PASSWORD_MAX, PASSWORD_MIN, USERNAME_MAX, Role, TokenScope
 
-PASSWORD_MIN = 10
 USERNAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9._@-]*")
 TOKEN_PREFIX = "lcrm_"
 # Failed logins are counted over this window. An account from one address, and
@@ -65,7 +52,7 @@ _DUMMY_HASH = generate_password_hash("leadcrm: no such user")
 class LoginThrottled(DomainError):
     code = "too_many_attempts"
 
-    def __init__(self, message: object, retry_after: int) -> None:
+    def __init__(self, message: Text, retry_after: int) -> None:
         super().__init__(message)
         self.retry_after = retry_after
 
@@ -81,29 +68,29 @@ def validate_username(username: str) -> str:
     name = normalise_username(username)
     if not name or len(name) > USERNAME_MAX or not USERNAME_PATTERN.fullmatch(name):
         raise InvalidInput(
-            _l("Use 1 to %(max)s lowercase letters, digits and . _ @ -", max=USERNAME_MAX),
-            {"username": _l("Not a valid username.")},
+            Message("Use 1 to %(max)s lowercase letters, digits and . _ @ -", max=USERNAME_MAX),
+            {"username": Message("Not a valid username.")},
         )
     return name
 
 
 def validate_password(password: str) -> str:
     if not PASSWORD_MIN <= len(password) <= PASSWORD_MAX:
-        message = _l("Use %(min)s to %(max)s characters.", min=PASSWORD_MIN, max=PASSWORD_MAX)
+        message = Message("Use %(min)s to %(max)s characters.", min=PASSWORD_MIN, max=PASSWORD_MAX)
         raise InvalidInput(message, {"password": message})
     return password
 
 
 def _check_role(role: str) -> str:
-    if role not in ROLES:
-        raise InvalidInput(_l("Unknown role."), {"role": _l("Unknown role.")})
+    if role not in tuple(Role):
+        raise InvalidInput(Message("Unknown role."), {"role": Message("Unknown role.")})
     return role
 
 
 def get_user(session: Session, user_id: int) -> User:
     user = session.get(User, user_id)
     if user is None:
-        raise NotFound(_l("No user with id %(id)s.", id=user_id))
+        raise NotFound(Message("No user with id %(id)s.", id=user_id))
     return user
 
 
@@ -121,7 +108,7 @@ def create_user(session: Session, *, username: str, password: str, role: str) ->
         password_hash=generate_password_hash(validate_password(password)),
         role=_check_role(role),
     )
-    taken = Conflict(_l("The username is taken."), {"username": _l("The username is taken.")})
+    taken = Conflict(Message("The username is taken."), {"username": Message("The username is taken.")})
     with unique_or(session, taken):
         session.add(user)
     return user
@@ -144,16 +131,18 @@ def update_user(session: Session, user: User, *, role: str | None = None, is_act
     if role is not None:
         _check_role(role)
     loses_supervisor = (
-        user.role == SUPERVISOR and user.is_active and (role not in (None, SUPERVISOR) or is_active is False)
+        user.role == Role.SUPERVISOR and user.is_active and (role not in (None, Role.SUPERVISOR) or is_active is False)
     )
     if loses_supervisor:
         # Lock the active supervisors' rows: two supervisors demoting each other at once cannot both win.
         ids = session.scalars(
-            sa.select(User.id).where(User.role == SUPERVISOR, User.is_active.is_(True)).with_for_update()
+            sa.select(User.id).where(User.role == Role.SUPERVISOR, User.is_active.is_(True)).with_for_update()
         ).all()
         if set(ids) <= {user.id}:
             raise Conflict(
-                _l("%(name)s is the last active supervisor; make someone else a supervisor first.", name=user.username)
+                Message(
+                    "%(name)s is the last active supervisor; make someone else a supervisor first.", name=user.username
+                )
             )
     if role is not None:
         user.role = role
@@ -179,7 +168,7 @@ def ensure_admin(session: Session, password: str | None) -> str | None:
         return None
     generated = None if password else secrets.token_urlsafe(12)
     try:
-        create_user(session, username="admin", password=password or generated, role=SUPERVISOR)  # type: ignore[arg-type]
+        create_user(session, username="admin", password=password or generated, role=Role.SUPERVISOR)  # type: ignore[arg-type]
     except Conflict:
         return None  # another server created it at the same moment
     return generated
@@ -193,10 +182,10 @@ def hash_password(password: str) -> str:
     return generate_password_hash(validate_password(password))
 
 
-def _throttled(wait: timedelta, message: object | None = None) -> LoginThrottled:
+def _throttled(wait: timedelta, message: Text | None = None) -> LoginThrottled:
     retry = max(1, int(wait.total_seconds()) + 1)
     if message is None:
-        message = _l("Too many failed attempts. Try again in %(minutes)s min.", minutes=-(-retry // 60))
+        message = Message("Too many failed attempts. Try again in %(minutes)s min.", minutes=-(-retry // 60))
     return LoginThrottled(message, retry)
 
 
@@ -300,7 +289,7 @@ def _check_throttle(session: Session, keys: ThrottleKeys, now: datetime) -> None
             wait = latest + delay - now
             raise _throttled(
                 wait,
-                _l(
+                Message(
                     "Many failed attempts for this account: try again in %(seconds)s s.",
                     seconds=max(1, int(wait.total_seconds()) + 1),
                 ),
@@ -470,8 +459,8 @@ def list_tokens(session: Session) -> list[ApiToken]:
 
 
 def create_token(session: Session, *, name: str, scope: str, created_by: User | None) -> NewToken:
-    if scope not in SCOPES:
-        raise InvalidInput(_l("Unknown scope."), {"scope": _l("Unknown scope.")})
+    if scope not in tuple(TokenScope):
+        raise InvalidInput(Message("Unknown scope."), {"scope": Message("Unknown scope.")})
     secret = TOKEN_PREFIX + secrets.token_urlsafe(32)
     token = ApiToken(name=name, scope=scope, token_hash=_hash(secret), prefix=secret[:12], created_by=created_by)
     session.add(token)
@@ -482,7 +471,7 @@ def create_token(session: Session, *, name: str, scope: str, created_by: User | 
 def revoke_token(session: Session, token_id: int) -> ApiToken:
     token = session.get(ApiToken, token_id)
     if token is None:
-        raise NotFound(_l("No token with id %(id)s.", id=token_id))
+        raise NotFound(Message("No token with id %(id)s.", id=token_id))
     if token.revoked_at is None:
         token.revoked_at = utcnow()
         session.flush()

@@ -21,8 +21,9 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from leadcrm import accounts
 from leadcrm.database import NO_WAIT, WRITE_OPTION
 from leadcrm.extensions import csrf, db, login_manager
-from leadcrm.models import FULL_SCOPE, INTAKE, SUPERVISOR, ApiToken, User, utcnow
+from leadcrm.models import ApiToken, User, utcnow
 from leadcrm.storage import act_as
+from leadcrm.vocabulary import Role, TokenScope
 
 F = TypeVar("F", bound=Callable[..., Any])
 SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
@@ -88,7 +89,7 @@ def access_of(app: Flask, endpoint: str) -> Access | None:
 
 def can(role_needed: str) -> bool:
     """For templates: may the current user do what ``role_needed`` may?"""
-    return current_user.is_authenticated and (current_user.role == SUPERVISOR or current_user.role == role_needed)
+    return current_user.is_authenticated and (current_user.role == Role.SUPERVISOR or current_user.role == role_needed)
 
 
 class SessionInterface(SecureCookieSessionInterface):
@@ -160,7 +161,7 @@ def _check_token(header: str, access: Access) -> Any:
     token = accounts.token_by_secret(db.session, secret.strip()) if scheme.lower() == "bearer" else None
     if token is None:
         return _api_unauthorized("The token is unknown or revoked; send Authorization: Bearer <token>.")
-    if token.scope != FULL_SCOPE and not access.register_token:
+    if token.scope != TokenScope.FULL and not access.register_token:
         return _forbidden(f"A token with scope {token.scope!r} may not call this endpoint.")
     act_as(db.session, accounts.actor_name(token=token))
     g.leadcrm_token = token
@@ -205,7 +206,7 @@ def caller_may(endpoint: str) -> bool:
         return True
     token = g.get("leadcrm_token")
     if token is not None:
-        return token.scope == FULL_SCOPE or access.register_token
+        return token.scope == TokenScope.FULL or access.register_token
     return current_user.is_authenticated and current_user.role in access.roles
 
 
@@ -239,4 +240,4 @@ def init_auth(app: Flask) -> None:
 
     @app.context_processor
     def roles() -> dict[str, object]:
-        return {"can": can, "SUPERVISOR": SUPERVISOR, "INTAKE": INTAKE}
+        return {"can": can}

@@ -87,7 +87,9 @@ def _copy(engine: Engine, partial: str) -> int:
         copy = sqlite3.connect(partial)
         try:
             # All pages in one step: one read snapshot, while writers go on (WAL).
-            source.driver_connection.backup(copy)
+            driver = source.driver_connection
+            assert driver is not None  # checked out of the pool just now, so open
+            driver.backup(copy)
             copy.execute("PRAGMA journal_mode = DELETE")
             (check,) = copy.execute("PRAGMA quick_check").fetchone()
             if check != "ok":

@@ -15,7 +15,8 @@ from leadcrm.distribution import drain_all
 from leadcrm.errors import DomainError
 from leadcrm.extensions import db
 from leadcrm.idempotency import forget_expired
-from leadcrm.models import INTAKE, ROLES
+from leadcrm.leads import email_duplicates
+from leadcrm.vocabulary import Role
 
 cli = AppGroup("leadcrm", help="leadcrm maintenance and demo commands.")
 
@@ -34,7 +35,7 @@ def drain_backlog(batch: int | None = None) -> int:
     while True:
         begin_write(db.session)
         try:
-            assigned = drain_all(db.session, limit=batch)
+            assigned = drain_all(db.session(), limit=batch)
             db.session.commit()
         except Exception:
             db.session.rollback()
@@ -57,7 +58,7 @@ def drain() -> None:
     try:
         assigned = drain_backlog()
         begin_write(db.session)
-        forgotten = forget_expired(db.session)
+        forgotten = forget_expired(db.session())
         db.session.commit()
     except sa.exc.OperationalError as exc:
         db.session.rollback()
@@ -85,6 +86,31 @@ def backup(path: str, force: bool) -> None:
     click.echo(f"Backed up to {copy.path}: {copy.size} bytes, {contacts}.")
 
 
+@cli.command("email-duplicates")
+def report_email_duplicates() -> None:
+    """List leads whose e-mail addresses differ only in case, to decide what to do with them.
+
+    Leads stored before addresses were matched whatever their case may be two
+    for one customer (Ivan.Petrov@example.com and ivan.petrov@example.com).
+    Nothing was merged: each keeps its contacts and identifiers. New
+    registrations with any of a group's addresses find the lead marked "finds"
+    (the oldest); the others are still found by their phone or external id.
+    """
+    groups = email_duplicates(db.session)
+    db.session.rollback()  # only read
+    if not groups:
+        click.echo("No leads whose e-mail addresses differ only in case.")
+        return
+    for group in groups:
+        found = f"lead {group.found.id}" if group.found else "no lead (a new registration creates one)"
+        click.echo(f"{group.key}: new registrations find {found}")
+        for lead, contacts in group.leads:
+            mark = "finds" if group.found is not None and lead.id == group.found.id else "kept apart"
+            count = f"{contacts} contact{'s' if contacts != 1 else ''}"
+            click.echo(f"  lead {lead.id}\t{lead.email}\t{count}\t{mark}")
+    click.echo(f"{len(groups)} address{'es' if len(groups) != 1 else ''} shared by more than one lead.")
+
+
 users_cli = AppGroup("users", help="Manage user accounts (also on the Users page).")
 cli.add_command(users_cli)
 
@@ -96,13 +122,13 @@ def _fail(exc: DomainError) -> NoReturn:
 
 @users_cli.command("create")
 @click.argument("username")
-@click.option("--role", type=click.Choice(ROLES), default=INTAKE, show_default=True)
+@click.option("--role", type=click.Choice([role.value for role in Role]), default=Role.INTAKE.value, show_default=True)
 @click.password_option(help="Asked for when not given (read from stdin when it is not a terminal).")
 def create_user(username: str, role: str, password: str) -> None:
     """Add a user."""
     begin_write(db.session)
     try:
-        user = accounts.create_user(db.session, username=username, password=password, role=role)
+        user = accounts.create_user(db.session(), username=username, password=password, role=role)
     except DomainError as exc:
         _fail(exc)
     db.session.commit()
@@ -119,10 +145,10 @@ def set_password(username: str, password: str) -> None:
     except DomainError as exc:
         _fail(exc)
     begin_write(db.session)
-    user = accounts.find_user(db.session, username)
+    user = accounts.find_user(db.session(), username)
     if user is None:
         raise click.ClickException(f"No user {username!r}.")
-    accounts.set_password_hash(db.session, user, password_hash)
+    accounts.set_password_hash(db.session(), user, password_hash)
     user.is_active = True
     db.session.commit()
     click.echo(f"Password of {user.username!r} changed.")
@@ -131,7 +157,7 @@ def set_password(username: str, password: str) -> None:
 @users_cli.command("list")
 def list_users() -> None:
     """Show every user with role and state."""
-    for user in accounts.list_users(db.session):
+    for user in accounts.list_users(db.session()):
         click.echo(f"{user.username}\t{user.role}\t{'active' if user.is_active else 'inactive'}")
 
 
@@ -141,13 +167,13 @@ def ensure_first_admin(log: Callable[[str], None]) -> None:
     A database with users is only read: every start does this, and a start
     must not wait for (or fail on) a write lock someone else holds.
     """
-    has_users = accounts.has_users(db.session)
+    has_users = accounts.has_users(db.session())
     db.session.commit()
     if has_users:
         return
     begin_write(db.session)
     try:
-        generated = accounts.ensure_admin(db.session, current_app.config["LEADCRM_ADMIN_PASSWORD"] or None)
+        generated = accounts.ensure_admin(db.session(), current_app.config["LEADCRM_ADMIN_PASSWORD"] or None)
     except DomainError as exc:
         db.session.rollback()
         raise click.ClickException(f"LEADCRM_ADMIN_PASSWORD: {exc.message}") from None

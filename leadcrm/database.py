@@ -171,6 +171,12 @@ class SQLiteConnection(sqlite3.Connection):
             self.execute(f"PRAGMA busy_timeout = {busy_ms}")
             self._busy_ms = busy_ms
 
+    @property
+    def _file_lock(self) -> int:
+        """The lock file's descriptor, for the methods below: only a file database's open connection locks."""
+        assert self._lock_fd is not None
+        return self._lock_fd
+
     def _wait_for_file_lock(self, started: float, patience: float) -> None:
         if self._try_file_lock():
             return
@@ -185,7 +191,7 @@ class SQLiteConnection(sqlite3.Connection):
 
     def _holder(self) -> float:
         """Which take of the file lock holds it now: the time its writer took it, as it wrote it down."""
-        mark = os.pread(self._lock_fd, 8, 0)
+        mark = os.pread(self._file_lock, 8, 0)
         return struct.unpack("d", mark)[0] if len(mark) == 8 else 0.0
 
     def _wait_until(self, started: float, patience: float) -> bool:
@@ -194,7 +200,7 @@ class SQLiteConnection(sqlite3.Connection):
             # A sync worker's request: block in flock, woken by the kernel the
             # moment the holder lets go, and by a timer signal at the deadline.
             with suppress(_Deadline), _deadline_alarm(patience - (time.monotonic() - started)):
-                fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+                fcntl.flock(self._file_lock, fcntl.LOCK_EX)
             # Locked, or the deadline came (perhaps just as the lock did): one
             # more try tells which (flock again on a lock held is a no-op).
             return self._try_file_lock()
@@ -209,7 +215,7 @@ class SQLiteConnection(sqlite3.Connection):
 
     def _try_file_lock(self) -> bool:
         try:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(self._file_lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             return False
         return True
@@ -217,7 +223,7 @@ class SQLiteConnection(sqlite3.Connection):
     def _unlock(self) -> None:
         if self._locked:
             self._locked = False
-            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+            fcntl.flock(self._file_lock, fcntl.LOCK_UN)
 
     def commit(self) -> None:
         try:
@@ -310,7 +316,11 @@ def own_transactions(view: V) -> V:
     return view
 
 
-def begin_write(session: Session | scoped_session[Session]) -> None:
+# A scoped_session of any Session class (Flask-SQLAlchemy's db.session is one of its own subclass).
+AnySession = TypeVar("AnySession", bound=Session)
+
+
+def begin_write(session: Session | scoped_session[AnySession]) -> None:
     """Make ``session``'s next transaction a write transaction.
 
     Call it before the unit of work's first query: on SQLite the write lock is
@@ -338,7 +348,7 @@ def unique_or(session: Session, error: Exception) -> Iterator[None]:
         raise error from None
 
 
-def end_session(session: scoped_session[Session], logger: logging.Logger) -> None:
+def end_session(session: scoped_session[AnySession], logger: logging.Logger) -> None:
     """End the request's session (its teardown); never raises.
 
     The answer is built by now: a connection that died since the last

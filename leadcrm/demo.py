@@ -12,8 +12,9 @@ from leadcrm.cli import cli
 from leadcrm.database import begin_write
 from leadcrm.extensions import db
 from leadcrm.identity import LeadIdentity
-from leadcrm.models import OPEN, Contact, Operator, Source
+from leadcrm.models import Contact, Operator, Source
 from leadcrm.sources import find_source
+from leadcrm.vocabulary import ContactStatus, Strategy
 
 OPERATORS = [
     ("Анна Смирнова", 8),
@@ -31,10 +32,10 @@ OPERATORS = [
 ]
 # name, strategy, {operator index: weight}
 SOURCES = [
-    ("telegram_sales_bot", "random", {0: 30, 1: 10, 2: 20, 6: 20, 10: 20}),
-    ("telegram_support_bot", "deterministic", {2: 10, 3: 10, 4: 20, 7: 10, 8: 10}),
-    ("web_form", "random", {0: 10, 5: 10, 6: 30, 9: 10, 11: 5}),
-    ("phone_line", "deterministic", {1: 20, 3: 10, 8: 30, 10: 10}),
+    ("telegram_sales_bot", Strategy.RANDOM, {0: 30, 1: 10, 2: 20, 6: 20, 10: 20}),
+    ("telegram_support_bot", Strategy.DETERMINISTIC, {2: 10, 3: 10, 4: 20, 7: 10, 8: 10}),
+    ("web_form", Strategy.RANDOM, {0: 10, 5: 10, 6: 30, 9: 10, 11: 5}),
+    ("phone_line", Strategy.DETERMINISTIC, {1: 20, 3: 10, 8: 30, 10: 10}),
 ]
 FIRST_NAMES = ["Иван", "Мария", "Пётр", "Ольга", "Сергей", "Наталья", "John", "Sarah", "Michael", "Laura"]
 MESSAGES = [
@@ -71,17 +72,17 @@ def demo(lead_count: int, simulate: bool, rate: float, seed: int, steps: int) ->
     if db.session.scalar(sa.select(sa.func.count()).select_from(Operator)):
         click.echo("The database already has operators; leaving it as it is.")
     else:
-        ops = [operators.create_operator(db.session, name=n, max_active_leads=limit) for n, limit in OPERATORS]
+        ops = [operators.create_operator(db.session(), name=n, max_active_leads=limit) for n, limit in OPERATORS]
         for name, strategy, weights in SOURCES:
-            source = sources.create_source(db.session, name=name, strategy=strategy)
-            sources.set_weights(db.session, source, {ops[i].id: w for i, w in weights.items()}, replace=True)
+            source = sources.create_source(db.session(), name=name, strategy=strategy)
+            sources.set_weights(db.session(), source, {ops[i].id: w for i, w in weights.items()}, replace=True)
         all_sources = db.session.scalars(sa.select(Source).order_by(Source.id)).all()
         for n in range(lead_count):
             identity, name = _customer(n)
             # Some customers write through two sources: they stay one lead.
             for source in rng.sample(all_sources, 2 if n % 4 == 0 else 1):
                 distribution.register_contact(
-                    db.session, source=source, identity=identity, name=name, message=rng.choice(MESSAGES), rng=rng
+                    db.session(), source=source, identity=identity, name=name, message=rng.choice(MESSAGES), rng=rng
                 )
             # Most contacts get handled: the load stays near, not far past, the limits.
             for _ in range(2 if n % 4 == 0 else 1):
@@ -95,11 +96,11 @@ def demo(lead_count: int, simulate: bool, rate: float, seed: int, steps: int) ->
 
 def _close_random(rng: random.Random) -> bool:
     ids = db.session.scalars(
-        sa.select(Contact.id).where(Contact.status == OPEN, Contact.operator_id.is_not(None)).limit(50)
+        sa.select(Contact.id).where(Contact.status == ContactStatus.OPEN, Contact.operator_id.is_not(None)).limit(50)
     ).all()
     if not ids:
         return False
-    distribution.close_contact(db.session, rng.choice(ids))
+    distribution.close_contact(db.session(), rng.choice(ids))
     return True
 
 
@@ -114,10 +115,10 @@ def _simulate(rng: random.Random, rate: float, steps: int) -> None:
         while not steps or registered < steps:
             begin_write(db.session)
             # Read the source inside the step: a supervisor may change its strategy meanwhile.
-            source = find_source(db.session, source_id=rng.choice(source_ids), source_name=None)
+            source = find_source(db.session(), source_id=rng.choice(source_ids), source_name=None)
             identity, name = _customer(rng.randrange(1000))
             distribution.register_contact(
-                db.session, source=source, identity=identity, name=name, message=rng.choice(MESSAGES), rng=rng
+                db.session(), source=source, identity=identity, name=name, message=rng.choice(MESSAGES), rng=rng
             )
             registered += 1
             # Close slightly less often than we register, so the load drifts up and down.

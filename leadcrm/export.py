@@ -3,6 +3,7 @@
 import csv
 import io
 from collections.abc import Iterator
+from datetime import datetime
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session, aliased
@@ -27,7 +28,7 @@ def _cell(value: object) -> object:
     return value
 
 
-def _time(value: object) -> str:
+def _time(value: datetime | None) -> str:
     return value.isoformat().replace("+00:00", "Z") if value is not None else ""
 
 

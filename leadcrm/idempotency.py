@@ -11,12 +11,12 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from flask_babel import lazy_gettext as _l
 from sqlalchemy.orm import Session
 
 from leadcrm import storage
-from leadcrm.errors import Conflict
+from leadcrm.errors import Conflict, Message
 from leadcrm.models import utcnow
+from leadcrm.storage import Tx
 
 KEEP_FOR = timedelta(hours=24)
 
@@ -50,34 +50,30 @@ def claim_key(session: Session, caller: str, key: str, fingerprint: str) -> Stor
     concurrent retry with the same key waits until this one commits (or rolls
     back) and then sees its answer. Raises KeyReused for a different body.
     """
-    tx = storage.Tx.of(session)
+    tx = Tx.of(session)
     now = utcnow()
-    tx.execute(storage.FORGET_EXPIRED_KEY, {"caller": caller, "key": key, "before": tx.time(now - KEEP_FOR)})
-    params = {"caller": caller, "key": key, "request_hash": fingerprint, "created_at": tx.time(now)}
-    if tx.execute(storage.CLAIM_KEY, params).fetchone() is not None:
+    storage.forget_expired_key(tx, caller, key, now - KEEP_FOR)
+    if storage.claim_key(tx, caller, key, fingerprint, now):
         return None
-    request_hash_, status_code, body, location = tx.execute(storage.GET_KEY, {"caller": caller, "key": key}).fetchone()
-    if request_hash_ != fingerprint:
+    stored = storage.stored_key(tx, caller, key)
+    if stored is None or stored.status_code is None or stored.response_body is None:
+        # Cannot happen: a key is taken and answered in one transaction, and the claim found it taken.
+        raise RuntimeError(f"idempotency key {key!r} of {caller} is taken but has no answer")
+    if stored.request_hash != fingerprint:
         raise KeyReused(
-            _l("This Idempotency-Key was already used with a different request."),
-            {"Idempotency-Key": _l("Already used with a different request.")},
+            Message("This Idempotency-Key was already used with a different request."),
+            {"Idempotency-Key": Message("Already used with a different request.")},
         )
-    return StoredAnswer(status_code, body, location)
+    return StoredAnswer(stored.status_code, stored.response_body, stored.location)
 
 
 def forget_expired(session: Session) -> int:
     """Delete every key older than 24 hours; returns how many."""
-    tx = storage.Tx.of(session)
-    return tx.execute(storage.FORGET_EXPIRED_KEYS, {"before": tx.time(utcnow() - KEEP_FOR)}).rowcount
+    return storage.forget_expired_keys(Tx.of(session), utcnow() - KEEP_FOR)
 
 
 def remember_answer(session: Session, caller: str, key: str, answer: StoredAnswer) -> None:
     """Store the answer for ``caller``'s ``key``, in the registration's transaction."""
-    params = {
-        "caller": caller,
-        "key": key,
-        "status_code": answer.status_code,
-        "body": answer.body,
-        "location": answer.location,
-    }
-    storage.Tx.of(session).execute(storage.REMEMBER_ANSWER, params)
+    storage.remember_answer(
+        Tx.of(session), caller, key, status_code=answer.status_code, body=answer.body, location=answer.location
+    )

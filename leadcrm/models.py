@@ -1,31 +1,77 @@
-"""The data model: operators, sources and their weights, leads and contacts."""
+"""The data model: operators, sources and their weights, leads and contacts.
+
+Plain SQLAlchemy (no Flask): ``leadcrm.extensions`` hands ``Base`` to
+Flask-SQLAlchemy, and the engine can run on a bare SQLAlchemy session.
+"""
 
 from datetime import UTC, datetime
-from typing import Any, Optional
+from enum import StrEnum
+from typing import Any, Optional, overload
 
 import sqlalchemy as sa
 import sqlalchemy.orm as so
-from flask_login import UserMixin
 
-from leadcrm.extensions import db
+from leadcrm.identity import email_key
+from leadcrm.vocabulary import (
+    EMAIL_MAX,
+    EXTERNAL_ID_MAX,
+    IDEMPOTENCY_KEY_MAX,
+    NAME_MAX,
+    PHONE_MAX,
+    USERNAME_MAX,
+    ContactStatus,
+    EventReason,
+    Role,
+    Strategy,
+    TokenScope,
+)
 
-NAME_MAX = 200
-EXTERNAL_ID_MAX = 200
-PHONE_MAX = 32  # E.164 is at most 16 characters; room for the '+' and future formats
-EMAIL_MAX = 320
-MESSAGE_MAX = 10_000
-IDEMPOTENCY_KEY_MAX = 200
-# Largest value any id, limit or weight column holds on every supported database.
-INT_MAX = 2**31 - 1
 
-STRATEGIES = ("random", "deterministic")
-# Why a contact's assignment changed (ContactEvent.reason).
-REASONS = ("registered", "queue", "sticky", "manual", "override", "closed", "reopened")
-OPEN, CLOSED = "open", "closed"
+def one_of(column: str, values: type[StrEnum]) -> str:
+    """A CHECK constraint's SQL: ``column IN ('a', 'b')``, in the enumeration's order (as the migrations wrote it)."""
+    quoted = ", ".join(f"'{value}'" for value in values)
+    return f"{column} IN ({quoted})"
 
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+class Base(so.DeclarativeBase):
+    # Named constraints, so that later migrations can alter them on SQLite too.
+    metadata = sa.MetaData(
+        naming_convention={
+            "ix": "ix_%(column_0_label)s",
+            "uq": "uq_%(table_name)s_%(column_0_name)s",
+            "ck": "ck_%(table_name)s_%(constraint_name)s",
+            "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+            "pk": "pk_%(table_name)s",
+        }
+    )
+
+
+def as_utc(value: datetime) -> datetime:
+    """A timestamp on its way into a column: aware, in UTC. A naive one is refused (its zone is a guess)."""
+    if value.tzinfo is None:
+        raise ValueError("naive datetime given; use leadcrm.models.utcnow()")
+    return value.astimezone(UTC)
+
+
+@overload
+def from_stored_time(value: datetime | str) -> datetime: ...
+@overload
+def from_stored_time(value: None) -> None: ...
+def from_stored_time(value: datetime | str | None) -> datetime | None:
+    """A timestamp as a column gives it back, made aware UTC.
+
+    SQLite keeps no zone (the text SQLAlchemy wrote, or a naive datetime once
+    SQLAlchemy parsed it); PostgreSQL's timestamptz comes back aware.
+    """
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
 class UTCDateTime(sa.TypeDecorator[datetime]):
@@ -38,17 +84,13 @@ class UTCDateTime(sa.TypeDecorator[datetime]):
     cache_ok = True
 
     def process_bind_param(self, value: Optional[datetime], dialect: Any) -> Optional[datetime]:
-        if value is not None and value.tzinfo is None:
-            raise ValueError("naive datetime given; use leadcrm.models.utcnow()")
-        return value.astimezone(UTC) if value is not None else None
+        return as_utc(value) if value is not None else None
 
     def process_result_value(self, value: Optional[datetime], dialect: Any) -> Optional[datetime]:
-        if value is not None and value.tzinfo is None:
-            return value.replace(tzinfo=UTC)
-        return value
+        return from_stored_time(value)
 
 
-class Operator(db.Model):
+class Operator(Base):
     __tablename__ = "operators"
     __table_args__ = (
         sa.CheckConstraint("max_active_leads >= 0", name="max_active_leads_not_negative"),
@@ -69,13 +111,13 @@ class Operator(db.Model):
         return f"<Operator {self.id} {self.name!r} {self.active_leads}/{self.max_active_leads}>"
 
 
-class Source(db.Model):
+class Source(Base):
     __tablename__ = "sources"
-    __table_args__ = (sa.CheckConstraint("strategy IN ('random', 'deterministic')", name="strategy_known"),)
+    __table_args__ = (sa.CheckConstraint(one_of("strategy", Strategy), name="strategy_known"),)
 
     id: so.Mapped[int] = so.mapped_column(primary_key=True)
     name: so.Mapped[str] = so.mapped_column(sa.String(NAME_MAX), unique=True)
-    strategy: so.Mapped[str] = so.mapped_column(sa.String(20), default="random")
+    strategy: so.Mapped[str] = so.mapped_column(sa.String(20), default=Strategy.RANDOM)
     # Returning leads go back to the operator of their latest contact through
     # this source, while that operator serves it and has room.
     sticky: so.Mapped[bool] = so.mapped_column(default=False, server_default=sa.false())
@@ -85,7 +127,7 @@ class Source(db.Model):
         return f"<Source {self.id} {self.name!r} {self.strategy}>"
 
 
-class SourceOperator(db.Model):
+class SourceOperator(Base):
     """One operator's weight for one source, and how many contacts it got from it.
 
     A row with weight 0 means the operator does not serve the source; the row
@@ -107,7 +149,7 @@ class SourceOperator(db.Model):
     assigned_total: so.Mapped[int] = so.mapped_column(default=0, server_default="0")
 
 
-class Lead(db.Model):
+class Lead(Base):
     """An end customer. Any one of its identifiers finds it."""
 
     __tablename__ = "leads"
@@ -115,20 +157,36 @@ class Lead(db.Model):
     id: so.Mapped[int] = so.mapped_column(primary_key=True)
     external_id: so.Mapped[Optional[str]] = so.mapped_column(sa.String(EXTERNAL_ID_MAX), unique=True)
     phone: so.Mapped[Optional[str]] = so.mapped_column(sa.String(PHONE_MAX), unique=True)
-    email: so.Mapped[Optional[str]] = so.mapped_column(sa.String(EMAIL_MAX), unique=True)
+    # As typed (email-validator's normalised form), for display; matched by email_key.
+    email: so.Mapped[Optional[str]] = so.mapped_column(sa.String(EMAIL_MAX))
+    # The address in lower case (leadcrm.identity.email_key): what finds the lead
+    # and keeps addresses unique whatever their case. NULL on a lead whose
+    # address an older lead's differs from only in case, stored before 0008
+    # (leads.email_duplicates reports them): new registrations find the older one.
+    email_key: so.Mapped[Optional[str]] = so.mapped_column(sa.String(EMAIL_MAX), unique=True)
     name: so.Mapped[Optional[str]] = so.mapped_column(sa.String(NAME_MAX))
     created_at: so.Mapped[datetime] = so.mapped_column(UTCDateTime, default=utcnow)
+
+    @so.validates("email")
+    def _keep_email_key(self, _key: str, email: Optional[str]) -> Optional[str]:
+        # Leads made through the ORM (tests, scripts) are found by their address too.
+        self.email_key = email_key(email) if email is not None else None
+        return email
 
     def __repr__(self) -> str:
         return f"<Lead {self.id} {self.external_id or self.phone or self.email}>"
 
 
-class Contact(db.Model):
+# The waiting queue: open contacts without an operator (ix_contacts_waiting's condition).
+WAITING = f"operator_id IS NULL AND status = '{ContactStatus.OPEN}'"
+
+
+class Contact(Base):
     """One appeal of a lead through a source; open until someone closes it."""
 
     __tablename__ = "contacts"
     __table_args__ = (
-        sa.CheckConstraint("status IN ('open', 'closed')", name="status_known"),
+        sa.CheckConstraint(one_of("status", ContactStatus), name="status_known"),
         # Open contacts per operator (load checks), and the waiting queue
         # (operator_id IS NULL AND status = 'open').
         sa.Index("ix_contacts_operator_status", "operator_id", "status"),
@@ -140,8 +198,8 @@ class Contact(db.Model):
             "source_id",
             "created_at",
             "id",
-            sqlite_where=sa.text("operator_id IS NULL AND status = 'open'"),
-            postgresql_where=sa.text("operator_id IS NULL AND status = 'open'"),
+            sqlite_where=sa.text(WAITING),
+            postgresql_where=sa.text(WAITING),
         ),
     )
 
@@ -149,7 +207,7 @@ class Contact(db.Model):
     lead_id: so.Mapped[int] = so.mapped_column(sa.ForeignKey("leads.id"), index=True)
     source_id: so.Mapped[int] = so.mapped_column(sa.ForeignKey("sources.id"))
     operator_id: so.Mapped[Optional[int]] = so.mapped_column(sa.ForeignKey("operators.id"))
-    status: so.Mapped[str] = so.mapped_column(sa.String(10), default=OPEN)
+    status: so.Mapped[str] = so.mapped_column(sa.String(10), default=ContactStatus.OPEN)
     message: so.Mapped[Optional[str]] = so.mapped_column(sa.Text)
     created_at: so.Mapped[datetime] = so.mapped_column(UTCDateTime, default=utcnow)
     assigned_at: so.Mapped[Optional[datetime]] = so.mapped_column(UTCDateTime)
@@ -159,7 +217,7 @@ class Contact(db.Model):
         return f"<Contact {self.id} lead={self.lead_id} op={self.operator_id} {self.status}>"
 
 
-class ContactEvent(db.Model):
+class ContactEvent(Base):
     """One change of a contact's assignment, and why: its history.
 
     ``registered``: stored, with its first operator (or none: it waits);
@@ -170,12 +228,7 @@ class ContactEvent(db.Model):
     """
 
     __tablename__ = "contact_events"
-    __table_args__ = (
-        sa.CheckConstraint(
-            "reason IN ('registered', 'queue', 'sticky', 'manual', 'override', 'closed', 'reopened')",
-            name="reason_known",
-        ),
-    )
+    __table_args__ = (sa.CheckConstraint(one_of("reason", EventReason), name="reason_known"),)
 
     id: so.Mapped[int] = so.mapped_column(primary_key=True)
     contact_id: so.Mapped[int] = so.mapped_column(sa.ForeignKey("contacts.id"), index=True)
@@ -189,7 +242,7 @@ class ContactEvent(db.Model):
 CALLER_MAX = 40
 
 
-class IdempotencyKey(db.Model):
+class IdempotencyKey(Base):
     """A register request's ``Idempotency-Key`` and the answer it got, kept 24 hours.
 
     The row is taken before the registration runs and filled in the same
@@ -210,24 +263,15 @@ class IdempotencyKey(db.Model):
     created_at: so.Mapped[datetime] = so.mapped_column(UTCDateTime, default=utcnow, index=True)
 
 
-SUPERVISOR, INTAKE = "supervisor", "intake"
-ROLES = (SUPERVISOR, INTAKE)
-USERNAME_MAX = 64
-PASSWORD_MAX = 256  # long passphrases are welcome; unbounded input is not
-# API token scopes: "register" may only register contacts and read the distribution status.
-REGISTER_SCOPE, FULL_SCOPE = "register", "full"
-SCOPES = (REGISTER_SCOPE, FULL_SCOPE)
-
-
 # Where a loaded User keeps the secret of its login session (not a column).
 LOGIN_SECRET = "_leadcrm_login_secret"
 
 
-class User(UserMixin, db.Model):
+class User(Base):
     """A person who logs in: a supervisor (everything) or intake staff."""
 
     __tablename__ = "users"
-    __table_args__ = (sa.CheckConstraint("role IN ('supervisor', 'intake')", name="role_known"),)
+    __table_args__ = (sa.CheckConstraint(one_of("role", Role), name="role_known"),)
 
     id: so.Mapped[int] = so.mapped_column(primary_key=True)
     username: so.Mapped[str] = so.mapped_column(sa.String(USERNAME_MAX), unique=True)
@@ -237,10 +281,10 @@ class User(UserMixin, db.Model):
     is_active: so.Mapped[bool] = so.mapped_column(default=True, server_default=sa.true())
     created_at: so.Mapped[datetime] = so.mapped_column(UTCDateTime, default=utcnow)
 
-    # One row, one object (the session's identity map): not UserMixin's comparison of get_id().
-    __eq__ = object.__eq__
-    __ne__ = object.__ne__
-    __hash__ = object.__hash__
+    # What Flask-Login asks of a user object (``is_active`` is the column):
+    # a loaded user is a logged-in one, never the anonymous user.
+    is_authenticated = True
+    is_anonymous = False
 
     def get_id(self) -> str:
         # What Flask-Login keeps in the session cookie: the secret of the login
@@ -255,11 +299,11 @@ class User(UserMixin, db.Model):
         return f"<User {self.id} {self.username!r} {self.role}>"
 
 
-class ApiToken(db.Model):
+class ApiToken(Base):
     """A named credential for an integration. Only the SHA-256 of the secret is kept."""
 
     __tablename__ = "api_tokens"
-    __table_args__ = (sa.CheckConstraint("scope IN ('register', 'full')", name="scope_known"),)
+    __table_args__ = (sa.CheckConstraint(one_of("scope", TokenScope), name="scope_known"),)
 
     id: so.Mapped[int] = so.mapped_column(primary_key=True)
     name: so.Mapped[str] = so.mapped_column(sa.String(NAME_MAX))
@@ -278,7 +322,7 @@ class ApiToken(db.Model):
         return f"<ApiToken {self.id} {self.name!r} {self.scope}>"
 
 
-class LoginFailure(db.Model):
+class LoginFailure(Base):
     """One failed login, counted against an account and an address to throttle guessing."""
 
     __tablename__ = "login_failures"
@@ -291,7 +335,7 @@ class LoginFailure(db.Model):
     __table_args__ = (sa.Index("ix_login_failures_key_created_at", "key", "created_at"),)
 
 
-class LoginSession(db.Model):
+class LoginSession(Base):
     """One logged-in browser. Its cookie holds a random secret; only the secret's SHA-256 is kept.
 
     Logging out deletes the row, so a copy of the cookie is worthless afterwards.

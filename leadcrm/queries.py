@@ -5,7 +5,7 @@ histories, and the names pages show next to ids. Nothing here writes; the
 engine that writes is ``leadcrm.distribution``.
 """
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import NamedTuple
@@ -13,8 +13,8 @@ from typing import NamedTuple
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from leadcrm import storage
-from leadcrm.models import OPEN, Contact, ContactEvent, Lead, Operator, Source, SourceOperator
+from leadcrm.models import Contact, ContactEvent, Lead, Operator, Source, SourceOperator, from_stored_time
+from leadcrm.vocabulary import ContactStatus
 
 
 class SourceShare(NamedTuple):
@@ -84,7 +84,9 @@ def share_rows(session: Session) -> list[tuple[int, int, int, float, int]]:
 def unassigned_open(session: Session) -> int:
     """Open contacts waiting without an operator (an index range, not a scan of history)."""
     c = CONTACTS.c
-    query = sa.select(sa.func.count()).select_from(CONTACTS).where(c.operator_id.is_(None), c.status == OPEN)
+    query = (
+        sa.select(sa.func.count()).select_from(CONTACTS).where(c.operator_id.is_(None), c.status == ContactStatus.OPEN)
+    )
     return session.connection().scalar(query) or 0
 
 
@@ -115,7 +117,7 @@ def contacts_query(
     source_id: int | None = None,
     lead_id: int | None = None,
     unassigned: bool | None = None,
-) -> sa.Select[tuple[Contact]]:
+) -> sa.Select[Contact]:
     """Contacts matching the filters, newest first."""
     query = sa.select(Contact).order_by(Contact.id.desc())
     if status is not None:
@@ -148,11 +150,11 @@ def waiting_by_source(session: Session) -> dict[int, Waiting]:
     """Queue length and oldest waiting contact per source (sources with a queue only)."""
     rows = session.execute(
         sa.select(Contact.source_id, sa.func.count(), sa.func.min(Contact.created_at))
-        .where(Contact.operator_id.is_(None), Contact.status == OPEN)
+        .where(Contact.operator_id.is_(None), Contact.status == ContactStatus.OPEN)
         .group_by(Contact.source_id)
     )
     # An aggregate loses the column's type: SQLite hands back text, PostgreSQL a datetime.
-    return {source_id: Waiting(count, storage.from_db_time(oldest)) for source_id, count, oldest in rows}
+    return {source_id: Waiting(count, from_stored_time(oldest)) for source_id, count, oldest in rows}
 
 
 def contact_events(session: Session, contact_id: int) -> list[ContactEvent]:
@@ -161,7 +163,7 @@ def contact_events(session: Session, contact_id: int) -> list[ContactEvent]:
     return list(session.scalars(query))
 
 
-def history_of(session: Session, contact_ids: list[int]) -> tuple[list, dict[int, object]]:
+def history_of(session: Session, contact_ids: list[int]) -> tuple[list[ContactEvent], dict[int, Operator]]:
     """The events of these contacts, oldest first, and the operators they name."""
     events = list(
         session.scalars(
@@ -177,17 +179,24 @@ def history_of(session: Session, contact_ids: list[int]) -> tuple[list, dict[int
 def names_for(session: Session, contacts: list[Contact]) -> dict[str, dict[int, object]]:
     """Leads, sources and operators the listed contacts refer to, in three queries."""
 
-    def by_id(model: type, ids: set[int]) -> dict[int, object]:
-        return {obj.id: obj for obj in session.scalars(sa.select(model).where(model.id.in_(ids)))} if ids else {}
-
+    lead_ids = {c.lead_id for c in contacts}
+    source_ids = {c.source_id for c in contacts}
+    operator_ids = {c.operator_id for c in contacts if c.operator_id}
+    leads: Iterable[Lead] = session.scalars(sa.select(Lead).where(Lead.id.in_(lead_ids))) if lead_ids else []
+    sources: Iterable[Source] = (
+        session.scalars(sa.select(Source).where(Source.id.in_(source_ids))) if source_ids else []
+    )
+    operators: Iterable[Operator] = (
+        session.scalars(sa.select(Operator).where(Operator.id.in_(operator_ids))) if operator_ids else []
+    )
     return {
-        "leads": by_id(Lead, {c.lead_id for c in contacts}),
-        "sources": by_id(Source, {c.source_id for c in contacts}),
-        "operators": by_id(Operator, {c.operator_id for c in contacts if c.operator_id}),
+        "leads": {lead.id: lead for lead in leads},
+        "sources": {source.id: source for source in sources},
+        "operators": {operator.id: operator for operator in operators},
     }
 
 
-def operator_choices(session: Session, source_id: int) -> tuple[list, list]:
+def operator_choices(session: Session, source_id: int) -> tuple[list[Operator], list[Operator]]:
     """Operators to offer for a contact of ``source_id``: (serving it with room, everyone else), by name."""
     serving = set(
         session.scalars(
@@ -196,7 +205,8 @@ def operator_choices(session: Session, source_id: int) -> tuple[list, list]:
             )
         )
     )
-    first, rest = [], []
+    first: list[Operator] = []
+    rest: list[Operator] = []
     for op in session.scalars(sa.select(Operator).order_by(Operator.name)):
         has_room = op.is_active and op.active_leads < op.max_active_leads
         (first if op.id in serving and has_room else rest).append(op)

@@ -1,25 +1,37 @@
-"""The registration path's SQL, written out and run on the driver connection.
+"""The engine's data layer: its hand-written SQL, behind named functions that return typed records.
 
 Registration is leadcrm's hot path, and on SQLite all writers take turns on
 one lock, so whatever runs inside the write transaction limits throughput.
 SQLAlchemy Core costs about 40 us of Python per statement on top of the
-driver's 7 us (bench/results.md); this module runs the few statements of
-``register`` and ``close`` directly on the DBAPI connection that SQLAlchemy
-manages, inside the session's transaction. Everything else uses the ORM.
+driver's 7 us (bench/results.md); the statements here run directly on the
+DBAPI connection that SQLAlchemy manages, inside the session's transaction
+(``Tx``). The engine (``leadcrm.distribution`` and the domain modules beside
+it) calls the functions below with the ``Tx`` of its unit of work and gets
+records back: it never sees parameters, rows or dialects. What the pages
+list and the API reads go through the ORM (``leadcrm.queries``).
 
-Statements are written once with ``:name`` placeholders and translated to
-each driver's style; they use only SQL that SQLite (3.35+) and PostgreSQL
-share (RETURNING, ON CONFLICT DO NOTHING).
+Statements are written once with ``:name`` placeholders, translated to each
+driver's style at import; they use only SQL that SQLite (3.35+) and
+PostgreSQL share (RETURNING, ON CONFLICT DO NOTHING). Where the databases
+differ (row locks), the functions here choose.
 """
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
+from itertools import combinations
+from operator import itemgetter
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session, scoped_session
+
+from leadcrm.models import UTCDateTime, from_stored_time
+from leadcrm.vocabulary import ContactStatus, EventReason
+
+# --- records ---------------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +60,11 @@ class OperatorRecord:
     max_active_leads: int
     active_leads: int
 
+    @property
+    def past_limit(self) -> bool:
+        """More open contacts than its limit allows (given past it by hand, or its limit lowered)."""
+        return self.active_leads > self.max_active_leads
+
 
 @dataclass(frozen=True, slots=True)
 class ContactRecord:
@@ -62,6 +79,66 @@ class ContactRecord:
     closed_at: datetime | None
 
 
+class EligibleOperators:
+    """The operators a source's next contact may go to, in id order: each one's weight and its
+    history for the source (assigned_total), read by column and an operator picked by position.
+
+    Columns rather than one record per operator: they are built in C from the rows, where a
+    record per operator costs about 1 us on the hot path (1 ms for 1,000 operators).
+    """
+
+    __slots__ = ("_rows",)
+
+    def __init__(self, rows: list[tuple[int, int, int]]) -> None:
+        self._rows = rows  # (operator_id, weight, assigned_total), as ELIGIBLE selects them
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def weights(self) -> list[int]:
+        return list(map(_WEIGHT, self._rows))
+
+    def assigned_totals(self) -> list[int]:
+        return list(map(_ASSIGNED_TOTAL, self._rows))
+
+    def operator_id(self, position: int) -> int:
+        """The id of the operator at ``position`` of ``weights()`` and ``assigned_totals()``."""
+        return self._rows[position][0]
+
+
+_WEIGHT, _ASSIGNED_TOTAL = itemgetter(1), itemgetter(2)
+
+
+@dataclass(frozen=True, slots=True)
+class Weight:
+    """One operator's weight for a source."""
+
+    operator_id: int
+    weight: int
+
+
+@dataclass(frozen=True, slots=True)
+class Assignment:
+    """A waiting contact given its first operator."""
+
+    contact_id: int
+    operator_id: int
+    assigned_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class StoredKey:
+    """An Idempotency-Key as stored: the request it was taken for, and the answer once there is one."""
+
+    request_hash: str
+    status_code: int | None
+    response_body: str | None
+    location: str | None
+
+
+# --- the transaction ------------------------------------------------------------------
+
+
 class Sql:
     """One statement with ``:name`` placeholders, in each driver's parameter style."""
 
@@ -72,6 +149,12 @@ class Sql:
 
 # Key in ``session.info`` naming who acts in the current unit of work (see ``act_as``).
 ACTOR = "leadcrm_actor"
+# The column type of every timestamp: its bind processor is the stored form (see Tx.stored).
+_TIMESTAMP = UTCDateTime()
+
+
+def _as_is(value: Any) -> Any:
+    return value
 
 
 def act_as(session: Session | scoped_session[Session], actor: str | None) -> None:
@@ -82,20 +165,27 @@ def act_as(session: Session | scoped_session[Session], actor: str | None) -> Non
 class Tx:
     """The session's current transaction, seen at the driver level.
 
-    Built once per unit of work (``Tx.of(session)``): going through the
-    session for every statement would cost more than the statements.
+    Built once per unit of work (``Tx.of(session)``) and passed down:
+    going through the session for every statement would cost more than the
+    statements.
     """
 
-    __slots__ = ("dialect", "actor", "_connection", "_driver", "_errors")
+    __slots__ = ("dialect", "actor", "info", "row_locks", "_connection", "_driver", "_errors", "_stored")
 
     def __init__(self, session: Session) -> None:
         conn = session.connection()
         self.dialect: str = conn.dialect.name
+        # SQLite's write transaction already excludes every other writer; PostgreSQL locks rows.
+        self.row_locks = self.dialect != "sqlite"
         self._connection = conn
-        self._driver = conn.connection.driver_connection
+        self._driver: Any = conn.connection.driver_connection
         self._errors = conn.dialect.loaded_dbapi.Error
+        # A timestamp as the column stores it: exactly what UTCDateTime writes through SQLAlchemy.
+        self._stored = _TIMESTAMP.dialect_impl(conn.dialect).bind_processor(conn.dialect) or _as_is
         # Who makes this unit of work's changes ("user:ann", "token:crm (#2)"), for the history.
         self.actor: str | None = session.info.get(ACTOR)
+        # The session's settings for its units of work (distribution.limit_drains).
+        self.info: dict[Any, Any] = session.info
 
     @classmethod
     def of(cls, session: Session | scoped_session[Session]) -> "Tx":
@@ -139,69 +229,51 @@ class Tx:
             raise sa.exc.DBAPIError.instance(sql, rows, exc, self._errors) from exc
         return cursor
 
-    def record(
-        self, contact_id: int, reason: str, from_operator_id: int | None, to_operator_id: int | None, at: Any
-    ) -> None:
-        """Add one event to the contact's history (``at`` as ``time()`` gives it)."""
-        params = {
-            "contact_id": contact_id,
-            "reason": reason,
-            "from_operator_id": from_operator_id,
-            "to_operator_id": to_operator_id,
-            "created_at": at,
-            "actor": self.actor,
-        }
-        self.execute(INSERT_EVENT, params)
+    def stored(self, value: datetime) -> Any:
+        """A UTC timestamp as its column stores it (SQLAlchemy's text format on SQLite)."""
+        return self._stored(value)
 
-    def record_assignments(self, reason: str, assignments: list[dict[str, Any]]) -> None:
-        """Add one event per ``{"id", "operator_id", "assigned_at"}`` (a contact given its first operator)."""
-        rows = [
-            {
-                "contact_id": a["id"],
-                "reason": reason,
-                "from_operator_id": None,
-                "to_operator_id": a["operator_id"],
-                "created_at": a["assigned_at"],
-                "actor": self.actor,
-            }
-            for a in assignments
-        ]
-        self.execute_many(INSERT_EVENT, rows)
-
-    def time(self, value: datetime) -> Any:
-        """A UTC timestamp as the column stores it: SQLAlchemy's text format on SQLite."""
-        if self.dialect == "sqlite":
-            return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
-        return value
+    @contextmanager
+    def savepoint(self) -> Iterator[None]:
+        """Undo the statements of the ``with`` body, and only them, if it raises."""
+        with self._connection.begin_nested():
+            yield
 
 
-def lock_lead(tx: Tx, lead_id: int) -> None:
-    """Take now the lock on the lead's row that storing its contact takes anyway (PostgreSQL).
+# --- sources and weights --------------------------------------------------------------
 
-    Every registration then locks the lead before an operator, in that order:
-    one that waits for an operator never holds up one filling the lead in.
-    """
-    if tx.dialect != "sqlite":
-        tx.execute(LOCK_LEAD, {"id": lead_id})
+SOURCE_COLUMNS = "id, name, strategy, sticky"
+SOURCE_BY_NAME = Sql(f"SELECT {SOURCE_COLUMNS} FROM sources WHERE name = :name")
+SOURCE_BY_ID = Sql(f"SELECT {SOURCE_COLUMNS} FROM sources WHERE id = :id")
+LOCK_SOURCE = Sql("SELECT id FROM sources WHERE id = :id FOR UPDATE")
+SOURCE_WEIGHTS = Sql(
+    "SELECT operator_id, weight FROM source_operators WHERE source_id = :source_id AND weight > 0 ORDER BY operator_id"
+)
+# Every row, weight 0 included (operators that served the source once).
+ALL_WEIGHTS = Sql("SELECT operator_id, weight FROM source_operators WHERE source_id = :source_id")
+UPDATE_WEIGHT = Sql(
+    "UPDATE source_operators SET weight = :weight WHERE source_id = :source_id AND operator_id = :operator_id"
+)
+INSERT_WEIGHT = Sql(
+    "INSERT INTO source_operators (source_id, operator_id, weight, assigned_total) "
+    "VALUES (:source_id, :operator_id, :weight, 0)"
+)
+SOURCES_SERVED_BY = Sql("SELECT source_id FROM source_operators WHERE operator_id = :id AND weight > 0")
+# One probe of the waiting-queue index per source, not a pass over every waiting contact.
+SOURCES_WITH_WAITING = Sql(
+    "SELECT s.id FROM sources s WHERE EXISTS (SELECT 1 FROM contacts c WHERE c.source_id = s.id "
+    "AND c.operator_id IS NULL AND c.status = 'open') ORDER BY s.id"
+)
 
 
-def lock_contact(tx: Tx, contact_id: int) -> ContactRecord | None:
-    """The contact as it is now, its row locked until the transaction ends (PostgreSQL); None if unknown.
-
-    Taken before any operator's row: contacts first, then operators, is the
-    one order every path that changes a contact locks in. SQLite: the write
-    lock already serialises writers.
-    """
-    row = tx.execute(GET_CONTACT if tx.dialect == "sqlite" else LOCK_CONTACT, {"id": contact_id}).fetchone()
-    return contact_record(row) if row else None
+def source_by_id(tx: Tx, source_id: int) -> SourceRecord | None:
+    row = tx.execute(SOURCE_BY_ID, {"id": source_id}).fetchone()
+    return SourceRecord(row[0], row[1], row[2], bool(row[3])) if row else None
 
 
-def lock_operators(tx: Tx, operator_ids: Iterable[int | None]) -> None:
-    """Lock these operators' rows in id order (PostgreSQL), so that requests that each change
-    several operators queue instead of deadlocking. SQLite: the write lock already serialises."""
-    if tx.dialect != "sqlite":
-        for operator_id in sorted({i for i in operator_ids if i is not None}):
-            tx.execute(LOCK_OPERATOR, {"id": operator_id})
+def source_by_name(tx: Tx, name: str) -> SourceRecord | None:
+    row = tx.execute(SOURCE_BY_NAME, {"name": name}).fetchone()
+    return SourceRecord(row[0], row[1], row[2], bool(row[3])) if row else None
 
 
 def lock_source(tx: Tx, source_id: int) -> None:
@@ -209,37 +281,43 @@ def lock_source(tx: Tx, source_id: int) -> None:
 
     On SQLite the write transaction already holds the database's only write lock.
     """
-    if tx.dialect != "sqlite":
+    if tx.row_locks:
         tx.execute(LOCK_SOURCE, {"id": source_id})
 
 
-def from_db_time(value: datetime | str | None) -> datetime | None:
-    if value is None:
-        return None
-    if isinstance(value, str):
-        value = datetime.fromisoformat(value)
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
+def source_weights(tx: Tx, source_id: int) -> list[Weight]:
+    """The operators serving a source (weight > 0), by operator id."""
+    return [Weight(operator_id, weight) for operator_id, weight in tx.execute(SOURCE_WEIGHTS, {"source_id": source_id})]
 
 
-SOURCE_BY_NAME = Sql("SELECT id, name, strategy, sticky FROM sources WHERE name = :name")
-SOURCE_BY_ID = Sql("SELECT id, name, strategy, sticky FROM sources WHERE id = :id")
-# PostgreSQL only: SQLite's write transaction already excludes every other writer.
-LOCK_SOURCE = Sql("SELECT id FROM sources WHERE id = :id FOR UPDATE")
-LOCK_LEAD = Sql("SELECT id FROM leads WHERE id = :id FOR KEY SHARE")
-LOCK_OPERATOR = Sql("SELECT id FROM operators WHERE id = :id FOR UPDATE")
+def all_weights(tx: Tx, source_id: int) -> dict[int, int]:
+    """Every operator's weight for the source, 0 for those that no longer serve it."""
+    return dict(tx.execute(ALL_WEIGHTS, {"source_id": source_id}).fetchall())
 
-LEAD_COLUMNS = "id, external_id, phone, email, name, created_at"
-# An absent identifier is passed as NULL, and "column = NULL" matches nothing.
-FIND_LEADS = Sql(
-    f"SELECT {LEAD_COLUMNS} FROM leads WHERE external_id = :external_id OR phone = :phone OR email = :email"
-)
-# Nothing is inserted (no row returned) when a concurrent request stored one
-# of these identifiers first.
-INSERT_LEAD = Sql(
-    "INSERT INTO leads (external_id, phone, email, name, created_at) "
-    "VALUES (:external_id, :phone, :email, :name, :created_at) ON CONFLICT DO NOTHING RETURNING id"
-)
 
+def store_weights(tx: Tx, source_id: int, changed: dict[int, int], added: dict[int, int]) -> None:
+    """Write new weights: ``changed`` for operators that have a row for the source, ``added`` for new ones."""
+    if changed:
+        rows = [{"source_id": source_id, "operator_id": op, "weight": w} for op, w in changed.items()]
+        tx.execute_many(UPDATE_WEIGHT, rows)
+    if added:
+        rows = [{"source_id": source_id, "operator_id": op, "weight": w} for op, w in added.items()]
+        tx.execute_many(INSERT_WEIGHT, rows)
+
+
+def sources_served_by(tx: Tx, operator_id: int) -> list[int]:
+    """The ids of the sources the operator serves (weight > 0)."""
+    return [row[0] for row in tx.execute(SOURCES_SERVED_BY, {"id": operator_id})]
+
+
+def sources_with_waiting(tx: Tx) -> list[int]:
+    """The ids of the sources that have waiting contacts, in order."""
+    return [row[0] for row in tx.execute(SOURCES_WITH_WAITING, {})]
+
+
+# --- operators: eligibility and the claims --------------------------------------------
+
+OPERATOR_COLUMNS = "id, name, is_active, max_active_leads, active_leads"
 # The operators a source's next contact may go to: serving it, active, with
 # room. (Picking among them in SQL with window functions measured slower on
 # SQLite than these rows picked in Python: 1.7 ms vs 1.0 ms for 1,000.)
@@ -259,32 +337,229 @@ ROOM = Sql(
 )
 # The conditional claim: no row comes back when the operator is full or inactive.
 CLAIM = Sql(
-    """UPDATE operators SET active_leads = active_leads + 1
+    f"""UPDATE operators SET active_leads = active_leads + 1
        WHERE id = :id AND is_active = :active AND active_leads < max_active_leads
-       RETURNING id, name, is_active, max_active_leads, active_leads"""
+       RETURNING {OPERATOR_COLUMNS}"""
 )
-# sticky: the operator of the lead's latest assigned contact through the source ...
-LATEST_OPERATOR = Sql(
-    "SELECT operator_id FROM contacts WHERE lead_id = :lead_id AND source_id = :source_id "
-    "AND operator_id IS NOT NULL ORDER BY id DESC LIMIT 1"
+# A supervisor's override: active is enough.
+CLAIM_PAST_LIMIT = Sql(
+    f"""UPDATE operators SET active_leads = active_leads + 1 WHERE id = :id AND is_active = :active
+       RETURNING {OPERATOR_COLUMNS}"""
 )
-# ... claimed only if it still serves the source, is active and has room.
+# Claimed only if it still serves the source, is active and has room.
 CLAIM_IF_SERVING = Sql(
-    """UPDATE operators SET active_leads = active_leads + 1
+    f"""UPDATE operators SET active_leads = active_leads + 1
        WHERE id = :id AND is_active = :active AND active_leads < max_active_leads
          AND EXISTS (SELECT 1 FROM source_operators
                      WHERE source_id = :source_id AND operator_id = :id AND weight > 0)
-       RETURNING id, name, is_active, max_active_leads, active_leads"""
+       RETURNING {OPERATOR_COLUMNS}"""
 )
 COUNT_ASSIGNMENT = Sql(
     "UPDATE source_operators SET assigned_total = assigned_total + 1 "
     "WHERE source_id = :source_id AND operator_id = :operator_id"
 )
+# Gives back the slot of a contact that stopped counting; never below zero.
+RELEASE_SLOT = Sql("UPDATE operators SET active_leads = active_leads - 1 WHERE id = :id AND active_leads > 0")
+OPERATOR_BY_ID = Sql(f"SELECT {OPERATOR_COLUMNS} FROM operators WHERE id = :id")
+LOCK_OPERATOR = Sql(OPERATOR_BY_ID.text + " FOR UPDATE")
+# A field left out (NULL) keeps its value: none of these columns holds NULL.
+UPDATE_OPERATOR = Sql(
+    f"""UPDATE operators SET name = coalesce(:name, name), is_active = coalesce(:is_active, is_active),
+         max_active_leads = coalesce(:max_active_leads, max_active_leads)
+       WHERE id = :id RETURNING {OPERATOR_COLUMNS}"""
+)
+
+
+def _operator(row: Any) -> OperatorRecord | None:
+    return OperatorRecord(row[0], row[1], bool(row[2]), row[3], row[4]) if row else None
+
+
+def eligible_operators(tx: Tx, source_id: int) -> EligibleOperators | None:
+    """The operators the source's next contact may go to (serving it, active, with room), by id; None if nobody."""
+    rows = tx.execute(ELIGIBLE, {"source_id": source_id, "active": True}).fetchall()
+    return EligibleOperators(rows) if rows else None
+
+
+def room(tx: Tx, source_id: int) -> int:
+    """How many contacts the operators eligible for the source could take now, in all."""
+    return tx.execute(ROOM, {"source_id": source_id, "active": True}).fetchone()[0]
+
+
+def claim_operator(tx: Tx, operator_id: int) -> OperatorRecord | None:
+    """Take one slot of the operator's limit, if it is still active and has one."""
+    return _operator(tx.execute(CLAIM, {"id": operator_id, "active": True}).fetchone())
+
+
+def claim_past_limit(tx: Tx, operator_id: int) -> OperatorRecord | None:
+    """Take one slot of the operator's load whatever its limit, if it is active."""
+    return _operator(tx.execute(CLAIM_PAST_LIMIT, {"id": operator_id, "active": True}).fetchone())
+
+
+def claim_if_serving(tx: Tx, operator_id: int, source_id: int) -> OperatorRecord | None:
+    """Take one slot of the operator's limit if it is active, has one, and still serves the source."""
+    params = {"id": operator_id, "active": True, "source_id": source_id}
+    return _operator(tx.execute(CLAIM_IF_SERVING, params).fetchone())
+
+
+def count_assignment(tx: Tx, source_id: int, operator_id: int) -> bool:
+    """Add one to the operator's assigned_total for the source; False if it has no row for the source."""
+    return tx.execute(COUNT_ASSIGNMENT, {"source_id": source_id, "operator_id": operator_id}).rowcount == 1
+
+
+def release_slot(tx: Tx, operator_id: int) -> bool:
+    """Give back one slot of the operator's load; False if the load was already 0 (it stays 0)."""
+    return tx.execute(RELEASE_SLOT, {"id": operator_id}).rowcount == 1
+
+
+def operator_by_id(tx: Tx, operator_id: int) -> OperatorRecord | None:
+    return _operator(tx.execute(OPERATOR_BY_ID, {"id": operator_id}).fetchone())
+
+
+def lock_operator(tx: Tx, operator_id: int) -> OperatorRecord | None:
+    """The operator as it is now, its row locked until the transaction ends (PostgreSQL); None if unknown."""
+    return _operator(tx.execute(LOCK_OPERATOR if tx.row_locks else OPERATOR_BY_ID, {"id": operator_id}).fetchone())
+
+
+def lock_operators(tx: Tx, operator_ids: Iterable[int | None]) -> None:
+    """Lock these operators' rows in id order (PostgreSQL), so that requests that each change
+    several operators queue instead of deadlocking. SQLite: the write lock already serialises."""
+    if tx.row_locks:
+        for operator_id in sorted({i for i in operator_ids if i is not None}):
+            tx.execute(LOCK_OPERATOR, {"id": operator_id})
+
+
+def update_operator(
+    tx: Tx,
+    operator_id: int,
+    *,
+    name: str | None = None,
+    is_active: bool | None = None,
+    max_active_leads: int | None = None,
+) -> OperatorRecord | None:
+    """Change the fields given (None keeps one as it is); the operator as it is then, or None if unknown.
+
+    A name another operator has raises sa.exc.IntegrityError.
+    """
+    params = {"id": operator_id, "name": name, "is_active": is_active, "max_active_leads": max_active_leads}
+    return _operator(tx.execute(UPDATE_OPERATOR, params).fetchone())
+
+
+# --- leads ----------------------------------------------------------------------------
+
+LEAD_FIELDS = ("external_id", "phone", "email", "name")
+LEAD_COLUMNS = "id, external_id, phone, email, name, created_at"
+# An absent identifier is passed as NULL, and "column = NULL" matches nothing.
+# An address is matched by its email_key (leadcrm.identity.email_key), whatever its case.
+FIND_LEADS = Sql(
+    f"SELECT {LEAD_COLUMNS} FROM leads WHERE external_id = :external_id OR phone = :phone OR email_key = :email_key"
+)
+# Nothing is inserted (no row returned) when a concurrent request stored one
+# of these identifiers first.
+INSERT_LEAD = Sql(
+    "INSERT INTO leads (external_id, phone, email, email_key, name, created_at) "
+    "VALUES (:external_id, :phone, :email, :email_key, :name, :created_at) ON CONFLICT DO NOTHING RETURNING id"
+)
+# Filling a lead's empty fields, one statement per set of fields: each is set
+# only while still empty, so what a concurrent request stored first is kept.
+# An address comes with its key.
+FILL_LEAD = {
+    fields: Sql(
+        "UPDATE leads SET "
+        + ", ".join(
+            f"{field} = :{field}" + (", email_key = :email_key" if field == "email" else "") for field in fields
+        )
+        + " WHERE id = :id AND "
+        + " AND ".join(f"{field} IS NULL" for field in fields)
+    )
+    for n in range(1, len(LEAD_FIELDS) + 1)
+    for fields in combinations(LEAD_FIELDS, n)
+}
+LOCK_LEAD = Sql("SELECT id FROM leads WHERE id = :id FOR KEY SHARE")
+# For a sticky source: the operator of the lead's latest assigned contact through it.
+LATEST_OPERATOR = Sql(
+    "SELECT operator_id FROM contacts WHERE lead_id = :lead_id AND source_id = :source_id "
+    "AND operator_id IS NOT NULL ORDER BY id DESC LIMIT 1"
+)
+
+
+def find_leads(tx: Tx, *, external_id: str | None, phone: str | None, email_key: str | None) -> list[LeadRecord]:
+    """The leads holding any of these identifiers, an address by its key (None: not looked for)."""
+    params = {"external_id": external_id, "phone": phone, "email_key": email_key}
+    return [
+        LeadRecord(row[0], row[1], row[2], row[3], row[4], from_stored_time(row[5]))
+        for row in tx.execute(FIND_LEADS, params)
+    ]
+
+
+def insert_lead(
+    tx: Tx,
+    *,
+    external_id: str | None,
+    phone: str | None,
+    email: str | None,
+    email_key: str | None,
+    name: str | None,
+    now: datetime,
+) -> LeadRecord | None:
+    """Store a new lead; None (nothing stored) when a concurrent request stored one of its identifiers first."""
+    params = {"external_id": external_id, "phone": phone, "email": email, "email_key": email_key, "name": name}
+    params["created_at"] = tx.stored(now)
+    row = tx.execute(INSERT_LEAD, params).fetchone()
+    return LeadRecord(row[0], external_id, phone, email, name, now) if row else None
+
+
+def fill_lead(tx: Tx, lead_id: int, values: dict[str, str]) -> bool:
+    """Store ``values`` (of LEAD_FIELDS, and ``email_key`` with an address) in the lead's columns that are
+    still empty.
+
+    False, and nothing stored, when one of them is no longer empty or another
+    lead already holds one of these identifiers.
+    """
+    statement = FILL_LEAD[tuple(field for field in LEAD_FIELDS if field in values)]  # email_key: with email
+    try:
+        with tx.savepoint():
+            return tx.execute(statement, {"id": lead_id, **values}).rowcount == 1
+    except sa.exc.IntegrityError:
+        return False
+
+
+def lock_lead(tx: Tx, lead_id: int) -> None:
+    """Take now the lock on the lead's row that storing its contact takes anyway (PostgreSQL).
+
+    Every registration then locks the lead before an operator, in that order:
+    one that waits for an operator never holds up one filling the lead in.
+    """
+    if tx.row_locks:
+        tx.execute(LOCK_LEAD, {"id": lead_id})
+
+
+def latest_operator(tx: Tx, lead_id: int, source_id: int) -> int | None:
+    """The operator of the lead's latest assigned contact through the source, if any."""
+    row = tx.execute(LATEST_OPERATOR, {"lead_id": lead_id, "source_id": source_id}).fetchone()
+    return row[0] if row else None
+
+
+# --- contacts and their history -------------------------------------------------------
+
+CONTACT_COLUMNS = "id, lead_id, source_id, operator_id, status, message, created_at, assigned_at, closed_at"
 INSERT_CONTACT = Sql(
     "INSERT INTO contacts (lead_id, source_id, operator_id, status, message, created_at, assigned_at) "
     "VALUES (:lead_id, :source_id, :operator_id, 'open', :message, :created_at, :assigned_at) RETURNING id"
 )
-
+GET_CONTACT = Sql(f"SELECT {CONTACT_COLUMNS} FROM contacts WHERE id = :id")
+LOCK_CONTACT = Sql(GET_CONTACT.text + " FOR UPDATE")
+CLOSE_CONTACT = Sql(
+    f"UPDATE contacts SET status = 'closed', closed_at = :closed_at "
+    f"WHERE id = :id AND status = 'open' RETURNING {CONTACT_COLUMNS}"
+)
+MOVE_CONTACT = Sql(
+    "UPDATE contacts SET operator_id = :operator_id, assigned_at = :assigned_at "
+    "WHERE id = :id AND status = 'open' AND operator_id IS NOT DISTINCT FROM :previous"
+)
+REOPEN_CONTACT = Sql(
+    "UPDATE contacts SET status = 'open', closed_at = NULL, operator_id = NULL, assigned_at = NULL "
+    "WHERE id = :id AND status = 'closed'"
+)
 # The waiting queue: a source's oldest open contacts without an operator. Its
 # WHERE is the predicate of the partial index ix_contacts_waiting (source_id,
 # created_at, id), written the same way, so both databases read the oldest
@@ -300,20 +575,138 @@ ASSIGN_WAITING = Sql(
     "UPDATE contacts SET operator_id = :operator_id, assigned_at = :assigned_at "
     "WHERE id = :id AND operator_id IS NULL AND status = 'open'"
 )
-SOURCES_SERVED_BY = Sql("SELECT source_id FROM source_operators WHERE operator_id = :id AND weight > 0")
-# One probe of the waiting-queue index per source, not a pass over every waiting contact.
-SOURCES_WITH_WAITING = Sql(
-    "SELECT s.id FROM sources s WHERE EXISTS (SELECT 1 FROM contacts c WHERE c.source_id = s.id "
-    "AND c.operator_id IS NULL AND c.status = 'open') ORDER BY s.id"
-)
-
 # The history: one row per change of a contact's assignment.
 INSERT_EVENT = Sql(
     "INSERT INTO contact_events (contact_id, reason, from_operator_id, to_operator_id, created_at, actor) "
     "VALUES (:contact_id, :reason, :from_operator_id, :to_operator_id, :created_at, :actor)"
 )
 
-# Idempotency keys (leadcrm/idempotency.py).
+
+def _contact(row: Any) -> ContactRecord | None:
+    if not row:
+        return None
+    created_at = from_stored_time(row[6])
+    return ContactRecord(
+        row[0], row[1], row[2], row[3], row[4], row[5], created_at, from_stored_time(row[7]), from_stored_time(row[8])
+    )
+
+
+def insert_contact(
+    tx: Tx,
+    *,
+    lead_id: int,
+    source_id: int,
+    operator_id: int | None,
+    message: str | None,
+    reason: str,
+    now: datetime,
+) -> ContactRecord:
+    """Store a new open contact (assigned to ``operator_id`` if one is given) and its first history event."""
+    at = tx.stored(now)
+    params = {
+        "lead_id": lead_id,
+        "source_id": source_id,
+        "operator_id": operator_id,
+        "message": message,
+        "created_at": at,
+        "assigned_at": at if operator_id is not None else None,
+    }
+    (contact_id,) = tx.execute(INSERT_CONTACT, params).fetchone()
+    _event(tx, contact_id, reason, None, operator_id, at)
+    assigned_at = now if operator_id is not None else None
+    return ContactRecord(
+        contact_id, lead_id, source_id, operator_id, ContactStatus.OPEN, message, now, assigned_at, None
+    )
+
+
+def get_contact(tx: Tx, contact_id: int) -> ContactRecord | None:
+    return _contact(tx.execute(GET_CONTACT, {"id": contact_id}).fetchone())
+
+
+def lock_contact(tx: Tx, contact_id: int) -> ContactRecord | None:
+    """The contact as it is now, its row locked until the transaction ends (PostgreSQL); None if unknown.
+
+    SQLite: the write lock already serialises writers.
+    """
+    return _contact(tx.execute(LOCK_CONTACT if tx.row_locks else GET_CONTACT, {"id": contact_id}).fetchone())
+
+
+def close_contact(tx: Tx, contact_id: int, now: datetime) -> ContactRecord | None:
+    """Close the contact if it is open, and record it; the contact as closed, or None if it was not open."""
+    at = tx.stored(now)
+    contact = _contact(tx.execute(CLOSE_CONTACT, {"id": contact_id, "closed_at": at}).fetchone())
+    if contact is not None:
+        _event(tx, contact.id, EventReason.CLOSED, contact.operator_id, None, at)
+    return contact
+
+
+def move_contact(tx: Tx, contact_id: int, *, previous: int | None, operator_id: int, now: datetime) -> bool:
+    """Give the open contact to ``operator_id`` if it is still with ``previous``; False if it was not."""
+    params = {"id": contact_id, "operator_id": operator_id, "assigned_at": tx.stored(now), "previous": previous}
+    return tx.execute(MOVE_CONTACT, params).rowcount == 1
+
+
+def reopen_contact(tx: Tx, contact_id: int) -> bool:
+    """Open the contact again, without an operator, if it is closed; False if it was not."""
+    return tx.execute(REOPEN_CONTACT, {"id": contact_id}).rowcount == 1
+
+
+def oldest_waiting(tx: Tx, source_id: int, limit: int) -> list[int]:
+    """The ids of the source's oldest waiting contacts, at most ``limit``, from the waiting-queue index.
+
+    PostgreSQL: their rows are locked, and rows a concurrent drain holds are skipped.
+    """
+    statement = OLDEST_WAITING_LOCKED if tx.row_locks else OLDEST_WAITING
+    return [row[0] for row in tx.execute(statement, {"source_id": source_id, "limit": limit})]
+
+
+def assign_waiting(tx: Tx, assignments: list[Assignment]) -> int:
+    """Give waiting contacts their operators, in as few round trips as the driver manages; how many changed."""
+    rows = [
+        {"id": a.contact_id, "operator_id": a.operator_id, "assigned_at": tx.stored(a.assigned_at)} for a in assignments
+    ]
+    return tx.execute_many(ASSIGN_WAITING, rows).rowcount
+
+
+def _event(
+    tx: Tx, contact_id: int, reason: str, from_operator_id: int | None, to_operator_id: int | None, at: Any
+) -> None:
+    params = {
+        "contact_id": contact_id,
+        "reason": reason,
+        "from_operator_id": from_operator_id,
+        "to_operator_id": to_operator_id,
+        "created_at": at,
+        "actor": tx.actor,
+    }
+    tx.execute(INSERT_EVENT, params)
+
+
+def record_event(
+    tx: Tx, contact_id: int, reason: str, from_operator_id: int | None, to_operator_id: int | None, now: datetime
+) -> None:
+    """Add one event to the contact's history, naming the unit of work's actor."""
+    _event(tx, contact_id, reason, from_operator_id, to_operator_id, tx.stored(now))
+
+
+def record_assignments(tx: Tx, reason: str, assignments: list[Assignment]) -> None:
+    """Add one event per assignment (a contact given its first operator)."""
+    rows = [
+        {
+            "contact_id": a.contact_id,
+            "reason": reason,
+            "from_operator_id": None,
+            "to_operator_id": a.operator_id,
+            "created_at": tx.stored(a.assigned_at),
+            "actor": tx.actor,
+        }
+        for a in assignments
+    ]
+    tx.execute_many(INSERT_EVENT, rows)
+
+
+# --- idempotency keys (leadcrm/idempotency.py) ----------------------------------------
+
 FORGET_EXPIRED_KEY = Sql("DELETE FROM idempotency_keys WHERE caller = :caller AND key = :key AND created_at < :before")
 FORGET_EXPIRED_KEYS = Sql("DELETE FROM idempotency_keys WHERE created_at < :before")
 CLAIM_KEY = Sql(
@@ -329,39 +722,29 @@ REMEMBER_ANSWER = Sql(
     "WHERE caller = :caller AND key = :key"
 )
 
-# Manual work: a supervisor moves an open contact, or reopens a closed one.
-CLAIM_PAST_LIMIT = Sql(
-    """UPDATE operators SET active_leads = active_leads + 1 WHERE id = :id AND is_active = :active
-       RETURNING id, name, is_active, max_active_leads, active_leads"""
-)
-MOVE_CONTACT = Sql(
-    "UPDATE contacts SET operator_id = :operator_id, assigned_at = :assigned_at "
-    "WHERE id = :id AND status = 'open' AND operator_id IS NOT DISTINCT FROM :previous"
-)
-OPERATOR_STATE = Sql("SELECT is_active, active_leads, max_active_leads FROM operators WHERE id = :id")
-REOPEN_CONTACT = Sql(
-    "UPDATE contacts SET status = 'open', closed_at = NULL, operator_id = NULL, assigned_at = NULL "
-    "WHERE id = :id AND status = 'closed'"
-)
 
-CONTACT_COLUMNS = "id, lead_id, source_id, operator_id, status, message, created_at, assigned_at, closed_at"
-CLOSE_CONTACT = Sql(
-    f"UPDATE contacts SET status = 'closed', closed_at = :closed_at "
-    f"WHERE id = :id AND status = 'open' RETURNING {CONTACT_COLUMNS}"
-)
-GET_CONTACT = Sql(f"SELECT {CONTACT_COLUMNS} FROM contacts WHERE id = :id")
-LOCK_CONTACT = Sql(GET_CONTACT.text + " FOR UPDATE")
-# Gives back the slot of a contact that stopped counting; never below zero.
-RELEASE_SLOT = Sql("UPDATE operators SET active_leads = active_leads - 1 WHERE id = :id AND active_leads > 0")
+def forget_expired_key(tx: Tx, caller: str, key: str, before: datetime) -> None:
+    """Delete the caller's key if it was taken before ``before``."""
+    tx.execute(FORGET_EXPIRED_KEY, {"caller": caller, "key": key, "before": tx.stored(before)})
 
 
-def lead_record(row: tuple) -> LeadRecord:
-    return LeadRecord(*row[:5], created_at=from_db_time(row[5]))
+def forget_expired_keys(tx: Tx, before: datetime) -> int:
+    """Delete every key taken before ``before``; returns how many."""
+    return tx.execute(FORGET_EXPIRED_KEYS, {"before": tx.stored(before)}).rowcount
 
 
-def contact_record(row: tuple) -> ContactRecord:
-    return ContactRecord(*row[:6], *(from_db_time(value) for value in row[6:9]))
+def claim_key(tx: Tx, caller: str, key: str, request_hash: str, now: datetime) -> bool:
+    """Take the caller's key for a request; False (nothing stored) if it is taken already."""
+    params = {"caller": caller, "key": key, "request_hash": request_hash, "created_at": tx.stored(now)}
+    return tx.execute(CLAIM_KEY, params).fetchone() is not None
 
 
-def operator_record(row: tuple) -> OperatorRecord:
-    return OperatorRecord(row[0], row[1], bool(row[2]), row[3], row[4])
+def stored_key(tx: Tx, caller: str, key: str) -> StoredKey | None:
+    row = tx.execute(GET_KEY, {"caller": caller, "key": key}).fetchone()
+    return StoredKey(*row) if row else None
+
+
+def remember_answer(tx: Tx, caller: str, key: str, *, status_code: int, body: str, location: str | None) -> None:
+    """Store the answer the request that took the caller's key got."""
+    params = {"caller": caller, "key": key, "status_code": status_code, "body": body, "location": location}
+    tx.execute(REMEMBER_ANSWER, params)

@@ -95,3 +95,7 @@ class PostgresBackend:
             for schema in self.schemas:
                 conn.execute(sa.text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
         self.admin.dispose()
+
+
+# What the `backend` fixture gives: both answer fresh_url, empty_url and close.
+Backend = SqliteBackend | PostgresBackend

@@ -9,18 +9,18 @@ from flask.testing import FlaskClient
 
 from leadcrm import create_app
 from leadcrm.extensions import db
-from leadcrm.models import FULL_SCOPE, SUPERVISOR
-from tests.backends import POSTGRES_URL, PostgresBackend, SqliteBackend
+from leadcrm.vocabulary import Role, TokenScope
+from tests.backends import POSTGRES_URL, Backend, PostgresBackend, SqliteBackend
 from tests.helpers import add_token, add_user, login_client
 
 
 @pytest.fixture(scope="session", params=["sqlite", "postgresql"])
-def backend(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+def backend(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Backend]:
     """SQLite always; PostgreSQL when LEADCRM_TEST_POSTGRES_URL names a database to use."""
     if request.param == "postgresql":
         if not POSTGRES_URL:
             pytest.skip("PostgreSQL not configured: set LEADCRM_TEST_POSTGRES_URL (.ci/run does)")
-        chosen = PostgresBackend(POSTGRES_URL)
+        chosen: Backend = PostgresBackend(POSTGRES_URL)
     else:
         chosen = SqliteBackend(tmp_path_factory.mktemp("sqlite"))
     yield chosen
@@ -28,7 +28,7 @@ def backend(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
 
 
 @pytest.fixture
-def database_url(backend, tmp_path: Path) -> str:
+def database_url(backend: Backend, tmp_path: Path) -> str:
     return backend.fresh_url(tmp_path)
 
 
@@ -56,8 +56,8 @@ def client(app: Flask) -> FlaskClient:
     through the token, as integrations call it.
     """
     with app.app_context():
-        supervisor = add_user("boss", SUPERVISOR)
-        secret = add_token("tests", FULL_SCOPE)
+        supervisor = add_user("boss", Role.SUPERVISOR)
+        secret = add_token("tests", TokenScope.FULL)
     return login_client(app, supervisor, token=secret)
 
 

@@ -1,26 +1,36 @@
 """Small builders shared by the tests; they go through the domain functions."""
 
+import re
 from functools import cache
+from typing import Any
 
 import sqlalchemy as sa
 from flask import Flask
 from flask.testing import FlaskClient
 from werkzeug.security import generate_password_hash
+from werkzeug.wrappers import Response
 
 from leadcrm import accounts, operators, sources
 from leadcrm.extensions import db
 from leadcrm.identity import LeadIdentity
-from leadcrm.models import OPEN, Contact, Operator, Source, User
+from leadcrm.models import Contact, Operator, Source, User
+from leadcrm.vocabulary import ContactStatus
 
 
 def add_operator(name: str, limit: int = 10, *, active: bool = True) -> Operator:
-    return operators.create_operator(db.session, name=name, max_active_leads=limit, is_active=active)
+    return operators.create_operator(db.session(), name=name, max_active_leads=limit, is_active=active)
 
 
-def add_source(name: str = "telegram_bot", weights: dict[Operator, int] | None = None, **kw: object) -> Source:
-    source = sources.create_source(db.session, name=name, **kw)
+def add_source(
+    name: str = "telegram_bot",
+    weights: dict[Operator, int] | None = None,
+    *,
+    strategy: str = "random",
+    sticky: bool = False,
+) -> Source:
+    source = sources.create_source(db.session(), name=name, strategy=strategy, sticky=sticky)
     if weights:
-        sources.set_weights(db.session, source, {op.id: w for op, w in weights.items()}, replace=True)
+        sources.set_weights(db.session(), source, {op.id: w for op, w in weights.items()}, replace=True)
     return source
 
 
@@ -30,7 +40,9 @@ def phone(n: int) -> LeadIdentity:
 
 def open_contacts_by_operator() -> dict[int | None, int]:
     rows = db.session.execute(
-        sa.select(Contact.operator_id, sa.func.count()).where(Contact.status == OPEN).group_by(Contact.operator_id)
+        sa.select(Contact.operator_id, sa.func.count())
+        .where(Contact.status == ContactStatus.OPEN)
+        .group_by(Contact.operator_id)
     )
     return {operator_id: count for operator_id, count in rows}
 
@@ -41,6 +53,20 @@ def assert_load_matches_open_contacts() -> None:
     for operator in db.session.scalars(sa.select(Operator)):
         db.session.refresh(operator)
         assert operator.active_leads == open_by_operator.get(operator.id, 0), operator
+
+
+def json_of(response: Response) -> Any:
+    """The JSON body of a test response; fails the test if the response is not JSON."""
+    body = response.get_json()
+    assert body is not None, response.get_data(as_text=True)
+    return body
+
+
+def csrf_token_of(page: str) -> str:
+    """The CSRF token a page carries in its <meta name="csrf-token">."""
+    found = re.search(r'name="csrf-token" content="([^"]+)"', page)
+    assert found, page
+    return found.group(1)
 
 
 PASSWORD = "correct horse battery"
@@ -62,7 +88,7 @@ def add_user(username: str, role: str, *, active: bool = True) -> User:
 
 def add_token(name: str, scope: str) -> str:
     """A new API token, committed; returns its secret."""
-    secret = accounts.create_token(db.session, name=name, scope=scope, created_by=None).secret
+    secret = accounts.create_token(db.session(), name=name, scope=scope, created_by=None).secret
     db.session.commit()
     return secret
 
@@ -72,7 +98,7 @@ def login_client(app: Flask, user: User, token: str | None = None) -> FlaskClien
     client = app.test_client()
     with app.app_context():
         # A login session of its own, as the login form opens one.
-        secret = accounts.start_session(db.session, db.session.get(User, user.id), app.permanent_session_lifetime)
+        secret = accounts.start_session(db.session(), db.session.get_one(User, user.id), app.permanent_session_lifetime)
         db.session.commit()
     with client.session_transaction() as session:
         session["_user_id"] = secret

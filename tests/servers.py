@@ -13,7 +13,7 @@ import requests
 
 from leadcrm import accounts, create_app
 from leadcrm.extensions import db
-from leadcrm.models import FULL_SCOPE
+from leadcrm.vocabulary import TokenScope
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -100,11 +100,11 @@ def logged_errors(log: str, tolerate: tuple[str, ...] = ()) -> list[str]:
     return errors
 
 
-def create_token(database_url: str, scope: str = FULL_SCOPE, name: str = "tests") -> str:
+def create_token(database_url: str, scope: str = TokenScope.FULL, name: str = "tests") -> str:
     """An API token stored straight into a served (migrated) database; returns its secret."""
     app = create_app({"SQLALCHEMY_DATABASE_URI": database_url})
     with app.app_context():
-        secret = accounts.create_token(db.session, name=name, scope=scope, created_by=None).secret
+        secret = accounts.create_token(db.session(), name=name, scope=scope, created_by=None).secret
         db.session.commit()
         db.session.remove()
         db.engine.dispose()

@@ -10,12 +10,12 @@ import re
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
-from werkzeug.test import TestResponse
+from werkzeug.wrappers import Response
 
 from leadcrm import create_app
-from leadcrm.api.openapi import INTAKE_OPERATIONS, REGISTER_SCOPE_OPERATIONS
-from leadcrm.models import FULL_SCOPE, INTAKE, REGISTER_SCOPE, SUPERVISOR
-from tests.helpers import add_token, add_user, login_client
+from leadcrm.api.openapi import openapi_document
+from leadcrm.vocabulary import Role, TokenScope
+from tests.helpers import add_token, add_user, csrf_token_of, json_of, login_client
 
 CALLERS = ("anonymous", "intake", "supervisor", "register_token", "full_token")
 PUBLIC = set(CALLERS)
@@ -88,12 +88,15 @@ EXPECTED: dict[str, set[str]] = {
 SAMPLE_ARGS = {"filename": "app.js", "code": "ru"}
 
 
+URL_MAP = create_app({"SQLALCHEMY_DATABASE_URI": "sqlite://"}).url_map
+
+
 def _routes() -> list[tuple[str, str, str]]:
     """(endpoint, method, url) for every rule and method of the real app's URL map."""
-    app = create_app({"SQLALCHEMY_DATABASE_URI": "sqlite://"})
     routes = []
-    for rule in app.url_map.iter_rules():
+    for rule in URL_MAP.iter_rules():
         url = re.sub(r"<(?:\w+:)?(\w+)>", lambda m: SAMPLE_ARGS.get(m.group(1), "1"), rule.rule)
+        assert rule.methods is not None  # Flask gives every rule its methods
         routes += [(rule.endpoint, method, url) for method in sorted(rule.methods - {"HEAD", "OPTIONS"})]
     return routes
 
@@ -106,29 +109,33 @@ def test_every_route_has_an_expected_rule() -> None:
 
 
 def test_openapi_document_states_the_same_scopes_and_roles() -> None:
-    api_routes = {
-        (url.removeprefix("/api/v1").replace("/1", "/{id}"), method.lower()): endpoint
-        for endpoint, method, url in ROUTES
-        if endpoint.startswith("api.") and endpoint != "api.openapi_json"
+    """Each operation's description names the token scopes and roles of this table (not of the views)."""
+    document = openapi_document(create_app({"SQLALCHEMY_DATABASE_URI": "sqlite://"}))
+    operations = {
+        (path, method): operation
+        for path, item in document["paths"].items()
+        for method, operation in item.items()
+        if method != "parameters"
     }
-
-    def generic(path: str) -> str:
-        return re.sub(r"\{\w+\}", "{id}", path)
-
-    register = {generic(path): method for path, method in REGISTER_SCOPE_OPERATIONS}
-    intake = {(generic(path), method) for path, method in INTAKE_OPERATIONS}
-    for (path, method), endpoint in api_routes.items():
-        assert ("register_token" in EXPECTED[endpoint]) == (register.get(path) == method), endpoint
-        assert ("intake" in EXPECTED[endpoint]) == ((path, method) in intake or register.get(path) == method), endpoint
+    for endpoint, method, _ in ROUTES:
+        if not endpoint.startswith("api.") or endpoint == "api.openapi_json":
+            continue
+        (rule,) = [r for r in URL_MAP.iter_rules(endpoint) if method in (r.methods or ())]
+        path = re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", rule.rule.removeprefix("/api/v1"))
+        description = operations.pop((path, method.lower()))["description"]
+        scopes = "`register` or `full`" if "register_token" in EXPECTED[endpoint] else "`full`"
+        roles = "Roles: supervisor, intake" if "intake" in EXPECTED[endpoint] else "Role: supervisor"
+        assert description.endswith(f"Token scope: {scopes}. {roles}."), (endpoint, description)
+    assert not operations, "documented, but not routed"
 
 
 @pytest.fixture
 def callers(app: Flask) -> dict[str, FlaskClient]:
     with app.app_context():
-        intake = add_user("irina", INTAKE)
-        supervisor = add_user("boss", SUPERVISOR)
-        register_secret = add_token("web form", REGISTER_SCOPE)
-        full_secret = add_token("crm", FULL_SCOPE)
+        intake = add_user("irina", Role.INTAKE)
+        supervisor = add_user("boss", Role.SUPERVISOR)
+        register_secret = add_token("web form", TokenScope.REGISTER)
+        full_secret = add_token("crm", TokenScope.FULL)
     register_client, full_client = app.test_client(), app.test_client()
     register_client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {register_secret}"
     full_client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {full_secret}"
@@ -144,7 +151,7 @@ def callers(app: Flask) -> dict[str, FlaskClient]:
 def csrf_token(client: FlaskClient) -> str:
     """The CSRF token a page of this client's session carries (so CSRF is not what refuses)."""
     response = client.get("/login", follow_redirects=True)
-    return re.search(r'name="csrf-token" content="([^"]+)"', response.get_data(as_text=True)).group(1)
+    return csrf_token_of(response.get_data(as_text=True))
 
 
 @pytest.mark.parametrize(("endpoint", "method", "url"), ROUTES, ids=[f"{m} {u}" for _, m, u in ROUTES])
@@ -158,7 +165,8 @@ def test_access_rules(callers: dict[str, FlaskClient], endpoint: str, method: st
             check(endpoint, api, caller, response)
 
 
-def check(endpoint: str, api: bool, caller: str, response: TestResponse) -> None:
+def check(endpoint: str, api: bool, caller: str, response: Response) -> None:
+    # Response, not TestResponse: werkzeug types `with response` as giving the base class.
     status = response.status_code
     assert status < 500, (caller, status)
     if caller in EXPECTED[endpoint]:
@@ -166,11 +174,11 @@ def check(endpoint: str, api: bool, caller: str, response: TestResponse) -> None
         assert endpoint.startswith("auth.") or "/login" not in (response.location or ""), caller
     elif api and caller == "anonymous":
         assert status == 401, caller
-        assert response.json["error"]["code"] == "unauthorized"
+        assert json_of(response)["error"]["code"] == "unauthorized"
         assert response.headers["WWW-Authenticate"].startswith("Bearer")
     elif api:
         assert status == 403, caller
-        assert response.json["error"]["code"] == "forbidden"
+        assert json_of(response)["error"]["code"] == "forbidden"
     elif caller in ("anonymous", "register_token", "full_token"):
         # Pages never take tokens: without a session, log in first (and come back after).
         assert status == 302, caller

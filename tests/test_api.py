@@ -15,8 +15,9 @@ from hypothesis import strategies as st
 from leadcrm.api.contacts import lead_json, registration_json
 from leadcrm.api.schemas import ContactOut, DistributionStatusOut, LeadOut, OperatorOut, RegistrationOut
 from leadcrm.distribution import Registration
-from leadcrm.models import INT_MAX
 from leadcrm.storage import ContactRecord, LeadRecord, OperatorRecord
+from leadcrm.vocabulary import INT_MAX
+from tests.helpers import json_of
 
 API = "/api/v1"
 
@@ -77,10 +78,10 @@ def test_create_operator_returns_it_with_location(client: FlaskClient) -> None:
 def test_list_operators_is_paginated(client: FlaskClient) -> None:
     for n in range(5):
         create_operator(client, f"Op{n}")
-    page = client.get(f"{API}/operators/?page=2&per_page=2").json
+    page = json_of(client.get(f"{API}/operators/?page=2&per_page=2"))
     assert [o["name"] for o in page["items"]] == ["Op2", "Op3"]
     assert (page["page"], page["per_page"], page["total"]) == (2, 2, 5)
-    assert client.get(f"{API}/operators/").json["per_page"] == 50
+    assert json_of(client.get(f"{API}/operators/"))["per_page"] == 50
 
 
 @pytest.mark.parametrize("query", ["per_page=501", "per_page=0", "page=0", "page=x", "per_page=-1"])
@@ -104,7 +105,7 @@ def test_lowering_the_limit_below_the_load_is_allowed(client: FlaskClient, setup
         post(client, "/contacts/register", {"source_id": setup["source"]["id"], "phone": f"+7900000000{n}"})
     response = client.patch(f"{API}/operators/{anna['id']}", json={"max_active_leads": 1})
     assert response.status_code == 200
-    assert (response.json["active_leads"], response.json["max_active_leads"]) == (2, 1)
+    assert (json_of(response)["active_leads"], json_of(response)["max_active_leads"]) == (2, 1)
     third = post(client, "/contacts/register", {"source_id": setup["source"]["id"], "phone": "+79000000009"})
     assert third.json["assigned_operator"] is None
 
@@ -135,7 +136,7 @@ def test_invalid_operator_is_422_with_fields(client: FlaskClient, body: Any, fie
     data = body if body == "null" else json.dumps(body)
     response = client.post(f"{API}/operators/", data=data, content_type="application/json")
     assert_error(response, 422, "validation_error", fields)
-    assert client.get(f"{API}/operators/").json["total"] == 0
+    assert json_of(client.get(f"{API}/operators/"))["total"] == 0
 
 
 @pytest.mark.parametrize("body", [{"name": None}, {"max_active_leads": None}, {"is_active": None}, {"x": 1}])
@@ -150,7 +151,7 @@ def test_duplicate_operator_name_is_409(client: FlaskClient) -> None:
     assert_error(post(client, "/operators/", {"name": "Anna", "max_active_leads": 1}), 409, "name_taken", {"name"})
     boris = create_operator(client, "Boris")
     assert_error(client.patch(f"{API}/operators/{boris['id']}", json={"name": "Anna"}), 409, "name_taken")
-    assert client.get(f"{API}/operators/{boris['id']}").json["name"] == "Boris"
+    assert json_of(client.get(f"{API}/operators/{boris['id']}"))["name"] == "Boris"
 
 
 @pytest.mark.parametrize(
@@ -232,7 +233,7 @@ def test_an_oversized_chunked_body_is_413_not_cut_to_the_limit(client: FlaskClie
     assert small.status_code == 201, small.json
     form = b"source_id=1&phone=%2B79001234568&message=" + b"a" * (2 * 1024 * 1024)
     assert _chunked(client, "/intake/", form, "application/x-www-form-urlencoded").status_code == 413
-    assert client.get(f"{API}/contacts/").json["total"] == 1
+    assert json_of(client.get(f"{API}/contacts/"))["total"] == 1
 
 
 # --- sources and weights ------------------------------------------------------------
@@ -244,7 +245,7 @@ def test_source_crud(client: FlaskClient) -> None:
     assert client.get(f"{API}/sources/1").json == source
     changed = client.patch(f"{API}/sources/1", json={"strategy": "deterministic"}).json
     assert changed == {**source, "strategy": "deterministic"}
-    assert client.get(f"{API}/sources/").json["items"] == [changed]
+    assert json_of(client.get(f"{API}/sources/"))["items"] == [changed]
     assert_error(post(client, "/sources/", {"name": "web_form"}), 409, "name_taken")
     assert_error(post(client, "/sources/", {"name": "x", "strategy": "round_robin"}), 422, fields={"strategy"})
 
@@ -319,9 +320,9 @@ def test_register_with_nobody_eligible_waits_unassigned(client: FlaskClient, set
     waiting = [r.json for r in codes if r.json["assigned_operator"] is None]
     assert len(waiting) == 2  # capacity is 2 + 1
     assert all(w["contact"]["operator_id"] is None and w["contact"]["status"] == "open" for w in waiting)
-    listed = client.get(f"{API}/contacts/?unassigned=true").json
+    listed = json_of(client.get(f"{API}/contacts/?unassigned=true"))
     assert sorted(c["id"] for c in listed["items"]) == sorted(w["contact"]["id"] for w in waiting)
-    assert client.get(f"{API}/distribution_status/").json["unassigned_open"] == 2
+    assert json_of(client.get(f"{API}/distribution_status/"))["unassigned_open"] == 2
 
 
 def test_same_lead_through_two_sources(client: FlaskClient, setup: dict) -> None:
@@ -333,7 +334,7 @@ def test_same_lead_through_two_sources(client: FlaskClient, setup: dict) -> None
         client, "/contacts/register", {"source_name": "web_form", "phone": "89001234567", "email": "I@Example.com"}
     )
     assert first.json["lead"]["id"] == second.json["lead"]["id"]
-    lead = client.get(f"{API}/leads/{first.json['lead']['id']}").json
+    lead = json_of(client.get(f"{API}/leads/{first.json['lead']['id']}"))
     assert lead["email"] == "I@example.com" and lead["external_id"] == "tg:1"
     assert [c["source_id"] for c in lead["contacts"]] == [2, 1]  # newest first
 
@@ -343,7 +344,44 @@ def test_lead_conflict_is_409_and_stores_nothing(client: FlaskClient, setup: dic
     post(client, "/contacts/register", {"source_id": 1, "email": "b@example.com"})
     response = post(client, "/contacts/register", {"source_id": 1, "phone": "+79001234567", "email": "b@example.com"})
     assert_error(response, 409, "lead_conflict", {"phone", "email"})
-    assert client.get(f"{API}/contacts/").json["total"] == 2
+    assert json_of(client.get(f"{API}/contacts/"))["total"] == 2
+
+
+def test_an_address_finds_its_lead_whatever_its_case(app: Flask, client: FlaskClient, setup: dict) -> None:
+    first = post(client, "/contacts/register", {"source_id": 1, "email": "Ivan.Petrov@Example.com"}).json
+    assert first["lead"]["email"] == "Ivan.Petrov@example.com"  # as typed (the domain normalised), for display
+    again = post(client, "/contacts/register", {"source_id": 1, "email": "ivan.petrov@EXAMPLE.com"}).json
+    assert (again["lead"]["id"], again["lead_created"]) == (first["lead"]["id"], False)
+    assert again["lead"]["email"] == "Ivan.Petrov@example.com"
+    # An address filled in on a lead found by its phone is found whatever its case, too.
+    maria = post(client, "/contacts/register", {"source_id": 1, "phone": "+79001234567"}).json["lead"]["id"]
+    post(client, "/contacts/register", {"source_id": 1, "phone": "+79001234567", "email": "Maria@Example.com"})
+    assert (
+        post(client, "/contacts/register", {"source_id": 1, "email": "MARIA@example.com"}).json["lead"]["id"] == maria
+    )
+    # Ivan's address in another case is Ivan's: Maria's phone with it names two leads.
+    taken = post(
+        client, "/contacts/register", {"source_id": 1, "phone": "+79001234567", "email": "IVAN.PETROV@example.com"}
+    )
+    assert_error(taken, 409, "lead_conflict", {"phone", "email"})
+    # A register token is told the address it sent, not how another source typed it.
+    form = _register_token_client(app)
+    echoed = form.post(f"{API}/contacts/register", json={"source_id": 1, "email": "IVAN.petrov@example.com"})
+    assert echoed.json["lead"] == {"id": first["lead"]["id"], "email": "IVAN.petrov@example.com"}
+    assert "Ivan.Petrov" not in echoed.text
+    assert client.get(f"{API}/leads/").json["total"] == 2
+
+
+def test_lead_search_finds_an_address_whatever_its_case(client: FlaskClient, setup: dict) -> None:
+    post(client, "/contacts/register", {"source_id": 1, "email": "Ivan.Petrov@Example.com"})
+    post(client, "/contacts/register", {"source_id": 1, "email": "Ёж@Пример.рф"})
+
+    def found(q: str) -> list[str | None]:
+        return [lead["email"] for lead in client.get(f"{API}/leads/", query_string={"q": q}).json["items"]]
+
+    assert found("ivan.petrov@example.com") == found("IVAN.PETROV") == ["Ivan.Petrov@example.com"]
+    # Cyrillic letters too, which SQLite's lower() leaves as they are.
+    assert found("ёж@") == found("ЁЖ@ПРИМЕР.РФ") == ["Ёж@пример.рф"]
 
 
 @pytest.mark.parametrize(
@@ -371,8 +409,8 @@ def test_bad_registration_is_refused_and_stores_nothing(
     client: FlaskClient, setup: dict, body: dict, status: int, fields: set[str]
 ) -> None:
     assert_error(post(client, "/contacts/register", body), status, fields=fields)
-    assert client.get(f"{API}/contacts/").json["total"] == 0
-    assert client.get(f"{API}/leads/").json["total"] == 0
+    assert json_of(client.get(f"{API}/contacts/"))["total"] == 0
+    assert json_of(client.get(f"{API}/leads/"))["total"] == 0
 
 
 # --- contacts and leads ---------------------------------------------------------------
@@ -387,7 +425,7 @@ def test_close_frees_the_slot_and_is_idempotent(client: FlaskClient, setup: dict
     assert closed.json["status"] == "closed" and closed.json["closed_at"]
     again = post(client, f"/contacts/{first['contact']['id']}/close")
     assert again.status_code == 200 and again.json == closed.json
-    assert client.get(f"{API}/operators/{setup['boris']['id']}").json["active_leads"] == 0
+    assert json_of(client.get(f"{API}/operators/{setup['boris']['id']}"))["active_leads"] == 0
     third = post(client, "/contacts/register", {"source_id": 1, "phone": "+79000000003"}).json
     assert third["assigned_operator"]["name"] == "Boris"
 
@@ -395,19 +433,19 @@ def test_close_frees_the_slot_and_is_idempotent(client: FlaskClient, setup: dict
 def test_waiting_contacts_get_the_capacity_that_appears(client: FlaskClient, setup: dict) -> None:
     client.patch(f"{API}/operators/{setup['anna']['id']}", json={"is_active": False})
     first = post(client, "/contacts/register", {"source_id": 1, "phone": "+79000000001"}).json
-    waiting = [post(client, "/contacts/register", {"source_id": 1, "external_id": f"w{n}"}).json for n in range(3)]
+    waiting = [json_of(post(client, "/contacts/register", {"source_id": 1, "external_id": f"w{n}"})) for n in range(3)]
     assert all(w["assigned_operator"] is None for w in waiting)
-    status = client.get(f"{API}/distribution_status/").json
+    status = json_of(client.get(f"{API}/distribution_status/"))
     assert status["sources"][0]["waiting"] == 3
     assert status["sources"][0]["oldest_waiting_at"] == waiting[0]["contact"]["created_at"]
     # Closing Boris's contact hands his slot to the oldest waiting contact, in the same request.
     post(client, f"/contacts/{first['contact']['id']}/close")
-    assert client.get(f"{API}/contacts/{waiting[0]['contact']['id']}").json["operator_id"] == setup["boris"]["id"]
+    assert json_of(client.get(f"{API}/contacts/{waiting[0]['contact']['id']}"))["operator_id"] == setup["boris"]["id"]
     # Activating Anna (limit 2) takes the next two; the answer shows her new load.
-    anna = client.patch(f"{API}/operators/{setup['anna']['id']}", json={"is_active": True}).json
+    anna = json_of(client.patch(f"{API}/operators/{setup['anna']['id']}", json={"is_active": True}))
     assert anna["active_leads"] == 2
-    assert client.get(f"{API}/contacts/?unassigned=true").json["total"] == 0
-    status = client.get(f"{API}/distribution_status/").json
+    assert json_of(client.get(f"{API}/contacts/?unassigned=true"))["total"] == 0
+    status = json_of(client.get(f"{API}/distribution_status/"))
     assert (status["sources"][0]["waiting"], status["sources"][0]["oldest_waiting_at"]) == (0, None)
 
 
@@ -424,8 +462,8 @@ def test_a_retry_with_the_same_idempotency_key_gets_the_first_answer(client: Fla
     )
     assert retry.status_code == 201 and retry.headers["Idempotent-Replayed"] == "true"
     assert retry.data == first.data and retry.headers["Location"] == first.headers["Location"]
-    assert client.get(f"{API}/contacts/").json["total"] == 1
-    assert client.get(f"{API}/operators/{first.json['assigned_operator']['id']}").json["active_leads"] == 1
+    assert json_of(client.get(f"{API}/contacts/"))["total"] == 1
+    assert json_of(client.get(f"{API}/operators/{json_of(first)['assigned_operator']['id']}"))["active_leads"] == 1
     # The same key with another body is refused, and stores nothing.
     other = post(client, "/contacts/register", {**body, "message": "other"}, headers={"Idempotency-Key": "order-42"})
     assert_error(other, 409, "idempotency_key_reused", {"Idempotency-Key"})
@@ -472,7 +510,7 @@ def test_bad_idempotency_keys_are_422(client: FlaskClient, setup: dict, key: str
 
 
 def test_sticky_source_sends_a_returning_lead_back_to_its_operator(client: FlaskClient, setup: dict) -> None:
-    assert client.patch(f"{API}/sources/1", json={"sticky": True}).json["sticky"] is True
+    assert json_of(client.patch(f"{API}/sources/1", json={"sticky": True}))["sticky"] is True
     for name in ("anna", "boris"):
         client.patch(f"{API}/operators/{setup[name]['id']}", json={"max_active_leads": 100})
     first = post(client, "/contacts/register", {"source_id": 1, "phone": "+79001234567"}).json
@@ -481,13 +519,13 @@ def test_sticky_source_sends_a_returning_lead_back_to_its_operator(client: Flask
     for _ in range(6):  # random weights 10 / 30 would scatter these; sticky keeps them together
         again = post(client, "/contacts/register", {"source_id": 1, "phone": "8 900 123-45-67"}).json
         assert again["assigned_operator"]["id"] == operator
-        assert client.get(f"{API}/contacts/{again['contact']['id']}/events").json[0]["reason"] == "sticky"
+        assert json_of(client.get(f"{API}/contacts/{again['contact']['id']}/events"))[0]["reason"] == "sticky"
     assert other_lead["lead"]["id"] != first["lead"]["id"]
     # Once that operator stops serving the source, the normal strategy applies.
     post(client, "/sources/1/config", {"operator_id": operator, "weight": 0})
     moved = post(client, "/contacts/register", {"source_id": 1, "phone": "+79001234567"}).json
     assert moved["assigned_operator"]["id"] != operator
-    assert client.get(f"{API}/contacts/{moved['contact']['id']}/events").json[0]["reason"] == "registered"
+    assert json_of(client.get(f"{API}/contacts/{moved['contact']['id']}/events"))[0]["reason"] == "registered"
     # A full operator is skipped the same way.
     client.patch(f"{API}/operators/{moved['assigned_operator']['id']}", json={"max_active_leads": 0})
     assert (
@@ -512,13 +550,13 @@ def test_every_assignment_change_is_in_the_contact_history(client: FlaskClient, 
     def events(contact_id: int) -> list[tuple]:
         response = client.get(f"{API}/contacts/{contact_id}/events")
         assert response.status_code == 200
-        for event in response.json:
+        for event in json_of(response):
             assert (
                 event["contact_id"] == contact_id
                 and event["created_at"].endswith("Z")
                 and event["actor"] == "token:tests (#1)"
             )
-        return [(e["reason"], e["from_operator_id"], e["to_operator_id"]) for e in response.json]
+        return [(e["reason"], e["from_operator_id"], e["to_operator_id"]) for e in json_of(response)]
 
     assert events(first) == [("registered", None, boris), ("closed", boris, None)]
     assert events(second) == [("registered", None, None), ("queue", None, boris)]
@@ -533,7 +571,7 @@ def test_contacts_filters(client: FlaskClient, setup: dict) -> None:
     def listed(query: str) -> list[int]:
         response = client.get(f"{API}/contacts/?{query}")
         assert response.status_code == 200
-        return [c["id"] for c in response.json["items"]]
+        return [c["id"] for c in json_of(response)["items"]]
 
     assert listed("") == [5, 4, 3, 2, 1]
     assert listed("status=closed") == [1]
@@ -541,7 +579,7 @@ def test_contacts_filters(client: FlaskClient, setup: dict) -> None:
     assert listed("unassigned=true") == [5]
     assert listed("unassigned=false&status=open") == [4, 3, 2]
     boris = setup["boris"]["id"]
-    everything = client.get(f"{API}/contacts/").json["items"]
+    everything = json_of(client.get(f"{API}/contacts/"))["items"]
     assert listed(f"operator_id={boris}") == [c["id"] for c in everything if c["operator_id"] == boris]
     assert listed(f"operator_id={boris}")  # Boris got at least one
     assert listed("source_id=1&lead_id=2") == [2]
@@ -556,7 +594,8 @@ def test_lead_search(client: FlaskClient, setup: dict) -> None:
 
     def found(q: str) -> list[str | None]:
         return [
-            lead["name"] or lead["email"] for lead in client.get(f"{API}/leads/", query_string={"q": q}).json["items"]
+            lead["name"] or lead["email"]
+            for lead in json_of(client.get(f"{API}/leads/", query_string={"q": q}))["items"]
         ]
 
     assert found("petrov") == ["Ivan Petrov"]
@@ -574,7 +613,7 @@ def test_lead_search(client: FlaskClient, setup: dict) -> None:
 def test_distribution_status(client: FlaskClient, setup: dict) -> None:
     for n in range(4):
         post(client, "/contacts/register", {"source_id": 1, "external_id": f"e{n}"})
-    status = client.get(f"{API}/distribution_status/").json
+    status = json_of(client.get(f"{API}/distribution_status/"))
     DistributionStatusOut.model_validate(status)  # the documented shape
     assert status["operators"] == [
         {"operator_id": 1, "name": "Anna", "is_active": True, "active_leads": 2, "max_active_leads": 2},
@@ -590,7 +629,7 @@ def test_distribution_status(client: FlaskClient, setup: dict) -> None:
 
 
 def test_openapi_documents_every_api_route(app: Flask, client: FlaskClient) -> None:
-    document = client.get(f"{API}/openapi.json").json
+    document = json_of(client.get(f"{API}/openapi.json"))
     assert document["openapi"].startswith("3.")
     documented = {
         (path, method) for path, item in document["paths"].items() for method in item if method != "parameters"
@@ -599,10 +638,40 @@ def test_openapi_documents_every_api_route(app: Flask, client: FlaskClient) -> N
     for rule in app.url_map.iter_rules():
         if rule.rule.startswith(API) and rule.endpoint != "api.openapi_json":
             path = rule.rule.removeprefix(API).replace("<id:", "{").replace(">", "}")
+            assert rule.methods is not None  # Flask gives every rule its methods
             routed |= {(path, m.lower()) for m in rule.methods - {"HEAD", "OPTIONS"}}
     assert documented == routed
     schemas = document["components"]["schemas"]
     assert {"RegisterIn", "RegistrationOut", "ErrorOut", "DistributionStatusOut"} <= set(schemas)
+
+
+def served_document(client: FlaskClient) -> dict[str, Any]:
+    document = client.get(f"{API}/openapi.json").get_json()
+    assert isinstance(document, dict)
+    return document
+
+
+def test_every_operation_has_its_own_operation_id(client: FlaskClient) -> None:
+    # Clients generated from the document name their functions after it: explicit, unique, camelCase.
+    document = served_document(client)
+    ids = [op["operationId"] for item in document["paths"].values() for m, op in item.items() if m != "parameters"]
+    assert len(ids) == len(set(ids)) == 21
+    assert all(re.fullmatch(r"[a-z]+(?:[A-Z][a-z]+)+", operation_id) for operation_id in ids), ids
+    assert {"registerContact", "listContacts", "getContact", "closeContact", "getDistributionStatus"} <= set(ids)
+
+
+def test_fields_that_may_be_left_out_but_not_null_claim_no_default(client: FlaskClient) -> None:
+    schemas = served_document(client)["components"]["schemas"]
+    for name in ("OperatorUpdate", "SourceUpdate"):
+        schema = schemas[name]
+        assert "required" not in schema, name
+        for field, prop in schema["properties"].items():
+            assert "default" not in prop and "anyOf" not in prop and prop.get("type") != "null", (name, field)
+    # Left out, nothing changes; sent as null, refused.
+    client.post(f"{API}/operators/", json={"name": "Anna", "max_active_leads": 2})
+    unchanged = client.patch(f"{API}/operators/1", json={}).get_json()
+    assert unchanged is not None and unchanged["max_active_leads"] == 2
+    assert client.patch(f"{API}/operators/1", json={"max_active_leads": None}).status_code == 422
 
 
 def test_docs_page_uses_local_assets_only(client: FlaskClient) -> None:
@@ -633,8 +702,8 @@ def test_assign_by_hand_respects_limits_unless_overridden(client: FlaskClient, s
     assert_error(post(client, f"/contacts/{waiting}/assign", {"operator_id": anna, "override": "yes"}), 422)
     moved = post(client, f"/contacts/{waiting}/assign", {"operator_id": anna, "override": True})
     assert moved.status_code == 200 and moved.json["operator_id"] == anna
-    assert client.get(f"{API}/operators/{anna}").json["active_leads"] == 3  # past the limit of 2, on purpose
-    events = client.get(f"{API}/contacts/{waiting}/events").json
+    assert json_of(client.get(f"{API}/operators/{anna}"))["active_leads"] == 3  # past the limit of 2, on purpose
+    events = json_of(client.get(f"{API}/contacts/{waiting}/events"))
     assert (events[-1]["reason"], events[-1]["from_operator_id"], events[-1]["to_operator_id"]) == (
         "override",
         None,
@@ -643,8 +712,8 @@ def test_assign_by_hand_respects_limits_unless_overridden(client: FlaskClient, s
     # Moving a contact from Anna to Boris (active again, with room) gives Anna's slot back.
     client.patch(f"{API}/operators/{boris}", json={"is_active": True})
     assert post(client, f"/contacts/{a}/assign", {"operator_id": boris}).json["operator_id"] == boris
-    assert client.get(f"{API}/operators/{anna}").json["active_leads"] == 2
-    assert client.get(f"{API}/contacts/{a}/events").json[-1]["reason"] == "manual"
+    assert json_of(client.get(f"{API}/operators/{anna}"))["active_leads"] == 2
+    assert json_of(client.get(f"{API}/contacts/{a}/events"))[-1]["reason"] == "manual"
     post(client, f"/contacts/{a}/close")
     assert_error(post(client, f"/contacts/{a}/assign", {"operator_id": anna}), 422)
 
@@ -662,7 +731,7 @@ def test_reopen_goes_back_to_the_operator_or_through_distribution(client: FlaskC
         operator,
         None,
     )
-    assert client.get(f"{API}/contacts/{contact}/events").json[-1]["reason"] == "reopened"
+    assert json_of(client.get(f"{API}/contacts/{contact}/events"))[-1]["reason"] == "reopened"
     assert post(client, f"/contacts/{contact}/reopen").json == reopened.json  # open already: nothing changes
     # Its operator now inactive: the strategy picks the other one.
     post(client, f"/contacts/{contact}/close")
@@ -670,8 +739,8 @@ def test_reopen_goes_back_to_the_operator_or_through_distribution(client: FlaskC
     other = ({anna, boris} - {operator}).pop()
     assert post(client, f"/contacts/{contact}/reopen").json["operator_id"] == other
     assert_error(post(client, "/contacts/99/reopen"), 404)
-    status = client.get(f"{API}/distribution_status/").json
-    open_assigned = client.get(f"{API}/contacts/?status=open&unassigned=false").json["total"]
+    status = json_of(client.get(f"{API}/distribution_status/"))
+    open_assigned = json_of(client.get(f"{API}/contacts/?status=open&unassigned=false"))["total"]
     assert sum(o["active_leads"] for o in status["operators"]) == open_assigned
 
 
@@ -698,16 +767,16 @@ def test_export_csv_follows_the_filters_and_defuses_formulas(client: FlaskClient
 def test_unknown_query_parameters_are_refused_like_unknown_fields(client: FlaskClient) -> None:
     response = client.get(f"{API}/contacts/?stauts=open")
     assert_error(response, 422)
-    assert response.json["error"]["fields"] == {"stauts": "Not a parameter of this endpoint."}
+    assert json_of(response)["error"]["fields"] == {"stauts": "Not a parameter of this endpoint."}
     assert client.get(f"{API}/contacts/?status=open").status_code == 200
     twice = client.get(f"{API}/contacts/?page=1&page=2")
     assert_error(twice, 422)
-    assert twice.json["error"]["fields"] == {"page": "Give it once."}
+    assert json_of(twice)["error"]["fields"] == {"page": "Give it once."}
 
 
 def test_integral_json_numbers_are_integers_and_fractions_are_refused(client: FlaskClient) -> None:
     created = client.post(f"{API}/operators/", json={"name": "Anna", "max_active_leads": 3.0})
-    assert created.status_code == 201 and created.json["max_active_leads"] == 3
+    assert created.status_code == 201 and json_of(created)["max_active_leads"] == 3
     assert_error(client.post(f"{API}/operators/", json={"name": "Boris", "max_active_leads": 3.5}), 422)
     assert_error(client.post(f"{API}/operators/", json={"name": "Boris", "max_active_leads": True}), 422)
     assert_error(client.post(f"{API}/operators/", json={"name": " \n ", "max_active_leads": 1}), 422)
@@ -722,10 +791,10 @@ def test_text_lengths_count_as_sent_and_blank_or_nul_text_is_named(client: Flask
     response = client.post(f"{API}/operators/", json={"name": "\n" + "a" * 200, "max_active_leads": 1})
     assert_error(response, 422, fields={"name"})
     response = client.post(f"{API}/operators/", json={"name": "   ", "max_active_leads": 1})
-    assert response.json["error"]["fields"] == {"name": "Must not be blank."}
+    assert json_of(response)["error"]["fields"] == {"name": "Must not be blank."}
     response = client.post(f"{API}/sources/", json={"name": "web\x00form"})
-    assert response.json["error"]["fields"] == {"name": "Must not contain the NUL character."}
-    assert client.post(f"{API}/operators/", json={"name": " Anna ", "max_active_leads": 1}).json["name"] == "Anna"
+    assert json_of(response)["error"]["fields"] == {"name": "Must not contain the NUL character."}
+    assert json_of(client.post(f"{API}/operators/", json={"name": " Anna ", "max_active_leads": 1}))["name"] == "Anna"
 
 
 # --- what a caller may learn, and what the parser refuses (issue 10) --------------
@@ -733,11 +802,11 @@ def test_text_lengths_count_as_sent_and_blank_or_nul_text_is_named(client: Flask
 
 def _register_token_client(app: Flask, name: str = "form") -> FlaskClient:
     from leadcrm.extensions import db
-    from leadcrm.models import REGISTER_SCOPE
+    from leadcrm.vocabulary import TokenScope
     from tests.helpers import add_token
 
     with app.app_context():
-        secret = add_token(name, REGISTER_SCOPE)
+        secret = add_token(name, TokenScope.REGISTER)
         db.session.remove()
     token_client = app.test_client()
     token_client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {secret}"
@@ -754,16 +823,16 @@ def test_a_register_token_learns_only_what_it_sent(app: Flask, client: FlaskClie
     # Only a phone, in another format: the answer must not reveal the e-mail, external id or name.
     probe = form.post(f"{API}/contacts/register", json={"source_id": 1, "phone": "8 900 123-45-67"})
     assert probe.status_code == 201, probe.json
-    assert probe.json["lead"] == {"id": first.json["lead"]["id"], "phone": "+79001234567"}
-    assert probe.json["lead_created"] is False
-    assert probe.json["contact"]["lead_id"] == first.json["lead"]["id"]
+    assert json_of(probe)["lead"] == {"id": json_of(first)["lead"]["id"], "phone": "+79001234567"}
+    assert json_of(probe)["lead_created"] is False
+    assert json_of(probe)["contact"]["lead_id"] == json_of(first)["lead"]["id"]
     assert "ivan@example.com" not in probe.text and "Ivan" not in probe.text and "crm-7" not in probe.text
     # A name or identifier it sends that the lead does not hold is not echoed as the lead's.
     other = form.post(f"{API}/contacts/register", json={"source_id": 1, "phone": "+79001234567", "name": "Someone"})
-    assert other.json["lead"] == {"id": first.json["lead"]["id"], "phone": "+79001234567"}
+    assert json_of(other)["lead"] == {"id": json_of(first)["lead"]["id"], "phone": "+79001234567"}
     new = form.post(f"{API}/contacts/register", json={"source_id": 1, "email": "New@Example.com", "name": "Olga"})
-    assert new.json["lead_created"] is True
-    assert new.json["lead"] == {"id": new.json["lead"]["id"], "email": "New@example.com", "name": "Olga"}
+    assert json_of(new)["lead_created"] is True
+    assert json_of(new)["lead"] == {"id": json_of(new)["lead"]["id"], "email": "New@example.com", "name": "Olga"}
 
 
 def test_a_register_token_is_not_told_which_lead_holds_an_identifier(
@@ -790,7 +859,7 @@ def test_idempotency_keys_belong_to_their_caller(app: Flask, client: FlaskClient
     # Another caller with the same key and body neither replays the first answer nor is refused: it is its own key.
     theirs = other.post(f"{API}/contacts/register", json=body, headers={"Idempotency-Key": "order-1"})
     assert theirs.status_code == 201 and "Idempotent-Replayed" not in theirs.headers
-    assert theirs.json["contact"]["id"] != first.json["contact"]["id"]
+    assert json_of(theirs)["contact"]["id"] != json_of(first)["contact"]["id"]
     # ... nor can it probe which keys another caller used (a different body is not "reused").
     probe = other.post(f"{API}/contacts/register", json={**body, "message": "x"}, headers={"Idempotency-Key": "k2"})
     assert probe.status_code == 201
@@ -804,11 +873,11 @@ def test_duplicate_keys_in_a_json_body_are_400(client: FlaskClient, setup: dict)
         f"{API}/operators/", data='{"name": "A", "max_active_leads": 1, "name": "B"}', content_type="application/json"
     )
     assert_error(response, 400, "bad_request")
-    assert "'name' appears twice" in response.json["error"]["message"]
+    assert "'name' appears twice" in json_of(response)["error"]["message"]
     nested = '[{"operator_id": 1, "weight": 1, "weight": 5}]'
     assert_error(client.post(f"{API}/sources/1/config", data=nested, content_type="application/json"), 400)
-    assert client.get(f"{API}/operators/").json["total"] == 2
-    assert client.get(f"{API}/sources/1/config").json[0]["weight"] == 10
+    assert json_of(client.get(f"{API}/operators/"))["total"] == 2
+    assert json_of(client.get(f"{API}/sources/1/config"))[0]["weight"] == 10
 
 
 def test_a_huge_integer_is_refused_in_the_domains_words(client: FlaskClient) -> None:
@@ -817,13 +886,13 @@ def test_a_huge_integer_is_refused_in_the_domains_words(client: FlaskClient) -> 
         response = client.post(f"{API}/operators/", data=body, content_type="application/json")
         assert_error(response, 422, "validation_error", {"max_active_leads"})
         assert "4300" not in response.text and "digits" not in response.text
-    assert client.get(f"{API}/operators/").json["total"] == 0
+    assert json_of(client.get(f"{API}/operators/"))["total"] == 0
 
 
 def test_the_openapi_document_says_exactly_one_source(client: FlaskClient) -> None:
     import jsonschema_rs
 
-    document = client.get(f"{API}/openapi.json").json
+    document = json_of(client.get(f"{API}/openapi.json"))
     schema = {**document["components"]["schemas"]["RegisterIn"], "components": document["components"]}
     validator = jsonschema_rs.Draft202012Validator(schema)
     assert validator.is_valid({"source_id": 1, "phone": "+79001234567"})
@@ -850,7 +919,7 @@ def test_fractions_are_read_exactly_and_never_rounded_into_integers(client: Flas
     tiny = "0." + "0" * 5000 + "1"
     body = '{"operator_id": 1, "weight": ' + tiny + "}"
     assert_error(client.post(f"{API}/sources/1/config", data=body, content_type="application/json"), 422)
-    assert client.get(f"{API}/sources/1/config").json[0]["weight"] == 10  # not removed by a weight rounded to 0
+    assert json_of(client.get(f"{API}/sources/1/config"))[0]["weight"] == 10  # not removed by a weight rounded to 0
     nearly_one = '{"source_id": 1.0000000000000001, "phone": "+79001234567"}'
     response = client.post(f"{API}/contacts/register", data=nearly_one, content_type="application/json")
     assert_error(response, 422, fields={"source_id"})

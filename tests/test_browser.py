@@ -9,10 +9,14 @@ import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from tests.servers import PROJECT_ROOT, gunicorn
+
+if TYPE_CHECKING:  # playwright is imported when a test runs, so that the tests skip without it
+    from playwright.sync_api import Browser, BrowserContext, Page, ViewportSize
 
 pytestmark = pytest.mark.slow
 
@@ -48,7 +52,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def browser(server: str) -> Iterator[object]:
+def browser(server: str) -> Iterator["Browser"]:
     sync_playwright = _browser_or_skip()
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(
@@ -59,9 +63,9 @@ def browser(server: str) -> Iterator[object]:
         browser.close()
 
 
-def new_context(browser, **options: object) -> tuple[object, list[str]]:
+def new_context(browser: "Browser", viewport: "ViewportSize") -> tuple["BrowserContext", list[str]]:
     """A browser context that records script errors and Content-Security-Policy violations."""
-    context = browser.new_context(locale="en-US", **options)
+    context = browser.new_context(locale="en-US", viewport=viewport)
     context.set_default_timeout(10_000)
     problems: list[str] = []
     context.on("weberror", lambda error: problems.append(f"script error: {error.error}"))
@@ -73,7 +77,7 @@ def new_context(browser, **options: object) -> tuple[object, list[str]]:
     return context, problems
 
 
-def log_in(page, server: str, username: str, password: str) -> None:
+def log_in(page: "Page", server: str, username: str, password: str) -> None:
     page.goto(f"{server}/login")
     page.get_by_label("Username").fill(username)
     page.get_by_label("Password").fill(password)
@@ -81,12 +85,12 @@ def log_in(page, server: str, username: str, password: str) -> None:
     page.get_by_role("button", name="Log out").wait_for()
 
 
-def shot(page, name: str) -> None:
+def shot(page: "Page", name: str) -> None:
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
 
 
-def test_supervisor_and_intake_work_without_reloads(server: str, browser) -> None:
+def test_supervisor_and_intake_work_without_reloads(server: str, browser: "Browser") -> None:
     from playwright.sync_api import expect
 
     context, errors = new_context(browser, viewport={"width": 1200, "height": 850})
@@ -212,7 +216,7 @@ def test_supervisor_and_intake_work_without_reloads(server: str, browser) -> Non
     context.close()
 
 
-def test_phone_width_pages_do_not_overflow(server: str, browser) -> None:
+def test_phone_width_pages_do_not_overflow(server: str, browser: "Browser") -> None:
     context, errors = new_context(browser, viewport={"width": 390, "height": 844})
     page = context.new_page()
     log_in(page, server, "admin", ADMIN_PASSWORD)
@@ -226,11 +230,11 @@ def test_phone_width_pages_do_not_overflow(server: str, browser) -> None:
     context.close()
 
 
-def test_screenshots_were_written(server: str, browser) -> None:
+def test_screenshots_were_written(server: str, browser: "Browser") -> None:
     assert Path(SCREENSHOTS / "load.png").exists()
 
 
-def test_tokens_are_shown_once_work_and_can_be_revoked(server: str, browser) -> None:
+def test_tokens_are_shown_once_work_and_can_be_revoked(server: str, browser: "Browser") -> None:
     import requests
     from playwright.sync_api import expect
 
@@ -254,7 +258,8 @@ def test_tokens_are_shown_once_work_and_can_be_revoked(server: str, browser) -> 
     page.locator("#auth-bearer-value").fill(secret)
     page.get_by_role("button", name="Apply credentials").click()
     page.locator(".auth-btn-wrapper .btn-done").click()
-    page.locator("#operations-status-get_distribution_status_").get_by_role("button").first.click()
+    # Swagger UI names the element after the operationId.
+    page.locator("#operations-status-getDistributionStatus").get_by_role("button").first.click()
     page.get_by_role("button", name="Try it out").click()
     page.get_by_role("button", name="Execute").click()
     expect(page.locator(".live-responses-table tbody .response-col_status").first).to_contain_text("200")

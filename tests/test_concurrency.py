@@ -7,7 +7,6 @@ split across both, as behind a load balancer.
 
 import itertools
 import random
-import re
 import threading
 from collections import Counter
 from collections.abc import Iterator
@@ -15,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from datetime import datetime
 from pathlib import Path
+from typing import Any, TypedDict
 
 import pytest
 import requests
@@ -22,7 +22,8 @@ import sqlalchemy as sa
 
 from leadcrm import accounts, create_app
 from leadcrm.extensions import db
-from leadcrm.models import REGISTER_SCOPE, SUPERVISOR
+from leadcrm.vocabulary import Role, TokenScope
+from tests.helpers import csrf_token_of
 from tests.servers import api_session, create_token, gunicorn
 
 pytestmark = pytest.mark.slow
@@ -82,7 +83,7 @@ def test_limits_hold_under_concurrent_registrations_closes_and_flips(servers) ->
     api = apis[0]
     setup = api_session(token)
     # Registrations come from integrations with the narrowest scope.
-    register_token = create_token(database_url, REGISTER_SCOPE, name="web form")
+    register_token = create_token(database_url, TokenScope.REGISTER, name="web form")
     ops = [
         setup.post(f"{api}/operators/", json={"name": f"Op{i}", "max_active_leads": limit}).json()
         for i, limit in enumerate(LIMITS)
@@ -99,7 +100,7 @@ def test_limits_hold_under_concurrent_registrations_closes_and_flips(servers) ->
     bodies = []
     for n in range(REGISTRATIONS):
         customer = rng.randrange(CUSTOMERS)
-        body = {"phone": f"+7900{customer:07d}", "message": f"appeal {n}"}
+        body: dict[str, Any] = {"phone": f"+7900{customer:07d}", "message": f"appeal {n}"}
         if customer % 2:
             body["external_id"] = f"tg:{customer}"
         if n % 2:
@@ -126,7 +127,7 @@ def test_limits_hold_under_concurrent_registrations_closes_and_flips(servers) ->
         for target in itertools.cycle(apis):
             if done.is_set():
                 return
-            page = session.get(f"{target}/contacts/", params={"status": "open", "unassigned": "false", "per_page": 3})
+            page = session.get(f"{target}/contacts/", params={"status": "open", "unassigned": "false", "per_page": "3"})
             for contact in page.json()["items"]:
                 response = session.post(f"{target}/contacts/{contact['id']}/close", timeout=60)
                 assert response.status_code == 200
@@ -318,7 +319,43 @@ def test_concurrent_requests_filling_the_same_missing_identifier_keep_the_first(
         assert {answer["id"] for answer in answers} == {lead["id"]}
 
 
-def assignment_invariants(database_url: str) -> dict[str, object]:
+def test_concurrent_new_leads_with_one_address_in_different_cases_make_one_lead(servers) -> None:
+    """12 first contacts at once from one new customer, each typing the address in its own case: one lead.
+
+    They meet at the unique email_key (INSERT ... ON CONFLICT DO NOTHING, then
+    look again); before it, each case was a lead of its own.
+    """
+    database_url, bases, token = servers
+    setup = api_session(token)
+    api = f"{bases[0]}/api/v1"
+    operator = setup.post(f"{api}/operators/", json={"name": "Anna", "max_active_leads": 1000}).json()["id"]
+    source = setup.post(f"{api}/sources/", json={"name": "web_form"}).json()["id"]
+    setup.post(f"{api}/sources/{source}/config", json=[{"operator_id": operator, "weight": 1}])
+    rng = random.Random(11)
+
+    def register(job: tuple[str, dict]) -> int:
+        base, body = job
+        response = api_session(token).post(f"{base}/api/v1/contacts/register", json=body, timeout=60)
+        assert response.status_code == 201, response.text
+        return response.json()["lead"]["id"]
+
+    for round_ in range(10):
+        address = f"ivan.petrov.{round_}@example.com"
+        typed = ["".join(c.upper() if rng.random() < 0.5 else c for c in address) for _ in range(12)]
+        jobs = [(bases[n % len(bases)], {"source_id": source, "email": email}) for n, email in enumerate(typed)]
+        with ThreadPoolExecutor(12) as pool:
+            assert len(set(pool.map(register, jobs))) == 1, round_
+    assert setup.get(f"{api}/leads/").json()["total"] == 10
+    assert setup.get(f"{api}/contacts/").json()["total"] == 120
+
+
+class Invariants(TypedDict):
+    load_mismatches: list[sa.Row]  # (operator id, active_leads, open contacts)
+    total_mismatches: list[sa.Row]  # (source id, operator id, assigned_total, assignments in the history)
+    reasons: dict[str, int]  # history rows by reason
+
+
+def assignment_invariants(database_url: str) -> Invariants:
     """What the counters say against what the contacts and the history say, straight from SQL."""
     engine = sa.create_engine(database_url)
     try:
@@ -339,7 +376,9 @@ def assignment_invariants(database_url: str) -> dict[str, object]:
                     "FROM source_operators so ORDER BY so.source_id, so.operator_id"
                 )
             ).all()
-            reasons = dict(conn.execute(sa.text("SELECT reason, count(*) FROM contact_events GROUP BY reason")).all())
+            reasons: dict[str, int] = dict(
+                conn.execute(sa.text("SELECT reason, count(*) FROM contact_events GROUP BY reason")).all()
+            )
     finally:
         engine.dispose()
     return {
@@ -410,7 +449,7 @@ def create_supervisor(database_url: str, username: str = "boss") -> str:
     password = "a long enough password"
     app = create_app({"SQLALCHEMY_DATABASE_URI": database_url})
     with app.app_context():
-        accounts.create_user(db.session, username=username, password=password, role=SUPERVISOR)
+        accounts.create_user(db.session(), username=username, password=password, role=Role.SUPERVISOR)
         db.session.commit()
         db.session.remove()
         db.engine.dispose()
@@ -421,13 +460,13 @@ def page_session(base: str, username: str, password: str) -> tuple[requests.Sess
     """A browser-like session logged in through the real login form; returns it and its CSRF token."""
     session = requests.Session()
     page = session.get(f"{base}/login", timeout=30).text
-    csrf = re.search(r'name="csrf-token" content="([^"]+)"', page).group(1)
+    csrf = csrf_token_of(page)
     response = session.post(
         f"{base}/login", data={"csrf_token": csrf, "username": username, "password": password}, timeout=30
     )
     assert response.status_code == 200 and response.url.rstrip("/") != f"{base}/login", response.text[:500]
     page = session.get(f"{base}/contacts/", timeout=30).text
-    return session, re.search(r'name="csrf-token" content="([^"]+)"', page).group(1)
+    return session, csrf_token_of(page)
 
 
 def test_crosswise_bulk_reassigns_queue_instead_of_deadlocking(servers) -> None:

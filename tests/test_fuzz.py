@@ -16,9 +16,11 @@ from flask import Flask
 from hypothesis import HealthCheck, settings
 from schemathesis.config import SchemathesisConfig
 
+from leadcrm import create_app
 from leadcrm.api.openapi import openapi_document
 from leadcrm.extensions import db
-from leadcrm.models import FULL_SCOPE, ApiToken
+from leadcrm.models import ApiToken
+from leadcrm.vocabulary import TokenScope
 from tests.helpers import add_operator, add_source
 
 
@@ -55,7 +57,9 @@ CONFIG = SchemathesisConfig.from_dict(
         ],
     }
 )
-schema = schemathesis.openapi.from_dict(openapi_document(), config=CONFIG)
+# The document is the same for every app: build it from one without a database.
+DOCUMENT = openapi_document(create_app({"SQLALCHEMY_DATABASE_URI": "sqlite://"}))
+schema = schemathesis.openapi.from_dict(DOCUMENT, config=CONFIG)
 schema.app = current_app
 
 
@@ -66,7 +70,9 @@ def token(app: Flask) -> Iterator[str]:
         anna, boris = add_operator("Anna", 2), add_operator("Boris", 1)
         add_source("telegram_bot", {anna: 10, boris: 30})
         db.session.commit()
-        token = ApiToken(name="fuzz", scope=FULL_SCOPE, token_hash=sha256(FUZZ_TOKEN.encode()).hexdigest(), prefix="x")
+        token = ApiToken(
+            name="fuzz", scope=TokenScope.FULL, token_hash=sha256(FUZZ_TOKEN.encode()).hexdigest(), prefix="x"
+        )
         db.session.add(token)
         db.session.commit()
     current_app.app = app

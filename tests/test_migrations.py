@@ -92,6 +92,7 @@ ROWS: dict[str, list[dict[str, Any]]] = {
             "external_id": "tg:1001",
             "phone": "+79001234567",
             "email": None,
+            "email_key": None,
             "name": "Иван",
             "created_at": at(5),
         },
@@ -100,10 +101,31 @@ ROWS: dict[str, list[dict[str, Any]]] = {
             "external_id": None,
             "phone": "+79007654321",
             "email": "olga@example.com",
+            "email_key": "olga@example.com",
             "name": "Olga",
             "created_at": at(6),
         },
-        {"id": 3, "external_id": "tg:1003", "phone": None, "email": None, "name": None, "created_at": at(7)},
+        # Its key in lower case as Python, not SQLite's ASCII-only lower(), has it.
+        {
+            "id": 3,
+            "external_id": "tg:1003",
+            "phone": None,
+            "email": "Ёж@example.com",
+            "email_key": "ёж@example.com",
+            "name": None,
+            "created_at": at(7),
+        },
+        # Olga again, stored apart before addresses were matched whatever their
+        # case: kept apart, without the key (lead 2, the older, holds it).
+        {
+            "id": 4,
+            "external_id": "tg:1004",
+            "phone": None,
+            "email": "Olga@example.com",
+            "email_key": None,
+            "name": "Ольга",
+            "created_at": at(8),
+        },
     ],
     "contacts": [
         contact(1, lead=1, source=1, operator=1, status="open", minute=10),
@@ -113,6 +135,7 @@ ROWS: dict[str, list[dict[str, Any]]] = {
         contact(5, lead=2, source=1, operator=2, status="closed", minute=14),
         contact(6, lead=3, source=2, operator=None, status="open", minute=15),
         contact(7, lead=1, source=2, operator=None, status="open", minute=16),
+        contact(8, lead=4, source=2, operator=None, status="closed", minute=17),  # closed while it waited
     ],
     "contact_events": [
         event(1, 1, "registered", None, 1),
@@ -124,6 +147,8 @@ ROWS: dict[str, list[dict[str, Any]]] = {
         event(7, 7, "registered", None, None),
         event(8, 4, "closed", 1, None),
         event(9, 5, "closed", 2, None),
+        event(10, 8, "registered", None, None),
+        event(11, 8, "closed", None, None),
     ],
     "idempotency_keys": [
         {
@@ -171,11 +196,14 @@ ROWS: dict[str, list[dict[str, Any]]] = {
     "login_sessions": [{"id_hash": "d" * 64, "user_id": 1, "created_at": at(51)}],
 }
 
-# What rows written before a column existed hold in it after the upgrade. A
-# migration that adds a column to a table with rows must say it here.
+# What rows written before a column existed hold in it after the upgrade (a
+# value, or a function of the old row). A migration that adds a column to a
+# table with rows must say it here.
+EMAIL_KEYS = {lead["id"]: lead["email_key"] for lead in ROWS["leads"]}
 ADDED_LATER: dict[tuple[str, str], Any] = {
     ("sources", "sticky"): False,
     ("idempotency_keys", "caller"): "",
+    ("leads", "email_key"): lambda lead: EMAIL_KEYS[lead["id"]],
 }
 
 WAITING_CONTACTS = [6, 7]
@@ -272,7 +300,8 @@ def test_upgrade_from_every_revision_keeps_the_data(backend, tmp_path: Path, ins
             assert {key: new[key] for key in old} == old, name
             for key in set(new) - set(old):
                 assert (name, key) in ADDED_LATER, f"{name}.{key} is new since {revision}: add it to ADDED_LATER"
-                assert new[key] == ADDED_LATER[name, key], f"{name}.{key}"
+                expected = ADDED_LATER[name, key]
+                assert new[key] == (expected(old) if callable(expected) else expected), f"{name}.{key}"
 
     app = create_app({"TESTING": True, "SQLALCHEMY_DATABASE_URI": url})
     with app.app_context():
@@ -302,22 +331,44 @@ def test_upgrade_from_every_revision_keeps_the_data(backend, tmp_path: Path, ins
             sa.select(Contact.id).where(Contact.operator_id.is_(None), Contact.status == "open")
         )
         assert list(waiting) == WAITING_CONTACTS
-        assert db.session.get(Contact, 1).created_at == at(10)
+        assert db.session.get_one(Contact, 1).created_at == at(10)
         sticky = {source.name: source.sticky for source in db.session.scalars(sa.select(Source))}
         assert sticky == {"telegram_bot": "sticky" in before["sources"][0], "web_form": False}
         db.session.remove()
 
         # The app keeps working on it: new rows get new ids, counters follow.
-        begin_write(db.session)
-        source = db.session.get(Source, 1)
+        begin_write(db.session())
+        source = db.session.get_one(Source, 1)
         registration = distribution.register_contact(
-            db.session, source=source, identity=LeadIdentity(phone="+79001112233")
+            db.session(), source=source, identity=LeadIdentity(phone="+79001112233")
         )
-        assert registration.contact.id == 8
+        assert registration.contact.id == 9
         assert registration.operator is not None and registration.operator.id == 2
         distribution.close_contact(db.session, 1)
+        # Addresses are found whatever their case; Olga's finds the older of her two leads.
+        web_form = db.session.get(Source, 2)
+        assert web_form is not None
+        for address, lead_id in [("OLGA@example.com", 2), ("Olga@example.com", 2), ("ёЖ@EXAMPLE.com", 3)]:
+            again = distribution.register_contact(db.session, source=web_form, identity=LeadIdentity(email=address))
+            assert (again.lead.id, again.lead_created) == (lead_id, False), address
+        # Lead 4 is still found by its other identifier, with its own address.
+        again = distribution.register_contact(
+            db.session, source=web_form, identity=LeadIdentity(external_id="tg:1004", email="olga@EXAMPLE.com")
+        )
+        assert (again.lead.id, again.lead.email) == (4, "Olga@example.com")
         db.session.commit()
         assert_load_matches_open_contacts()
+        db.session.remove()
+
+        # And they are reported, not merged.
+        report = app.test_cli_runner().invoke(args=["leadcrm", "email-duplicates"])
+        assert report.exit_code == 0, report.output
+        assert report.output.splitlines() == [
+            "olga@example.com: new registrations find lead 2",
+            "  lead 2\tolga@example.com\t4 contacts\tfinds",
+            "  lead 4\tOlga@example.com\t2 contacts\tkept apart",
+            "1 address shared by more than one lead.",
+        ]
         db.session.remove()
         db.engine.dispose()
 
@@ -388,8 +439,8 @@ def test_contacts_waiting_while_an_operator_has_room_are_assigned_when_the_serve
     assert "Assigned 2 waiting contacts" in (tmp_path / "gunicorn.log").read_text()
     app = create_app({"SQLALCHEMY_DATABASE_URI": url})
     with app.app_context():
-        assert db.session.get(Operator, 3).active_leads == 2
-        assert db.session.get(SourceOperator, (2, 3)).assigned_total == 2
+        assert db.session.get_one(Operator, 3).active_leads == 2
+        assert db.session.get_one(SourceOperator, (2, 3)).assigned_total == 2
         assert_load_matches_open_contacts()
         db.session.remove()
         db.engine.dispose()

@@ -208,6 +208,7 @@ def test_backup_writes_a_private_self_contained_copy_and_keeps_an_existing_file(
 
     with app.app_context():
         database = db.engine.url.database
+    assert database is not None  # a SQLite file
     itself = runner.invoke(args=["leadcrm", "backup", "--force", database])
     assert itself.exit_code == 1 and "is the database itself" in itself.output
     # Nor any of its files (a -wal replaced by a copy would corrupt it), nor a link or a device with --force.

@@ -19,8 +19,9 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -30,6 +31,7 @@ import sqlalchemy as sa
 from leadcrm.database import SQLiteConnection
 from leadcrm.extensions import db
 from leadcrm.storage import Sql, Tx
+from tests.helpers import csrf_token_of
 from tests.servers import PROJECT_ROOT, api_session, create_token, free_port, gunicorn
 
 pytestmark = pytest.mark.slow
@@ -41,7 +43,7 @@ def log_in(base: str) -> requests.Session:
     """A supervisor's browser session (the first start created "admin" with ADMIN_PASSWORD)."""
     browser = requests.Session()
     page = browser.get(f"{base}/login", timeout=10).text
-    csrf = re.search(r'name="csrf-token" content="([^"]+)"', page).group(1)
+    csrf = csrf_token_of(page)
     form = {"csrf_token": csrf, "username": "admin", "password": ADMIN_PASSWORD}
     assert browser.post(f"{base}/login", data=form, timeout=10, allow_redirects=False).status_code == 302
     return browser
@@ -207,7 +209,7 @@ def test_the_hand_written_sql_path_invalidates_a_lost_connection(app, backend) -
         pytest.skip("terminating a connection is a PostgreSQL test")
     with app.app_context():
         connection = db.session.connection()
-        tx = Tx.of(db.session)
+        tx = Tx.of(db.session())
         pid = tx.execute(Sql("SELECT pg_backend_pid()"), {}).fetchone()[0]
         with backend.admin.connect() as admin:
             admin.execute(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
@@ -265,7 +267,10 @@ HOLD_SECONDS = 12
 
 
 def probe_while_held(
-    held_until: float, register, reads: dict[str, object], page_write
+    held_until: float,
+    register: Callable[[], tuple[float, requests.Response]],
+    reads: Mapping[str, Callable[[], requests.Response]],
+    page_write: Callable[[], requests.Response],
 ) -> tuple[list[str], int, dict[str, float]]:
     """Two API writers, a page write and a reader while the lock is held:
     (problems, 503s seen, slowest read per kind)."""
@@ -321,7 +326,7 @@ def test_a_write_lock_held_elsewhere_gives_quick_503s_and_reads_keep_answering(b
         token = create_token(url)
         _, source = set_up_distribution(api, token, operators=3, limit=100_000)
         browser = log_in(base)
-        csrf = re.search(r'name="csrf-token" content="([^"]+)"', browser.get(f"{base}/intake/").text).group(1)
+        csrf = csrf_token_of(browser.get(f"{base}/intake/").text)
 
         def intake() -> requests.Response:
             # The intake form, sent without JavaScript: an error is the app's own page.
@@ -348,13 +353,14 @@ def test_a_write_lock_held_elsewhere_gives_quick_503s_and_reads_keep_answering(b
         for with_flock in ("0", "1"):
             # A token never used before: its last use is due to be written on every read.
             reader = api_session(create_token(url, name=f"reader {with_flock}"))
-            reads = {
+            reads: dict[str, Callable[[], requests.Response]] = {
                 "healthz": lambda: requests.get(f"{base}/healthz", timeout=30),
-                "api read": lambda reader=reader: reader.get(f"{api}/distribution_status/", timeout=30),
+                "api read": partial(reader.get, f"{api}/distribution_status/", timeout=30),
                 "page": lambda: browser.get(f"{base}/", timeout=30),
             }
             args = [sys.executable, "-c", HOLD_THE_WRITE_LOCK, str(path), str(HOLD_SECONDS), with_flock]
             with subprocess.Popen(args, stdout=subprocess.PIPE, text=True) as holder:
+                assert holder.stdout is not None
                 assert holder.stdout.readline().strip() == "held"
                 held_until = time.monotonic() + HOLD_SECONDS
                 problems, busy, slowest = probe_while_held(held_until, register, reads, intake)
@@ -394,6 +400,7 @@ def test_a_stall_ties_up_one_worker_not_all_of_them(backend, tmp_path: Path) -> 
 
         args = [sys.executable, "-c", HOLD_THE_WRITE_LOCK, str(path), str(HOLD_SECONDS), "0"]
         with subprocess.Popen(args, stdout=subprocess.PIPE, text=True) as holder:
+            assert holder.stdout is not None
             assert holder.stdout.readline().strip() == "held"
             held_until = time.monotonic() + HOLD_SECONDS
             writers = [threading.Thread(target=write) for _ in range(2)]
@@ -418,7 +425,7 @@ def test_the_file_lock_wait_has_a_deadline_in_any_thread(tmp_path: Path) -> None
     path = str(tmp_path / "lock.sqlite3")
     holder = os.open(f"{path}-writelock", os.O_RDWR | os.O_CREAT, 0o600)
     fcntl.flock(holder, fcntl.LOCK_EX)
-    outcomes: dict[str, object] = {}
+    outcomes: dict[str, str | tuple[str, float]] = {}
 
     def try_to_write(label: str) -> None:
         conn = SQLiteConnection(path, timeout=0.5, isolation_level=None)
@@ -439,7 +446,9 @@ def test_the_file_lock_wait_has_a_deadline_in_any_thread(tmp_path: Path) -> None
     finally:
         fcntl.flock(holder, fcntl.LOCK_UN)
     for label in ("main", "thread"):
-        message, took = outcomes[label]
+        outcome = outcomes[label]
+        assert isinstance(outcome, tuple), outcome
+        message, took = outcome
         assert "database is locked" in message
         assert 0.5 <= took < 1.0
     # Let go: taken at once, from either.
@@ -515,7 +524,7 @@ def nginx_in_front_of(app_base: str, workdir: Path, tls: tuple[Path, Path] | Non
         while True:
             assert process.poll() is None, (prefix / "error.log").read_text()
             try:
-                if requests.get(f"{base}/healthz", timeout=1, verify=tls[0] if tls else True).status_code == 200:
+                if requests.get(f"{base}/healthz", timeout=1, verify=str(tls[0]) if tls else True).status_code == 200:
                     break
             except requests.ConnectionError:
                 pass
@@ -620,7 +629,7 @@ def test_forms_work_through_the_shipped_proxy_over_https_on_any_port(tmp_path: P
         browser = requests.Session()
         trust = str(tls[0])  # per request: REQUESTS_CA_BUNDLE in the environment would win over Session.verify
         page = browser.get(f"{base}/login", timeout=10, verify=trust).text
-        csrf = re.search(r'name="csrf-token" content="([^"]+)"', page).group(1)
+        csrf = csrf_token_of(page)
         form = {"csrf_token": csrf, "username": "admin", "password": ADMIN_PASSWORD}
         # As a browser sends it: the page's own address, port included.
         referer = {"Referer": f"{base}/login"}

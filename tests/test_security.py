@@ -22,18 +22,9 @@ from werkzeug.security import generate_password_hash
 from leadcrm import accounts, create_app
 from leadcrm.cli import ensure_first_admin
 from leadcrm.extensions import db
-from leadcrm.models import (
-    FULL_SCOPE,
-    INTAKE,
-    REGISTER_SCOPE,
-    SUPERVISOR,
-    ApiToken,
-    LoginFailure,
-    LoginSession,
-    User,
-    utcnow,
-)
-from tests.helpers import PASSWORD, add_token, add_user, login_client, password_hash
+from leadcrm.models import ApiToken, LoginFailure, LoginSession, User, utcnow
+from leadcrm.vocabulary import Role, TokenScope
+from tests.helpers import PASSWORD, add_token, add_user, csrf_token_of, json_of, login_client, password_hash
 from tests.servers import api_session, create_token, gunicorn
 from tests.test_web import HTMX, post_form, text
 
@@ -42,14 +33,14 @@ API = "/api/v1"
 
 def log_in(client: FlaskClient, username: str, password: str = PASSWORD, **kw):
     page = text(client.get("/login"))
-    csrf = re.search(r'name="csrf-token" content="([^"]+)"', page).group(1)
+    csrf = csrf_token_of(page)
     return client.post("/login", data={"csrf_token": csrf, "username": username, "password": password}, **kw)
 
 
 @pytest.fixture
 def people(app: Flask) -> dict[str, User]:
     with app.app_context():
-        return {"vera": add_user("vera", SUPERVISOR), "irina": add_user("irina", INTAKE)}
+        return {"vera": add_user("vera", Role.SUPERVISOR), "irina": add_user("irina", Role.INTAKE)}
 
 
 # --- login and logout -------------------------------------------------------------------------
@@ -123,14 +114,14 @@ def redirects_on_this_site(response) -> bool:
 
 
 def test_no_next_target_leads_off_site_or_fails(app: Flask, client: FlaskClient, people) -> None:
-    operators = [client.post(f"{API}/operators/", json={"name": n, "max_active_leads": 5}).json for n in "AB"]
+    operators = [json_of(client.post(f"{API}/operators/", json={"name": n, "max_active_leads": 5})) for n in "AB"]
     client.post(f"{API}/sources/", json={"name": "web_form"})
     client.post(f"{API}/sources/1/config", json={"operator_id": operators[0]["id"], "weight": 1})
-    contact_id, moved_id = (
-        client.post(f"{API}/contacts/register", json={"source_id": 1, "phone": f"+7900123456{n}"}).json["contact"]["id"]
-        for n in range(2)
-    )
-    csrf = re.search(r'name="csrf-token" content="([^"]+)"', text(client.get("/"))).group(1)
+    registered = [
+        client.post(f"{API}/contacts/register", json={"source_id": 1, "phone": f"+7900123456{n}"}) for n in range(2)
+    ]
+    contact_id, moved_id = (json_of(response)["contact"]["id"] for response in registered)
+    csrf = csrf_token_of(text(client.get("/")))
     anonymous = app.test_client()
     for n, target in enumerate(REDIRECT_BYPASSES):
         answers = {
@@ -189,7 +180,9 @@ def test_logout_ends_the_session(anonymous: FlaskClient, people) -> None:
 def copy_of_session(app: Flask, client: FlaskClient) -> FlaskClient:
     """Another browser holding a copy of ``client``'s session cookie (a stolen or shared cookie)."""
     other = app.test_client()
-    other.set_cookie("session", client.get_cookie("session").value)
+    cookie = client.get_cookie("session")
+    assert cookie is not None
+    other.set_cookie("session", cookie.value)
     return other
 
 
@@ -220,15 +213,15 @@ def test_log_out_everywhere_ends_every_session_of_the_user_only(app: Flask, peop
 
 
 def test_login_sessions_expire_and_are_deleted_later(ctx, people) -> None:
-    vera = db.session.get(User, people["vera"].id)
+    vera = db.session.get_one(User, people["vera"].id)
     max_age = timedelta(days=31)
-    old = accounts.start_session(db.session, vera, max_age, now=utcnow() - max_age - timedelta(seconds=1))
-    current = accounts.start_session(db.session, vera, max_age)
-    assert accounts.user_of_session(db.session, old, max_age) is None
-    assert accounts.user_of_session(db.session, current, max_age) is vera
-    assert accounts.user_of_session(db.session, "", max_age) is None
-    assert accounts.user_of_session(db.session, "x" * 5000, max_age) is None
-    accounts.start_session(db.session, vera, max_age)
+    old = accounts.start_session(db.session(), vera, max_age, now=utcnow() - max_age - timedelta(seconds=1))
+    current = accounts.start_session(db.session(), vera, max_age)
+    assert accounts.user_of_session(db.session(), old, max_age) is None
+    assert accounts.user_of_session(db.session(), current, max_age) is vera
+    assert accounts.user_of_session(db.session(), "", max_age) is None
+    assert accounts.user_of_session(db.session(), "x" * 5000, max_age) is None
+    accounts.start_session(db.session(), vera, max_age)
     assert db.session.scalar(sa.select(sa.func.count()).select_from(LoginSession)) == 2  # the old one is gone
 
 
@@ -267,7 +260,7 @@ def test_a_login_racing_a_new_password_does_not_outlive_it(app: Flask, people, m
         user = checked(*args, **kwargs)
         with sa.orm.Session(db.engine) as other:  # the owner's change, in another request
             accounts.set_password_hash(
-                other, other.get(User, people["vera"].id), generate_password_hash("brand new one")
+                other, other.get_one(User, people["vera"].id), generate_password_hash("brand new one")
             )
             other.commit()
         return user
@@ -339,17 +332,17 @@ def test_an_account_failing_from_many_addresses_is_slowed_down_for_browsers_with
 ) -> None:
     start = utcnow()
     for n in range(accounts.ACCOUNT_SLOWDOWN_AFTER):
-        assert accounts.authenticate(db.session, "vera", "guess", f"10.0.0.{n}", now=start) is None
+        assert accounts.authenticate(db.session(), "vera", "guess", f"10.0.0.{n}", now=start) is None
     # From now on every attempt, from any address, waits a moment after the latest failure ...
     with pytest.raises(accounts.LoginThrottled) as refused:
-        accounts.authenticate(db.session, "vera", PASSWORD, "10.9.9.9", now=start)
+        accounts.authenticate(db.session(), "vera", PASSWORD, "10.9.9.9", now=start)
     assert refused.value.retry_after <= 2 and "try again in" in str(refused.value.message)
     # ... a moment that grows with every further failure, up to half a minute at most.
     now, delays = start, []
     for n in range(12):
         while True:
             try:
-                assert accounts.authenticate(db.session, "vera", "guess", f"10.1.0.{n}", now=now) is None
+                assert accounts.authenticate(db.session(), "vera", "guess", f"10.1.0.{n}", now=now) is None
                 break
             except accounts.LoginThrottled as exc:
                 delays.append(exc.retry_after)
@@ -357,9 +350,9 @@ def test_an_account_failing_from_many_addresses_is_slowed_down_for_browsers_with
     assert delays == sorted(delays) and delays[-1] <= accounts.ACCOUNT_DELAY_MAX.total_seconds() + 1
     # The right password from a fresh address gets in once the short wait is over.
     with pytest.raises(accounts.LoginThrottled) as refused:
-        accounts.authenticate(db.session, "vera", PASSWORD, "10.9.9.9", now=now)
+        accounts.authenticate(db.session(), "vera", PASSWORD, "10.9.9.9", now=now)
     later = now + timedelta(seconds=refused.value.retry_after)
-    assert accounts.authenticate(db.session, "vera", PASSWORD, "10.9.9.9", now=later) is not None
+    assert accounts.authenticate(db.session(), "vera", PASSWORD, "10.9.9.9", now=later) is not None
 
 
 def test_an_address_is_throttled_across_accounts(app: Flask, people) -> None:
@@ -376,14 +369,14 @@ def test_an_address_is_throttled_across_accounts(app: Flask, people) -> None:
 def test_throttle_forgets_old_failures_and_success_clears_the_account(ctx, people) -> None:
     start = utcnow()
     for _ in range(accounts.MAX_FAILURES_PER_ACCOUNT_AND_ADDRESS):
-        assert accounts.authenticate(db.session, "vera", "guess", "a", now=start) is None
+        assert accounts.authenticate(db.session(), "vera", "guess", "a", now=start) is None
     with pytest.raises(accounts.LoginThrottled):
-        accounts.authenticate(db.session, "vera", PASSWORD, "a", now=start + timedelta(minutes=14))
+        accounts.authenticate(db.session(), "vera", PASSWORD, "a", now=start + timedelta(minutes=14))
     later = start + accounts.THROTTLE_WINDOW + timedelta(seconds=1)
-    assert accounts.authenticate(db.session, "vera", PASSWORD, "a", now=later) == db.session.get(User, 1)
+    assert accounts.authenticate(db.session(), "vera", PASSWORD, "a", now=later) == db.session.get(User, 1)
     assert db.session.scalar(sa.select(sa.func.count()).where(LoginFailure.key == "user:vera")) == 0
     db.session.commit()
-    assert accounts.authenticate(db.session, "vera", PASSWORD, "a", now=later) is not None  # and again
+    assert accounts.authenticate(db.session(), "vera", PASSWORD, "a", now=later) is not None  # and again
 
 
 # --- known devices ----------------------------------------------------------------------------
@@ -404,7 +397,7 @@ def slow_down_account(app: Flask, name: str) -> None:
         for n in range(accounts.ACCOUNT_SLOWDOWN_AFTER + 5):
             while True:
                 try:
-                    assert accounts.authenticate(db.session, name, "guess", f"10.7.{n}.1", now=now) is None
+                    assert accounts.authenticate(db.session(), name, "guess", f"10.7.{n}.1", now=now) is None
                     break
                 except accounts.LoginThrottled as exc:
                     now += timedelta(seconds=exc.retry_after)
@@ -414,7 +407,8 @@ def slow_down_account(app: Flask, name: str) -> None:
 def test_many_addresses_slow_an_account_down_but_never_lock_out_a_known_device(ctx, people) -> None:
     """The reviewer's attack: 5 failures per address, fired the moment each Retry-After is over."""
     key = current_app.secret_key
-    vera = db.session.get(User, people["vera"].id)
+    assert key is not None  # the app always has one
+    vera = db.session.get_one(User, people["vera"].id)
     start = utcnow()
     known = accounts.DeviceCookie(accounts.issue_device_cookie(key, vera, start), key)
     db.session.commit()
@@ -422,7 +416,7 @@ def test_many_addresses_slow_an_account_down_but_never_lock_out_a_known_device(c
     refused_without_cookie = logged_in_with_cookie = 0
     while now < start + timedelta(seconds=90):
         try:
-            assert accounts.authenticate(db.session, "vera", "guess", f"10.3.{address}.1", now=now) is None
+            assert accounts.authenticate(db.session(), "vera", "guess", f"10.3.{address}.1", now=now) is None
             failures += 1
             if failures % accounts.MAX_FAILURES_PER_ACCOUNT_AND_ADDRESS == 0:
                 address += 1
@@ -433,45 +427,47 @@ def test_many_addresses_slow_an_account_down_but_never_lock_out_a_known_device(c
             continue
         # Right after the attacker's failure: a new browser is slowed down, vera's own browser is not.
         with pytest.raises(accounts.LoginThrottled):
-            accounts.authenticate(db.session, "vera", PASSWORD, "198.51.100.7", now=now)
+            accounts.authenticate(db.session(), "vera", PASSWORD, "198.51.100.7", now=now)
         refused_without_cookie += 1
-        assert accounts.authenticate(db.session, "vera", PASSWORD, "198.51.100.7", now=now, device=known) is not None
+        assert accounts.authenticate(db.session(), "vera", PASSWORD, "198.51.100.7", now=now, device=known) is not None
         logged_in_with_cookie += 1
     assert address <= 8 and refused_without_cookie >= 6 and logged_in_with_cookie == refused_without_cookie
 
 
 def test_a_known_device_keeps_the_limits_of_its_address_and_its_own(ctx, people) -> None:
     key = current_app.secret_key
-    vera = db.session.get(User, people["vera"].id)
+    assert key is not None  # the app always has one
+    vera = db.session.get_one(User, people["vera"].id)
     start = utcnow()
     device = accounts.DeviceCookie(accounts.issue_device_cookie(key, vera, start), key)
     db.session.commit()
     # Its address may fail this account 5 times, as any browser there.
     for _ in range(accounts.MAX_FAILURES_PER_ACCOUNT_AND_ADDRESS):
-        assert accounts.authenticate(db.session, "vera", "guess", "192.0.2.1", now=start, device=device) is None
+        assert accounts.authenticate(db.session(), "vera", "guess", "192.0.2.1", now=start, device=device) is None
     with pytest.raises(accounts.LoginThrottled):
-        accounts.authenticate(db.session, "vera", PASSWORD, "192.0.2.1", now=start, device=device)
+        accounts.authenticate(db.session(), "vera", PASSWORD, "192.0.2.1", now=start, device=device)
     # The device itself may fail 5 times, from any addresses.
     other = accounts.DeviceCookie(accounts.issue_device_cookie(key, vera, start), key)
     for n in range(accounts.MAX_FAILURES_PER_DEVICE):
-        assert accounts.authenticate(db.session, "vera", "guess", f"192.0.3.{n}", now=start, device=other) is None
+        assert accounts.authenticate(db.session(), "vera", "guess", f"192.0.3.{n}", now=start, device=other) is None
     with pytest.raises(accounts.LoginThrottled) as refused:
-        accounts.authenticate(db.session, "vera", PASSWORD, "192.0.4.1", now=start, device=other)
+        accounts.authenticate(db.session(), "vera", PASSWORD, "192.0.4.1", now=start, device=other)
     assert refused.value.retry_after > 60
     # A known device's failures are its own: they do not slow the account down for anyone else.
     assert db.session.scalar(sa.select(sa.func.count()).where(LoginFailure.key == "user:vera")) == 0
     db.session.commit()
-    assert accounts.authenticate(db.session, "vera", PASSWORD, "192.0.5.1", now=start) is not None
+    assert accounts.authenticate(db.session(), "vera", PASSWORD, "192.0.5.1", now=start) is not None
 
 
 def test_a_device_cookie_is_bound_to_its_account_its_password_and_a_year(ctx, people) -> None:
     key = current_app.secret_key
-    vera, irina = db.session.get(User, people["vera"].id), db.session.get(User, people["irina"].id)
+    assert key is not None  # the app always has one
+    vera, irina = db.session.get_one(User, people["vera"].id), db.session.get_one(User, people["irina"].id)
     start = utcnow()
     genuine = accounts.issue_device_cookie(key, vera, start)
     db.session.commit()
     for n in range(accounts.ACCOUNT_SLOWDOWN_AFTER):
-        assert accounts.authenticate(db.session, "vera", "guess", f"10.0.0.{n}", now=start) is None
+        assert accounts.authenticate(db.session(), "vera", "guess", f"10.0.0.{n}", now=start) is None
     refused = {
         "no cookie": "",
         "garbage": "not a cookie",
@@ -484,19 +480,19 @@ def test_a_device_cookie_is_bound_to_its_account_its_password_and_a_year(ctx, pe
     for case, cookie in refused.items():
         with pytest.raises(accounts.LoginThrottled):
             accounts.authenticate(
-                db.session, "vera", PASSWORD, "10.9.9.9", now=start, device=accounts.DeviceCookie(cookie, key)
+                db.session(), "vera", PASSWORD, "10.9.9.9", now=start, device=accounts.DeviceCookie(cookie, key)
             )
             pytest.fail(f"{case} was exempt from the slowdown")
     assert accounts.authenticate(
-        db.session, "vera", PASSWORD, "10.9.9.9", now=start, device=accounts.DeviceCookie(genuine, key)
+        db.session(), "vera", PASSWORD, "10.9.9.9", now=start, device=accounts.DeviceCookie(genuine, key)
     )
     # A new password (the account is still slowed down): the devices that knew the old one are new browsers again.
-    accounts.set_password(db.session, vera, "a brand new passphrase")
+    accounts.set_password(db.session(), vera, "a brand new passphrase")
     renewed = accounts.issue_device_cookie(key, vera, start)
     db.session.commit()
     with pytest.raises(accounts.LoginThrottled):
         accounts.authenticate(
-            db.session,
+            db.session(),
             "vera",
             "a brand new passphrase",
             "10.9.9.9",
@@ -504,7 +500,9 @@ def test_a_device_cookie_is_bound_to_its_account_its_password_and_a_year(ctx, pe
             device=accounts.DeviceCookie(genuine, key),
         )
     new_device = accounts.DeviceCookie(renewed, key)
-    assert accounts.authenticate(db.session, "vera", "a brand new passphrase", "10.9.9.9", now=start, device=new_device)
+    assert accounts.authenticate(
+        db.session(), "vera", "a brand new passphrase", "10.9.9.9", now=start, device=new_device
+    )
 
 
 def test_a_browser_that_logged_in_before_skips_the_slowdown_a_new_one_or_a_forged_cookie_does_not(
@@ -532,6 +530,7 @@ def test_a_browser_that_logged_in_before_skips_the_slowdown_a_new_one_or_a_forge
         "another account": device_cookie(irina),
     }
     for case, cookie in forged.items():
+        assert cookie is not None, case
         browser = app.test_client()
         browser.set_cookie("leadcrm_device", cookie)
         assert log_in(browser, "vera").status_code == 429, case
@@ -545,7 +544,7 @@ def test_device_cookie_is_httponly_lax_long_lived_and_secure_over_https(app: Fla
         client = app.test_client()
         page = text(client.get("/login", base_url=base))
         assert client.get_cookie("leadcrm_device") is None
-        csrf = re.search(r'name="csrf-token" content="([^"]+)"', page).group(1)
+        csrf = csrf_token_of(page)
         data = {"csrf_token": csrf, "username": "vera", "password": PASSWORD}
         # Over HTTPS, Flask-WTF wants a same-origin Referer, as browsers send.
         response = client.post("/login", data=data, base_url=base, headers={"Referer": f"{base}/login"})
@@ -566,6 +565,7 @@ def test_a_known_device_changes_its_password_during_the_slowdown_and_gets_a_cook
     irina = app.test_client()
     assert log_in(irina, "irina").status_code == 302
     before = device_cookie(irina)
+    assert before is not None
     slow_down_account(app, "irina")
     done = post_form(irina, "/account", {"current_password": PASSWORD, "new_password": "a brand new one"})
     assert done.status_code == 200 and "Password changed." in text(done)
@@ -602,8 +602,11 @@ def test_supervisor_creates_users_with_hashed_passwords(client: FlaskClient) -> 
     assert bad.status_code == 422 and "Not a valid choice" in text(bad)
     with client.application.app_context():
         olga = db.session.scalar(sa.select(User).where(User.username == "olga"))
+        assert olga is not None
         assert (
-            olga.role == INTAKE and olga.password_hash.startswith("scrypt:") and "long enough" not in olga.password_hash
+            olga.role == Role.INTAKE
+            and olga.password_hash.startswith("scrypt:")
+            and "long enough" not in olga.password_hash
         )
     assert log_in(client.application.test_client(), "olga", "long enough!").location == "/intake/"
 
@@ -626,15 +629,15 @@ def test_users_page_keeps_the_last_supervisor(app: Flask, client: FlaskClient) -
 
 
 def test_the_last_active_supervisor_can_be_neither_demoted_nor_deactivated(ctx) -> None:
-    boss = add_user("boss", SUPERVISOR)
+    boss = add_user("boss", Role.SUPERVISOR)
     with pytest.raises(accounts.Conflict):
-        accounts.update_user(db.session, boss, role=INTAKE)
+        accounts.update_user(db.session(), boss, role=Role.INTAKE)
     with pytest.raises(accounts.Conflict):
-        accounts.update_user(db.session, boss, is_active=False)
-    second = add_user("second", SUPERVISOR)
-    accounts.update_user(db.session, boss, role=INTAKE)
+        accounts.update_user(db.session(), boss, is_active=False)
+    second = add_user("second", Role.SUPERVISOR)
+    accounts.update_user(db.session(), boss, role=Role.INTAKE)
     with pytest.raises(accounts.Conflict):
-        accounts.update_user(db.session, second, is_active=False)
+        accounts.update_user(db.session(), second, is_active=False)
 
 
 def test_first_start_creates_admin_once_with_a_random_or_given_password(app: Flask) -> None:
@@ -645,14 +648,15 @@ def test_first_start_creates_admin_once_with_a_random_or_given_password(app: Fla
         assert len(lines) == 1
         password = lines[0].split("password: ")[1].split()[0]
         assert len(password) >= 16
-        assert accounts.authenticate(db.session, "admin", password, "-").role == SUPERVISOR
+        admin = accounts.authenticate(db.session(), "admin", password, "-")
+        assert admin is not None and admin.role == Role.SUPERVISOR
     app.config["LEADCRM_ADMIN_PASSWORD"] = "from the environment"
     with app.app_context():
         db.session.execute(sa.delete(User))
         db.session.commit()
         ensure_first_admin(lines.append)
         assert len(lines) == 1  # a given password is not printed
-        assert accounts.authenticate(db.session, "admin", "from the environment", "-") is not None
+        assert accounts.authenticate(db.session(), "admin", "from the environment", "-") is not None
     app.config["LEADCRM_ADMIN_PASSWORD"] = "short"
     with app.app_context():
         db.session.execute(sa.delete(User))
@@ -676,7 +680,7 @@ def test_users_cli_creates_and_changes_passwords(app: Flask) -> None:
     assert result.exit_code == 1 and "Use 10 to 256 characters." in result.output
     assert "anna\tsupervisor\tactive" in runner.invoke(args=["leadcrm", "users", "list"]).output
     with app.app_context():
-        assert accounts.authenticate(db.session, "anna", "pass phrase 2", "-") is not None
+        assert accounts.authenticate(db.session(), "anna", "pass phrase 2", "-") is not None
 
 
 # --- API tokens -------------------------------------------------------------------------------
@@ -685,27 +689,32 @@ def test_users_cli_creates_and_changes_passwords(app: Flask) -> None:
 def test_token_is_shown_once_and_only_its_hash_is_kept(client: FlaskClient) -> None:
     response = post_form(client, "/tokens/", {"name": "Website form", "scope": "register"})
     assert response.status_code == 200 and response.headers["Cache-Control"] == "no-store"
-    secret = re.search(r'value="(lcrm_[^"]+)"', text(response)).group(1)
+    shown = re.search(r'value="(lcrm_[^"]+)"', text(response))
+    assert shown
+    secret = shown.group(1)
     assert secret not in text(client.get("/tokens/"))
     with client.application.app_context():
         token = db.session.scalar(sa.select(ApiToken).where(ApiToken.name == "Website form"))
+        assert token is not None
         assert token.token_hash == hashlib.sha256(secret.encode()).hexdigest()
-        assert token.scope == REGISTER_SCOPE and token.last_used_at is None
+        assert token.scope == TokenScope.REGISTER and token.last_used_at is None
         stored = " ".join(str(v) for v in db.session.execute(sa.select(ApiToken.__table__)).all())
         assert secret not in stored
     headers = {"Authorization": f"Bearer {secret}"}
     anonymous = client.application.test_client()
     assert anonymous.get(f"{API}/distribution_status/", headers=headers).status_code == 200
     with client.application.app_context():
-        assert db.session.get(ApiToken, token.id).last_used_at is not None
-    row = re.search(rf'<tr id="token-{token.id}".*?</tr>', text(client.get("/tokens/")), re.S).group(0)
+        assert db.session.get_one(ApiToken, token.id).last_used_at is not None
+    found = re.search(rf'<tr id="token-{token.id}".*?</tr>', text(client.get("/tokens/")), re.S)
+    assert found
+    row = found.group(0)
     assert row.count("<time") == 2  # created, last used
 
 
 def test_scopes_revocation_and_bad_credentials(app: Flask, client: FlaskClient) -> None:
     with app.app_context():
-        register = add_token("form", REGISTER_SCOPE)
-        full = add_token("crm", FULL_SCOPE)
+        register = add_token("form", TokenScope.REGISTER)
+        full = add_token("crm", TokenScope.FULL)
         register_id = db.session.scalar(sa.select(ApiToken.id).where(ApiToken.name == "form"))
     anonymous = app.test_client()
     body = {"source_name": "nowhere", "phone": "+79001234567"}
@@ -720,7 +729,7 @@ def test_scopes_revocation_and_bad_credentials(app: Flask, client: FlaskClient) 
     assert call("POST", "/operators/", full, json={"name": "X", "max_active_leads": 1}).status_code == 201
     for header in ("Bearer", "Bearer nonsense", f"Basic {full}", f"Bearer {full}x", "Bearer " + "a" * 5000):
         response = anonymous.get(f"{API}/contacts/", headers={"Authorization": header})
-        assert response.status_code == 401 and response.json["error"]["code"] == "unauthorized", header
+        assert response.status_code == 401 and json_of(response)["error"]["code"] == "unauthorized", header
     assert post_form(client, f"/tokens/{register_id}/revoke", {}).status_code == 302
     assert call("GET", "/distribution_status/", register).status_code == 401
     assert "revoked" in text(client.get("/tokens/"))
@@ -730,23 +739,24 @@ def test_browser_session_may_call_the_api_with_its_csrf_token(app: Flask, people
     boss = login_client(app, people["vera"])
     assert boss.get(f"{API}/operators/").status_code == 200
     refused = boss.post(f"{API}/operators/", json={"name": "X", "max_active_leads": 1})
-    assert refused.status_code == 400 and refused.json["error"]["code"] == "csrf_failed"
+    assert refused.status_code == 400 and json_of(refused)["error"]["code"] == "csrf_failed"
     page = text(boss.get("/"))
-    csrf = re.search(r'name="csrf-token" content="([^"]+)"', page).group(1)
+    csrf = csrf_token_of(page)
     created = boss.post(f"{API}/operators/", json={"name": "X", "max_active_leads": 1}, headers={"X-CSRFToken": csrf})
     assert created.status_code == 201
 
 
 def test_history_names_the_user_or_token_behind_each_change(app: Flask, client: FlaskClient, people) -> None:
-    operator = client.post(f"{API}/operators/", json={"name": "Anna", "max_active_leads": 5}).json
-    source = client.post(f"{API}/sources/", json={"name": "web_form"}).json
+    operator = json_of(client.post(f"{API}/operators/", json={"name": "Anna", "max_active_leads": 5}))
+    source = json_of(client.post(f"{API}/sources/", json={"name": "web_form"}))
     client.post(f"{API}/sources/{source['id']}/config", json={"operator_id": operator["id"], "weight": 1})
-    contact = client.post(f"{API}/contacts/register", json={"source_id": 1, "phone": "+79001234567"}).json["contact"]
+    registered = client.post(f"{API}/contacts/register", json={"source_id": 1, "phone": "+79001234567"})
+    contact = json_of(registered)["contact"]
     irina = login_client(app, people["irina"])
     page = text(irina.get("/"))
-    csrf = re.search(r'name="csrf-token" content="([^"]+)"', page).group(1)
+    csrf = csrf_token_of(page)
     assert irina.post(f"/contacts/{contact['id']}/close", data={"csrf_token": csrf}).status_code == 302
-    events = client.get(f"{API}/contacts/{contact['id']}/events").json
+    events = json_of(client.get(f"{API}/contacts/{contact['id']}/events"))
     assert [(e["reason"], e["actor"]) for e in events] == [("registered", "token:tests (#1)"), ("closed", "user:irina")]
     assert "user:irina" in text(client.get(f"/contacts/{contact['id']}"))
 
@@ -777,7 +787,7 @@ def test_session_cookie_is_httponly_lax_and_secure_over_https(app: Flask, people
     for base, secure in (("http://localhost", False), ("https://localhost", True)):
         client = app.test_client()
         page = text(client.get("/login", base_url=base))
-        csrf = re.search(r'name="csrf-token" content="([^"]+)"', page).group(1)
+        csrf = csrf_token_of(page)
         data = {"csrf_token": csrf, "username": "vera", "password": PASSWORD}
         response = client.post("/login", data=data, base_url=base, headers={"Referer": f"{base}/login"})
         assert response.status_code == 302  # logged in (not a 400 that happens to set a session cookie)
@@ -793,8 +803,8 @@ EVIL = "<script>alert(1)</script>"
 
 
 def test_user_text_is_escaped_on_every_page(app: Flask, client: FlaskClient) -> None:
-    operator = client.post(f"{API}/operators/", json={"name": f"op {EVIL}", "max_active_leads": 5}).json
-    source = client.post(f"{API}/sources/", json={"name": f"src {EVIL}"}).json
+    operator = json_of(client.post(f"{API}/operators/", json={"name": f"op {EVIL}", "max_active_leads": 5}))
+    source = json_of(client.post(f"{API}/sources/", json={"name": f"src {EVIL}"}))
     client.post(f"{API}/sources/{source['id']}/config", json={"operator_id": operator["id"], "weight": 1})
     body = {"source_id": source["id"], "phone": "+79001234567", "name": f"lead {EVIL}", "message": f"msg {EVIL}"}
     assert client.post(f"{API}/contacts/register", json=body).status_code == 201
@@ -810,8 +820,8 @@ def test_user_text_is_escaped_on_every_page(app: Flask, client: FlaskClient) -> 
 
 
 def test_intake_staff_are_not_offered_what_they_may_not_do(app: Flask, client: FlaskClient, people) -> None:
-    operator = client.post(f"{API}/operators/", json={"name": "Anna", "max_active_leads": 5}).json
-    source = client.post(f"{API}/sources/", json={"name": "web_form"}).json
+    operator = json_of(client.post(f"{API}/operators/", json={"name": "Anna", "max_active_leads": 5}))
+    source = json_of(client.post(f"{API}/sources/", json={"name": "web_form"}))
     client.post(f"{API}/sources/{source['id']}/config", json={"operator_id": operator["id"], "weight": 1})
     client.post(f"{API}/contacts/register", json={"source_id": 1, "phone": "+79001234567"})
     client.post(f"{API}/contacts/register", json={"source_id": 1, "phone": "+79001234568"})
@@ -850,7 +860,7 @@ def store_user(database_url: str, username: str, password_hash: str) -> None:
     """A supervisor stored straight into a served (migrated) database."""
     app = create_app({"SQLALCHEMY_DATABASE_URI": database_url})
     with app.app_context():
-        db.session.add(User(username=username, password_hash=password_hash, role=SUPERVISOR))
+        db.session.add(User(username=username, password_hash=password_hash, role=Role.SUPERVISOR))
         db.session.commit()
         db.session.remove()
         db.engine.dispose()
@@ -861,7 +871,7 @@ def login_page(base: str, address: str) -> tuple[requests.Session, str]:
     browser = requests.Session()
     browser.headers["X-Forwarded-For"] = address
     page = browser.get(f"{base}/login", timeout=30).text
-    return browser, re.search(r'name="csrf-token" content="([^"]+)"', page).group(1)
+    return browser, csrf_token_of(page)
 
 
 def post_login(base: str, browser: requests.Session, csrf: str, username: str, password: str) -> requests.Response:

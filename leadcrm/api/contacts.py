@@ -9,26 +9,39 @@ from flask import current_app, request, stream_with_context, url_for
 from leadcrm import distribution, export, idempotency, leads, queries, sources
 from leadcrm.api import bp
 from leadcrm.api.http import Response, dump, json_body, page_of, parse, query_args
+from leadcrm.api.openapi import Answer, created, operation
 from leadcrm.api.schemas import (
     AssignIn,
     ContactFilter,
     ContactOut,
+    ContactPage,
     EventOut,
     RegisteredLeadOut,
+    RegisterHeaders,
     RegisterIn,
+    RegistrationOut,
 )
 from leadcrm.auth import allow, caller_may, current_caller
 from leadcrm.distribution import Registration
 from leadcrm.errors import InvalidInput, LeadConflict, NotFound
 from leadcrm.extensions import db
 from leadcrm.identity import LeadIdentity, parse_identity
-from leadcrm.models import IDEMPOTENCY_KEY_MAX, INTAKE, SUPERVISOR, Contact
+from leadcrm.models import Contact
 from leadcrm.storage import ContactRecord, LeadRecord, OperatorRecord
+from leadcrm.vocabulary import IDEMPOTENCY_KEY_MAX, Role
 
 
 @bp.post("/contacts/register")
-@allow(SUPERVISOR, INTAKE, register_token=True)
+@allow(Role.SUPERVISOR, Role.INTAKE, register_token=True)
+@operation(
+    "registerContact",
+    created(RegistrationOut, "Contact"),
+    body=RegisterIn,
+    headers=RegisterHeaders,
+    errors=(404, 409),
+)
 def register_contact() -> Response:
+    """Register a contact and distribute it."""
     key = request.headers.get("Idempotency-Key")
     if key is not None and not 1 <= len(key.strip()) <= IDEMPOTENCY_KEY_MAX:
         message = f"An Idempotency-Key has 1 to {IDEMPOTENCY_KEY_MAX} characters."
@@ -84,7 +97,11 @@ def register_contact() -> Response:
 def _registered_lead(lead: LeadRecord, identity: LeadIdentity, name: str | None) -> dict[str, Any]:
     """The lead as a caller that may not read leads sees it: only what it sent that the lead holds."""
     sent = {field: getattr(identity, field) for field in leads.IDENTIFIERS} | {"name": name}
-    known = {field: value for field, value in sent.items() if value is not None and getattr(lead, field) == value}
+    known = {
+        field: value
+        for field, value in sent.items()
+        if value is not None and (lead.name == value if field == "name" else leads.holds_identifier(lead, field, value))
+    }
     return RegisteredLeadOut(id=lead.id, **known).model_dump(mode="json", exclude_unset=True)
 
 
@@ -158,8 +175,10 @@ def _stored_answer(answer: idempotency.StoredAnswer, *, replayed: bool) -> Flask
 
 
 @bp.get("/contacts/")
-@allow(SUPERVISOR, INTAKE)
+@allow(Role.SUPERVISOR, Role.INTAKE)
+@operation("listContacts", Answer("A page of contacts.", ContactPage), query=ContactFilter)
 def list_contacts() -> Response:
+    """List contacts, newest first."""
     args = query_args(ContactFilter)
     query = queries.contacts_query(
         status=args.status,
@@ -172,8 +191,10 @@ def list_contacts() -> Response:
 
 
 @bp.get("/contacts/<id:contact_id>")
-@allow(SUPERVISOR, INTAKE)
+@allow(Role.SUPERVISOR, Role.INTAKE)
+@operation("getContact", Answer("The contact.", ContactOut), errors=(404,))
 def get_contact(contact_id: int) -> Response:
+    """Get a contact."""
     contact = db.session.get(Contact, contact_id)
     if contact is None:
         raise NotFound(f"No contact with id {contact_id}.")
@@ -181,17 +202,22 @@ def get_contact(contact_id: int) -> Response:
 
 
 @bp.get("/contacts/<id:contact_id>/events")
-@allow(SUPERVISOR, INTAKE)
+@allow(Role.SUPERVISOR, Role.INTAKE)
+@operation("listContactEvents", Answer("The events.", list[EventOut]), errors=(404,))
 def get_contact_events(contact_id: int) -> Response:
+    """A contact's history: every change of its assignment and why, oldest first."""
     if db.session.get(Contact, contact_id) is None:
         raise NotFound(f"No contact with id {contact_id}.")
     return [dump(EventOut, event) for event in queries.contact_events(db.session, contact_id)]
 
 
 @bp.post("/contacts/<id:contact_id>/assign")
-@allow(SUPERVISOR)
+@allow(Role.SUPERVISOR)
+@operation("assignContact", Answer("The contact.", ContactOut), body=AssignIn, errors=(404, 409))
 def assign_contact(contact_id: int) -> Response:
-    """Give an open contact to a chosen operator (past its limit only with override)."""
+    """Give an open contact to a chosen operator (past its limit only with override); the previous
+    operator's slot goes back to the queue.
+    """
     body = parse(AssignIn, json_body())
     contact = distribution.assign_by_hand(db.session, contact_id, body.operator_id, override=body.override)
     db.session.commit()
@@ -199,17 +225,21 @@ def assign_contact(contact_id: int) -> Response:
 
 
 @bp.post("/contacts/<id:contact_id>/reopen")
-@allow(SUPERVISOR)
+@allow(Role.SUPERVISOR)
+@operation("reopenContact", Answer("The contact.", ContactOut), errors=(404,))
 def reopen_contact(contact_id: int) -> Response:
+    """Reopen a closed contact: back to its operator if it still can take it, else distributed again."""
     contact = distribution.reopen_contact(db.session, contact_id)
     db.session.commit()
     return dump(ContactOut, contact)
 
 
 @bp.get("/contacts/export.csv")
-@allow(SUPERVISOR)
+@allow(Role.SUPERVISOR)
+@operation("exportContacts", Answer("CSV, one contact a row.", media_type="text/csv"), query=ContactFilter)
 def export_contacts() -> FlaskResponse:
-    """The contacts matching the list's filters, as CSV, streamed (the contacts page links here)."""
+    """The contacts matching the filters, as CSV."""
+    # Streamed; the contacts page links here with its filters.
     filters = query_args(ContactFilter)
     query = queries.contacts_query(**filters.model_dump(exclude={"page", "per_page"}))
     rows = stream_with_context(export.contacts_csv(db.session, query))
@@ -219,8 +249,10 @@ def export_contacts() -> FlaskResponse:
 
 
 @bp.post("/contacts/<id:contact_id>/close")
-@allow(SUPERVISOR, INTAKE)
+@allow(Role.SUPERVISOR, Role.INTAKE)
+@operation("closeContact", Answer("The closed contact.", ContactOut), errors=(404,))
 def close_contact(contact_id: int) -> Response:
+    """Close a contact (closing a closed one changes nothing)."""
     contact = distribution.close_contact(db.session, contact_id)
     db.session.commit()
     return dump(ContactOut, contact)

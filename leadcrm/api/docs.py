@@ -4,13 +4,13 @@ from flask import Blueprint, render_template
 from flask.typing import ResponseReturnValue
 
 from leadcrm.auth import allow
-from leadcrm.models import SUPERVISOR
+from leadcrm.vocabulary import Role
 
 bp = Blueprint("docs", __name__)
 SWAGGER_UI = "vendor/swagger-ui-5.35.0"
 
 
 @bp.get("/docs")
-@allow(SUPERVISOR)
+@allow(Role.SUPERVISOR)
 def docs() -> ResponseReturnValue:
     return render_template("docs.html", swagger_ui=SWAGGER_UI)

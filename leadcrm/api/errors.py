@@ -9,6 +9,7 @@ from werkzeug.exceptions import HTTPException, InternalServerError, default_exce
 
 from leadcrm.errors import Conflict, DomainError, InvalidInput, NotFound
 from leadcrm.extensions import db
+from leadcrm.i18n import translate, translate_fields
 from leadcrm.web.rendering import render
 
 # How long a client should wait before sending a request again after a 503.
@@ -24,9 +25,9 @@ STATUS_BY_ERROR: list[tuple[type[DomainError], int]] = [
 def error_response(
     status: int, code: str, message: Any, fields: dict[str, Any] | None = None
 ) -> tuple[dict[str, Any], int]:
-    body: dict[str, Any] = {"code": code, "message": str(message)}
+    body: dict[str, Any] = {"code": code, "message": translate(message)}
     if fields:
-        body["fields"] = {path: str(text) for path, text in fields.items()}
+        body["fields"] = translate_fields(fields)
     return {"error": body}, status
 
 
@@ -49,7 +50,7 @@ def register_error_handlers(app: Flask) -> None:
         status = next((s for cls, s in STATUS_BY_ERROR if isinstance(exc, cls)), 400)
         if not _is_api_request():
             # A page: the plain HTML error page for that status.
-            return default_exceptions[status](description=str(exc.message))
+            return default_exceptions[status](description=translate(exc.message))
         return error_response(status, exc.code, exc.message, exc.fields)
 
     @app.errorhandler(ValidationError)

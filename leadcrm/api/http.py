@@ -16,6 +16,7 @@ from leadcrm.api.schemas import (
 )
 from leadcrm.errors import InvalidInput
 from leadcrm.extensions import db
+from leadcrm.vocabulary import PER_PAGE_MAX
 
 M = TypeVar("M", bound=BaseModel)
 Response = tuple[Any, int] | tuple[Any, int, dict[str, str]] | Any
@@ -91,7 +92,7 @@ def dump(model: type[BaseModel], obj: Any) -> dict[str, Any]:
 
 
 def page_of(query: sa.Select[Any], args: PageArgs, model: type[BaseModel]) -> dict[str, Any]:
-    page = db.paginate(query, page=args.page, per_page=args.per_page, max_per_page=500, error_out=False)
+    page = db.paginate(query, page=args.page, per_page=args.per_page, max_per_page=PER_PAGE_MAX, error_out=False)
     return {
         "items": [dump(model, item) for item in page.items],
         "page": args.page,

@@ -5,27 +5,33 @@ from flask import current_app
 from leadcrm import leads, queries
 from leadcrm.api import bp
 from leadcrm.api.http import Response, page_of, query_args
+from leadcrm.api.openapi import Answer, operation
 from leadcrm.api.schemas import (
     ContactOut,
     LeadDetailOut,
     LeadOut,
+    LeadPage,
     LeadSearch,
 )
 from leadcrm.auth import allow
 from leadcrm.extensions import db
-from leadcrm.models import INTAKE, SUPERVISOR
+from leadcrm.vocabulary import Role
 
 
 @bp.get("/leads/")
-@allow(SUPERVISOR, INTAKE)
+@allow(Role.SUPERVISOR, Role.INTAKE)
+@operation("listLeads", Answer("A page of leads.", LeadPage), query=LeadSearch)
 def list_leads() -> Response:
+    """Search leads by external_id, phone, email or name."""
     args = query_args(LeadSearch)
     return page_of(leads.search_leads_query(args.q, current_app.config["LEADCRM_PHONE_REGION"]), args, LeadOut)
 
 
 @bp.get("/leads/<id:lead_id>")
-@allow(SUPERVISOR, INTAKE)
+@allow(Role.SUPERVISOR, Role.INTAKE)
+@operation("getLead", Answer("The lead.", LeadDetailOut), errors=(404,))
 def get_lead(lead_id: int) -> Response:
+    """A lead with all its contacts."""
     lead = leads.get_lead(db.session, lead_id)
     contacts = db.session.scalars(queries.contacts_query(lead_id=lead_id)).all()
     return LeadDetailOut(

@@ -1,324 +1,299 @@
-"""The OpenAPI 3.1 document of /api/v1, built from the same pydantic models the views use."""
+"""The OpenAPI 3.1 document of /api/v1, generated from the views' own declarations.
 
-from functools import cache
-from typing import Any
+Each API view carries what the document says about it:
 
+- its path, path parameters and method: the URL map (``@bp.get("/contacts/<id:contact_id>")``);
+- who may call it: ``@allow(...)`` (roles, and whether a ``register`` token may);
+- what the URL map and ``@allow`` cannot know: ``@operation(...)`` below (the
+  operationId, the body, query and header models, the answer, the errors the
+  view raises itself);
+- its summary: the first paragraph of the view's docstring (later paragraphs
+  go to the description, before the access rule).
+
+The schemas are the pydantic models the views parse and answer with. What every
+operation shares is added here once: 401/403/503 on each, 400/413/415/422 with
+a body, 422 with query parameters.
+"""
+
+import inspect
+import re
+import types
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar, Union, get_args, get_origin
+
+from flask import Flask, current_app
 from pydantic import BaseModel
-from pydantic.json_schema import models_json_schema
+from pydantic.json_schema import JsonSchemaMode, models_json_schema
+from werkzeug.routing import Rule
+from werkzeug.routing.converters import NumberConverter
 
 from leadcrm.api import bp
 from leadcrm.api import schemas as s
 from leadcrm.api.http import Response
-from leadcrm.auth import allow
-from leadcrm.models import INTAKE, SUPERVISOR
+from leadcrm.auth import Access, access_of, allow
+from leadcrm.vocabulary import Role, TokenScope
 
+F = TypeVar("F", bound=Callable[..., Any])
 REF = "#/components/schemas/{model}"
+OPERATION = "leadcrm_operation"
+DOCUMENT = "leadcrm_openapi_document"
+
+ERROR_TEXT = {
+    400: "Malformed JSON.",
+    401: "No credentials, or a token that is unknown or revoked.",
+    403: "The token's scope (or the user's role) does not allow this endpoint.",
+    404: "Unknown id.",
+    409: "Conflict (duplicate name, identifiers of two different leads).",
+    413: "The body is larger than 1 MiB.",
+    415: "Body is not application/json.",
+    422: "Validation failed; `fields` names each wrong field.",
+    503: "The database is busy or unreachable; nothing was written, send it again.",
+}
+# Every operation: credentials and scope are checked, the database may be busy.
+ALWAYS = (401, 403, 503)
+WITH_BODY = (400, 413, 415, 422)
+WITH_QUERY = (422,)
 
 
-def _ref(model: type[BaseModel] | str) -> dict[str, str]:
-    name = model if isinstance(model, str) else model.__name__
-    return {"$ref": REF.format(model=name)}
+@dataclass(frozen=True)
+class Answer:
+    """An operation's answer when it succeeds.
+
+    ``schema``: what the body is, as a type pydantic knows (a model, ``list[Model]``,
+    ``Page[Model]``); None for text (``media_type`` says which). ``location``: the
+    answer names the new resource in a Location header.
+    """
+
+    description: str
+    schema: Any = None
+    status: int = 200
+    media_type: str = "application/json"
+    location: bool = False
+
+
+def created(schema: type[BaseModel], what: str) -> Answer:
+    """201 with the new resource and its URL in Location."""
+    return Answer(f"{what} created.", schema, status=201, location=True)
+
+
+@dataclass(frozen=True)
+class Operation:
+    operation_id: str
+    answer: Answer
+    body: Any = None
+    query: type[BaseModel] | None = None
+    headers: type[BaseModel] | None = None
+    errors: tuple[int, ...] = ()
+
+
+def operation(
+    operation_id: str,
+    answer: Answer,
+    *,
+    body: Any = None,
+    query: type[BaseModel] | None = None,
+    headers: type[BaseModel] | None = None,
+    errors: tuple[int, ...] = (),
+) -> Callable[[F], F]:
+    """Declare what the OpenAPI document says about an API view.
+
+    ``operation_id``: stable and explicit (clients generated from the document
+    name their functions after it), a camelCase verb: ``registerContact``.
+    ``body``: the request body's type (``A | B`` for either); ``query`` and
+    ``headers``: models whose fields are the parameters; ``errors``: the
+    statuses the view itself may answer besides those every operation shares.
+    """
+    declared = Operation(operation_id, answer, body=body, query=query, headers=headers, errors=errors)
+
+    def declare(view: F) -> F:
+        setattr(view, OPERATION, declared)
+        return view
+
+    return declare
+
+
+def openapi_document(app: Flask) -> dict[str, Any]:
+    """The document of ``app``'s API (built once per app: the URL map does not change)."""
+    document = app.extensions.get(DOCUMENT)
+    if document is None:
+        document = app.extensions[DOCUMENT] = _build(app)
+    return document
+
+
+@bp.get("/openapi.json")
+@allow(Role.SUPERVISOR, Role.INTAKE, register_token=True)
+def openapi_json() -> Response:
+    return openapi_document(current_app)
+
+
+class _Schemas:
+    """The components: every model an operation names, each once, with the mode it is used in."""
+
+    def __init__(self) -> None:
+        self.uses: list[tuple[type[BaseModel], JsonSchemaMode]] = []
+
+    def models_of(self, schema_type: Any, mode: JsonSchemaMode) -> None:
+        if isinstance(schema_type, type) and issubclass(schema_type, BaseModel):
+            if (schema_type, mode) not in self.uses:
+                self.uses.append((schema_type, mode))
+            return
+        for arg in get_args(schema_type):
+            self.models_of(arg, mode)
+
+    def build(self) -> None:
+        """Generate every schema at once, so that models used in several places share one definition."""
+        self.refs, schema = models_json_schema(self.uses, ref_template=REF)
+        self.definitions: dict[str, Any] = schema.get("$defs", {})
+
+    def of(self, schema_type: Any, mode: JsonSchemaMode) -> dict[str, Any]:
+        """The schema of a body or answer type: models by reference, lists as arrays, unions as oneOf."""
+        if isinstance(schema_type, type) and issubclass(schema_type, BaseModel):
+            return dict(self.refs[(schema_type, mode)])
+        origin = get_origin(schema_type)
+        if origin is list:
+            (item,) = get_args(schema_type)
+            return {"type": "array", "items": self.of(item, mode)}
+        if origin in (Union, types.UnionType):
+            return {"oneOf": [self.of(arg, mode) for arg in get_args(schema_type)]}
+        raise TypeError(f"no schema for {schema_type!r}")
+
+    def parameters(self, model: type[BaseModel], where: str) -> list[dict[str, Any]]:
+        """Each field of ``model`` as a parameter ``in`` query or header: never null, required if it has no default."""
+        name = self.refs[(model, "validation")]["$ref"].rsplit("/", 1)[-1]
+        properties = self.definitions[name]["properties"]
+        parameters = []
+        for field_name, field in model.model_fields.items():
+            schema = dict(properties[field.alias or field_name])
+            # A parameter left out is absent, never null: the schema is the non-null branch.
+            branches = [branch for branch in schema.pop("anyOf", []) if branch != {"type": "null"}]
+            if branches:
+                (branch,) = branches
+                schema |= branch
+            schema.pop("title", None)
+            if "default" in schema and schema["default"] is None:
+                del schema["default"]
+            parameter: dict[str, Any] = {"name": field.alias or field_name, "in": where, "schema": schema}
+            if "description" in schema:
+                parameter["description"] = schema.pop("description")
+            parameter["required"] = field.is_required()
+            parameters.append(parameter)
+        return parameters
 
 
 def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
-def _errors(*statuses: int) -> dict[str, Any]:
-    text = {
-        400: "Malformed JSON.",
-        404: "Unknown id.",
-        409: "Conflict (duplicate name, identifiers of two different leads).",
-        415: "Body is not application/json.",
-        422: "Validation failed; `fields` names each wrong field.",
-        401: "No credentials, or a token that is unknown or revoked.",
-        403: "The token's scope (or the user's role) does not allow this endpoint.",
-        413: "The body is larger than 1 MiB.",
-        503: "The database is busy or unreachable; nothing was written, send it again.",
-    }
-    return {str(code): _json(_ref(s.ErrorOut), text[code]) for code in statuses}
+def _path(rule: Rule, prefix: str) -> str:
+    """``/api/v1/contacts/<id:contact_id>`` as ``/contacts/{contact_id}``."""
+    return re.sub(r"<(?:[^>:]+:)?([^>]+)>", r"{\1}", rule.rule.removeprefix(prefix))
 
 
-def _page(model: type[BaseModel]) -> dict[str, Any]:
-    return {
-        "type": "object",
-        "required": ["items", "page", "per_page", "total"],
-        "properties": {
-            "items": {"type": "array", "items": _ref(model)},
-            "page": {"type": "integer"},
-            "per_page": {"type": "integer"},
-            "total": {"type": "integer"},
-        },
-    }
+def _path_parameters(rule: Rule) -> list[dict[str, Any]]:
+    parameters = []
+    for name, converter in rule._converters.items():  # werkzeug keeps a rule's converters only here
+        schema: dict[str, Any] = {"type": "string"}
+        if isinstance(converter, NumberConverter):
+            schema = {"type": "integer"}
+            if converter.min is not None:
+                schema["minimum"] = converter.min
+            if converter.max is not None:
+                schema["maximum"] = converter.max
+        parameters.append({"name": name, "in": "path", "schema": schema, "required": True})
+    return parameters
 
 
-def _param(name: str, schema: dict[str, Any], where: str = "query", **extra: Any) -> dict[str, Any]:
-    return {"name": name, "in": where, "schema": schema, "required": where == "path", **extra}
+def _summary_and_description(view: Callable[..., Any]) -> tuple[str, str]:
+    """The docstring's first paragraph (no closing period) and the rest."""
+    doc = inspect.cleandoc(view.__doc__ or "")
+    if not doc:
+        raise RuntimeError(f"API view {view.__name__} has no docstring: its first line is the operation's summary")
+    first, _, rest = doc.partition("\n\n")
+    return " ".join(first.split()).removesuffix("."), " ".join(rest.split())
 
 
-def _id(name: str) -> dict[str, Any]:
-    return _param(name, {"type": "integer", "minimum": 1, "maximum": s.INT_MAX}, "path")
+def _access_text(access: Access) -> str:
+    """Who may call, as the description says it: ``Token scope: `full`. Role: supervisor.``"""
+    scopes = (TokenScope.REGISTER, TokenScope.FULL) if access.register_token else (TokenScope.FULL,)
+    roles = ("Roles: " if len(access.roles) > 1 else "Role: ") + ", ".join(access.roles)
+    return f"Token scope: {' or '.join(f'`{scope}`' for scope in scopes)}. {roles}."
 
 
-PAGING = [
-    _param("page", {"type": "integer", "minimum": 1, "maximum": s.INT_MAX, "default": 1}),
-    _param("per_page", {"type": "integer", "minimum": 1, "maximum": 500, "default": 50}),
-]
-BODY_ERRORS = (400, 415, 422)
-CONTACT_FILTERS = [
-    _param("status", {"type": "string", "enum": ["open", "closed"]}),
-    _param("operator_id", {"type": "integer", "minimum": 1, "maximum": s.INT_MAX}),
-    _param("source_id", {"type": "integer", "minimum": 1, "maximum": s.INT_MAX}),
-    _param("lead_id", {"type": "integer", "minimum": 1, "maximum": s.INT_MAX}),
-    _param("unassigned", {"type": "boolean"}),
-]
+def _declared_views(app: Flask) -> list[tuple[Rule, Callable[..., Any], Operation]]:
+    declared = []
+    for rule in app.url_map.iter_rules():
+        if rule.endpoint.partition(".")[0] != bp.name or rule.endpoint == "api.openapi_json":
+            continue
+        view = app.view_functions[rule.endpoint]
+        op = getattr(view, OPERATION, None)
+        if op is None:
+            raise RuntimeError(f"API view {rule.endpoint} declares no @operation: the document cannot describe it")
+        declared.append((rule, view, op))
+    return declared
 
 
-def _op(
-    summary: str,
-    responses: dict[str, Any],
-    *,
-    body: dict[str, Any] | None = None,
-    params: list[dict[str, Any]] | None = None,
-    tag: str,
-) -> dict[str, Any]:
-    op: dict[str, Any] = {"summary": summary, "tags": [tag], "responses": responses}
-    if body is not None:
-        op["requestBody"] = {"required": True, "content": {"application/json": {"schema": body}}}
-    if params:
-        op["parameters"] = params
-    return op
+def _build(app: Flask) -> dict[str, Any]:
+    prefix = _prefix(app)
+    declared = _declared_views(app)
+    schemas = _Schemas()
+    schemas.models_of(s.ErrorOut, "serialization")
+    for _, _, op in declared:
+        schemas.models_of(op.body, "validation")
+        schemas.models_of(op.query, "validation")
+        schemas.models_of(op.headers, "validation")
+        schemas.models_of(op.answer.schema, "serialization")
+    schemas.build()
+    error = schemas.of(s.ErrorOut, "serialization")
 
+    paths: dict[str, dict[str, Any]] = {}
+    operation_ids: set[str] = set()
+    for rule, view, op in declared:
+        if op.operation_id in operation_ids:
+            raise RuntimeError(f"operationId {op.operation_id} is declared twice")
+        operation_ids.add(op.operation_id)
+        access = access_of(app, rule.endpoint)
+        assert access is not None  # every view declares one (tests/test_access.py)
+        summary, details = _summary_and_description(view)
+        answer = op.answer
+        content = schemas.of(answer.schema, "serialization") if answer.schema is not None else {"type": "string"}
+        success: dict[str, Any] = {
+            "description": answer.description,
+            "content": {answer.media_type: {"schema": content}},
+        }
+        if answer.location:
+            success["headers"] = {"Location": {"schema": {"type": "string"}, "description": "URL of the new resource."}}
+        statuses = [*op.errors, *ALWAYS]
+        described: dict[str, Any] = {
+            "operationId": op.operation_id,
+            "summary": summary,
+            "description": f"{details} {_access_text(access)}".strip(),
+            "tags": [view.__module__.rsplit(".", 1)[-1]],
+        }
+        parameters = []
+        if op.query is not None:
+            parameters += schemas.parameters(op.query, "query")
+            statuses += WITH_QUERY
+        if op.headers is not None:
+            parameters += schemas.parameters(op.headers, "header")
+        if parameters:
+            described["parameters"] = parameters
+        if op.body is not None:
+            body_schema = schemas.of(op.body, "validation")
+            described["requestBody"] = {"required": True, "content": {"application/json": {"schema": body_schema}}}
+            statuses += WITH_BODY
+        described["responses"] = {str(answer.status): success} | {
+            str(status): _json(error, ERROR_TEXT[status]) for status in sorted(set(statuses))
+        }
+        item = paths.setdefault(_path(rule, prefix), {})
+        if rule.arguments:
+            item["parameters"] = _path_parameters(rule)
+        for method in sorted((rule.methods or set()) - {"HEAD", "OPTIONS"}):
+            item[method.lower()] = described
 
-def _created(model: type[BaseModel], what: str) -> dict[str, Any]:
-    response = _json(_ref(model), f"{what} created.")
-    response["headers"] = {"Location": {"schema": {"type": "string"}, "description": "URL of the new resource."}}
-    return response
-
-
-# What a `register` token may call, and what intake staff may call with their session
-# (tests/test_access.py checks both against the views' declarations).
-REGISTER_SCOPE_OPERATIONS = {("/contacts/register", "post"), ("/distribution_status/", "get")}
-INTAKE_OPERATIONS = {
-    ("/contacts/", "get"),
-    ("/contacts/{contact_id}", "get"),
-    ("/contacts/{contact_id}/events", "get"),
-    ("/contacts/{contact_id}/close", "post"),
-    ("/leads/", "get"),
-    ("/leads/{lead_id}", "get"),
-}
-
-
-@cache
-def openapi_document() -> dict[str, Any]:
-    models: list[type[BaseModel]] = [
-        s.OperatorCreate,
-        s.OperatorUpdate,
-        s.OperatorOut,
-        s.SourceCreate,
-        s.SourceUpdate,
-        s.SourceOut,
-        s.WeightIn,
-        s.WeightOut,
-        s.AssignIn,
-        s.RegisterIn,
-        s.RegistrationOut,
-        s.ContactOut,
-        s.LeadOut,
-        s.LeadDetailOut,
-        s.EventOut,
-        s.DistributionStatusOut,
-        s.ErrorOut,
-    ]
-    _, schema = models_json_schema(
-        [(m, "validation" if m.__name__.endswith(("Create", "Update", "In")) else "serialization") for m in models],
-        ref_template=REF,
-    )
-    weights = {"type": "array", "items": _ref(s.WeightOut)}
-    paths: dict[str, Any] = {
-        "/operators/": {
-            "get": _op(
-                "List operators",
-                {"200": _json(_page(s.OperatorOut), "A page of operators.")},
-                params=PAGING,
-                tag="operators",
-            ),
-            "post": _op(
-                "Create an operator",
-                {"201": _created(s.OperatorOut, "Operator"), **_errors(*BODY_ERRORS, 409)},
-                body=_ref(s.OperatorCreate),
-                tag="operators",
-            ),
-        },
-        "/operators/{operator_id}": {
-            "parameters": [_id("operator_id")],
-            "get": _op(
-                "Get an operator", {"200": _json(_ref(s.OperatorOut), "The operator."), **_errors(404)}, tag="operators"
-            ),
-            "patch": _op(
-                "Change an operator (a limit below its load only stops new assignments)",
-                {"200": _json(_ref(s.OperatorOut), "The changed operator."), **_errors(*BODY_ERRORS, 404, 409)},
-                body=_ref(s.OperatorUpdate),
-                tag="operators",
-            ),
-        },
-        "/sources/": {
-            "get": _op(
-                "List sources", {"200": _json(_page(s.SourceOut), "A page of sources.")}, params=PAGING, tag="sources"
-            ),
-            "post": _op(
-                "Create a source",
-                {"201": _created(s.SourceOut, "Source"), **_errors(*BODY_ERRORS, 409)},
-                body=_ref(s.SourceCreate),
-                tag="sources",
-            ),
-        },
-        "/sources/{source_id}": {
-            "parameters": [_id("source_id")],
-            "get": _op("Get a source", {"200": _json(_ref(s.SourceOut), "The source."), **_errors(404)}, tag="sources"),
-            "patch": _op(
-                "Change a source",
-                {"200": _json(_ref(s.SourceOut), "The changed source."), **_errors(*BODY_ERRORS, 404, 409)},
-                body=_ref(s.SourceUpdate),
-                tag="sources",
-            ),
-        },
-        "/sources/{source_id}/config": {
-            "parameters": [_id("source_id")],
-            "get": _op(
-                "The source's weights (operators with weight > 0)",
-                {"200": _json(weights, "Weights by operator_id."), **_errors(404)},
-                tag="sources",
-            ),
-            "post": _op(
-                "Set one operator's weight (object; 0 removes it) or replace all weights (array)",
-                {"200": _json(weights, "The full config after the change."), **_errors(*BODY_ERRORS, 404)},
-                body={"oneOf": [_ref(s.WeightIn), {"type": "array", "items": _ref(s.WeightIn)}]},
-                tag="sources",
-            ),
-        },
-        "/contacts/register": {
-            "post": _op(
-                "Register a contact and distribute it",
-                {"201": _created(s.RegistrationOut, "Contact"), **_errors(*BODY_ERRORS, 404, 409)},
-                body=_ref(s.RegisterIn),
-                params=[
-                    _param(
-                        "Idempotency-Key",
-                        {"type": "string", "minLength": 1, "maxLength": 200},
-                        "header",
-                        description="Retry-safe: the same key with the same body within 24 hours returns the "
-                        "original response and stores nothing new (header Idempotent-Replayed: true); the same key "
-                        "with a different body is a 409.",
-                    )
-                ],
-                tag="contacts",
-            ),
-        },
-        "/contacts/": {
-            "get": _op(
-                "List contacts, newest first",
-                {"200": _json(_page(s.ContactOut), "A page of contacts."), **_errors(422)},
-                params=[*CONTACT_FILTERS, *PAGING],
-                tag="contacts",
-            ),
-        },
-        "/contacts/{contact_id}": {
-            "parameters": [_id("contact_id")],
-            "get": _op(
-                "Get a contact", {"200": _json(_ref(s.ContactOut), "The contact."), **_errors(404)}, tag="contacts"
-            ),
-        },
-        "/contacts/{contact_id}/events": {
-            "parameters": [_id("contact_id")],
-            "get": _op(
-                "A contact's history: every change of its assignment and why, oldest first",
-                {"200": _json({"type": "array", "items": _ref(s.EventOut)}, "The events."), **_errors(404)},
-                tag="contacts",
-            ),
-        },
-        "/contacts/{contact_id}/assign": {
-            "parameters": [_id("contact_id")],
-            "post": _op(
-                "Give an open contact to a chosen operator (past its limit only with override); "
-                "the previous operator's slot goes back to the queue",
-                {"200": _json(_ref(s.ContactOut), "The contact."), **_errors(*BODY_ERRORS, 404, 409)},
-                body=_ref(s.AssignIn),
-                tag="contacts",
-            ),
-        },
-        "/contacts/{contact_id}/reopen": {
-            "parameters": [_id("contact_id")],
-            "post": _op(
-                "Reopen a closed contact: back to its operator if it still can take it, else distributed again",
-                {"200": _json(_ref(s.ContactOut), "The contact."), **_errors(404)},
-                tag="contacts",
-            ),
-        },
-        "/contacts/export.csv": {
-            "get": _op(
-                "The contacts matching the filters, as CSV",
-                {
-                    "200": {
-                        "description": "CSV, one contact a row.",
-                        "content": {"text/csv": {"schema": {"type": "string"}}},
-                    },
-                    **_errors(422),
-                },
-                params=CONTACT_FILTERS,
-                tag="contacts",
-            ),
-        },
-        "/contacts/{contact_id}/close": {
-            "parameters": [_id("contact_id")],
-            "post": _op(
-                "Close a contact (closing a closed one changes nothing)",
-                {"200": _json(_ref(s.ContactOut), "The closed contact."), **_errors(404)},
-                tag="contacts",
-            ),
-        },
-        "/leads/": {
-            "get": _op(
-                "Search leads by external_id, phone, email or name",
-                {"200": _json(_page(s.LeadOut), "A page of leads."), **_errors(422)},
-                params=[_param("q", {"type": "string", "maxLength": s.NAME_MAX}), *PAGING],
-                tag="leads",
-            ),
-        },
-        "/leads/{lead_id}": {
-            "parameters": [_id("lead_id")],
-            "get": _op(
-                "A lead with all its contacts",
-                {"200": _json(_ref(s.LeadDetailOut), "The lead."), **_errors(404)},
-                tag="leads",
-            ),
-        },
-        "/distribution_status/": {
-            "get": _op(
-                "Load of every operator and weights and history of every source",
-                {"200": _json(_ref(s.DistributionStatusOut), "The status.")},
-                tag="status",
-            ),
-        },
-    }
-    for path, operations in paths.items():
-        for method, operation in operations.items():
-            if method == "parameters":
-                continue
-            for_register = (path, method) in REGISTER_SCOPE_OPERATIONS
-            operation["description"] = (
-                "Token scope: `register` or `full`." if for_register else "Token scope: `full`."
-            ) + (
-                " Roles: supervisor, intake."
-                if (path, method) in INTAKE_OPERATIONS or for_register
-                else " Role: supervisor."
-            )
-            extra = [401, 403, 503]
-            if "requestBody" in operation:
-                extra.append(413)
-            if any(param["in"] == "query" for param in operation.get("parameters", [])):
-                extra.append(422)
-            operation["responses"].update(_errors(*extra))
+    # Query and header models are parameters, not components.
+    parameter_models = {model.__name__ for _, _, op in declared for model in (op.query, op.headers) if model}
+    components = {name: schema for name, schema in schemas.definitions.items() if name not in parameter_models}
     return {
         "openapi": "3.1.0",
         "info": {
@@ -327,10 +302,10 @@ def openapi_document() -> dict[str, Any]:
             "description": "Distributes leads' contacts across operators by per-source weights, "
             "never past an operator's limit of active leads.",
         },
-        "servers": [{"url": "/api/v1"}],
+        "servers": [{"url": prefix}],
         "paths": paths,
         "components": {
-            "schemas": schema["$defs"],
+            "schemas": components,
             "securitySchemes": {
                 "bearerAuth": {
                     "type": "http",
@@ -344,7 +319,7 @@ def openapi_document() -> dict[str, Any]:
     }
 
 
-@bp.get("/openapi.json")
-@allow(SUPERVISOR, INTAKE, register_token=True)
-def openapi_json() -> Response:
-    return openapi_document()
+def _prefix(app: Flask) -> str:
+    """Where the blueprint is mounted (/api/v1): the document's own URL, less its name."""
+    (rule,) = app.url_map.iter_rules("api.openapi_json")
+    return rule.rule.removesuffix("/openapi.json")

@@ -1,19 +1,32 @@
 """Request and response shapes of the JSON API, and the source of its OpenAPI schemas."""
 
+from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from functools import partial
-from typing import Annotated, Any, Generic, Literal, Optional, TypeVar
+from typing import Annotated, Any, Generic, Optional, TypeVar
 
+from annotated_types import GroupedMetadata, MaxLen
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, WithJsonSchema
+from pydantic.config import JsonDict
 from pydantic_core import PydanticCustomError
 
-from leadcrm.models import (
+from leadcrm.vocabulary import (
     EMAIL_MAX,
     EXTERNAL_ID_MAX,
+    IDEMPOTENCY_KEY_MAX,
     INT_MAX,
+    LIMIT_MAX,
     MESSAGE_MAX,
     NAME_MAX,
+    PER_PAGE,
+    PER_PAGE_MAX,
+    PHONE_INPUT_MAX,
+    WEIGHT_MAX,
+    ContactStatus,
+    EventReason,
+    Strategy,
 )
 
 
@@ -47,30 +60,51 @@ def _clean(value: str, *, required: bool, strip: bool) -> str:
     return value
 
 
-def text(max_length: int, *, required: bool = False, strip: bool = True) -> Any:
+@dataclass(frozen=True)
+class Text(GroupedMetadata):
     """Text of at most ``max_length`` characters as sent, stored stripped (unless not ``strip``).
 
-    ``required``: not blank.
+    ``required``: not blank. Used as ``Annotated[str, Text(NAME_MAX)]``.
 
     The document states the same rules as patterns, so clients and the fuzz test know them.
     """
-    schema = {"type": "string", "maxLength": max_length, "pattern": NOT_BLANK if required else NO_NUL}
-    return Annotated[
-        str,
-        StringConstraints(max_length=max_length),
-        AfterValidator(partial(_clean, required=required, strip=strip)),
-        WithJsonSchema(schema | ({"minLength": 1} if required else {})),
-    ]
+
+    max_length: int
+    required: bool = False
+    strip: bool = True
+
+    def __iter__(self) -> Iterator[object]:
+        schema: JsonDict = {"type": "string", "maxLength": self.max_length}
+        schema["pattern"] = NOT_BLANK if self.required else NO_NUL
+        if self.required:
+            schema["minLength"] = 1
+        yield MaxLen(self.max_length)
+        yield AfterValidator(partial(_clean, required=self.required, strip=self.strip))
+        yield WithJsonSchema(schema)
 
 
-Name = text(NAME_MAX, required=True)
+Name = Annotated[str, Text(NAME_MAX, required=True)]
 Id = Annotated[int, Field(ge=1, le=INT_MAX), INTEGRAL]
-Limit = Annotated[int, Field(ge=0, le=1_000_000, description="Limit of active leads (open contacts)."), INTEGRAL]
-# Bounded so that a source's total weight always fits an integer column.
+Limit = Annotated[int, Field(ge=0, le=LIMIT_MAX, description="Limit of active leads (open contacts)."), INTEGRAL]
 Weight = Annotated[
-    int, Field(ge=0, le=1_000_000, description="Share of the source's traffic; 0 = does not serve it."), INTEGRAL
+    int, Field(ge=0, le=WEIGHT_MAX, description="Share of the source's traffic; 0 = does not serve it."), INTEGRAL
 ]
-Strategy = Literal["random", "deterministic"]
+# An enumeration in a strict body is still sent as its text: "random", not an enum object.
+StrategyIn = Annotated[Strategy, Field(strict=False)]
+
+
+def _no_default(schema: dict[str, Any]) -> None:
+    schema.pop("default", None)
+
+
+def omittable() -> Any:
+    """A field that may be left out, but not sent as null.
+
+    Left out, it reads as None and is not in ``model_fields_set`` (the views
+    change only the fields that were sent). The schema states no default:
+    a generated client must not send ``null`` for it.
+    """
+    return Field(None, json_schema_extra=_no_default)
 
 
 class Strict(BaseModel):
@@ -87,9 +121,9 @@ class OperatorCreate(Strict):
 
 class OperatorUpdate(Strict):
     # Every field may be left out; none may be null.
-    name: Name = None  # type: ignore[assignment]
-    is_active: bool = None  # type: ignore[assignment]
-    max_active_leads: Limit = None  # type: ignore[assignment]
+    name: Name = omittable()
+    is_active: bool = omittable()
+    max_active_leads: Limit = omittable()
 
 
 Sticky = Annotated[
@@ -99,14 +133,14 @@ Sticky = Annotated[
 
 class SourceCreate(Strict):
     name: Name
-    strategy: Strategy = "random"
+    strategy: StrategyIn = Strategy.RANDOM
     sticky: Sticky = False
 
 
 class SourceUpdate(Strict):
-    name: Name = None  # type: ignore[assignment]
-    strategy: Strategy = None  # type: ignore[assignment]
-    sticky: Sticky = None  # type: ignore[assignment]
+    name: Name = omittable()
+    strategy: StrategyIn = omittable()
+    sticky: Sticky = omittable()
 
 
 class WeightIn(Strict):
@@ -120,12 +154,13 @@ class AssignIn(Strict):
 
 
 # "Exactly one of source_id and source_name" in JSON Schema's words: a number
-# in one and nothing (absent or null) in the other.
-EXACTLY_ONE_SOURCE = {
-    "oneOf": [
-        {"required": ["source_id"], "properties": {"source_id": {"type": "integer"}, "source_name": {"type": "null"}}},
-        {"required": ["source_name"], "properties": {"source_name": {"type": "string"}, "source_id": {"type": "null"}}},
-    ]
+# in one and nothing (absent or null) in the other. Said with if/then/else, not
+# a top-level oneOf: client generators read a oneOf as two body types, each
+# without the other fields (openapi-python-client does), and skip if/then/else.
+EXACTLY_ONE_SOURCE: JsonDict = {
+    "if": {"required": ["source_id"], "properties": {"source_id": {"type": "integer"}}},
+    "then": {"properties": {"source_name": {"type": "null"}}},
+    "else": {"required": ["source_name"], "properties": {"source_name": {"type": "string"}}},
 }
 
 
@@ -136,14 +171,25 @@ class RegisterIn(Strict):
 
     source_id: Optional[Id] = None
     source_name: Optional[Name] = None
-    external_id: Optional[text(EXTERNAL_ID_MAX)] = None
-    phone: Optional[text(64)] = Field(
+    external_id: Optional[Annotated[str, Text(EXTERNAL_ID_MAX)]] = None
+    phone: Optional[Annotated[str, Text(PHONE_INPUT_MAX)]] = Field(
         None,
         description="Any common format; stored as E.164. Without a country code it is read in LEADCRM_PHONE_REGION.",
     )
-    email: Optional[text(EMAIL_MAX)] = None
-    name: Optional[text(NAME_MAX)] = None
-    message: Optional[text(MESSAGE_MAX, strip=False)] = None
+    email: Optional[Annotated[str, Text(EMAIL_MAX)]] = None
+    name: Optional[Annotated[str, Text(NAME_MAX)]] = None
+    message: Optional[Annotated[str, Text(MESSAGE_MAX, strip=False)]] = None
+
+
+class RegisterHeaders(BaseModel):
+    """The request headers a registration reads (the view checks them itself; this states them in the document)."""
+
+    idempotency_key: Optional[Annotated[str, StringConstraints(min_length=1, max_length=IDEMPOTENCY_KEY_MAX)]] = Field(
+        None,
+        alias="Idempotency-Key",
+        description="Retry-safe: the same key with the same body within 24 hours returns the original response "
+        "and stores nothing new (header Idempotent-Replayed: true); the same key with a different body is a 409.",
+    )
 
 
 class Out(BaseModel):
@@ -175,7 +221,7 @@ class ContactOut(Out):
     lead_id: int
     source_id: int
     operator_id: Optional[int]
-    status: Literal["open", "closed"]
+    status: ContactStatus
     message: Optional[str]
     created_at: datetime
     assigned_at: Optional[datetime]
@@ -198,7 +244,7 @@ class LeadDetailOut(LeadOut):
 class EventOut(Out):
     id: int
     contact_id: int
-    reason: Literal["registered", "queue", "sticky", "manual", "override", "closed", "reopened"]
+    reason: EventReason
     from_operator_id: Optional[int]
     to_operator_id: Optional[int]
     actor: Optional[str] = Field(description="Who made the change, once accounts exist.")
@@ -234,10 +280,28 @@ T = TypeVar("T")
 
 
 class Page(BaseModel, Generic[T]):
+    # What api.http.page_of answers. Each list has its own named page below, so the
+    # document (and a client generated from it) calls it OperatorPage, not Page_OperatorOut_.
     items: list[T]
     page: int
     per_page: int
     total: int
+
+
+class OperatorPage(Page[OperatorOut]):
+    """A page of operators."""
+
+
+class SourcePage(Page[SourceOut]):
+    """A page of sources."""
+
+
+class ContactPage(Page[ContactOut]):
+    """A page of contacts."""
+
+
+class LeadPage(Page[LeadOut]):
+    """A page of leads."""
 
 
 class OperatorLoadOut(BaseModel):
@@ -282,11 +346,11 @@ class ErrorOut(BaseModel):
 
 class PageArgs(BaseModel):
     page: int = Field(1, ge=1, le=INT_MAX)
-    per_page: int = Field(50, ge=1, le=500)
+    per_page: int = Field(PER_PAGE, ge=1, le=PER_PAGE_MAX)
 
 
 class ContactFilter(PageArgs):
-    status: Optional[Literal["open", "closed"]] = None
+    status: Optional[ContactStatus] = None
     operator_id: Optional[Id] = None
     source_id: Optional[Id] = None
     lead_id: Optional[Id] = None
@@ -294,4 +358,4 @@ class ContactFilter(PageArgs):
 
 
 class LeadSearch(PageArgs):
-    q: Optional[text(NAME_MAX)] = None
+    q: Optional[Annotated[str, Text(NAME_MAX)]] = None

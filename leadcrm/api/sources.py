@@ -7,10 +7,12 @@ from flask import url_for
 from leadcrm import sources
 from leadcrm.api import bp
 from leadcrm.api.http import Response, dump, json_body, page_of, parse, query_args, weight_list
+from leadcrm.api.openapi import Answer, created, operation
 from leadcrm.api.schemas import (
     PageArgs,
     SourceCreate,
     SourceOut,
+    SourcePage,
     SourceUpdate,
     WeightIn,
     WeightOut,
@@ -18,12 +20,14 @@ from leadcrm.api.schemas import (
 from leadcrm.auth import allow
 from leadcrm.errors import InvalidInput
 from leadcrm.extensions import db
-from leadcrm.models import SUPERVISOR
+from leadcrm.vocabulary import Role
 
 
 @bp.post("/sources/")
-@allow(SUPERVISOR)
+@allow(Role.SUPERVISOR)
+@operation("createSource", created(SourceOut, "Source"), body=SourceCreate, errors=(409,))
 def create_source() -> Response:
+    """Create a source."""
     body = parse(SourceCreate, json_body())
     source = sources.create_source(db.session, name=body.name, strategy=body.strategy, sticky=body.sticky)
     db.session.commit()
@@ -31,20 +35,26 @@ def create_source() -> Response:
 
 
 @bp.get("/sources/")
-@allow(SUPERVISOR)
+@allow(Role.SUPERVISOR)
+@operation("listSources", Answer("A page of sources.", SourcePage), query=PageArgs)
 def list_sources() -> Response:
+    """List sources."""
     return page_of(sources.list_sources_query(), query_args(PageArgs), SourceOut)
 
 
 @bp.get("/sources/<id:source_id>")
-@allow(SUPERVISOR)
+@allow(Role.SUPERVISOR)
+@operation("getSource", Answer("The source.", SourceOut), errors=(404,))
 def get_source(source_id: int) -> Response:
+    """Get a source."""
     return dump(SourceOut, sources.get_source(db.session, source_id))
 
 
 @bp.patch("/sources/<id:source_id>")
-@allow(SUPERVISOR)
+@allow(Role.SUPERVISOR)
+@operation("updateSource", Answer("The changed source.", SourceOut), body=SourceUpdate, errors=(404, 409))
 def update_source(source_id: int) -> Response:
+    """Change a source."""
     source = sources.get_source(db.session, source_id)
     body = parse(SourceUpdate, json_body())
     sources.update_source(db.session, source, body.model_dump(include=body.model_fields_set))
@@ -57,16 +67,24 @@ def _weights_response(source_id: int) -> list[dict[str, Any]]:
 
 
 @bp.get("/sources/<id:source_id>/config")
-@allow(SUPERVISOR)
+@allow(Role.SUPERVISOR)
+@operation("getSourceConfig", Answer("Weights by operator_id.", list[WeightOut]), errors=(404,))
 def get_source_config(source_id: int) -> Response:
+    """The source's weights (operators with weight > 0)."""
     sources.get_source(db.session, source_id)
     return _weights_response(source_id)
 
 
 @bp.post("/sources/<id:source_id>/config")
-@allow(SUPERVISOR)
+@allow(Role.SUPERVISOR)
+@operation(
+    "setSourceConfig",
+    Answer("The full config after the change.", list[WeightOut]),
+    body=WeightIn | list[WeightIn],
+    errors=(404,),
+)
 def set_source_config(source_id: int) -> Response:
-    """An object sets one operator's weight; an array replaces the whole config."""
+    """Set one operator's weight (object; 0 removes it) or replace all weights (array)."""
     source = sources.get_source(db.session, source_id)
     data = json_body()
     if isinstance(data, list):

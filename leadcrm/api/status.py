@@ -6,9 +6,11 @@ from typing import Any
 from leadcrm import queries
 from leadcrm.api import bp
 from leadcrm.api.http import Response
+from leadcrm.api.openapi import Answer, operation
+from leadcrm.api.schemas import DistributionStatusOut
 from leadcrm.auth import allow
 from leadcrm.extensions import db
-from leadcrm.models import INTAKE, SUPERVISOR
+from leadcrm.vocabulary import Role
 
 
 def _utc_text(value: datetime | None) -> str | None:
@@ -17,8 +19,10 @@ def _utc_text(value: datetime | None) -> str | None:
 
 
 @bp.get("/distribution_status/")
-@allow(SUPERVISOR, INTAKE, register_token=True)
+@allow(Role.SUPERVISOR, Role.INTAKE, register_token=True)
+@operation("getDistributionStatus", Answer("The status.", DistributionStatusOut))
 def distribution_status() -> Response:
+    """Load of every operator and weights and history of every source."""
     # Plain dicts built in one pass over the driver's rows, not pydantic models:
     # with 1,000 operators and 30 sources the answer has tens of thousands of
     # fields. Its shape is DistributionStatusOut (the tests check it).

@@ -8,7 +8,20 @@ from flask_wtf.csrf import CSRFError
 
 from leadcrm.auth import public
 from leadcrm.i18n import LANGUAGE_COOKIE, LANGUAGES
+from leadcrm.vocabulary import (
+    LIMIT_MAX,
+    NAME_MAX,
+    PASSWORD_MAX,
+    PASSWORD_MIN,
+    USERNAME_MAX,
+    WEIGHT_MAX,
+    ContactStatus,
+    EventReason,
+    Role,
+    Strategy,
+)
 from leadcrm.web import auth, contacts, intake, leads, load, operators, report, sources, tokens, users
+from leadcrm.web.ages import format_age
 from leadcrm.web.rendering import local_target, render
 
 BLUEPRINTS = (
@@ -40,9 +53,26 @@ def register_web(app: Flask) -> None:
             if any("\x00" in key or "\x00" in value for key, value in values.items(multi=True)):
                 abort(400, description=_("Text may not contain the NUL character."))
 
+    # The vocabulary as globals, not through a context processor: macros imported
+    # from _macros.html see globals, but not the context of the page that calls them.
+    app.jinja_env.globals.update(
+        ContactStatus=ContactStatus,
+        EventReason=EventReason,
+        Role=Role,
+        Strategy=Strategy,
+        NAME_MAX=NAME_MAX,
+        USERNAME_MAX=USERNAME_MAX,
+        PASSWORD_MIN=PASSWORD_MIN,
+        PASSWORD_MAX=PASSWORD_MAX,
+        LIMIT_MAX=LIMIT_MAX,
+        WEIGHT_MAX=WEIGHT_MAX,
+    )
+
     @app.context_processor
     def interface() -> dict[str, object]:
         return {"languages": LANGUAGES, "current_language": str(get_locale())}
+
+    app.add_template_filter(format_age, "age")
 
     @app.template_filter("percent")
     def percent(share: float) -> str:

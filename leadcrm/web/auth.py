@@ -1,17 +1,22 @@
 """Login, logout, and one's own account: a new password, logging out everywhere."""
 
+from typing import Any
+
 from flask import Blueprint, Response, current_app, redirect, request, session, url_for
 from flask.typing import ResponseReturnValue
 from flask_babel import lazy_gettext as _l
 from flask_login import current_user, login_user, logout_user
+from werkzeug.wrappers import Response as BaseResponse
 
 from leadcrm import accounts
 from leadcrm.auth import allow, public
 from leadcrm.database import begin_write, own_transactions
 from leadcrm.errors import DomainError
 from leadcrm.extensions import db
-from leadcrm.models import INTAKE, SUPERVISOR, User
-from leadcrm.web.forms import LoginForm, OwnPasswordForm
+from leadcrm.i18n import translate, translate_fields
+from leadcrm.models import User
+from leadcrm.vocabulary import Role
+from leadcrm.web.forms import LoginForm, OwnPasswordForm, errors_of, required
 from leadcrm.web.rendering import local_target, render
 
 bp = Blueprint("auth", __name__)
@@ -21,18 +26,25 @@ DEVICE_COOKIE = "leadcrm_device"
 
 
 def home_for(user: User) -> str:
-    return url_for("intake.index" if user.role == INTAKE else "load.index")
+    return url_for("intake.index" if user.role == Role.INTAKE else "load.index")
+
+
+def _secret_key() -> str | bytes:
+    key = current_app.secret_key
+    if key is None:
+        raise RuntimeError("no SECRET_KEY (create_app always sets one)")
+    return key
 
 
 def _device() -> accounts.DeviceCookie:
-    return accounts.DeviceCookie(request.cookies.get(DEVICE_COOKIE, ""), current_app.secret_key)
+    return accounts.DeviceCookie(request.cookies.get(DEVICE_COOKIE, ""), _secret_key())
 
 
-def _remember_device(response: Response, user: User) -> Response:
+def _remember_device(response: BaseResponse, user: User) -> BaseResponse:
     """Give this browser a new device cookie for ``user``, who has just proved their password here."""
     response.set_cookie(
         DEVICE_COOKIE,
-        accounts.issue_device_cookie(current_app.secret_key, user),
+        accounts.issue_device_cookie(_secret_key(), user),
         max_age=int(accounts.DEVICE_COOKIE_MAX_AGE.total_seconds()),
         httponly=True,
         samesite="Lax",
@@ -42,9 +54,9 @@ def _remember_device(response: Response, user: User) -> Response:
     return response
 
 
-def _throttled(template: str, errors: list, exc: accounts.LoginThrottled, **context: object) -> Response:
+def _throttled(template: str, errors: list[str], exc: accounts.LoginThrottled, **context: Any) -> Response:
     """The form again with the throttle's message, a 429 and Retry-After."""
-    errors.append(exc.message)
+    errors.append(translate(exc.message))
     response = render(template, status=429, **context)
     response.headers["Retry-After"] = str(exc.retry_after)
     return response
@@ -64,9 +76,9 @@ def login() -> ResponseReturnValue:
         # The login session is opened in the write transaction that checks the password: a new password
         # committed a moment later ends it.
         user = accounts.authenticate(
-            db.session,
-            form.username.data,
-            form.password.data,
+            db.session(),
+            required(form.username),
+            required(form.password),
             request.remote_addr or "-",
             device=_device(),
             open_session=current_app.permanent_session_lifetime,
@@ -85,7 +97,7 @@ def login() -> ResponseReturnValue:
 def _end_this_session() -> None:
     secret = session.get("_user_id")
     if secret:
-        accounts.end_session(db.session, secret)
+        accounts.end_session(db.session(), secret)
         db.session.commit()
     logout_user()
     session.clear()
@@ -100,10 +112,10 @@ def logout() -> ResponseReturnValue:
 
 
 @bp.post("/account/logout-everywhere")
-@allow(SUPERVISOR, INTAKE)
+@allow(Role.SUPERVISOR, Role.INTAKE)
 def logout_everywhere() -> ResponseReturnValue:
     """End every login session of the current user, this one included (a lost phone, a shared computer)."""
-    accounts.end_sessions(db.session, current_user.id)
+    accounts.end_sessions(db.session(), current_user.id)
     db.session.commit()
     logout_user()
     session.clear()
@@ -111,7 +123,7 @@ def logout_everywhere() -> ResponseReturnValue:
 
 
 @bp.route("/account", methods=["GET", "POST"])
-@allow(SUPERVISOR, INTAKE)
+@allow(Role.SUPERVISOR, Role.INTAKE)
 @own_transactions  # both passwords are hashed with no lock held
 def account() -> ResponseReturnValue:
     """Anyone logged in changes their own password, proving the current one first."""
@@ -119,23 +131,27 @@ def account() -> ResponseReturnValue:
     if not form.validate_on_submit():
         return render("auth/account.html", form=form, status=422 if form.is_submitted() else 200)
     try:
-        accounts.validate_password(form.new_password.data)
+        accounts.validate_password(required(form.new_password))
     except DomainError as exc:
-        form.new_password.errors.extend(exc.fields.values())
+        errors_of(form.new_password).extend(translate_fields(exc.fields).values())
         return render("auth/account.html", form=form, status=422)
     try:
         # The current password is checked like a login: failures count towards the throttle.
         user = accounts.authenticate(
-            db.session, current_user.username, form.current_password.data, request.remote_addr or "-", device=_device()
+            db.session(),
+            current_user.username,
+            required(form.current_password),
+            request.remote_addr or "-",
+            device=_device(),
         )
     except accounts.LoginThrottled as exc:
-        return _throttled("auth/account.html", form.current_password.errors, exc, form=form)
+        return _throttled("auth/account.html", errors_of(form.current_password), exc, form=form)
     if user is None:
-        form.current_password.errors.append(_l("This is not your current password."))
+        errors_of(form.current_password).append(_l("This is not your current password."))
         return render("auth/account.html", form=form, status=422)
-    new_hash = accounts.hash_password(form.new_password.data)
+    new_hash = accounts.hash_password(required(form.new_password))
     begin_write(db.session)
-    accounts.set_password_hash(db.session, user, new_hash, keep_session=session.get("_user_id"))
+    accounts.set_password_hash(db.session(), user, new_hash, keep_session=session.get("_user_id"))
     db.session.commit()
     # This session goes on with the new password; the others have ended. The devices that knew the old
     # password are new browsers again, but this one.

@@ -1,22 +1,24 @@
 """Contacts: a filterable list, newest first; close with one click."""
 
-from flask import Blueprint, redirect, request, url_for
+from flask import Blueprint, Response, redirect, request, url_for
 from flask.typing import ResponseReturnValue
 from flask_babel import gettext as _
 from pydantic import ValidationError
+from werkzeug.wrappers import Response as BaseResponse
 
 from leadcrm import distribution, queries
 from leadcrm.api.schemas import ContactFilter
 from leadcrm.auth import allow
 from leadcrm.errors import DomainError, InvalidInput
 from leadcrm.extensions import db
-from leadcrm.models import INT_MAX, INTAKE, SUPERVISOR, Contact
+from leadcrm.i18n import translate
+from leadcrm.models import Contact
 from leadcrm.operators import list_operators_query
 from leadcrm.sources import list_sources_query
+from leadcrm.vocabulary import INT_MAX, PER_PAGE, Role
 from leadcrm.web.rendering import changed, is_htmx, local_target, render
 
 bp = Blueprint("contacts", __name__, url_prefix="/contacts")
-PER_PAGE = 50
 
 
 def read_filters() -> ContactFilter:
@@ -29,7 +31,7 @@ def read_filters() -> ContactFilter:
         return ContactFilter.model_validate({k: v for k, v in args.items() if k not in bad} | {"per_page": PER_PAGE})
 
 
-def _list_page(status: int = 200, bulk_error: str | None = None) -> ResponseReturnValue:
+def _list_page(status: int = 200, bulk_error: str | None = None) -> Response:
     filters = read_filters()
     query = queries.contacts_query(**filters.model_dump(exclude={"page", "per_page"}))
     page = db.paginate(query, page=filters.page, per_page=PER_PAGE, error_out=False)
@@ -44,19 +46,19 @@ def _list_page(status: int = 200, bulk_error: str | None = None) -> ResponseRetu
         bulk_error=bulk_error,
         source_choices=db.session.scalars(list_sources_query()).all(),
         operator_choices=db.session.scalars(list_operators_query()).all(),
-        **queries.names_for(db.session, list(page.items)),
+        **queries.names_for(db.session(), list(page.items)),
     )
 
 
 @bp.get("/")
-@allow(SUPERVISOR, INTAKE)
+@allow(Role.SUPERVISOR, Role.INTAKE)
 def index() -> ResponseReturnValue:
     return _list_page()
 
 
-def _detail(contact: object, status: int = 200, error: str | None = None) -> ResponseReturnValue:
-    events, event_operators = queries.history_of(db.session, [contact.id])
-    first, rest = queries.operator_choices(db.session, contact.source_id)
+def _detail(contact: Contact, status: int = 200, error: str | None = None) -> Response:
+    events, event_operators = queries.history_of(db.session(), [contact.id])
+    first, rest = queries.operator_choices(db.session(), contact.source_id)
     return render(
         "contacts/detail.html",
         status=status,
@@ -66,17 +68,17 @@ def _detail(contact: object, status: int = 200, error: str | None = None) -> Res
         offer_first=first,
         offer_rest=rest,
         assign_error=error,
-        **queries.names_for(db.session, [contact]),
+        **queries.names_for(db.session(), [contact]),
     )
 
 
 @bp.get("/<id:contact_id>")
-@allow(SUPERVISOR, INTAKE)
+@allow(Role.SUPERVISOR, Role.INTAKE)
 def detail(contact_id: int) -> ResponseReturnValue:
     return _detail(db.get_or_404(Contact, contact_id))
 
 
-def _back(default: str) -> ResponseReturnValue:
+def _back(default: str) -> BaseResponse:
     return redirect(local_target(request.form.get("next"), default))
 
 
@@ -89,32 +91,32 @@ def _chosen_operator() -> tuple[int, bool]:
 
 
 @bp.post("/<id:contact_id>/assign")
-@allow(SUPERVISOR)
+@allow(Role.SUPERVISOR)
 def assign(contact_id: int) -> ResponseReturnValue:
     """Assign or reassign by hand; past the limit only with the override box ticked."""
     contact = db.get_or_404(Contact, contact_id)
     try:
         operator_id, override = _chosen_operator()
-        distribution.assign_by_hand(db.session, contact.id, operator_id, override=override)
+        distribution.assign_by_hand(db.session(), contact.id, operator_id, override=override)
     except DomainError as exc:
         db.session.rollback()
         return _detail(
-            db.get_or_404(Contact, contact_id), status=422, error=str(exc.fields.get("operator_id", exc.message))
+            db.get_or_404(Contact, contact_id), status=422, error=translate(exc.fields.get("operator_id", exc.message))
         )
     db.session.commit()
     return changed(_back(url_for(".detail", contact_id=contact.id)))
 
 
 @bp.post("/<id:contact_id>/reopen")
-@allow(SUPERVISOR)
+@allow(Role.SUPERVISOR)
 def reopen(contact_id: int) -> ResponseReturnValue:
-    distribution.reopen_contact(db.session, contact_id)
+    distribution.reopen_contact(db.session(), contact_id)
     db.session.commit()
     return changed(_back(url_for(".detail", contact_id=contact_id)))
 
 
 @bp.post("/bulk")
-@allow(SUPERVISOR)
+@allow(Role.SUPERVISOR)
 def bulk() -> ResponseReturnValue:
     """Close, or reassign, every selected contact: all of them or, on any error, none."""
     ids = sorted({int(v) for v in request.form.getlist("contact_id") if v.isascii() and v.isdigit() and len(v) < 10})
@@ -123,26 +125,28 @@ def bulk() -> ResponseReturnValue:
         if not ids:
             raise InvalidInput(_("Select at least one contact."))
         if action == "close":
-            distribution.close_contacts(db.session, ids)
+            distribution.close_contacts(db.session(), ids)
         elif action == "reassign":
             operator_id, override = _chosen_operator()
-            distribution.assign_contacts_by_hand(db.session, ids, operator_id, override=override)
+            distribution.assign_contacts_by_hand(db.session(), ids, operator_id, override=override)
         else:
             raise InvalidInput(_("Choose what to do with the selected contacts."))
     except DomainError as exc:
         db.session.rollback()
-        return _list_page(status=422, bulk_error=str(exc.message))
+        return _list_page(status=422, bulk_error=translate(exc.message))
     db.session.commit()
     return changed(_back(url_for(".index")))
 
 
 @bp.post("/<id:contact_id>/close")
-@allow(SUPERVISOR, INTAKE)
+@allow(Role.SUPERVISOR, Role.INTAKE)
 def close(contact_id: int) -> ResponseReturnValue:
-    contact = distribution.close_contact(db.session, contact_id)
+    contact = distribution.close_contact(db.session(), contact_id)
     db.session.commit()
     if not is_htmx():
         return _back(url_for(".index"))
     return changed(
-        render("contacts/index.html", block="contact_row", contact=contact, **queries.names_for(db.session, [contact]))
+        render(
+            "contacts/index.html", block="contact_row", contact=contact, **queries.names_for(db.session(), [contact])
+        )
     )

@@ -1,16 +1,28 @@
 """HTML forms (Flask-WTF: CSRF, and field errors that keep what was typed)."""
 
+from typing import Protocol, TypeVar
+
 from flask_babel import lazy_gettext as _l
 from flask_wtf import FlaskForm
-from wtforms import BooleanField, IntegerField, PasswordField, SelectField, StringField, TextAreaField
-from wtforms.fields.choices import SelectChoice
+from wtforms import BooleanField, Field, IntegerField, PasswordField, SelectField, StringField, TextAreaField
+from wtforms.fields.choices import SelectChoice  # type: ignore[attr-defined]  # new in WTForms 3.3; types-WTForms is 3.2
 from wtforms.validators import DataRequired, InputRequired, Length, NumberRange, Optional
 
 from leadcrm.errors import DomainError, InvalidInput
-from leadcrm.models import EMAIL_MAX, EXTERNAL_ID_MAX, MESSAGE_MAX, NAME_MAX, PASSWORD_MAX, USERNAME_MAX
-
-LIMIT_MAX = 1_000_000
-WEIGHT_MAX = 1_000_000
+from leadcrm.i18n import translate
+from leadcrm.vocabulary import (
+    EMAIL_MAX,
+    EXTERNAL_ID_MAX,
+    LIMIT_MAX,
+    MESSAGE_MAX,
+    NAME_MAX,
+    PASSWORD_MAX,
+    PHONE_INPUT_MAX,
+    USERNAME_MAX,
+    Role,
+    Strategy,
+    TokenScope,
+)
 
 
 def show_domain_error(form: FlaskForm, exc: DomainError) -> None:
@@ -19,9 +31,30 @@ def show_domain_error(form: FlaskForm, exc: DomainError) -> None:
     The form-level message is shown only when no field explains the error.
     """
     if not exc.fields or not isinstance(exc, InvalidInput):
-        form.form_errors.append(exc.message)
+        form.form_errors.append(translate(exc.message))
     for field, message in exc.fields.items():
-        getattr(form, field).errors.append(message)
+        getattr(form, field).errors.append(translate(message))
+
+
+def errors_of(field: Field) -> list[str]:
+    """A validated field's list of errors, to add to (WTForms types it a Sequence: a tuple before validation)."""
+    if not isinstance(field.errors, list):
+        raise TypeError("field errors added before the form was validated")
+    return field.errors
+
+
+T = TypeVar("T")
+
+
+class _Holds(Protocol[T]):
+    data: T | None
+
+
+def required(field: _Holds[T]) -> T:
+    """The value of a field that passed DataRequired or InputRequired (WTForms types all data as optional)."""
+    if field.data is None:
+        raise ValueError("a required field read before the form was validated")
+    return field.data
 
 
 def strip(value: str | None) -> str | None:
@@ -47,24 +80,24 @@ class SourceForm(FlaskForm):
     strategy = SelectField(
         _l("Distribution"),
         choices=[
-            SelectChoice("random", _l("Random, by weights")),
-            SelectChoice("deterministic", _l("Deterministic, by weights")),
+            SelectChoice(Strategy.RANDOM, _l("Random, by weights")),
+            SelectChoice(Strategy.DETERMINISTIC, _l("Deterministic, by weights")),
         ],
-        default="random",
+        default=Strategy.RANDOM,
     )
     sticky = BooleanField(_l("Returning leads go back to their operator"), default=False)
 
 
 class IntakeForm(FlaskForm):
     source_id = SelectField(_l("Source"), coerce=int, validators=[InputRequired()])
-    phone = StringField(_l("Phone"), filters=[strip], validators=[Optional(), Length(max=64)])
+    phone = StringField(_l("Phone"), filters=[strip], validators=[Optional(), Length(max=PHONE_INPUT_MAX)])
     email = StringField(_l("E-mail"), filters=[strip], validators=[Optional(), Length(max=EMAIL_MAX)])
     external_id = StringField(_l("External id"), filters=[strip], validators=[Optional(), Length(max=EXTERNAL_ID_MAX)])
     name = StringField(_l("Name"), filters=[strip], validators=[Optional(), Length(max=NAME_MAX)])
     message = TextAreaField(_l("Message"), validators=[Optional(), Length(max=MESSAGE_MAX)])
 
 
-ROLE_CHOICES = [SelectChoice("intake", _l("Intake")), SelectChoice("supervisor", _l("Supervisor"))]
+ROLE_CHOICES = [SelectChoice(Role.INTAKE, _l("Intake")), SelectChoice(Role.SUPERVISOR, _l("Supervisor"))]
 
 
 class LoginForm(FlaskForm):
@@ -74,7 +107,7 @@ class LoginForm(FlaskForm):
 
 class UserForm(FlaskForm):
     username = StringField(_l("Username"), filters=[strip], validators=[DataRequired(), Length(max=USERNAME_MAX)])
-    role = SelectField(_l("Role"), choices=ROLE_CHOICES, default="intake")
+    role = SelectField(_l("Role"), choices=ROLE_CHOICES, default=Role.INTAKE)
     password = PasswordField(_l("Password"), validators=[DataRequired(), Length(max=PASSWORD_MAX)])
 
 
@@ -96,8 +129,8 @@ class TokenForm(FlaskForm):
     scope = SelectField(
         _l("Scope"),
         choices=[
-            SelectChoice("register", _l("register: contacts and status only")),
-            SelectChoice("full", _l("full: the whole API")),
+            SelectChoice(TokenScope.REGISTER, _l("register: contacts and status only")),
+            SelectChoice(TokenScope.FULL, _l("full: the whole API")),
         ],
-        default="register",
+        default=TokenScope.REGISTER,
     )

@@ -1,16 +1,19 @@
 """Intake: the form staff use all day to register contacts that come by phone or in person."""
 
-from flask import Blueprint, current_app, redirect, request, url_for
+from typing import Any
+
+from flask import Blueprint, Response, current_app, redirect, request, url_for
 from flask.typing import ResponseReturnValue
-from wtforms.fields.choices import SelectChoice
+from wtforms.fields.choices import SelectChoice  # type: ignore[attr-defined]  # new in WTForms 3.3; types-WTForms is 3.2
 
 from leadcrm import distribution
 from leadcrm.auth import allow
 from leadcrm.errors import DomainError
 from leadcrm.extensions import db
 from leadcrm.identity import parse_identity
-from leadcrm.models import INT_MAX, INTAKE, SUPERVISOR, Contact, Lead, Operator
+from leadcrm.models import Contact, Lead, Operator
 from leadcrm.sources import find_source, list_sources_query
+from leadcrm.vocabulary import INT_MAX, Role
 from leadcrm.web.forms import IntakeForm, show_domain_error
 from leadcrm.web.rendering import changed, is_htmx, render
 
@@ -26,15 +29,15 @@ def _form(formdata: object = None, source_id: int | None = None) -> IntakeForm:
     return form
 
 
-def _page(form: IntakeForm, status: int = 200, **result: object) -> ResponseReturnValue:
+def _page(form: IntakeForm, status: int = 200, **result: Any) -> Response:
     return render("intake/index.html", block="intake", status=status, form=form, **result)
 
 
 @bp.get("/")
-@allow(SUPERVISOR, INTAKE)
+@allow(Role.SUPERVISOR, Role.INTAKE)
 def index() -> ResponseReturnValue:
     """The empty form; after a registration without JavaScript, also its result card."""
-    result: dict[str, object] = {}
+    result: dict[str, Any] = {}
     contact_id = request.args.get("registered", type=int)
     contact = db.session.get(Contact, contact_id) if contact_id and 0 < contact_id <= INT_MAX else None
     if contact is not None:
@@ -48,7 +51,7 @@ def index() -> ResponseReturnValue:
 
 
 @bp.post("/")
-@allow(SUPERVISOR, INTAKE)
+@allow(Role.SUPERVISOR, Role.INTAKE)
 def register() -> ResponseReturnValue:
     form = _form(request.form)
     if form.validate():
@@ -60,8 +63,8 @@ def register() -> ResponseReturnValue:
                 region=current_app.config["LEADCRM_PHONE_REGION"],
             )
             registration = distribution.register_contact(
-                db.session,
-                source=find_source(db.session, source_id=form.source_id.data, source_name=None),
+                db.session(),
+                source=find_source(db.session(), source_id=form.source_id.data, source_name=None),
                 identity=identity,
                 name=form.name.data or None,
                 message=(form.message.data or "").strip() or None,

@@ -7,28 +7,29 @@ from leadcrm import leads as domain
 from leadcrm import queries
 from leadcrm.auth import allow
 from leadcrm.extensions import db
-from leadcrm.models import INTAKE, NAME_MAX, SUPERVISOR, Lead
+from leadcrm.models import Lead
+from leadcrm.vocabulary import NAME_MAX, PAGE_NUMBER_MAX, PER_PAGE, Role
 from leadcrm.web.rendering import render
 
 bp = Blueprint("leads", __name__, url_prefix="/leads")
 
 
 @bp.get("/")
-@allow(SUPERVISOR, INTAKE)
+@allow(Role.SUPERVISOR, Role.INTAKE)
 def index() -> ResponseReturnValue:
     q = request.args.get("q", "").strip()[:NAME_MAX]
-    page_number = min(max(request.args.get("page", 1, type=int), 1), 1_000_000)
+    page_number = min(max(request.args.get("page", 1, type=int), 1), PAGE_NUMBER_MAX)
     query = domain.search_leads_query(q, current_app.config["LEADCRM_PHONE_REGION"])
-    page = db.paginate(query, page=page_number, per_page=50, error_out=False)
+    page = db.paginate(query, page=page_number, per_page=PER_PAGE, error_out=False)
     return render("leads/index.html", block="results", q=q, page=page)
 
 
 @bp.get("/<id:lead_id>")
-@allow(SUPERVISOR, INTAKE)
+@allow(Role.SUPERVISOR, Role.INTAKE)
 def detail(lead_id: int) -> ResponseReturnValue:
     lead = db.get_or_404(Lead, lead_id)
     contacts = list(db.session.scalars(queries.contacts_query(lead_id=lead_id)))
-    events, event_operators = queries.history_of(db.session, [c.id for c in contacts])
+    events, event_operators = queries.history_of(db.session(), [c.id for c in contacts])
     return render(
         "leads/detail.html",
         block="lead_contacts",
@@ -36,5 +37,5 @@ def detail(lead_id: int) -> ResponseReturnValue:
         contacts=contacts,
         events=events,
         event_operators=event_operators,
-        **queries.names_for(db.session, contacts),
+        **queries.names_for(db.session(), contacts),
     )

@@ -1,20 +1,23 @@
 """Operators page: list, create, and change limit or active state in place."""
 
-from flask import Blueprint, redirect, request, url_for
+from typing import Any
+
+from flask import Blueprint, Response, redirect, request, url_for
 from flask.typing import ResponseReturnValue
 
 from leadcrm import operators as domain
 from leadcrm.auth import allow
 from leadcrm.errors import DomainError
 from leadcrm.extensions import db
-from leadcrm.models import SUPERVISOR, Operator
-from leadcrm.web.forms import OperatorForm, OperatorLimitForm, show_domain_error
+from leadcrm.models import Operator
+from leadcrm.vocabulary import Role
+from leadcrm.web.forms import OperatorForm, OperatorLimitForm, required, show_domain_error
 from leadcrm.web.rendering import changed, is_htmx, render
 
 bp = Blueprint("operators", __name__, url_prefix="/operators")
 
 
-def _page(form: OperatorForm, status: int = 200, **context: object) -> ResponseReturnValue:
+def _page(form: OperatorForm, status: int = 200, **context: Any) -> Response:
     operators = db.session.scalars(domain.list_operators_query()).all()
     return render(
         "operators/index.html", block="operators_section", status=status, form=form, operators=operators, **context
@@ -22,21 +25,21 @@ def _page(form: OperatorForm, status: int = 200, **context: object) -> ResponseR
 
 
 @bp.get("/")
-@allow(SUPERVISOR)
+@allow(Role.SUPERVISOR)
 def index() -> ResponseReturnValue:
     return _page(OperatorForm())
 
 
 @bp.post("/")
-@allow(SUPERVISOR)
+@allow(Role.SUPERVISOR)
 def create() -> ResponseReturnValue:
     form = OperatorForm()
     if form.validate():
         try:
             domain.create_operator(
-                db.session,
-                name=form.name.data,
-                max_active_leads=form.max_active_leads.data,
+                db.session(),
+                name=required(form.name),
+                max_active_leads=required(form.max_active_leads),
                 is_active=form.is_active.data,
             )
         except DomainError as exc:
@@ -50,15 +53,15 @@ def create() -> ResponseReturnValue:
 
 
 @bp.post("/<id:operator_id>")
-@allow(SUPERVISOR)
+@allow(Role.SUPERVISOR)
 def update(operator_id: int) -> ResponseReturnValue:
     """One change from a row: a new limit, or the active toggle (``is_active`` = 1 / 0)."""
     operator = db.get_or_404(Operator, operator_id)
     form = OperatorLimitForm()
     if "is_active" in request.form:
-        domain.update_operator(db.session, operator, {"is_active": request.form["is_active"] == "1"})
+        updated = domain.update_operator(db.session(), operator.id, {"is_active": request.form["is_active"] == "1"})
     elif form.validate():
-        domain.update_operator(db.session, operator, {"max_active_leads": form.max_active_leads.data})
+        updated = domain.update_operator(db.session(), operator.id, {"max_active_leads": form.max_active_leads.data})
     else:
         # The row shows the error next to the limit, with what was typed.
         invalid = {"row_form": form, "row_form_for": operator.id}
@@ -68,4 +71,4 @@ def update(operator_id: int) -> ResponseReturnValue:
     db.session.commit()
     if not is_htmx():
         return redirect(url_for(".index"))
-    return changed(render("operators/index.html", block="operator_row", operator=operator), "operators-changed")
+    return changed(render("operators/index.html", block="operator_row", operator=updated), "operators-changed")

@@ -1,11 +1,12 @@
 """Full pages for normal requests, just the asked-for block for htmx requests."""
 
 import unicodedata
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 from flask import Response, make_response, render_template, request
 from jinja2_fragments.flask import render_block
+from werkzeug.wrappers import Response as BaseResponse
 
 
 def is_htmx() -> bool:
@@ -56,7 +57,11 @@ def local_target(target: str | None, default: str) -> str:
     return urlunsplit(("", "", parts.path, parts.query, ""))
 
 
-def changed(response: Response, *events: str) -> Response:
+# A rendered page (flask.Response) or a redirect (werkzeug's Response).
+R = TypeVar("R", bound=BaseResponse)
+
+
+def changed(response: R, *events: str) -> R:
     """Tell the page (live tables listen on body) what changed: an HX-Trigger header."""
     response.headers["HX-Trigger"] = ", ".join(events or ("contacts-changed",))
     return response

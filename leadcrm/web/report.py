@@ -7,8 +7,8 @@ from flask.typing import ResponseReturnValue
 
 from leadcrm.auth import allow
 from leadcrm.extensions import db
-from leadcrm.models import SUPERVISOR
 from leadcrm.queries import distribution_status, waiting_by_source
+from leadcrm.vocabulary import Role
 from leadcrm.web.rendering import render
 
 bp = Blueprint("report", __name__, url_prefix="/report")
@@ -24,10 +24,10 @@ class ShareRow:
 
 
 @bp.get("/")
-@allow(SUPERVISOR)
+@allow(Role.SUPERVISOR)
 def index() -> ResponseReturnValue:
-    status = distribution_status(db.session)
-    waiting = waiting_by_source(db.session)
+    status = distribution_status(db.session())
+    waiting = waiting_by_source(db.session())
     names = {op.id: op.name for op in status.operators}
     cards = []
     for source_status in status.sources:

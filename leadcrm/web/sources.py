@@ -1,6 +1,6 @@
 """Sources page: list and create; per source, the weights editor and the strategy."""
 
-from flask import Blueprint, redirect, request, url_for
+from flask import Blueprint, Response, redirect, request, url_for
 from flask.typing import ResponseReturnValue
 from flask_babel import gettext as _
 
@@ -8,17 +8,18 @@ from leadcrm import sources as domain
 from leadcrm.auth import allow
 from leadcrm.errors import DomainError
 from leadcrm.extensions import db
-from leadcrm.models import STRATEGIES, SUPERVISOR, Operator, Source
+from leadcrm.models import Operator, Source
 from leadcrm.operators import list_operators_query
-from leadcrm.web.forms import WEIGHT_MAX, SourceForm, show_domain_error
+from leadcrm.vocabulary import WEIGHT_MAX, Role, Strategy
+from leadcrm.web.forms import SourceForm, required, show_domain_error
 from leadcrm.web.rendering import changed, is_htmx, render
 
 bp = Blueprint("sources", __name__, url_prefix="/sources")
 
 
-def _list_page(form: SourceForm, status: int = 200) -> ResponseReturnValue:
+def _list_page(form: SourceForm, status: int = 200) -> Response:
     sources = db.session.scalars(domain.list_sources_query()).all()
-    counts = domain.serving_counts(db.session)
+    counts = domain.serving_counts(db.session())
     serving = {s.id: counts.get(s.id, 0) for s in sources}
     return render(
         "sources/index.html", block="sources_section", status=status, form=form, sources=sources, serving=serving
@@ -26,19 +27,19 @@ def _list_page(form: SourceForm, status: int = 200) -> ResponseReturnValue:
 
 
 @bp.get("/")
-@allow(SUPERVISOR)
+@allow(Role.SUPERVISOR)
 def index() -> ResponseReturnValue:
     return _list_page(SourceForm())
 
 
 @bp.post("/")
-@allow(SUPERVISOR)
+@allow(Role.SUPERVISOR)
 def create() -> ResponseReturnValue:
     form = SourceForm()
     if form.validate():
         try:
             source = domain.create_source(
-                db.session, name=form.name.data, strategy=form.strategy.data, sticky=form.sticky.data
+                db.session(), name=required(form.name), strategy=form.strategy.data, sticky=form.sticky.data
             )
         except DomainError as exc:
             show_domain_error(form, exc)
@@ -50,8 +51,8 @@ def create() -> ResponseReturnValue:
 
 def _editor(
     source: Source, status: int = 200, typed: dict[int, str] | None = None, errors: dict[int, str] | None = None
-) -> ResponseReturnValue:
-    weights = {row.operator_id: row.weight for row in domain.source_weights(db.session, source.id)}
+) -> Response:
+    weights = {row.operator_id: row.weight for row in domain.source_weights(db.session(), source.id)}
     total = sum(weights.values())
     operators: list[Operator] = list(db.session.scalars(list_operators_query()))
     return render(
@@ -59,7 +60,6 @@ def _editor(
         block="editor",
         status=status,
         source=source,
-        strategies=STRATEGIES,
         serving=[(op, weights[op.id], weights[op.id] / total) for op in operators if op.id in weights],
         not_serving=[op for op in operators if op.id not in weights],
         typed=typed or {},
@@ -77,13 +77,13 @@ def _weight(text: str) -> int | None:
 
 
 @bp.get("/<id:source_id>")
-@allow(SUPERVISOR)
+@allow(Role.SUPERVISOR)
 def detail(source_id: int) -> ResponseReturnValue:
     return _editor(db.get_or_404(Source, source_id))
 
 
 @bp.post("/<id:source_id>")
-@allow(SUPERVISOR)
+@allow(Role.SUPERVISOR)
 def save(source_id: int) -> ResponseReturnValue:
     """Save the whole editor: every operator's weight (blank = 0) and the strategy."""
     source = db.get_or_404(Source, source_id)
@@ -107,12 +107,12 @@ def save(source_id: int) -> ResponseReturnValue:
         else:
             weights[operator_id] = weight
     strategy = request.form.get("strategy", source.strategy)
-    if strategy not in STRATEGIES:
+    if strategy not in tuple(Strategy):
         strategy = source.strategy
     if errors:
         return _editor(source, status=422, typed=typed, errors=errors)
-    domain.set_weights(db.session, source, weights, replace=True)
-    domain.update_source(db.session, source, {"strategy": strategy, "sticky": request.form.get("sticky") == "1"})
+    domain.set_weights(db.session(), source, weights, replace=True)
+    domain.update_source(db.session(), source, {"strategy": strategy, "sticky": request.form.get("sticky") == "1"})
     db.session.commit()
     if not is_htmx():
         return redirect(url_for(".detail", source_id=source.id))

@@ -1,6 +1,8 @@
 """API tokens page (supervisors): create a named token with a scope, see it once, revoke it."""
 
-from flask import Blueprint, redirect, url_for
+from typing import Any
+
+from flask import Blueprint, Response, redirect, url_for
 from flask.typing import ResponseReturnValue
 from flask_login import current_user
 
@@ -8,31 +10,33 @@ from leadcrm import accounts
 from leadcrm.auth import allow
 from leadcrm.errors import DomainError
 from leadcrm.extensions import db
-from leadcrm.models import SUPERVISOR
-from leadcrm.web.forms import TokenForm, show_domain_error
+from leadcrm.vocabulary import Role
+from leadcrm.web.forms import TokenForm, required, show_domain_error
 from leadcrm.web.rendering import render
 
 bp = Blueprint("tokens", __name__, url_prefix="/tokens")
 
 
-def _page(form: TokenForm | None = None, status: int = 200, **context: object) -> ResponseReturnValue:
+def _page(form: TokenForm | None = None, status: int = 200, **context: Any) -> Response:
     form = form or TokenForm(formdata=None)
-    return render("tokens/index.html", status=status, form=form, tokens=accounts.list_tokens(db.session), **context)
+    return render("tokens/index.html", status=status, form=form, tokens=accounts.list_tokens(db.session()), **context)
 
 
 @bp.get("/")
-@allow(SUPERVISOR)
+@allow(Role.SUPERVISOR)
 def index() -> ResponseReturnValue:
     return _page()
 
 
 @bp.post("/")
-@allow(SUPERVISOR)
+@allow(Role.SUPERVISOR)
 def create() -> ResponseReturnValue:
     form = TokenForm()
     if form.validate():
         try:
-            new = accounts.create_token(db.session, name=form.name.data, scope=form.scope.data, created_by=current_user)
+            new = accounts.create_token(
+                db.session(), name=required(form.name), scope=form.scope.data, created_by=current_user
+            )
         except DomainError as exc:
             show_domain_error(form, exc)
         else:
@@ -45,8 +49,8 @@ def create() -> ResponseReturnValue:
 
 
 @bp.post("/<id:token_id>/revoke")
-@allow(SUPERVISOR)
+@allow(Role.SUPERVISOR)
 def revoke(token_id: int) -> ResponseReturnValue:
-    accounts.revoke_token(db.session, token_id)
+    accounts.revoke_token(db.session(), token_id)
     db.session.commit()
     return redirect(url_for(".index"))

@@ -1,8 +1,9 @@
 """Users page (supervisors): create accounts, change a role or password, deactivate."""
 
 from collections.abc import Callable
+from typing import Any
 
-from flask import Blueprint, redirect, request, session, url_for
+from flask import Blueprint, Response, redirect, request, session, url_for
 from flask.typing import ResponseReturnValue
 from flask_login import current_user
 from flask_wtf import FlaskForm
@@ -11,38 +12,39 @@ from leadcrm import accounts
 from leadcrm.auth import allow
 from leadcrm.errors import DomainError
 from leadcrm.extensions import db
-from leadcrm.models import SUPERVISOR, User
-from leadcrm.web.forms import PasswordForm, RoleForm, UserForm, show_domain_error
+from leadcrm.models import User
+from leadcrm.vocabulary import Role
+from leadcrm.web.forms import PasswordForm, RoleForm, UserForm, required, show_domain_error
 from leadcrm.web.rendering import render
 
 bp = Blueprint("users", __name__, url_prefix="/users")
 
 
-def _page(form: UserForm | None = None, status: int = 200, **row: object) -> ResponseReturnValue:
+def _page(form: UserForm | None = None, status: int = 200, **row: Any) -> Response:
     """The page; ``row`` (row_for, row_form) puts a failed row form back with its errors."""
     return render(
         "users/index.html",
         status=status,
         form=form or UserForm(formdata=None),
-        users=accounts.list_users(db.session),
+        users=accounts.list_users(db.session()),
         **row,
     )
 
 
 @bp.get("/")
-@allow(SUPERVISOR)
+@allow(Role.SUPERVISOR)
 def index() -> ResponseReturnValue:
     return _page()
 
 
 @bp.post("/")
-@allow(SUPERVISOR)
+@allow(Role.SUPERVISOR)
 def create() -> ResponseReturnValue:
     form = UserForm()
     if form.validate():
         try:
             accounts.create_user(
-                db.session, username=form.username.data, password=form.password.data, role=form.role.data
+                db.session(), username=required(form.username), password=required(form.password), role=form.role.data
             )
         except DomainError as exc:
             show_domain_error(form, exc)
@@ -53,7 +55,7 @@ def create() -> ResponseReturnValue:
 
 
 def _row_change(user_id: int, form: FlaskForm, change: Callable[[User], object]) -> ResponseReturnValue:
-    user = accounts.get_user(db.session, user_id)
+    user = accounts.get_user(db.session(), user_id)
     if form.validate():
         try:
             change(user)
@@ -66,22 +68,22 @@ def _row_change(user_id: int, form: FlaskForm, change: Callable[[User], object])
 
 
 @bp.post("/<id:user_id>/role")
-@allow(SUPERVISOR)
+@allow(Role.SUPERVISOR)
 def set_role(user_id: int) -> ResponseReturnValue:
     form = RoleForm()
-    return _row_change(user_id, form, lambda user: accounts.update_user(db.session, user, role=form.role.data))
+    return _row_change(user_id, form, lambda user: accounts.update_user(db.session(), user, role=form.role.data))
 
 
 @bp.post("/<id:user_id>/active")
-@allow(SUPERVISOR)
+@allow(Role.SUPERVISOR)
 def set_active(user_id: int) -> ResponseReturnValue:
     """``is_active`` = 1 activates, anything else deactivates (the user's sessions end at once)."""
     active = request.form.get("is_active") == "1"
-    return _row_change(user_id, FlaskForm(), lambda user: accounts.update_user(db.session, user, is_active=active))
+    return _row_change(user_id, FlaskForm(), lambda user: accounts.update_user(db.session(), user, is_active=active))
 
 
 @bp.post("/<id:user_id>/password")
-@allow(SUPERVISOR)
+@allow(Role.SUPERVISOR)
 def set_password(user_id: int) -> ResponseReturnValue:
     form = PasswordForm()
     try:
@@ -94,8 +96,8 @@ def set_password(user_id: int) -> ResponseReturnValue:
         # The new password ends every session of this user; a supervisor changing their own keeps this one.
         keep = session.get("_user_id") if user.id == current_user.id else None
         if password_hash is None:
-            accounts.set_password(db.session, user, form.password.data, keep_session=keep)  # raises the error
+            accounts.set_password(db.session(), user, required(form.password), keep_session=keep)  # raises the error
         else:
-            accounts.set_password_hash(db.session, user, password_hash, keep_session=keep)
+            accounts.set_password_hash(db.session(), user, password_hash, keep_session=keep)
 
     return _row_change(user_id, form, change)

@@ -1,0 +1,76 @@
+"""The words and limits of the domain, declared once.
+
+The models (columns and CHECK constraints), the engine, the API's schemas and
+its OpenAPI document, the forms and the templates all read them from here, so
+they cannot drift apart. This module imports nothing of ours: anything may
+import it.
+
+The enumerations are ``StrEnum``: a member *is* its stored string
+(``ContactStatus.OPEN == "open"``), so values read from the database compare
+equal to them and JSON carries them unchanged.
+"""
+
+from enum import StrEnum
+
+
+class Strategy(StrEnum):
+    """How a source picks among the operators that serve it."""
+
+    RANDOM = "random"  # by weights, at random
+    DETERMINISTIC = "deterministic"  # the operator furthest behind its weight share
+
+
+class ContactStatus(StrEnum):
+    OPEN = "open"
+    CLOSED = "closed"
+
+
+class EventReason(StrEnum):
+    """Why a contact's assignment changed (ContactEvent.reason)."""
+
+    REGISTERED = "registered"
+    QUEUE = "queue"
+    STICKY = "sticky"
+    MANUAL = "manual"
+    OVERRIDE = "override"
+    CLOSED = "closed"
+    REOPENED = "reopened"
+
+
+class Role(StrEnum):
+    """What a user who logs in may do: supervisors everything, intake staff registering and reading."""
+
+    SUPERVISOR = "supervisor"
+    INTAKE = "intake"
+
+
+class TokenScope(StrEnum):
+    """What an API token may call: ``register`` only registering contacts and the distribution status."""
+
+    REGISTER = "register"
+    FULL = "full"
+
+
+# Lengths of text, as stored.
+NAME_MAX = 200
+EXTERNAL_ID_MAX = 200
+PHONE_MAX = 32  # E.164 is at most 16 characters; room for the '+' and future formats
+# A phone as typed (spaces, dashes, brackets, a leading 8) before it is read as E.164.
+PHONE_INPUT_MAX = 64
+EMAIL_MAX = 320
+MESSAGE_MAX = 10_000
+IDEMPOTENCY_KEY_MAX = 200
+USERNAME_MAX = 64
+PASSWORD_MIN = 10
+PASSWORD_MAX = 256  # long passphrases are welcome; unbounded input is not
+
+# Largest value any id, limit or weight column holds on every supported database.
+INT_MAX = 2**31 - 1
+LIMIT_MAX = 1_000_000  # an operator's limit of active leads
+# Bounded so that a source's total weight always fits an integer column.
+WEIGHT_MAX = 1_000_000
+# Lists: a page holds PER_PAGE items (the API's default; pages always), at most PER_PAGE_MAX.
+PER_PAGE = 50
+PER_PAGE_MAX = 500
+# The furthest page a page's link may ask for (past the last one it is simply empty).
+PAGE_NUMBER_MAX = 1_000_000
