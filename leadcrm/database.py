@@ -29,13 +29,14 @@ import stat
 import struct
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager, suppress
-from typing import Any, TypeVar
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, scoped_session
+from sqlalchemy.util import immutabledict
 
 # Execution option that marks a session's transactions as ones that will write:
 # True waits for the write lock up to the busy timeout, NO_WAIT tries once.
@@ -152,6 +153,13 @@ class SQLiteConnection(sqlite3.Connection):
         self._locked = False
         self.busy_timeout = float(kwargs.get("timeout", 5.0))
         self._busy_ms = round(self.busy_timeout * 1000)  # SQLite's busy timeout as now set
+        self._query_only = False  # PRAGMA query_only as now set
+
+    def refuse_writes(self, refuse: bool) -> None:
+        """Let SQLite refuse (or allow again) every write on this connection (PRAGMA query_only)."""
+        if refuse != self._query_only:
+            self.execute(f"PRAGMA query_only = {int(refuse)}")
+            self._query_only = refuse
 
     def lock_for_write(self, wait: bool = True) -> None:
         """Take the file lock (waiting at most the busy timeout, or not at all), then set
@@ -245,7 +253,18 @@ def sqlite_connect_args(busy_timeout: float) -> dict[str, Any]:
 
 
 def configure_engine(engine: Engine) -> None:
-    """Install the per-connection settings for ``engine``'s dialect."""
+    """Install the per-connection settings for ``engine``'s dialect, and the refusal of undeclared writes."""
+    if engine.dialect.name == "postgresql":
+
+        @sa.event.listens_for(engine, "begin")
+        def _on_postgresql_begin(connection: sa.Connection) -> None:
+            # psycopg then sends BEGIN READ ONLY instead of BEGIN: no round trip of its own.
+            read_only = connection.get_execution_options().get(WRITE_OPTION) is False
+            dbapi_connection = connection.connection.dbapi_connection
+            if dbapi_connection is not None and dbapi_connection.read_only != read_only:
+                dbapi_connection.read_only = read_only
+
+        return
     if engine.dialect.name != "sqlite":
         return
 
@@ -262,8 +281,10 @@ def configure_engine(engine: Engine) -> None:
     @sa.event.listens_for(engine, "begin")
     def _on_begin(connection: sa.Connection) -> None:
         write = connection.get_execution_options().get(WRITE_OPTION)
+        dbapi_connection = connection.connection.dbapi_connection
+        if isinstance(dbapi_connection, SQLiteConnection):
+            dbapi_connection.refuse_writes(write is False)
         if write:
-            dbapi_connection = connection.connection.dbapi_connection
             if isinstance(dbapi_connection, SQLiteConnection):
                 dbapi_connection.lock_for_write(wait=write != NO_WAIT)
             connection.exec_driver_sql("BEGIN IMMEDIATE")
@@ -271,30 +292,58 @@ def configure_engine(engine: Engine) -> None:
             connection.exec_driver_sql("BEGIN")
 
 
-# A view marked with this attribute begins its own transactions (see own_transactions).
-OWN_TRANSACTIONS = "leadcrm_own_transactions"
-V = TypeVar("V", bound=Callable[..., Any])
+class UndeclaredWrite(RuntimeError):
+    """A request wrote in a transaction it had not declared as a write (``begin_write``): a bug in its view."""
+
+    def __init__(self, endpoint: str | None) -> None:
+        super().__init__(f"{endpoint or 'a request'} wrote without begin_write(): its transaction was read-only")
 
 
-def own_transactions(view: V) -> V:
-    """Mark a view that begins its own transactions instead of one write transaction for the request.
+def write_refused_as_undeclared(exc: sa.exc.DBAPIError) -> bool:
+    """Is ``exc`` SQLite refusing a write in a read-only request transaction (see ``reads_only``)?
 
-    For views that do slow work between a read and a write (hashing a
-    password): the request's first query then does not take the write lock.
+    (PostgreSQL's refusal is not an OperationalError: it ends as a 500 by itself.)
     """
-    setattr(view, OWN_TRANSACTIONS, True)
-    return view
+    return isinstance(exc.orig, sqlite3.Error) and exc.orig.sqlite_errorcode == sqlite3.SQLITE_READONLY
+
+
+def reads_only(session: Session | scoped_session[Session]) -> None:
+    """Make ``session``'s transactions read-only until ``begin_write()``: the database refuses any write.
+
+    The app calls it at the start of every request, so a view that writes
+    without declaring it fails at its first write (SQLite: PRAGMA query_only,
+    PostgreSQL: BEGIN READ ONLY) instead of writing without the write lock.
+    Commands and tests outside a request are not affected (``end_request``).
+    """
+    real = session() if isinstance(session, scoped_session) else session
+    real.execution_options = real.execution_options.union({WRITE_OPTION: False})
+
+
+def end_request(session: Session | scoped_session[Session]) -> None:
+    """Forget what the request declared: the session may outlive it (an app context a test holds)."""
+    real = session() if isinstance(session, scoped_session) else session
+    if WRITE_OPTION in real.execution_options:
+        real.execution_options = immutabledict(
+            {name: value for name, value in real.execution_options.items() if name != WRITE_OPTION}
+        )
 
 
 def begin_write(session: Session | scoped_session[Session]) -> None:
-    """Make ``session``'s next transaction a write transaction.
+    """Declare the unit of work a write: its next transaction takes the write lock when it begins.
 
-    Call it before the unit of work's first query: on SQLite the write lock is
-    taken when that query begins the transaction; elsewhere nothing changes.
+    A view calls it once it has parsed and checked its input, just before the
+    domain call, so that invalid input never waits for the lock or holds it.
+    A read-only transaction open now (a lookup's, a form's choices) is ended
+    first, and the objects it loaded are expired: what the write decides on
+    is read again under the lock. Changes not yet written mean something
+    wrote before declaring it: that raises. On SQLite the lock is taken by
+    ``BEGIN IMMEDIATE``; elsewhere the transaction is simply not read-only.
     """
     real = session() if isinstance(session, scoped_session) else session
+    if real.new or real.dirty or real.deleted:
+        raise RuntimeError("begin_write(): the session holds changes made before the write was declared")
     if real.in_transaction():
-        raise RuntimeError("begin_write() must come before the first query of the unit of work")
+        real.rollback()  # it only read; rolling back also expires what it loaded
     real.execution_options = real.execution_options.union({WRITE_OPTION: True})
 
 

@@ -20,6 +20,7 @@ from leadcrm.api.schemas import (
     RegistrationOut,
 )
 from leadcrm.auth import allow, caller_may, current_caller
+from leadcrm.database import begin_write
 from leadcrm.errors import InvalidInput, LeadConflict, NotFound
 from leadcrm.extensions import db
 from leadcrm.identity import parse_identity
@@ -45,6 +46,7 @@ def register_contact() -> Response:
         region=current_app.config["LEADCRM_PHONE_REGION"],
     )
     caller = current_caller()
+    begin_write(db.session)
     if key is not None:
         replay = idempotency.claim_key(db.session, caller, key.strip(), idempotency.request_hash(data))
         if replay is not None:
@@ -136,6 +138,7 @@ def get_contact_events(contact_id: int) -> Response:
 def assign_contact(contact_id: int) -> Response:
     """Give an open contact to a chosen operator (past its limit only with override)."""
     body = parse(AssignIn, json_body())
+    begin_write(db.session)
     contact = distribution.assign_by_hand(db.session, contact_id, body.operator_id, override=body.override)
     db.session.commit()
     return dump(ContactOut, contact)
@@ -144,6 +147,7 @@ def assign_contact(contact_id: int) -> Response:
 @bp.post("/contacts/<id:contact_id>/reopen")
 @allow(SUPERVISOR)
 def reopen_contact(contact_id: int) -> Response:
+    begin_write(db.session)
     contact = distribution.reopen_contact(db.session, contact_id)
     db.session.commit()
     return dump(ContactOut, contact)
@@ -164,6 +168,7 @@ def export_contacts() -> FlaskResponse:
 @bp.post("/contacts/<id:contact_id>/close")
 @allow(SUPERVISOR, INTAKE)
 def close_contact(contact_id: int) -> Response:
+    begin_write(db.session)
     contact = distribution.close_contact(db.session, contact_id)
     db.session.commit()
     return dump(ContactOut, contact)

@@ -12,6 +12,7 @@ from leadcrm.api.schemas import (
     PageArgs,
 )
 from leadcrm.auth import allow
+from leadcrm.database import begin_write
 from leadcrm.extensions import db
 from leadcrm.models import SUPERVISOR
 
@@ -20,6 +21,7 @@ from leadcrm.models import SUPERVISOR
 @allow(SUPERVISOR)
 def create_operator() -> Response:
     body = parse(OperatorCreate, json_body())
+    begin_write(db.session)
     operator = operators.create_operator(
         db.session, name=body.name, max_active_leads=body.max_active_leads, is_active=body.is_active
     )
@@ -44,6 +46,7 @@ def get_operator(operator_id: int) -> Response:
 def update_operator(operator_id: int) -> Response:
     operator = operators.get_operator(db.session, operator_id)
     body = parse(OperatorUpdate, json_body())
+    begin_write(db.session)
     operators.update_operator(db.session, operator, body.model_dump(include=body.model_fields_set))
     db.session.commit()
     return dump(OperatorOut, operator)

@@ -7,7 +7,7 @@ from flask_login import current_user, login_user, logout_user
 
 from leadcrm import accounts
 from leadcrm.auth import allow, public
-from leadcrm.database import begin_write, own_transactions
+from leadcrm.database import begin_write
 from leadcrm.errors import DomainError
 from leadcrm.extensions import db
 from leadcrm.models import INTAKE, SUPERVISOR, User
@@ -42,37 +42,27 @@ def _remember_device(response: Response, user: User) -> Response:
     return response
 
 
-def _throttled(template: str, errors: list, exc: accounts.LoginThrottled, **context: object) -> Response:
-    """The form again with the throttle's message, a 429 and Retry-After."""
-    errors.append(exc.message)
-    response = render(template, status=429, **context)
-    response.headers["Retry-After"] = str(exc.retry_after)
-    return response
-
-
 @bp.route("/login", methods=["GET", "POST"])
 @public
-@own_transactions  # the password is hashed with no lock held; authenticate() commits
 def login() -> ResponseReturnValue:
+    """Log in. authenticate() runs its own transactions, so that the password is hashed with no lock held;
+    a throttled attempt raises LoginThrottled, which is answered 429 with Retry-After (leadcrm.web.errors)."""
     if current_user.is_authenticated:
         return redirect(local_target(request.args.get("next"), home_for(current_user)))
     db.session.commit()  # ends the read of the cookie's session: authenticate() runs its own transactions
     form = LoginForm()
     if not form.validate_on_submit():
         return render("auth/login.html", form=form, status=422 if form.is_submitted() else 200)
-    try:
-        # The login session is opened in the write transaction that checks the password: a new password
-        # committed a moment later ends it.
-        user = accounts.authenticate(
-            db.session,
-            form.username.data,
-            form.password.data,
-            request.remote_addr or "-",
-            device=_device(),
-            open_session=current_app.permanent_session_lifetime,
-        )
-    except accounts.LoginThrottled as exc:
-        return _throttled("auth/login.html", form.form_errors, exc, form=form)
+    # The login session is opened in the write transaction that checks the password: a new password
+    # committed a moment later ends it.
+    user = accounts.authenticate(
+        db.session,
+        form.username.data,
+        form.password.data,
+        request.remote_addr or "-",
+        device=_device(),
+        open_session=current_app.permanent_session_lifetime,
+    )
     if user is None:
         form.form_errors.append(_l("Wrong username or password."))
         return render("auth/login.html", form=form, status=401)
@@ -85,6 +75,7 @@ def login() -> ResponseReturnValue:
 def _end_this_session() -> None:
     secret = session.get("_user_id")
     if secret:
+        begin_write(db.session)
         accounts.end_session(db.session, secret)
         db.session.commit()
     logout_user()
@@ -103,6 +94,7 @@ def logout() -> ResponseReturnValue:
 @allow(SUPERVISOR, INTAKE)
 def logout_everywhere() -> ResponseReturnValue:
     """End every login session of the current user, this one included (a lost phone, a shared computer)."""
+    begin_write(db.session)
     accounts.end_sessions(db.session, current_user.id)
     db.session.commit()
     logout_user()
@@ -112,9 +104,11 @@ def logout_everywhere() -> ResponseReturnValue:
 
 @bp.route("/account", methods=["GET", "POST"])
 @allow(SUPERVISOR, INTAKE)
-@own_transactions  # both passwords are hashed with no lock held
 def account() -> ResponseReturnValue:
-    """Anyone logged in changes their own password, proving the current one first."""
+    """Anyone logged in changes their own password, proving the current one first.
+
+    Both passwords are hashed with no lock held: authenticate() runs its own transactions,
+    and the write is declared after the new hash is made."""
     form = OwnPasswordForm()
     if not form.validate_on_submit():
         return render("auth/account.html", form=form, status=422 if form.is_submitted() else 200)
@@ -123,13 +117,10 @@ def account() -> ResponseReturnValue:
     except DomainError as exc:
         form.new_password.errors.extend(exc.fields.values())
         return render("auth/account.html", form=form, status=422)
-    try:
-        # The current password is checked like a login: failures count towards the throttle.
-        user = accounts.authenticate(
-            db.session, current_user.username, form.current_password.data, request.remote_addr or "-", device=_device()
-        )
-    except accounts.LoginThrottled as exc:
-        return _throttled("auth/account.html", form.current_password.errors, exc, form=form)
+    # The current password is checked like a login: failures count towards the throttle (a 429 when throttled).
+    user = accounts.authenticate(
+        db.session, current_user.username, form.current_password.data, request.remote_addr or "-", device=_device()
+    )
     if user is None:
         form.current_password.errors.append(_l("This is not your current password."))
         return render("auth/account.html", form=form, status=422)

@@ -6,6 +6,7 @@ from flask_babel import gettext as _
 
 from leadcrm import sources as domain
 from leadcrm.auth import allow
+from leadcrm.database import begin_write
 from leadcrm.errors import DomainError
 from leadcrm.extensions import db
 from leadcrm.models import STRATEGIES, SUPERVISOR, Operator, Source
@@ -37,6 +38,7 @@ def create() -> ResponseReturnValue:
     form = SourceForm()
     if form.validate():
         try:
+            begin_write(db.session)
             source = domain.create_source(
                 db.session, name=form.name.data, strategy=form.strategy.data, sticky=form.sticky.data
             )
@@ -111,6 +113,7 @@ def save(source_id: int) -> ResponseReturnValue:
         strategy = source.strategy
     if errors:
         return _editor(source, status=422, typed=typed, errors=errors)
+    begin_write(db.session)
     domain.set_weights(db.session, source, weights, replace=True)
     domain.update_source(db.session, source, {"strategy": strategy, "sticky": request.form.get("sticky") == "1"})
     db.session.commit()

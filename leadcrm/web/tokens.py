@@ -6,6 +6,7 @@ from flask_login import current_user
 
 from leadcrm import accounts
 from leadcrm.auth import allow
+from leadcrm.database import begin_write
 from leadcrm.errors import DomainError
 from leadcrm.extensions import db
 from leadcrm.models import SUPERVISOR
@@ -32,6 +33,7 @@ def create() -> ResponseReturnValue:
     form = TokenForm()
     if form.validate():
         try:
+            begin_write(db.session)
             new = accounts.create_token(db.session, name=form.name.data, scope=form.scope.data, created_by=current_user)
         except DomainError as exc:
             show_domain_error(form, exc)
@@ -47,6 +49,7 @@ def create() -> ResponseReturnValue:
 @bp.post("/<id:token_id>/revoke")
 @allow(SUPERVISOR)
 def revoke(token_id: int) -> ResponseReturnValue:
+    begin_write(db.session)
     accounts.revoke_token(db.session, token_id)
     db.session.commit()
     return redirect(url_for(".index"))
