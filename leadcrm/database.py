@@ -299,12 +299,15 @@ class UndeclaredWrite(RuntimeError):
         super().__init__(f"{endpoint or 'a request'} wrote without begin_write(): its transaction was read-only")
 
 
-def write_refused_as_undeclared(exc: sa.exc.DBAPIError) -> bool:
-    """Is ``exc`` SQLite refusing a write in a read-only request transaction (see ``reads_only``)?
+# PostgreSQL's SQLSTATE for a write in a READ ONLY transaction.
+READ_ONLY_SQL_TRANSACTION = "25006"
 
-    (PostgreSQL's refusal is not an OperationalError: it ends as a 500 by itself.)
-    """
-    return isinstance(exc.orig, sqlite3.Error) and exc.orig.sqlite_errorcode == sqlite3.SQLITE_READONLY
+
+def write_refused_as_undeclared(exc: sa.exc.DBAPIError) -> bool:
+    """Is ``exc`` the database refusing a write in a read-only request transaction (see ``reads_only``)?"""
+    if isinstance(exc.orig, sqlite3.Error):
+        return exc.orig.sqlite_errorcode == sqlite3.SQLITE_READONLY
+    return getattr(exc.orig, "sqlstate", None) == READ_ONLY_SQL_TRANSACTION
 
 
 def reads_only(session: Session | scoped_session[Session]) -> None:

@@ -185,13 +185,14 @@ def register_error_handlers(app: Flask) -> None:
     def invalid_body(exc: ValidationError) -> Response:
         return answer(ErrorAnswer(422, "validation_error", _l("The request is not valid."), validation_fields(exc)))
 
-    @app.errorhandler(sa.exc.OperationalError)
-    @app.errorhandler(sa.exc.InterfaceError)
-    def database_unavailable(exc: sa.exc.DBAPIError) -> Response:
+    @app.errorhandler(sa.exc.DBAPIError)
+    def database_error(exc: sa.exc.DBAPIError) -> Response:
         _roll_back()
         if write_refused_as_undeclared(exc):
             # Not the database's fault: a view wrote without begin_write(). A 500, and loud in tests.
             raise UndeclaredWrite(request.endpoint) from exc
+        if not isinstance(exc, sa.exc.OperationalError | sa.exc.InterfaceError):
+            raise exc  # a constraint or a statement of ours that is wrong: a bug, answered 500
         # The database is busy, unreachable, or dropped our connection: the
         # request wrote nothing and can be sent again.
         current_app.logger.warning("database unavailable: %s", exc.orig)

@@ -12,7 +12,7 @@ from leadcrm.extensions import db
 from leadcrm.models import STRATEGIES, SUPERVISOR, Operator, Source
 from leadcrm.operators import list_operators_query
 from leadcrm.web.forms import WEIGHT_MAX, SourceForm, show_domain_error
-from leadcrm.web.rendering import changed, is_htmx, render
+from leadcrm.web.rendering import is_htmx, render
 
 bp = Blueprint("sources", __name__, url_prefix="/sources")
 
@@ -119,4 +119,4 @@ def save(source_id: int) -> ResponseReturnValue:
     db.session.commit()
     if not is_htmx():
         return redirect(url_for(".detail", source_id=source.id))
-    return changed(_editor(source), "weights-changed")
+    return _editor(source)
