@@ -306,7 +306,8 @@ READ_ONLY_SQL_TRANSACTION = "25006"
 def write_refused_as_undeclared(exc: sa.exc.DBAPIError) -> bool:
     """Is ``exc`` the database refusing a write in a read-only request transaction (see ``reads_only``)?"""
     if isinstance(exc.orig, sqlite3.Error):
-        return exc.orig.sqlite_errorcode == sqlite3.SQLITE_READONLY
+        # Errors made here (write_lock_busy) carry no code.
+        return getattr(exc.orig, "sqlite_errorcode", None) == sqlite3.SQLITE_READONLY
     return getattr(exc.orig, "sqlstate", None) == READ_ONLY_SQL_TRANSACTION
 
 
