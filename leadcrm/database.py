@@ -311,7 +311,7 @@ def write_refused_as_undeclared(exc: sa.exc.DBAPIError) -> bool:
     return getattr(exc.orig, "sqlstate", None) == READ_ONLY_SQL_TRANSACTION
 
 
-def reads_only(session: Session | scoped_session[Session]) -> None:
+def reads_only(session: Session | scoped_session[Any]) -> None:
     """Make ``session``'s transactions read-only until ``begin_write()``: the database refuses any write.
 
     The app calls it at the start of every request, so a view that writes
@@ -323,7 +323,7 @@ def reads_only(session: Session | scoped_session[Session]) -> None:
     real.execution_options = real.execution_options.union({WRITE_OPTION: False})
 
 
-def end_request(session: Session | scoped_session[Session]) -> None:
+def end_request(session: Session | scoped_session[Any]) -> None:
     """Forget what the request declared: the session may outlive it (an app context a test holds)."""
     real = session() if isinstance(session, scoped_session) else session
     if WRITE_OPTION in real.execution_options:
@@ -332,7 +332,7 @@ def end_request(session: Session | scoped_session[Session]) -> None:
         )
 
 
-def begin_write(session: Session | scoped_session[Session]) -> None:
+def begin_write(session: Session | scoped_session[Any]) -> None:
     """Declare the unit of work a write: its next transaction takes the write lock when it begins.
 
     A view calls it once it has parsed and checked its input, just before the

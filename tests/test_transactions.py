@@ -8,14 +8,16 @@ PostgreSQL alike (the request's transactions are read-only until then).
 import re
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
 from flask import Flask
 from flask.testing import FlaskClient
+from werkzeug.test import TestResponse
 
 from leadcrm import create_app, operators
 from leadcrm.auth import allow
@@ -56,15 +58,21 @@ def boss(app: Flask) -> FlaskClient:
 
 
 @pytest.fixture
-def source(boss: FlaskClient) -> dict:
-    operator = boss.post(f"{API}/operators/", json={"name": "Ann", "max_active_leads": 10}).json
-    source = boss.post(f"{API}/sources/", json={"name": "web_form"}).json
+def source(boss: FlaskClient) -> dict[str, Any]:
+    operator = json_of(boss.post(f"{API}/operators/", json={"name": "Ann", "max_active_leads": 10}))
+    source = json_of(boss.post(f"{API}/sources/", json={"name": "web_form"}))
     boss.post(f"{API}/sources/{source['id']}/config", json={"operator_id": operator["id"], "weight": 1})
     return source
 
 
+def json_of(response: TestResponse) -> Any:
+    return response.get_json()
+
+
 def csrf_of(client: FlaskClient) -> str:
-    return re.search(r'name="csrf-token" content="([^"]+)"', client.get("/intake/").get_data(as_text=True)).group(1)
+    found = re.search(r'name="csrf-token" content="([^"]+)"', client.get("/intake/").get_data(as_text=True))
+    assert found is not None
+    return found.group(1)
 
 
 @contextmanager
@@ -72,6 +80,7 @@ def write_lock_held_elsewhere(app: Flask) -> Iterator[None]:
     """SQLite's write lock taken by another connection to the same file (another program, a backup)."""
     with app.app_context():
         path = sqlite_file(str(db.engine.url))
+    assert path is not None
     holder = sqlite3.connect(path, isolation_level=None)
     holder.execute("BEGIN IMMEDIATE")
     try:
@@ -81,7 +90,7 @@ def write_lock_held_elsewhere(app: Flask) -> Iterator[None]:
         holder.close()
 
 
-def timed(call) -> tuple[float, object]:
+def timed(call: Callable[[], TestResponse]) -> tuple[float, TestResponse]:
     started = time.monotonic()
     response = call()
     return time.monotonic() - started, response
@@ -125,7 +134,9 @@ def test_invalid_input_answers_at_once_while_the_write_lock_is_held_elsewhere(
     assert boss.post(f"{API}/contacts/register", json=body).status_code == 201
 
 
-def test_reads_and_refused_input_never_begin_a_write_transaction(app: Flask, boss: FlaskClient, source: dict) -> None:
+def test_reads_and_refused_input_never_begin_a_write_transaction(
+    app: Flask, boss: FlaskClient, source: dict[str, Any]
+) -> None:
     sqlite_only(app)
     begun: list[str] = []
     with app.app_context():
@@ -159,7 +170,7 @@ def test_begin_write_ends_the_read_open_then_and_refuses_changes_made_before_it(
     boss.post(f"{API}/operators/", json={"name": "Ann", "max_active_leads": 1})
     with app.test_request_context("/healthz"):
         app.preprocess_request()  # a request's session: read-only until begin_write
-        ann = db.session.scalar(sa.select(Operator))
+        ann = db.session.scalars(sa.select(Operator)).one()
         assert db.session().in_transaction()
         begin_write(db.session)
         assert not db.session().in_transaction()
@@ -169,16 +180,18 @@ def test_begin_write_ends_the_read_open_then_and_refuses_changes_made_before_it(
             begin_write(db.session)
         db.session.commit()
     with app.app_context():
-        assert db.session.get(Operator, ann.id).max_active_leads == 2
+        assert db.session.scalars(sa.select(Operator.max_active_leads)).one() == 2
 
 
-def test_every_write_from_a_page_is_limited_to_one_drain_batch(app: Flask, boss: FlaskClient, source: dict) -> None:
+def test_every_write_from_a_page_is_limited_to_one_drain_batch(
+    app: Flask, boss: FlaskClient, source: dict[str, Any]
+) -> None:
     app.config["LEADCRM_DRAIN_BATCH"] = 3
-    ann = boss.get(f"{API}/operators/").json["items"][0]
+    ann = json_of(boss.get(f"{API}/operators/"))["items"][0]
     boss.patch(f"{API}/operators/{ann['id']}", json={"max_active_leads": 0})
     for n in range(5):
         boss.post(f"{API}/contacts/register", json={"source_id": source["id"], "external_id": f"w{n}"})
     # The operators page raises the limit: one batch of the waiting contacts is assigned in that request.
     form = {"csrf_token": csrf_of(boss), "max_active_leads": "10"}
     assert boss.post(f"/operators/{ann['id']}", data=form).status_code == 302
-    assert boss.get(f"{API}/operators/{ann['id']}").json["active_leads"] == 3
+    assert json_of(boss.get(f"{API}/operators/{ann['id']}"))["active_leads"] == 3

@@ -25,6 +25,7 @@ from flask_babel import lazy_gettext as _l
 from flask_wtf.csrf import CSRFError
 from pydantic import ValidationError
 from werkzeug.exceptions import HTTPException, InternalServerError
+from werkzeug.wrappers import Response as BaseResponse
 
 from leadcrm.accounts import LoginThrottled
 from leadcrm.auth import LoginRequired
@@ -210,9 +211,10 @@ def register_error_handlers(app: Flask) -> None:
         return answer(ErrorAnswer(400, "csrf_failed", exc.description, page_message=""))
 
     @app.errorhandler(LoginRequired)
-    def login_required(exc: LoginRequired) -> Response:
+    def login_required(exc: LoginRequired) -> BaseResponse:
         if wants_json():
             return answer(_http_answer(exc))
+        response: BaseResponse
         if is_htmx():
             # htmx follows HX-Redirect with a full page load.
             response = Response(status=401, headers={"HX-Redirect": exc.login_url})
