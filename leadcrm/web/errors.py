@@ -87,7 +87,7 @@ def answer(error: ErrorAnswer, *, without_database: bool = False) -> Response:
     return response
 
 
-# Per status: the page's title and the line that says what to do. 401 and 429 say it in their message.
+# Per status: the page's title and the line that says what to do.
 PAGE_TEXTS: dict[int, tuple[Any, Any]] = {
     400: (_l("This request could not be understood"), _l("Nothing was saved. Go back and try again.")),
     401: (_l("Log in first"), _l("This page is for logged-in users.")),
