@@ -10,12 +10,12 @@ from werkzeug.routing import IntegerConverter, ValidationError
 
 from leadcrm.config import PROJECT_ROOT, Config, instance_path
 from leadcrm.database import (
-    OWN_TRANSACTIONS,
-    begin_write,
     configure_engine,
+    end_request,
     end_session,
     keep_private,
     prepare_sqlite_file,
+    reads_only,
     sqlite_connect_args,
     sqlite_file,
 )
@@ -97,24 +97,28 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
 
     # Before anything reads the body: one sent without Content-Length must not be cut to the limit.
     app.before_request(_refuse_streamed_bodies_over_the_limit)
-    # First: who is asking and may they (reads only; ends its transaction).
-    init_auth(app)
 
     @app.before_request
-    def start_write_transaction() -> None:
-        # Requests that change data take the write lock before their first read,
-        # unless their view manages its own transactions (login: hash unlocked).
-        view = app.view_functions.get(request.endpoint or "")
-        if request.method not in ("GET", "HEAD", "OPTIONS") and not getattr(view, OWN_TRANSACTIONS, False):
-            begin_write(db.session)
-            limit_drains(db.session(), app.config["LEADCRM_DRAIN_BATCH"])
+    def read_until_the_view_declares_a_write() -> None:
+        # A view that writes says so with begin_write() once its input is checked
+        # (invalid input never waits for SQLite's write lock); until then the
+        # database refuses writes, so a forgotten declaration fails at once.
+        reads_only(db.session)
+        limit_drains(db.session(), app.config["LEADCRM_DRAIN_BATCH"])
+
+    @app.teardown_request
+    def forget_the_declaration(_exc: BaseException | None) -> None:
+        end_request(db.session)
+
+    # Then: who is asking and may they (reads only; ends its transaction).
+    init_auth(app)
 
     from leadcrm import demo  # noqa: F401  (adds `flask leadcrm demo`)
     from leadcrm.api import bp as api_bp
     from leadcrm.api.docs import bp as docs_bp
-    from leadcrm.api.errors import register_error_handlers
     from leadcrm.cli import cli
     from leadcrm.web import register_web
+    from leadcrm.web.errors import register_error_handlers
 
     app.register_blueprint(api_bp, url_prefix="/api/v1")
     app.register_blueprint(docs_bp)

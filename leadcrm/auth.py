@@ -11,11 +11,12 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
-from flask import Flask, Response, current_app, g, redirect, request, url_for
+from flask import Flask, Response, current_app, g, request, url_for
 from flask.sessions import SecureCookieSessionInterface
 from flask_babel import lazy_gettext as _l
 from flask_login import current_user
 from sqlalchemy.orm.attributes import set_committed_value
+from werkzeug.exceptions import Forbidden, Unauthorized
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from leadcrm import accounts
@@ -105,68 +106,66 @@ def load_user(cookie_id: str) -> User | None:
     return accounts.user_of_session(db.session, cookie_id, current_app.permanent_session_lifetime)
 
 
-def _api_unauthorized(message: Any) -> Any:
-    from leadcrm.api.errors import error_response  # the api package imports this module
-
-    body, status = error_response(401, "unauthorized", message)
-    return body, status, {"WWW-Authenticate": 'Bearer realm="leadcrm"'}
+# The API's answer to an unknown caller names the scheme it takes (RFC 6750).
+BEARER_CHALLENGE = 'Bearer realm="leadcrm"'
 
 
-def _forbidden(message: Any) -> Any:
-    if request.blueprint == "api":
-        from leadcrm.api.errors import error_response
+class LoginRequired(Unauthorized):
+    """Who is asking is not known: a page sends the browser to the login form, the API answers 401.
 
-        return error_response(403, "forbidden", message)
-    from leadcrm.web.rendering import render
+    ``login_url`` is where a page goes (back here after the login, for a GET);
+    the API's answer carries the Bearer challenge instead.
+    """
 
-    return render("errors/forbidden.html", message=message, status=403)
+    def __init__(self, description: Any, login_url: str) -> None:
+        super().__init__(description)
+        self.login_url = login_url
+
+    def get_headers(self, environ: Any = None, scope: Any = None) -> list[tuple[str, str]]:
+        return [*super().get_headers(environ, scope), ("WWW-Authenticate", BEARER_CHALLENGE)]
 
 
-def _to_login() -> Any:
+def _login_required(message: str) -> LoginRequired:
     target = url_for("auth.login", next=request.full_path.rstrip("?") if request.method == "GET" else None)
-    if request.headers.get("HX-Request"):
-        # htmx follows HX-Redirect with a full page load.
-        return Response(status=401, headers={"HX-Redirect": target})
-    return redirect(target)
+    return LoginRequired(message, target)
 
 
-def check_access() -> Any:
-    """Authenticate the request and check the view's declaration; answers the request when refused."""
+def check_access() -> None:
+    """Authenticate the request and check the view's declaration; raises LoginRequired or Forbidden when refused."""
     if request.endpoint is None:
-        return None  # no such URL: routing answers 404 or 405
+        return  # no such URL: routing answers 404 or 405
     access = access_of(current_app, request.endpoint)
     if access is None:
         current_app.logger.error("view %s declares no access rule; refused", request.endpoint)
-        return _forbidden(_l("This page is not available."))
+        raise Forbidden(_l("This page is not available."))
     api = request.blueprint == "api"
     header = request.headers.get("Authorization") if api else None
     if header is not None and not access.public:
-        return _check_token(header, access)
+        _check_token(header, access)  # ends its read transaction; a token is not a browser: no CSRF check
+        return
     if not access.public:
         if not current_user.is_authenticated:
-            return _api_unauthorized("Log in or send Authorization: Bearer <token>.") if api else _to_login()
+            raise _login_required("Log in or send Authorization: Bearer <token>.")
         if current_user.role not in access.roles:
-            return _forbidden(_l("Your role (%(role)s) may not do this.", role=current_user.role))
+            raise Forbidden(_l("Your role (%(role)s) may not do this.", role=current_user.role))
         act_as(db.session, accounts.actor_name(user=current_user))
     if request.method not in SAFE_METHODS:
         # Browser sessions (the login form included) must carry the CSRF token.
         csrf.protect()
-    # End the read transaction of the checks: a write begins with its own lock.
+    # End the read transaction of the checks: a view that writes declares its write transaction.
     db.session.commit()
-    return None
 
 
-def _check_token(header: str, access: Access) -> Any:
+def _check_token(header: str, access: Access) -> None:
     scheme, _, secret = header.partition(" ")
     token = accounts.token_by_secret(db.session, secret.strip()) if scheme.lower() == "bearer" else None
     if token is None:
-        return _api_unauthorized("The token is unknown or revoked; send Authorization: Bearer <token>.")
+        raise _login_required("The token is unknown or revoked; send Authorization: Bearer <token>.")
     if token.scope != TokenScope.FULL and not access.register_token:
-        return _forbidden(f"A token with scope {token.scope!r} may not call this endpoint.")
+        raise Forbidden(f"A token with scope {token.scope!r} may not call this endpoint.")
     act_as(db.session, accounts.actor_name(token=token))
     g.leadcrm_token = token
     _note_token_use(token)
-    return None  # a token is not a browser: no CSRF check
 
 
 def _note_token_use(token: ApiToken) -> None:

@@ -22,6 +22,7 @@ from leadcrm.api.schemas import (
     RegistrationOut,
 )
 from leadcrm.auth import allow, caller_may, current_caller
+from leadcrm.database import begin_write
 from leadcrm.distribution import Registration
 from leadcrm.errors import InvalidInput, LeadConflict, NotFound
 from leadcrm.extensions import db
@@ -58,6 +59,7 @@ def register_contact() -> Response:
         region=current_app.config["LEADCRM_PHONE_REGION"],
     )
     caller = current_caller()
+    begin_write(db.session)
     if key is not None:
         replay = idempotency.claim_key(db.session, caller, key.strip(), idempotency.request_hash(data))
         if replay is not None:
@@ -219,6 +221,7 @@ def assign_contact(contact_id: int) -> Response:
     operator's slot goes back to the queue.
     """
     body = parse(AssignIn, json_body())
+    begin_write(db.session)
     contact = distribution.assign_by_hand(db.session, contact_id, body.operator_id, override=body.override)
     db.session.commit()
     return dump(ContactOut, contact)
@@ -229,6 +232,7 @@ def assign_contact(contact_id: int) -> Response:
 @operation("reopenContact", Answer("The contact.", ContactOut), errors=(404,))
 def reopen_contact(contact_id: int) -> Response:
     """Reopen a closed contact: back to its operator if it still can take it, else distributed again."""
+    begin_write(db.session)
     contact = distribution.reopen_contact(db.session, contact_id)
     db.session.commit()
     return dump(ContactOut, contact)
@@ -253,6 +257,7 @@ def export_contacts() -> FlaskResponse:
 @operation("closeContact", Answer("The closed contact.", ContactOut), errors=(404,))
 def close_contact(contact_id: int) -> Response:
     """Close a contact (closing a closed one changes nothing)."""
+    begin_write(db.session)
     contact = distribution.close_contact(db.session, contact_id)
     db.session.commit()
     return dump(ContactOut, contact)

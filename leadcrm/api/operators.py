@@ -14,6 +14,7 @@ from leadcrm.api.schemas import (
     PageArgs,
 )
 from leadcrm.auth import allow
+from leadcrm.database import begin_write
 from leadcrm.extensions import db
 from leadcrm.vocabulary import Role
 
@@ -24,6 +25,7 @@ from leadcrm.vocabulary import Role
 def create_operator() -> Response:
     """Create an operator."""
     body = parse(OperatorCreate, json_body())
+    begin_write(db.session)
     operator = operators.create_operator(
         db.session, name=body.name, max_active_leads=body.max_active_leads, is_active=body.is_active
     )
@@ -54,6 +56,7 @@ def update_operator(operator_id: int) -> Response:
     """Change an operator (a limit below its load only stops new assignments)."""
     operators.get_operator(db.session, operator_id)
     body = parse(OperatorUpdate, json_body())
+    begin_write(db.session)
     operator = operators.update_operator(db.session, operator_id, body.model_dump(include=body.model_fields_set))
     db.session.commit()
     return dump(OperatorOut, operator)

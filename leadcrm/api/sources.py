@@ -18,6 +18,7 @@ from leadcrm.api.schemas import (
     WeightOut,
 )
 from leadcrm.auth import allow
+from leadcrm.database import begin_write
 from leadcrm.errors import InvalidInput
 from leadcrm.extensions import db
 from leadcrm.vocabulary import Role
@@ -29,6 +30,7 @@ from leadcrm.vocabulary import Role
 def create_source() -> Response:
     """Create a source."""
     body = parse(SourceCreate, json_body())
+    begin_write(db.session)
     source = sources.create_source(db.session, name=body.name, strategy=body.strategy, sticky=body.sticky)
     db.session.commit()
     return dump(SourceOut, source), 201, {"Location": url_for("api.get_source", source_id=source.id)}
@@ -57,6 +59,7 @@ def update_source(source_id: int) -> Response:
     """Change a source."""
     source = sources.get_source(db.session, source_id)
     body = parse(SourceUpdate, json_body())
+    begin_write(db.session)
     sources.update_source(db.session, source, body.model_dump(include=body.model_fields_set))
     db.session.commit()
     return dump(SourceOut, source)
@@ -97,9 +100,11 @@ def set_source_config(source_id: int) -> Response:
                     {f"{index}.operator_id": f"Operator {row.operator_id} also at index {seen[row.operator_id]}."},
                 )
             seen[row.operator_id] = index
+        begin_write(db.session)
         sources.set_weights(db.session, source, {r.operator_id: r.weight for r in rows}, replace=True)
     else:
         row = parse(WeightIn, data)
+        begin_write(db.session)
         sources.set_weight(db.session, source, row.operator_id, row.weight)
     db.session.commit()
     return _weights_response(source_id)

@@ -4,7 +4,6 @@ from flask import Flask, abort, redirect, request, url_for
 from flask.typing import ResponseReturnValue
 from flask_babel import get_locale
 from flask_babel import gettext as _
-from flask_wtf.csrf import CSRFError
 
 from leadcrm.auth import public
 from leadcrm.i18n import LANGUAGE_COOKIE, LANGUAGES
@@ -22,7 +21,7 @@ from leadcrm.vocabulary import (
 )
 from leadcrm.web import auth, contacts, intake, leads, load, operators, report, sources, tokens, users
 from leadcrm.web.ages import format_age
-from leadcrm.web.rendering import local_target, render
+from leadcrm.web.rendering import local_target
 
 BLUEPRINTS = (
     auth.bp,
@@ -86,9 +85,3 @@ def register_web(app: Flask) -> None:
         if code in LANGUAGES:
             response.set_cookie(LANGUAGE_COOKIE, code, max_age=365 * 24 * 3600, samesite="Lax", httponly=True)
         return response
-
-    @app.errorhandler(CSRFError)
-    def csrf_error(exc: CSRFError) -> ResponseReturnValue:
-        if request.path.startswith("/api/"):
-            return {"error": {"code": "csrf_failed", "message": exc.description}}, 400
-        return render("errors/csrf.html", reason=exc.description, status=400)

@@ -1,8 +1,6 @@
 """Login, logout, and one's own account: a new password, logging out everywhere."""
 
-from typing import Any
-
-from flask import Blueprint, Response, current_app, redirect, request, session, url_for
+from flask import Blueprint, current_app, redirect, request, session, url_for
 from flask.typing import ResponseReturnValue
 from flask_babel import lazy_gettext as _l
 from flask_login import current_user, login_user, logout_user
@@ -10,10 +8,10 @@ from werkzeug.wrappers import Response as BaseResponse
 
 from leadcrm import accounts
 from leadcrm.auth import allow, public
-from leadcrm.database import begin_write, own_transactions
+from leadcrm.database import begin_write
 from leadcrm.errors import DomainError
 from leadcrm.extensions import db
-from leadcrm.i18n import translate, translate_fields
+from leadcrm.i18n import translate_fields
 from leadcrm.models import User
 from leadcrm.vocabulary import Role
 from leadcrm.web.forms import LoginForm, OwnPasswordForm, errors_of, required
@@ -54,37 +52,27 @@ def _remember_device(response: BaseResponse, user: User) -> BaseResponse:
     return response
 
 
-def _throttled(template: str, errors: list[str], exc: accounts.LoginThrottled, **context: Any) -> Response:
-    """The form again with the throttle's message, a 429 and Retry-After."""
-    errors.append(translate(exc.message))
-    response = render(template, status=429, **context)
-    response.headers["Retry-After"] = str(exc.retry_after)
-    return response
-
-
 @bp.route("/login", methods=["GET", "POST"])
 @public
-@own_transactions  # the password is hashed with no lock held; authenticate() commits
 def login() -> ResponseReturnValue:
+    """Log in. authenticate() runs its own transactions, so that the password is hashed with no lock held;
+    a throttled attempt raises LoginThrottled, which is answered 429 with Retry-After (leadcrm.web.errors)."""
     if current_user.is_authenticated:
         return redirect(local_target(request.args.get("next"), home_for(current_user)))
     db.session.commit()  # ends the read of the cookie's session: authenticate() runs its own transactions
     form = LoginForm()
     if not form.validate_on_submit():
         return render("auth/login.html", form=form, status=422 if form.is_submitted() else 200)
-    try:
-        # The login session is opened in the write transaction that checks the password: a new password
-        # committed a moment later ends it.
-        user = accounts.authenticate(
-            db.session(),
-            required(form.username),
-            required(form.password),
-            request.remote_addr or "-",
-            device=_device(),
-            open_session=current_app.permanent_session_lifetime,
-        )
-    except accounts.LoginThrottled as exc:
-        return _throttled("auth/login.html", form.form_errors, exc, form=form)
+    # The login session is opened in the write transaction that checks the password: a new password
+    # committed a moment later ends it.
+    user = accounts.authenticate(
+        db.session(),
+        required(form.username),
+        required(form.password),
+        request.remote_addr or "-",
+        device=_device(),
+        open_session=current_app.permanent_session_lifetime,
+    )
     if user is None:
         form.form_errors.append(_l("Wrong username or password."))
         return render("auth/login.html", form=form, status=401)
@@ -97,6 +85,7 @@ def login() -> ResponseReturnValue:
 def _end_this_session() -> None:
     secret = session.get("_user_id")
     if secret:
+        begin_write(db.session)
         accounts.end_session(db.session(), secret)
         db.session.commit()
     logout_user()
@@ -115,6 +104,7 @@ def logout() -> ResponseReturnValue:
 @allow(Role.SUPERVISOR, Role.INTAKE)
 def logout_everywhere() -> ResponseReturnValue:
     """End every login session of the current user, this one included (a lost phone, a shared computer)."""
+    begin_write(db.session)
     accounts.end_sessions(db.session(), current_user.id)
     db.session.commit()
     logout_user()
@@ -124,9 +114,11 @@ def logout_everywhere() -> ResponseReturnValue:
 
 @bp.route("/account", methods=["GET", "POST"])
 @allow(Role.SUPERVISOR, Role.INTAKE)
-@own_transactions  # both passwords are hashed with no lock held
 def account() -> ResponseReturnValue:
-    """Anyone logged in changes their own password, proving the current one first."""
+    """Anyone logged in changes their own password, proving the current one first.
+
+    Both passwords are hashed with no lock held: authenticate() runs its own transactions,
+    and the write is declared after the new hash is made."""
     form = OwnPasswordForm()
     if not form.validate_on_submit():
         return render("auth/account.html", form=form, status=422 if form.is_submitted() else 200)
@@ -135,17 +127,14 @@ def account() -> ResponseReturnValue:
     except DomainError as exc:
         errors_of(form.new_password).extend(translate_fields(exc.fields).values())
         return render("auth/account.html", form=form, status=422)
-    try:
-        # The current password is checked like a login: failures count towards the throttle.
-        user = accounts.authenticate(
-            db.session(),
-            current_user.username,
-            required(form.current_password),
-            request.remote_addr or "-",
-            device=_device(),
-        )
-    except accounts.LoginThrottled as exc:
-        return _throttled("auth/account.html", errors_of(form.current_password), exc, form=form)
+    # The current password is checked like a login: failures count towards the throttle (a 429 when throttled).
+    user = accounts.authenticate(
+        db.session(),
+        current_user.username,
+        required(form.current_password),
+        request.remote_addr or "-",
+        device=_device(),
+    )
     if user is None:
         errors_of(form.current_password).append(_l("This is not your current password."))
         return render("auth/account.html", form=form, status=422)

@@ -9,6 +9,7 @@ from werkzeug.wrappers import Response as BaseResponse
 from leadcrm import distribution, queries
 from leadcrm.api.schemas import ContactFilter
 from leadcrm.auth import allow
+from leadcrm.database import begin_write
 from leadcrm.errors import DomainError, InvalidInput
 from leadcrm.extensions import db
 from leadcrm.i18n import translate
@@ -94,22 +95,24 @@ def _chosen_operator() -> tuple[int, bool]:
 @allow(Role.SUPERVISOR)
 def assign(contact_id: int) -> ResponseReturnValue:
     """Assign or reassign by hand; past the limit only with the override box ticked."""
-    contact = db.get_or_404(Contact, contact_id)
+    db.get_or_404(Contact, contact_id)  # an unknown contact is a 404 before any error of the form
     try:
         operator_id, override = _chosen_operator()
-        distribution.assign_by_hand(db.session(), contact.id, operator_id, override=override)
+        begin_write(db.session)
+        distribution.assign_by_hand(db.session(), contact_id, operator_id, override=override)
     except DomainError as exc:
         db.session.rollback()
         return _detail(
             db.get_or_404(Contact, contact_id), status=422, error=translate(exc.fields.get("operator_id", exc.message))
         )
     db.session.commit()
-    return changed(_back(url_for(".detail", contact_id=contact.id)))
+    return changed(_back(url_for(".detail", contact_id=contact_id)))
 
 
 @bp.post("/<id:contact_id>/reopen")
 @allow(Role.SUPERVISOR)
 def reopen(contact_id: int) -> ResponseReturnValue:
+    begin_write(db.session)
     distribution.reopen_contact(db.session(), contact_id)
     db.session.commit()
     return changed(_back(url_for(".detail", contact_id=contact_id)))
@@ -125,9 +128,11 @@ def bulk() -> ResponseReturnValue:
         if not ids:
             raise InvalidInput(_("Select at least one contact."))
         if action == "close":
+            begin_write(db.session)
             distribution.close_contacts(db.session(), ids)
         elif action == "reassign":
             operator_id, override = _chosen_operator()
+            begin_write(db.session)
             distribution.assign_contacts_by_hand(db.session(), ids, operator_id, override=override)
         else:
             raise InvalidInput(_("Choose what to do with the selected contacts."))
@@ -141,6 +146,7 @@ def bulk() -> ResponseReturnValue:
 @bp.post("/<id:contact_id>/close")
 @allow(Role.SUPERVISOR, Role.INTAKE)
 def close(contact_id: int) -> ResponseReturnValue:
+    begin_write(db.session)
     contact = distribution.close_contact(db.session(), contact_id)
     db.session.commit()
     if not is_htmx():

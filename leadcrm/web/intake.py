@@ -8,6 +8,7 @@ from wtforms.fields.choices import SelectChoice  # type: ignore[attr-defined]  #
 
 from leadcrm import distribution
 from leadcrm.auth import allow
+from leadcrm.database import begin_write
 from leadcrm.errors import DomainError
 from leadcrm.extensions import db
 from leadcrm.identity import parse_identity
@@ -62,6 +63,7 @@ def register() -> ResponseReturnValue:
                 email=form.email.data,
                 region=current_app.config["LEADCRM_PHONE_REGION"],
             )
+            begin_write(db.session)  # the form and the identity are valid: now the lock
             registration = distribution.register_contact(
                 db.session(),
                 source=find_source(db.session(), source_id=form.source_id.data, source_name=None),

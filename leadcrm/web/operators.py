@@ -7,6 +7,7 @@ from flask.typing import ResponseReturnValue
 
 from leadcrm import operators as domain
 from leadcrm.auth import allow
+from leadcrm.database import begin_write
 from leadcrm.errors import DomainError
 from leadcrm.extensions import db
 from leadcrm.models import Operator
@@ -36,6 +37,7 @@ def create() -> ResponseReturnValue:
     form = OperatorForm()
     if form.validate():
         try:
+            begin_write(db.session)
             domain.create_operator(
                 db.session(),
                 name=required(form.name),
@@ -59,8 +61,10 @@ def update(operator_id: int) -> ResponseReturnValue:
     operator = db.get_or_404(Operator, operator_id)
     form = OperatorLimitForm()
     if "is_active" in request.form:
+        begin_write(db.session)
         updated = domain.update_operator(db.session(), operator.id, {"is_active": request.form["is_active"] == "1"})
     elif form.validate():
+        begin_write(db.session)
         updated = domain.update_operator(db.session(), operator.id, {"max_active_leads": form.max_active_leads.data})
     else:
         # The row shows the error next to the limit, with what was typed.

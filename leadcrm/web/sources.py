@@ -6,13 +6,14 @@ from flask_babel import gettext as _
 
 from leadcrm import sources as domain
 from leadcrm.auth import allow
+from leadcrm.database import begin_write
 from leadcrm.errors import DomainError
 from leadcrm.extensions import db
 from leadcrm.models import Operator, Source
 from leadcrm.operators import list_operators_query
 from leadcrm.vocabulary import WEIGHT_MAX, Role, Strategy
 from leadcrm.web.forms import SourceForm, required, show_domain_error
-from leadcrm.web.rendering import changed, is_htmx, render
+from leadcrm.web.rendering import is_htmx, render
 
 bp = Blueprint("sources", __name__, url_prefix="/sources")
 
@@ -38,6 +39,7 @@ def create() -> ResponseReturnValue:
     form = SourceForm()
     if form.validate():
         try:
+            begin_write(db.session)
             source = domain.create_source(
                 db.session(), name=required(form.name), strategy=form.strategy.data, sticky=form.sticky.data
             )
@@ -111,9 +113,10 @@ def save(source_id: int) -> ResponseReturnValue:
         strategy = source.strategy
     if errors:
         return _editor(source, status=422, typed=typed, errors=errors)
+    begin_write(db.session)
     domain.set_weights(db.session(), source, weights, replace=True)
     domain.update_source(db.session(), source, {"strategy": strategy, "sticky": request.form.get("sticky") == "1"})
     db.session.commit()
     if not is_htmx():
         return redirect(url_for(".detail", source_id=source.id))
-    return changed(_editor(source), "weights-changed")
+    return _editor(source)

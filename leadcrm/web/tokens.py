@@ -8,6 +8,7 @@ from flask_login import current_user
 
 from leadcrm import accounts
 from leadcrm.auth import allow
+from leadcrm.database import begin_write
 from leadcrm.errors import DomainError
 from leadcrm.extensions import db
 from leadcrm.vocabulary import Role
@@ -34,6 +35,7 @@ def create() -> ResponseReturnValue:
     form = TokenForm()
     if form.validate():
         try:
+            begin_write(db.session)
             new = accounts.create_token(
                 db.session(), name=required(form.name), scope=form.scope.data, created_by=current_user
             )
@@ -51,6 +53,7 @@ def create() -> ResponseReturnValue:
 @bp.post("/<id:token_id>/revoke")
 @allow(Role.SUPERVISOR)
 def revoke(token_id: int) -> ResponseReturnValue:
+    begin_write(db.session)
     accounts.revoke_token(db.session(), token_id)
     db.session.commit()
     return redirect(url_for(".index"))

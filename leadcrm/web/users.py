@@ -10,6 +10,7 @@ from flask_wtf import FlaskForm
 
 from leadcrm import accounts
 from leadcrm.auth import allow
+from leadcrm.database import begin_write
 from leadcrm.errors import DomainError
 from leadcrm.extensions import db
 from leadcrm.models import User
@@ -43,6 +44,7 @@ def create() -> ResponseReturnValue:
     form = UserForm()
     if form.validate():
         try:
+            begin_write(db.session)
             accounts.create_user(
                 db.session(), username=required(form.username), password=required(form.password), role=form.role.data
             )
@@ -58,6 +60,7 @@ def _row_change(user_id: int, form: FlaskForm, change: Callable[[User], object])
     user = accounts.get_user(db.session(), user_id)
     if form.validate():
         try:
+            begin_write(db.session)
             change(user)
         except DomainError as exc:
             show_domain_error(form, exc)
@@ -87,7 +90,7 @@ def set_active(user_id: int) -> ResponseReturnValue:
 def set_password(user_id: int) -> ResponseReturnValue:
     form = PasswordForm()
     try:
-        # Hashed before the request's first query, which takes the write lock.
+        # Hashed before the write is declared, with no lock held.
         password_hash = accounts.hash_password(form.password.data or "")
     except DomainError:
         password_hash = None  # change() reports it next to the field
