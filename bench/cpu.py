@@ -54,13 +54,14 @@ def measure(url: str, rounds: int, instance: Path) -> dict[str, float]:
     from flask_migrate import upgrade
 
     from leadcrm import accounts
-    from leadcrm.models import FULL_SCOPE, Operator, Source, SourceOperator
+    from leadcrm.models import Operator, Source, SourceOperator
+    from leadcrm.vocabulary import TokenScope
 
     os.environ["LEADCRM_INSTANCE_PATH"] = str(instance)
     app = create_app({"SQLALCHEMY_DATABASE_URI": url})
     with app.app_context():
         upgrade()
-        secret = accounts.create_token(db.session, name="cpu", scope=FULL_SCOPE, created_by=None).secret
+        secret = accounts.create_token(db.session, name="cpu", scope=TokenScope.FULL, created_by=None).secret
         db.session.commit()
         source = Source(name="cpu", strategy="random")
         db.session.add(source)

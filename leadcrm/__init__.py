@@ -94,6 +94,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
 
     from leadcrm.auth import init_auth, public
     from leadcrm.distribution import limit_drains
+    from leadcrm.units import init_units
 
     # Before anything reads the body: one sent without Content-Length must not be cut to the limit.
     app.before_request(_refuse_streamed_bodies_over_the_limit)
@@ -112,6 +113,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
 
     # Then: who is asking and may they (reads only; ends its transaction).
     init_auth(app)
+    init_units(app)
 
     from leadcrm import demo  # noqa: F401  (adds `flask leadcrm demo`)
     from leadcrm.api import bp as api_bp

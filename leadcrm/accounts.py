@@ -17,9 +17,11 @@ from itsdangerous import BadData, URLSafeSerializer
 from sqlalchemy.orm import Session, scoped_session
 from werkzeug.security import check_password_hash, generate_password_hash
 
+from leadcrm import storage
 from leadcrm.database import begin_write, unique_or
 from leadcrm.errors import Conflict, DomainError, InvalidInput, Message, NotFound, Text
 from leadcrm.models import LOGIN_SECRET, ApiToken, LoginFailure, LoginSession, User, utcnow
+from leadcrm.storage import TokenRecord, Tx
 from leadcrm.vocabulary import PASSWORD_MAX, PASSWORD_MIN, USERNAME_MAX, Role, TokenScope
 
 USERNAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9._@-]*")
@@ -478,16 +480,18 @@ def revoke_token(session: Session, token_id: int) -> ApiToken:
     return token
 
 
-def token_by_secret(session: Session, secret: str) -> ApiToken | None:
-    """The live token with this secret, or None (unknown or revoked)."""
+def token_by_secret(tx: Tx, secret: str) -> TokenRecord | None:
+    """The live token with this secret, or None (unknown or revoked).
+
+    Every API request asks this: one prebuilt statement in the caller's
+    unit of work (the ORM's select and object cost a registration 1 ms).
+    """
     if not secret.startswith(TOKEN_PREFIX) or len(secret) > 100:
         return None
-    return session.scalar(
-        sa.select(ApiToken).where(ApiToken.token_hash == _hash(secret), ApiToken.revoked_at.is_(None))
-    )
+    return storage.token_by_hash(tx, _hash(secret))
 
 
-def last_used_is_stale(token: ApiToken, now: datetime) -> bool:
+def last_used_is_stale(token: TokenRecord, now: datetime) -> bool:
     return token.last_used_at is None or now - token.last_used_at >= LAST_USED_PRECISION
 
 
@@ -502,7 +506,7 @@ def mark_used(connection: sa.Connection, token_id: int, now: datetime) -> None:
         connection.execute(sa.update(ApiToken).where(ApiToken.id.in_(free.scalar_subquery())).values(last_used_at=now))
 
 
-def actor_name(user: User | None = None, token: ApiToken | None = None) -> str | None:
+def actor_name(user: User | None = None, token: TokenRecord | ApiToken | None = None) -> str | None:
     """How the history names who made a change."""
     if token is not None:
         return f"token:{token.name} (#{token.id})"

@@ -7,7 +7,7 @@ check cannot open a hole.
 """
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
@@ -15,15 +15,15 @@ from flask import Flask, Response, current_app, g, request, url_for
 from flask.sessions import SecureCookieSessionInterface
 from flask_babel import lazy_gettext as _l
 from flask_login import current_user
-from sqlalchemy.orm.attributes import set_committed_value
 from werkzeug.exceptions import Forbidden, Unauthorized
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from leadcrm import accounts
 from leadcrm.database import NO_WAIT, WRITE_OPTION
 from leadcrm.extensions import csrf, db, login_manager
-from leadcrm.models import ApiToken, User, utcnow
-from leadcrm.storage import act_as
+from leadcrm.models import User, utcnow
+from leadcrm.storage import TokenRecord, Tx, act_as
+from leadcrm.units import request_unit, runs_on_driver_connection
 from leadcrm.vocabulary import Role, TokenScope
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -158,17 +158,21 @@ def check_access() -> None:
 
 def _check_token(header: str, access: Access) -> None:
     scheme, _, secret = header.partition(" ")
-    token = accounts.token_by_secret(db.session, secret.strip()) if scheme.lower() == "bearer" else None
+    # Read where the view works: on its own driver connection (the registration; on PostgreSQL the
+    # read then begins the write's transaction), else in the session's transaction.
+    unit = request_unit() if runs_on_driver_connection() else Tx.of(db.session)
+    token = accounts.token_by_secret(unit, secret.strip()) if scheme.lower() == "bearer" else None
     if token is None:
         raise _login_required("The token is unknown or revoked; send Authorization: Bearer <token>.")
     if token.scope != TokenScope.FULL and not access.register_token:
         raise Forbidden(f"A token with scope {token.scope!r} may not call this endpoint.")
-    act_as(db.session, accounts.actor_name(token=token))
+    unit.actor = accounts.actor_name(token=token)
+    act_as(db.session, unit.actor)
     g.leadcrm_token = token
     _note_token_use(token)
 
 
-def _note_token_use(token: ApiToken) -> None:
+def _note_token_use(token: TokenRecord) -> None:
     """Write the token's last use (at most once a minute) in a transaction of its own.
 
     It is bookkeeping and never makes the request wait: it tries the write
@@ -185,7 +189,7 @@ def _note_token_use(token: ApiToken) -> None:
     except sa.exc.OperationalError as exc:
         current_app.logger.warning("skipped recording the use of token %s: %s", token.id, exc.orig)
         return
-    set_committed_value(token, "last_used_at", now)  # as stored; nothing left to flush
+    g.leadcrm_token = replace(token, last_used_at=now)  # as stored
 
 
 def current_caller() -> str:

@@ -107,7 +107,7 @@ def back_to_latest_operator(tx: Tx, source: Source | SourceRecord, lead_id: int)
 
 
 def register_contact(
-    session: Session,
+    session: Session | Tx,
     *,
     source: Source | SourceRecord,
     identity: LeadIdentity,
@@ -119,7 +119,8 @@ def register_contact(
 
     Resolves (or creates) the lead, picks an eligible operator and stores the
     contact with it; when no operator is eligible the contact is stored open
-    and unassigned. Writes in the session's transaction; the caller commits.
+    and unassigned. Writes in the session's transaction (or in the unit of
+    work ``session`` is: the API's runs on a driver connection); the caller commits.
     """
     tx = Tx.of(session)
     lead, lead_created = resolve_lead(tx, identity, name)

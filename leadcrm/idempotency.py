@@ -39,7 +39,7 @@ def request_hash(data: Any) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def claim_key(session: Session, caller: str, key: str, fingerprint: str) -> StoredAnswer | None:
+def claim_key(session: Session | Tx, caller: str, key: str, fingerprint: str) -> StoredAnswer | None:
     """Take ``caller``'s ``key`` for this request; or, if a request already used it, return the answer it got.
 
     Keys belong to their caller (a token or a user): the same key sent by
@@ -72,7 +72,7 @@ def forget_expired(session: Session) -> int:
     return storage.forget_expired_keys(Tx.of(session), utcnow() - KEEP_FOR)
 
 
-def remember_answer(session: Session, caller: str, key: str, answer: StoredAnswer) -> None:
+def remember_answer(session: Session | Tx, caller: str, key: str, answer: StoredAnswer) -> None:
     """Store the answer for ``caller``'s ``key``, in the registration's transaction."""
     storage.remember_answer(
         Tx.of(session), caller, key, status_code=answer.status_code, body=answer.body, location=answer.location

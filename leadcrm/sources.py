@@ -24,7 +24,7 @@ def get_source(session: Session, source_id: int) -> Source:
     return source
 
 
-def find_source(session: Session, *, source_id: int | None, source_name: str | None) -> SourceRecord:
+def find_source(session: Session | Tx, *, source_id: int | None, source_name: str | None) -> SourceRecord:
     """The source named by id or by name (exactly one of them is given)."""
     tx = Tx.of(session)
     if source_id is not None:

@@ -29,6 +29,7 @@ from leadcrm.extensions import db
 from leadcrm.identity import LeadIdentity, parse_identity
 from leadcrm.models import Contact
 from leadcrm.storage import ContactRecord, LeadRecord, OperatorRecord
+from leadcrm.units import on_driver_connection, request_unit
 from leadcrm.vocabulary import IDEMPOTENCY_KEY_MAX, Role
 
 
@@ -41,6 +42,7 @@ from leadcrm.vocabulary import IDEMPOTENCY_KEY_MAX, Role
     headers=RegisterHeaders,
     errors=(404, 409),
 )
+@on_driver_connection  # the hot path: no ORM session, one transaction from the token check to the commit
 def register_contact() -> Response:
     """Register a contact and distribute it."""
     key = request.headers.get("Idempotency-Key")
@@ -59,15 +61,17 @@ def register_contact() -> Response:
         region=current_app.config["LEADCRM_PHONE_REGION"],
     )
     caller = current_caller()
-    begin_write(db.session)
+    # The input is valid: now the write (on SQLite, the lock), on the request's driver connection.
+    unit = request_unit()
+    unit.begin_write()
     if key is not None:
-        replay = idempotency.claim_key(db.session, caller, key.strip(), idempotency.request_hash(data))
+        replay = idempotency.claim_key(unit, caller, key.strip(), idempotency.request_hash(data))
         if replay is not None:
             return _stored_answer(replay, replayed=True)
-    source = sources.find_source(db.session, source_id=body.source_id, source_name=body.source_name)
+    source = sources.find_source(unit, source_id=body.source_id, source_name=body.source_name)
     try:
         registration = distribution.register_contact(
-            db.session,
+            unit,
             source=source,
             identity=identity,
             name=body.name or None,
@@ -91,8 +95,8 @@ def register_contact() -> Response:
         location=url_for("api.get_contact", contact_id=registration.contact.id),
     )
     if key is not None:
-        idempotency.remember_answer(db.session, caller, key.strip(), answer)
-    db.session.commit()
+        idempotency.remember_answer(unit, caller, key.strip(), answer)
+    unit.commit()
     return _stored_answer(answer, replayed=False)
 
 
