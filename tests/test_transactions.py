@@ -196,3 +196,39 @@ def test_every_write_from_a_page_is_limited_to_one_drain_batch(
     form = {"csrf_token": csrf_of(boss), "max_active_leads": "10"}
     assert boss.post(f"/operators/{ann['id']}", data=form).status_code == 302
     assert json_of(boss.get(f"{API}/operators/{ann['id']}"))["active_leads"] == 3
+
+
+# --- the registration's own driver connection ----------------------------------------
+
+
+def test_a_registration_that_fails_inside_its_write_gives_the_lock_and_its_connection_back(
+    app: Flask, boss: FlaskClient, source: dict[str, Any]
+) -> None:
+    """The API's registration runs on a driver connection of its own (units.request_unit): one
+    refused after it took the write lock (an unknown source is only found out inside it, a lead
+    conflict only at the lead) rolls back and returns the connection when the request ends, so
+    the next writer gets the lock at once and the pool never runs dry."""
+    pool_size = 2 + 2  # pool_size + max_overflow on PostgreSQL; SQLite's pool is larger still
+    lead_a = boss.post(f"{API}/contacts/register", json={"source_id": source["id"], "phone": "+79001110001"})
+    boss.post(f"{API}/contacts/register", json={"source_id": source["id"], "email": "b@example.com"})
+    for n in range(3 * pool_size):
+        unknown = boss.post(f"{API}/contacts/register", json={"source_name": f"nowhere-{n}", "phone": "+79001110009"})
+        assert unknown.status_code == 404, unknown.get_data(as_text=True)
+        conflict = boss.post(
+            f"{API}/contacts/register",
+            json={"source_id": source["id"], "phone": "+79001110001", "email": "b@example.com"},
+            headers={"Idempotency-Key": f"conflict-{n}"},
+        )
+        assert conflict.status_code == 409, conflict.get_data(as_text=True)
+        elapsed, ok = timed(
+            lambda n=n: boss.post(
+                f"{API}/contacts/register", json={"source_id": source["id"], "phone": f"+7902{n:07d}"}
+            )
+        )
+        assert ok.status_code == 201 and elapsed < AT_ONCE, (n, elapsed, ok.status_code)
+    # Nothing of the refused ones stayed: no lead for the unknown source's phone, no key of a conflict.
+    with app.app_context():
+        assert db.session.scalar(sa.text("SELECT count(*) FROM leads WHERE phone = '+79001110009'")) == 0
+        assert db.session.scalar(sa.text("SELECT count(*) FROM idempotency_keys")) == 0
+        assert db.session.scalar(sa.text("SELECT count(*) FROM contacts")) == 2 + 3 * pool_size
+    assert lead_a.status_code == 201
