@@ -61,7 +61,7 @@ def measure(url: str, rounds: int, instance: Path) -> dict[str, float]:
     app = create_app({"SQLALCHEMY_DATABASE_URI": url})
     with app.app_context():
         upgrade()
-        secret = accounts.create_token(db.session, name="cpu", scope=TokenScope.FULL, created_by=None).secret
+        secret = accounts.create_token(db.session(), name="cpu", scope=TokenScope.FULL, created_by=None).secret
         db.session.commit()
         source = Source(name="cpu", strategy="random")
         db.session.add(source)

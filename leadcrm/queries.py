@@ -66,7 +66,7 @@ SHARES = (
 
 def operator_load_rows(session: Session) -> list[tuple[int, str, bool, int, int]]:
     """Every operator as (id, name, is_active, active_leads, max_active_leads), by id: plain driver rows."""
-    return session.connection().exec_driver_sql(OPERATOR_LOADS).cursor.fetchall()
+    return list(session.connection().exec_driver_sql(OPERATOR_LOADS).cursor.fetchall())
 
 
 def operator_loads(session: Session) -> list[OperatorLoad]:
@@ -78,7 +78,7 @@ def operator_loads(session: Session) -> list[OperatorLoad]:
 def share_rows(session: Session) -> list[tuple[int, int, int, float, int]]:
     """Every serving operator of every source as (source_id, operator_id, weight, target_share,
     assigned_total), by source and operator: plain driver rows."""
-    return session.connection().exec_driver_sql(SHARES).cursor.fetchall()
+    return list(session.connection().exec_driver_sql(SHARES).cursor.fetchall())
 
 
 def unassigned_open(session: Session) -> int:

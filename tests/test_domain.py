@@ -30,9 +30,10 @@ DOMAIN_MODULES = (
     "models",
     "errors",
     "database",
+    "vocabulary",
 )
 # The edges, and what binds the app together: the domain imports none of them.
-EDGES = ("leadcrm.extensions", "leadcrm.api", "leadcrm.web", "leadcrm.auth", "leadcrm.i18n")
+EDGES = ("leadcrm.extensions", "leadcrm.api", "leadcrm.web", "leadcrm.auth", "leadcrm.i18n", "leadcrm.units")
 
 
 def imported_modules(tree: ast.AST) -> Iterator[tuple[int, str]]:

@@ -27,11 +27,11 @@ def distribution_status() -> Response:
     # with 1,000 operators and 30 sources the answer has tens of thousands of
     # fields. Its shape is DistributionStatusOut (the tests check it).
     shares: dict[int, list[dict[str, Any]]] = {}
-    for source_id, operator_id, weight, target_share, assigned_total in queries.share_rows(db.session):
+    for source_id, operator_id, weight, target_share, assigned_total in queries.share_rows(db.session()):
         share = {"operator_id": operator_id, "weight": weight, "target_share": target_share}
         share["assigned_total"] = assigned_total
         shares.setdefault(source_id, []).append(share)
-    queues = queries.waiting_by_source(db.session)
+    queues = queries.waiting_by_source(db.session())
     return {
         "operators": [
             {
@@ -41,7 +41,7 @@ def distribution_status() -> Response:
                 "active_leads": load,
                 "max_active_leads": limit,
             }
-            for op_id, name, active, load, limit in queries.operator_load_rows(db.session)
+            for op_id, name, active, load, limit in queries.operator_load_rows(db.session())
         ],
         "sources": [
             {
@@ -52,7 +52,7 @@ def distribution_status() -> Response:
                 "waiting": queues.get(source.id, queries.NO_QUEUE).count,
                 "oldest_waiting_at": _utc_text(queues.get(source.id, queries.NO_QUEUE).oldest_created_at),
             }
-            for source in queries.source_rows(db.session)
+            for source in queries.source_rows(db.session())
         ],
-        "unassigned_open": queries.unassigned_open(db.session),
+        "unassigned_open": queries.unassigned_open(db.session()),
     }
