@@ -274,6 +274,10 @@ def throughput(url: str, workdir: Path, seconds: int) -> dict:
             headers=auth["api"],
         )
         ceiling_after = wrk(f"{base}/healthz", seconds=seconds)
+    for run in (register, with_key):
+        if run["non2xx"] or run["socket_errors"]:
+            # A refused registration measures an error path, not the hot path: no results from that.
+            raise SystemExit(f"registrations failed: {run['non2xx']} non-2xx, socket errors {run['socket_errors']!r}")
     ceiling = max(ceiling_before, ceiling_after, key=lambda run: run["rps"])
     return {
         "ceiling": ceiling,

@@ -25,9 +25,15 @@ function request()
     '{"source_name": "%s", "phone": "+79%s%d%07d", "email": "lead-%s-%d-%d@example.com", '
     .. '"name": "Bench lead", "message": "load test"}',
     source, run, id, counter, run, id, counter)
-  local headers = nil
   if with_key then
-    headers = {["Idempotency-Key"] = string.format("bench-%s-%d-%d", run, id, counter)}
+    -- wrk.format takes the request's whole header table: wrk.headers (Content-Type, the
+    -- Authorization given with -H) plus the key.
+    local headers = {}
+    for name, value in pairs(wrk.headers) do
+      headers[name] = value
+    end
+    headers["Idempotency-Key"] = string.format("bench-%s-%d-%d", run, id, counter)
+    return wrk.format(nil, nil, headers, body)
   end
-  return wrk.format(nil, nil, headers, body)
+  return wrk.format(nil, nil, nil, body)
 end
