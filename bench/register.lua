@@ -1,7 +1,8 @@
 -- wrk script: POST /api/v1/contacts/register, a new lead every time, with a phone and an e-mail
 -- (as intake and integrations send them), optionally with an Idempotency-Key.
 -- wrk -s bench/register.lua URL -- SOURCE_NAME RUN_DIGIT [key]
--- RUN_DIGIT (0-9) keeps the phones of different runs apart; each wrk thread numbers its own
+-- RUN_DIGIT (1-9) keeps the phones of different runs apart (+79<run><thread + 1><counter>, all valid
+-- Russian mobile numbers: +7930... is not one); each wrk thread numbers its own
 -- requests, so bodies never repeat.
 local thread_id = 0
 
@@ -24,7 +25,7 @@ function request()
   local body = string.format(
     '{"source_name": "%s", "phone": "+79%s%d%07d", "email": "lead-%s-%d-%d@example.com", '
     .. '"name": "Bench lead", "message": "load test"}',
-    source, run, id, counter, run, id, counter)
+    source, run, id + 1, counter, run, id, counter)
   if with_key then
     -- wrk.format takes the request's whole header table: wrk.headers (Content-Type, the
     -- Authorization given with -H) plus the key.

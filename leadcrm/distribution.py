@@ -86,9 +86,11 @@ def assign_operator(tx: Tx, source: Source | SourceRecord, rng: random.Random | 
         # turns per source so that two requests do not both use the same counts.
         storage.lock_source(tx, source.id)
     while (operator_id := pick_operator(tx, source, rng)) is not None:
-        operator = storage.claim_operator(tx, operator_id)
-        if operator is not None:
-            count_assignment(tx, source.id, operator.id)  # it was eligible: its row exists
+        claimed = storage.claim_and_count(tx, operator_id, source.id)
+        if claimed is not None:
+            operator, counted = claimed
+            if not counted:  # it was eligible, so its row exists: the database was changed behind our back
+                raise RuntimeError(f"no source_operators row for source {source.id}, operator {operator.id}")
             return operator
         # Another transaction took its last slot since we looked (PostgreSQL):
         # it is no longer eligible, so the next pick skips it.

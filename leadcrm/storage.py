@@ -472,6 +472,16 @@ COUNT_ASSIGNMENT = Sql(
     "UPDATE source_operators SET assigned_total = assigned_total + 1 "
     "WHERE source_id = :source_id AND operator_id = :operator_id"
 )
+# PostgreSQL: the claim and its count in one round trip. The count's UPDATE reads
+# the claim's RETURNING, so it runs after it (the operator's row is locked first,
+# as in the two statements SQLite runs) and only when the claim took a slot.
+CLAIM_AND_COUNT = Sql(
+    f"""WITH claimed AS ({CLAIM.text}),
+            counted AS (UPDATE source_operators SET assigned_total = assigned_total + 1
+                        WHERE source_id = :source_id AND operator_id IN (SELECT id FROM claimed)
+                        RETURNING operator_id)
+       SELECT {OPERATOR_COLUMNS}, (SELECT count(*) FROM counted) FROM claimed"""
+)
 # Gives back the slot of a contact that stopped counting; never below zero.
 RELEASE_SLOT = Sql("UPDATE operators SET active_leads = active_leads - 1 WHERE id = :id AND active_leads > 0")
 OPERATOR_BY_ID = Sql(f"SELECT {OPERATOR_COLUMNS} FROM operators WHERE id = :id")
@@ -513,6 +523,22 @@ def claim_if_serving(tx: Tx, operator_id: int, source_id: int) -> OperatorRecord
     """Take one slot of the operator's limit if it is active, has one, and still serves the source."""
     params = {"id": operator_id, "active": True, "source_id": source_id}
     return _operator(tx.execute(CLAIM_IF_SERVING, params).fetchone())
+
+
+def claim_and_count(tx: Tx, operator_id: int, source_id: int) -> tuple[OperatorRecord, bool] | None:
+    """``claim_operator``, and when it takes a slot, ``count_assignment`` for the source: the
+    operator and whether its row for the source was counted; None if nothing was claimed."""
+    if tx.dialect == "postgresql":
+        row = tx.execute(CLAIM_AND_COUNT, {"id": operator_id, "active": True, "source_id": source_id}).fetchone()
+        if row is None:
+            return None
+        operator = _operator(row[:5])
+        assert operator is not None
+        return operator, row[5] == 1
+    operator = claim_operator(tx, operator_id)
+    if operator is None:
+        return None
+    return operator, count_assignment(tx, source_id, operator_id)
 
 
 def count_assignment(tx: Tx, source_id: int, operator_id: int) -> bool:
@@ -660,6 +686,14 @@ INSERT_CONTACT = Sql(
     "INSERT INTO contacts (lead_id, source_id, operator_id, status, message, created_at, assigned_at) "
     "VALUES (:lead_id, :source_id, :operator_id, 'open', :message, :created_at, :assigned_at) RETURNING id"
 )
+# PostgreSQL: the new contact and its first history event in one statement.
+INSERT_CONTACT_AND_EVENT = Sql(
+    f"""WITH c AS ({INSERT_CONTACT.text.replace("RETURNING id", "RETURNING id, operator_id, created_at")}),
+            e AS (INSERT INTO contact_events (contact_id, reason, from_operator_id, to_operator_id, created_at, actor)
+                  SELECT c.id, CAST(:reason AS VARCHAR), CAST(NULL AS INTEGER), c.operator_id, c.created_at,
+                         CAST(:actor AS VARCHAR) FROM c)
+       SELECT id FROM c"""
+)
 GET_CONTACT = Sql(f"SELECT {CONTACT_COLUMNS} FROM contacts WHERE id = :id")
 LOCK_CONTACT = Sql(GET_CONTACT.text + " FOR UPDATE")
 CLOSE_CONTACT = Sql(
@@ -725,8 +759,12 @@ def insert_contact(
         "created_at": at,
         "assigned_at": at if operator_id is not None else None,
     }
-    (contact_id,) = tx.execute(INSERT_CONTACT, params).fetchone()
-    _event(tx, contact_id, reason, None, operator_id, at)
+    if tx.dialect == "postgresql":  # one round trip for both rows
+        params["reason"], params["actor"] = reason, tx.actor
+        (contact_id,) = tx.execute(INSERT_CONTACT_AND_EVENT, params).fetchone()
+    else:
+        (contact_id,) = tx.execute(INSERT_CONTACT, params).fetchone()
+        _event(tx, contact_id, reason, None, operator_id, at)
     assigned_at = now if operator_id is not None else None
     return ContactRecord(
         contact_id, lead_id, source_id, operator_id, ContactStatus.OPEN, message, now, assigned_at, None
