@@ -34,7 +34,7 @@ AT_ONCE = 0.5  # well under the busy timeout
 
 def _forgetful_view() -> dict[str, int]:
     """A view as someone might write it: it writes, and forgot begin_write()."""
-    operator = operators.create_operator(db.session, name="Forgotten", max_active_leads=1)
+    operator = operators.create_operator(db.session(), name="Forgotten", max_active_leads=1)
     db.session.commit()
     return {"id": operator.id}
 

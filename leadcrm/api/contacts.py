@@ -60,13 +60,13 @@ def register_contact() -> Response:
     caller = current_caller()
     begin_write(db.session)
     if key is not None:
-        replay = idempotency.claim_key(db.session, caller, key.strip(), idempotency.request_hash(data))
+        replay = idempotency.claim_key(db.session(), caller, key.strip(), idempotency.request_hash(data))
         if replay is not None:
             return _stored_answer(replay, replayed=True)
-    source = sources.find_source(db.session, source_id=body.source_id, source_name=body.source_name)
+    source = sources.find_source(db.session(), source_id=body.source_id, source_name=body.source_name)
     try:
         registration = distribution.register_contact(
-            db.session,
+            db.session(),
             source=source,
             identity=identity,
             name=body.name or None,
@@ -91,7 +91,7 @@ def register_contact() -> Response:
         location=url_for("api.get_contact", contact_id=registration.contact.id),
     )
     if key is not None:
-        idempotency.remember_answer(db.session, caller, key.strip(), answer)
+        idempotency.remember_answer(db.session(), caller, key.strip(), answer)
     db.session.commit()
     return _stored_answer(answer, replayed=False)
 
@@ -152,7 +152,7 @@ def get_contact_events(contact_id: int) -> Response:
     """A contact's history: every change of its assignment and why, oldest first."""
     if db.session.get(Contact, contact_id) is None:
         raise NotFound(f"No contact with id {contact_id}.")
-    return [dump(EventOut, event) for event in queries.contact_events(db.session, contact_id)]
+    return [dump(EventOut, event) for event in queries.contact_events(db.session(), contact_id)]
 
 
 @bp.post("/contacts/<id:contact_id>/assign")
@@ -164,7 +164,7 @@ def assign_contact(contact_id: int) -> Response:
     """
     body = parse(AssignIn, json_body())
     begin_write(db.session)
-    contact = distribution.assign_by_hand(db.session, contact_id, body.operator_id, override=body.override)
+    contact = distribution.assign_by_hand(db.session(), contact_id, body.operator_id, override=body.override)
     db.session.commit()
     return dump(ContactOut, contact)
 
@@ -175,7 +175,7 @@ def assign_contact(contact_id: int) -> Response:
 def reopen_contact(contact_id: int) -> Response:
     """Reopen a closed contact: back to its operator if it still can take it, else distributed again."""
     begin_write(db.session)
-    contact = distribution.reopen_contact(db.session, contact_id)
+    contact = distribution.reopen_contact(db.session(), contact_id)
     db.session.commit()
     return dump(ContactOut, contact)
 
@@ -188,7 +188,7 @@ def export_contacts() -> FlaskResponse:
     # Streamed; the contacts page links here with its filters.
     filters = query_args(ContactFilter)
     query = queries.contacts_query(**filters.model_dump(exclude={"page", "per_page"}))
-    rows = stream_with_context(export.contacts_csv(db.session, query))
+    rows = stream_with_context(export.contacts_csv(db.session(), query))
     response = FlaskResponse(rows, mimetype="text/csv")
     response.headers["Content-Disposition"] = 'attachment; filename="contacts.csv"'
     return response
@@ -200,6 +200,6 @@ def export_contacts() -> FlaskResponse:
 def close_contact(contact_id: int) -> Response:
     """Close a contact (closing a closed one changes nothing)."""
     begin_write(db.session)
-    contact = distribution.close_contact(db.session, contact_id)
+    contact = distribution.close_contact(db.session(), contact_id)
     db.session.commit()
     return dump(ContactOut, contact)

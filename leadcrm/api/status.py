@@ -25,7 +25,7 @@ def distribution_status() -> Response:
     # Plain dicts, not pydantic models: with 1,000 operators and 30 sources the
     # answer has tens of thousands of fields. Its shape is DistributionStatusOut
     # (the tests check it).
-    status = queries.distribution_status(db.session)
+    status = queries.distribution_status(db.session())
     return {
         "operators": [
             {
