@@ -416,7 +416,7 @@ def test_the_oldest_waiting_contact_is_read_from_the_waiting_index() -> None:
         {"lead_id": lead, "source_id": sources[n % 3].id, "status": "closed" if n % 5 else "open", "created_at": now}
         for n in range(15_000)
     ]
-    db.session.execute(sa.insert(Contact.__table__), rows)
+    db.session.execute(sa.insert(Contact), rows)
     if tx.dialect == "postgresql":
         db.session.execute(sa.text("ANALYZE contacts"))
     oldest = storage.OLDEST_WAITING if tx.dialect == "sqlite" else storage.OLDEST_WAITING_LOCKED
@@ -437,11 +437,12 @@ def test_the_engine_stores_timestamps_exactly_as_the_orm_does() -> None:
     by_orm = Contact(lead_id=by_engine.lead_id, source_id=source.id, created_at=by_engine.created_at)
     db.session.add(by_orm)
     db.session.flush()
-    stored = dict(db.session.execute(sa.text("SELECT id, created_at FROM contacts")).all())
+    stored: dict[int, object] = dict(db.session.execute(sa.text("SELECT id, created_at FROM contacts")).all())
     assert stored[by_engine.id] == stored[by_orm.id]
     if storage.Tx.of(db.session()).dialect == "sqlite":
-        assert isinstance(stored[by_engine.id], str) and not stored[by_engine.id].endswith("+00:00")
+        as_text = stored[by_engine.id]
+        assert isinstance(as_text, str) and not as_text.endswith("+00:00")
     events = db.session.execute(sa.text("SELECT created_at FROM contact_events")).scalars().all()
     assert events == [stored[by_engine.id]]
     db.session.expire_all()
-    assert db.session.get(Contact, by_engine.id).created_at == by_engine.created_at
+    assert db.session.get_one(Contact, by_engine.id).created_at == by_engine.created_at
