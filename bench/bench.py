@@ -179,13 +179,13 @@ def setup_source(
     now = datetime.now(UTC)
     with engine.begin() as conn:
         source_id = conn.execute(
-            sa.insert(Source.__table__).values(name=name, strategy=strategy, created_at=now).returning(Source.id)
+            sa.insert(Source).values(name=name, strategy=strategy, created_at=now).returning(Source.id)
         ).scalar_one()
         rows = [{"name": f"{prefix}-{name}-{i}", "is_active": True, "max_active_leads": limit, "active_leads": 0,
                  "created_at": now} for i in range(operators)]  # fmt: skip
-        ids = conn.execute(sa.insert(Operator.__table__).returning(Operator.id), rows).scalars().all()
+        ids = conn.execute(sa.insert(Operator).returning(Operator.id), rows).scalars().all()
         conn.execute(
-            sa.insert(SourceOperator.__table__),
+            sa.insert(SourceOperator),
             [{"source_id": source_id, "operator_id": op, "weight": 1 + i % 5, "assigned_total": 0}
              for i, op in enumerate(ids)],
         )  # fmt: skip
@@ -324,18 +324,18 @@ def pages(url: str, workdir: Path, seconds: int) -> dict:
     with engine.begin() as conn:
         now = datetime.now(UTC)
         ids = conn.execute(
-            sa.insert(Operator.__table__).returning(Operator.id),
+            sa.insert(Operator).returning(Operator.id),
             [{"name": f"Operator {i:04d}", "is_active": i % 10 != 0, "max_active_leads": 5 + i % 20,
               "active_leads": i % 7, "created_at": now} for i in range(1000)],
         ).scalars().all()  # fmt: skip
         for s in range(30):
             source_id = conn.execute(
-                sa.insert(Source.__table__).values(name=f"source_{s:02d}", strategy="random", created_at=now)
+                sa.insert(Source).values(name=f"source_{s:02d}", strategy="random", created_at=now)
                 .returning(Source.id)
             ).scalar_one()  # fmt: skip
             rng = random.Random(s)
             conn.execute(
-                sa.insert(SourceOperator.__table__),
+                sa.insert(SourceOperator),
                 [{"source_id": source_id, "operator_id": op, "weight": rng.randint(1, 50), "assigned_total": 0}
                  for op in rng.sample(ids, 200)],
             )  # fmt: skip

@@ -14,7 +14,7 @@ from typing import NamedTuple
 
 import sqlalchemy as sa
 from itsdangerous import BadData, URLSafeSerializer
-from sqlalchemy.orm import Session, scoped_session
+from sqlalchemy.orm import Session
 from werkzeug.security import check_password_hash, generate_password_hash
 
 from leadcrm import storage
@@ -168,9 +168,11 @@ def ensure_admin(session: Session, password: str | None) -> str | None:
     """
     if session.scalar(sa.select(sa.func.count()).select_from(User)):
         return None
-    generated = None if password else secrets.token_urlsafe(12)
+    generated: str | None = None
+    if not password:
+        password = generated = secrets.token_urlsafe(12)
     try:
-        create_user(session, username="admin", password=password or generated, role=Role.SUPERVISOR)  # type: ignore[arg-type]
+        create_user(session, username="admin", password=password, role=Role.SUPERVISOR)
     except Conflict:
         return None  # another server created it at the same moment
     return generated
@@ -298,7 +300,7 @@ def _check_throttle(session: Session, keys: ThrottleKeys, now: datetime) -> None
             )
 
 
-def _lock_throttle_keys(session: Session, keys: tuple[str, ...]) -> None:
+def _lock_throttle_keys(session: Session, keys: tuple[str | None, ...]) -> None:
     """Serialise attempts that count against the same keys, so that their recount is exact.
 
     SQLite's write transaction already holds the only write lock; PostgreSQL
@@ -314,7 +316,7 @@ def _lock_throttle_keys(session: Session, keys: tuple[str, ...]) -> None:
 
 
 def authenticate(
-    session: Session | scoped_session[Session],
+    session: Session,
     username: str,
     password: str,
     address: str,
@@ -344,7 +346,7 @@ def authenticate(
     password, a deactivation or "log out everywhere" committed after the check
     ends it too: none can fall between the check and the session.
     """
-    if (session() if isinstance(session, scoped_session) else session).in_transaction():
+    if session.in_transaction():
         raise RuntimeError("authenticate() runs its own transactions: call it with none open")
     now = now or utcnow()
     name = normalise_username(username)[:USERNAME_MAX]

@@ -103,7 +103,7 @@ class SessionInterface(SecureCookieSessionInterface):
 @login_manager.user_loader
 def load_user(cookie_id: str) -> User | None:
     """The user of a login cookie, while its login session is open (not logged out, not expired, user active)."""
-    return accounts.user_of_session(db.session, cookie_id, current_app.permanent_session_lifetime)
+    return accounts.user_of_session(db.session(), cookie_id, current_app.permanent_session_lifetime)
 
 
 # The API's answer to an unknown caller names the scheme it takes (RFC 6750).
@@ -148,7 +148,7 @@ def check_access() -> None:
             raise _login_required("Log in or send Authorization: Bearer <token>.")
         if current_user.role not in access.roles:
             raise Forbidden(_l("Your role (%(role)s) may not do this.", role=current_user.role))
-        act_as(db.session, accounts.actor_name(user=current_user))
+        act_as(db.session(), accounts.actor_name(user=current_user))
     if request.method not in SAFE_METHODS:
         # Browser sessions (the login form included) must carry the CSRF token.
         csrf.protect()
@@ -160,14 +160,14 @@ def _check_token(header: str, access: Access) -> None:
     scheme, _, secret = header.partition(" ")
     # Read where the view works: on its own driver connection (the registration; on PostgreSQL the
     # read then begins the write's transaction), else in the session's transaction.
-    unit = request_unit() if runs_on_driver_connection() else Tx.of(db.session)
+    unit = request_unit() if runs_on_driver_connection() else Tx.of(db.session())
     token = accounts.token_by_secret(unit, secret.strip()) if scheme.lower() == "bearer" else None
     if token is None:
         raise _login_required("The token is unknown or revoked; send Authorization: Bearer <token>.")
     if token.scope != TokenScope.FULL and not access.register_token:
         raise Forbidden(f"A token with scope {token.scope!r} may not call this endpoint.")
     unit.actor = accounts.actor_name(token=token)
-    act_as(db.session, unit.actor)
+    act_as(db.session(), unit.actor)
     g.leadcrm_token = token
     _note_token_use(token)
 
@@ -233,7 +233,7 @@ def init_auth(app: Flask) -> None:
         # Behind N reverse proxies: trust their X-Forwarded-For/-Proto (client address, HTTPS).
         count = app.config["LEADCRM_PROXY_COUNT"]
         # Not X-Forwarded-Host: the proxy passes the Host itself (deploy/nginx.conf).
-        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=count, x_proto=count)  # type: ignore[method-assign]
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=count, x_proto=count)  # type: ignore[method-assign]  # typed a method; Flask documents this wrap
     app.session_interface = SessionInterface()
     # CSRF is checked by check_access, which knows whether a request came with a token.
     app.config["WTF_CSRF_CHECK_DEFAULT"] = False

@@ -96,7 +96,7 @@ def report_email_duplicates() -> None:
     registrations with any of a group's addresses find the lead marked "finds"
     (the oldest); the others are still found by their phone or external id.
     """
-    groups = email_duplicates(db.session)
+    groups = email_duplicates(db.session())
     db.session.rollback()  # only read
     if not groups:
         click.echo("No leads whose e-mail addresses differ only in case.")

@@ -8,12 +8,13 @@ engine that writes is ``leadcrm.distribution``.
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import NamedTuple
+from typing import NamedTuple, TypedDict
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from leadcrm.models import Contact, ContactEvent, Lead, Operator, Source, SourceOperator, from_stored_time
+from leadcrm.storage import ContactRecord
 from leadcrm.vocabulary import ContactStatus
 
 
@@ -176,7 +177,15 @@ def history_of(session: Session, contact_ids: list[int]) -> tuple[list[ContactEv
     return events, operators
 
 
-def names_for(session: Session, contacts: list[Contact]) -> dict[str, dict[int, object]]:
+class Names(TypedDict):
+    """The leads, sources and operators some contacts refer to, by id: what pages show next to the ids."""
+
+    leads: dict[int, Lead]
+    sources: dict[int, Source]
+    operators: dict[int, Operator]
+
+
+def names_for(session: Session, contacts: Sequence[Contact | ContactRecord]) -> Names:
     """Leads, sources and operators the listed contacts refer to, in three queries."""
 
     lead_ids = {c.lead_id for c in contacts}

@@ -367,9 +367,9 @@ def test_an_address_finds_its_lead_whatever_its_case(app: Flask, client: FlaskCl
     # A register token is told the address it sent, not how another source typed it.
     form = _register_token_client(app)
     echoed = form.post(f"{API}/contacts/register", json={"source_id": 1, "email": "IVAN.petrov@example.com"})
-    assert echoed.json["lead"] == {"id": first["lead"]["id"], "email": "IVAN.petrov@example.com"}
+    assert json_of(echoed)["lead"] == {"id": first["lead"]["id"], "email": "IVAN.petrov@example.com"}
     assert "Ivan.Petrov" not in echoed.text
-    assert client.get(f"{API}/leads/").json["total"] == 2
+    assert json_of(client.get(f"{API}/leads/"))["total"] == 2
 
 
 def test_lead_search_finds_an_address_whatever_its_case(client: FlaskClient, setup: dict) -> None:
@@ -377,7 +377,7 @@ def test_lead_search_finds_an_address_whatever_its_case(client: FlaskClient, set
     post(client, "/contacts/register", {"source_id": 1, "email": "Ёж@Пример.рф"})
 
     def found(q: str) -> list[str | None]:
-        return [lead["email"] for lead in client.get(f"{API}/leads/", query_string={"q": q}).json["items"]]
+        return [lead["email"] for lead in json_of(client.get(f"{API}/leads/", query_string={"q": q}))["items"]]
 
     assert found("ivan.petrov@example.com") == found("IVAN.PETROV") == ["Ivan.Petrov@example.com"]
     # Cyrillic letters too, which SQLite's lower() leaves as they are.

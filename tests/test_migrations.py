@@ -344,16 +344,16 @@ def test_upgrade_from_every_revision_keeps_the_data(backend, tmp_path: Path, ins
         )
         assert registration.contact.id == 9
         assert registration.operator is not None and registration.operator.id == 2
-        distribution.close_contact(db.session, 1)
+        distribution.close_contact(db.session(), 1)
         # Addresses are found whatever their case; Olga's finds the older of her two leads.
         web_form = db.session.get(Source, 2)
         assert web_form is not None
         for address, lead_id in [("OLGA@example.com", 2), ("Olga@example.com", 2), ("ёЖ@EXAMPLE.com", 3)]:
-            again = distribution.register_contact(db.session, source=web_form, identity=LeadIdentity(email=address))
+            again = distribution.register_contact(db.session(), source=web_form, identity=LeadIdentity(email=address))
             assert (again.lead.id, again.lead_created) == (lead_id, False), address
         # Lead 4 is still found by its other identifier, with its own address.
         again = distribution.register_contact(
-            db.session, source=web_form, identity=LeadIdentity(external_id="tg:1004", email="olga@EXAMPLE.com")
+            db.session(), source=web_form, identity=LeadIdentity(external_id="tg:1004", email="olga@EXAMPLE.com")
         )
         assert (again.lead.id, again.lead.email) == (4, "Olga@example.com")
         db.session.commit()

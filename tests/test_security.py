@@ -21,6 +21,7 @@ from werkzeug.security import generate_password_hash
 
 from leadcrm import accounts, create_app
 from leadcrm.cli import ensure_first_admin
+from leadcrm.errors import Conflict
 from leadcrm.extensions import db
 from leadcrm.models import ApiToken, LoginFailure, LoginSession, User, utcnow
 from leadcrm.vocabulary import Role, TokenScope
@@ -630,13 +631,13 @@ def test_users_page_keeps_the_last_supervisor(app: Flask, client: FlaskClient) -
 
 def test_the_last_active_supervisor_can_be_neither_demoted_nor_deactivated(ctx) -> None:
     boss = add_user("boss", Role.SUPERVISOR)
-    with pytest.raises(accounts.Conflict):
+    with pytest.raises(Conflict):
         accounts.update_user(db.session(), boss, role=Role.INTAKE)
-    with pytest.raises(accounts.Conflict):
+    with pytest.raises(Conflict):
         accounts.update_user(db.session(), boss, is_active=False)
     second = add_user("second", Role.SUPERVISOR)
     accounts.update_user(db.session(), boss, role=Role.INTAKE)
-    with pytest.raises(accounts.Conflict):
+    with pytest.raises(Conflict):
         accounts.update_user(db.session(), second, is_active=False)
 
 

@@ -268,7 +268,7 @@ def test_a_raised_limit_shows_the_load_its_drain_gave(client: FlaskClient, setup
     response = post_form(client, f"/operators/{setup['anna']['id']}", {"max_active_leads": "2"}, htmx=True)
     assert response.status_code == 200
     assert '<td class="num">2</td>' in text(response)
-    assert client.get(f"/api/v1/operators/{setup['anna']['id']}").json["active_leads"] == 2
+    assert json_of(client.get(f"/api/v1/operators/{setup['anna']['id']}"))["active_leads"] == 2
 
 
 # --- sources ---------------------------------------------------------------------------------
@@ -353,7 +353,7 @@ def test_intake_finds_a_lead_by_its_address_whatever_its_case(client: FlaskClien
     assert "new lead" in first
     again = text(post_form(client, "/intake/", {"source_id": "1", "email": "ivan.petrov@example.com"}, htmx=True))
     assert "returning lead" in again and "Ivan.Petrov@example.com" in again
-    assert client.get("/api/v1/leads/").json["total"] == 1
+    assert json_of(client.get("/api/v1/leads/"))["total"] == 1
 
 
 def test_intake_without_javascript_redirects_to_the_result(client: FlaskClient, setup: dict) -> None:
@@ -432,7 +432,7 @@ def test_close_from_the_list_updates_the_row_and_the_load(client: FlaskClient, s
 def test_a_closed_contact_that_never_had_an_operator_is_not_shown_waiting(client: FlaskClient, setup: dict) -> None:
     client.patch("/api/v1/operators/1", json={"max_active_leads": 0})
     client.patch("/api/v1/operators/2", json={"max_active_leads": 0})
-    waiting = client.post("/api/v1/contacts/register", json={"source_id": 1, "external_id": "w1"}).json["contact"]
+    waiting = json_of(client.post("/api/v1/contacts/register", json={"source_id": 1, "external_id": "w1"}))["contact"]
     assert waiting["operator_id"] is None
 
     def badges(html: str) -> list[str]:

@@ -214,7 +214,7 @@ def get_contact_events(contact_id: int) -> Response:
     """A contact's history: every change of its assignment and why, oldest first."""
     if db.session.get(Contact, contact_id) is None:
         raise NotFound(f"No contact with id {contact_id}.")
-    return [dump(EventOut, event) for event in queries.contact_events(db.session, contact_id)]
+    return [dump(EventOut, event) for event in queries.contact_events(db.session(), contact_id)]
 
 
 @bp.post("/contacts/<id:contact_id>/assign")
@@ -226,7 +226,7 @@ def assign_contact(contact_id: int) -> Response:
     """
     body = parse(AssignIn, json_body())
     begin_write(db.session)
-    contact = distribution.assign_by_hand(db.session, contact_id, body.operator_id, override=body.override)
+    contact = distribution.assign_by_hand(db.session(), contact_id, body.operator_id, override=body.override)
     db.session.commit()
     return dump(ContactOut, contact)
 
@@ -237,7 +237,7 @@ def assign_contact(contact_id: int) -> Response:
 def reopen_contact(contact_id: int) -> Response:
     """Reopen a closed contact: back to its operator if it still can take it, else distributed again."""
     begin_write(db.session)
-    contact = distribution.reopen_contact(db.session, contact_id)
+    contact = distribution.reopen_contact(db.session(), contact_id)
     db.session.commit()
     return dump(ContactOut, contact)
 
@@ -250,7 +250,7 @@ def export_contacts() -> FlaskResponse:
     # Streamed; the contacts page links here with its filters.
     filters = query_args(ContactFilter)
     query = queries.contacts_query(**filters.model_dump(exclude={"page", "per_page"}))
-    rows = stream_with_context(export.contacts_csv(db.session, query))
+    rows = stream_with_context(export.contacts_csv(db.session(), query))
     response = FlaskResponse(rows, mimetype="text/csv")
     response.headers["Content-Disposition"] = 'attachment; filename="contacts.csv"'
     return response
@@ -262,6 +262,6 @@ def export_contacts() -> FlaskResponse:
 def close_contact(contact_id: int) -> Response:
     """Close a contact (closing a closed one changes nothing)."""
     begin_write(db.session)
-    contact = distribution.close_contact(db.session, contact_id)
+    contact = distribution.close_contact(db.session(), contact_id)
     db.session.commit()
     return dump(ContactOut, contact)

@@ -32,7 +32,7 @@ def list_leads() -> Response:
 @operation("getLead", Answer("The lead.", LeadDetailOut), errors=(404,))
 def get_lead(lead_id: int) -> Response:
     """A lead with all its contacts."""
-    lead = leads.get_lead(db.session, lead_id)
+    lead = leads.get_lead(db.session(), lead_id)
     contacts = db.session.scalars(queries.contacts_query(lead_id=lead_id)).all()
     return LeadDetailOut(
         **LeadOut.model_validate(lead).model_dump(),

@@ -27,7 +27,7 @@ def create_operator() -> Response:
     body = parse(OperatorCreate, json_body())
     begin_write(db.session)
     operator = operators.create_operator(
-        db.session, name=body.name, max_active_leads=body.max_active_leads, is_active=body.is_active
+        db.session(), name=body.name, max_active_leads=body.max_active_leads, is_active=body.is_active
     )
     db.session.commit()
     return dump(OperatorOut, operator), 201, {"Location": url_for("api.get_operator", operator_id=operator.id)}
@@ -46,7 +46,7 @@ def list_operators() -> Response:
 @operation("getOperator", Answer("The operator.", OperatorOut), errors=(404,))
 def get_operator(operator_id: int) -> Response:
     """Get an operator."""
-    return dump(OperatorOut, operators.get_operator(db.session, operator_id))
+    return dump(OperatorOut, operators.get_operator(db.session(), operator_id))
 
 
 @bp.patch("/operators/<id:operator_id>")
@@ -54,9 +54,9 @@ def get_operator(operator_id: int) -> Response:
 @operation("updateOperator", Answer("The changed operator.", OperatorOut), body=OperatorUpdate, errors=(404, 409))
 def update_operator(operator_id: int) -> Response:
     """Change an operator (a limit below its load only stops new assignments)."""
-    operators.get_operator(db.session, operator_id)
+    operators.get_operator(db.session(), operator_id)
     body = parse(OperatorUpdate, json_body())
     begin_write(db.session)
-    operator = operators.update_operator(db.session, operator_id, body.model_dump(include=body.model_fields_set))
+    operator = operators.update_operator(db.session(), operator_id, body.model_dump(include=body.model_fields_set))
     db.session.commit()
     return dump(OperatorOut, operator)

@@ -31,7 +31,7 @@ def create_source() -> Response:
     """Create a source."""
     body = parse(SourceCreate, json_body())
     begin_write(db.session)
-    source = sources.create_source(db.session, name=body.name, strategy=body.strategy, sticky=body.sticky)
+    source = sources.create_source(db.session(), name=body.name, strategy=body.strategy, sticky=body.sticky)
     db.session.commit()
     return dump(SourceOut, source), 201, {"Location": url_for("api.get_source", source_id=source.id)}
 
@@ -49,7 +49,7 @@ def list_sources() -> Response:
 @operation("getSource", Answer("The source.", SourceOut), errors=(404,))
 def get_source(source_id: int) -> Response:
     """Get a source."""
-    return dump(SourceOut, sources.get_source(db.session, source_id))
+    return dump(SourceOut, sources.get_source(db.session(), source_id))
 
 
 @bp.patch("/sources/<id:source_id>")
@@ -57,16 +57,16 @@ def get_source(source_id: int) -> Response:
 @operation("updateSource", Answer("The changed source.", SourceOut), body=SourceUpdate, errors=(404, 409))
 def update_source(source_id: int) -> Response:
     """Change a source."""
-    source = sources.get_source(db.session, source_id)
+    source = sources.get_source(db.session(), source_id)
     body = parse(SourceUpdate, json_body())
     begin_write(db.session)
-    sources.update_source(db.session, source, body.model_dump(include=body.model_fields_set))
+    sources.update_source(db.session(), source, body.model_dump(include=body.model_fields_set))
     db.session.commit()
     return dump(SourceOut, source)
 
 
 def _weights_response(source_id: int) -> list[dict[str, Any]]:
-    return [dump(WeightOut, row) for row in sources.source_weights(db.session, source_id)]
+    return [dump(WeightOut, row) for row in sources.source_weights(db.session(), source_id)]
 
 
 @bp.get("/sources/<id:source_id>/config")
@@ -74,7 +74,7 @@ def _weights_response(source_id: int) -> list[dict[str, Any]]:
 @operation("getSourceConfig", Answer("Weights by operator_id.", list[WeightOut]), errors=(404,))
 def get_source_config(source_id: int) -> Response:
     """The source's weights (operators with weight > 0)."""
-    sources.get_source(db.session, source_id)
+    sources.get_source(db.session(), source_id)
     return _weights_response(source_id)
 
 
@@ -88,7 +88,7 @@ def get_source_config(source_id: int) -> Response:
 )
 def set_source_config(source_id: int) -> Response:
     """Set one operator's weight (object; 0 removes it) or replace all weights (array)."""
-    source = sources.get_source(db.session, source_id)
+    source = sources.get_source(db.session(), source_id)
     data = json_body()
     if isinstance(data, list):
         rows = weight_list.validate_python(data)
@@ -101,10 +101,10 @@ def set_source_config(source_id: int) -> Response:
                 )
             seen[row.operator_id] = index
         begin_write(db.session)
-        sources.set_weights(db.session, source, {r.operator_id: r.weight for r in rows}, replace=True)
+        sources.set_weights(db.session(), source, {r.operator_id: r.weight for r in rows}, replace=True)
     else:
         row = parse(WeightIn, data)
         begin_write(db.session)
-        sources.set_weight(db.session, source, row.operator_id, row.weight)
+        sources.set_weight(db.session(), source, row.operator_id, row.weight)
     db.session.commit()
     return _weights_response(source_id)
