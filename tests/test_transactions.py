@@ -24,6 +24,8 @@ from leadcrm.auth import allow
 from leadcrm.database import UndeclaredWrite, begin_write, sqlite_file
 from leadcrm.extensions import db
 from leadcrm.models import Operator
+from leadcrm.storage import Sql
+from leadcrm.units import on_driver_connection, request_unit
 from leadcrm.vocabulary import Role, TokenScope
 from tests.helpers import add_token, add_user, login_client
 
@@ -39,12 +41,39 @@ def _forgetful_view() -> dict[str, int]:
     return {"id": operator.id}
 
 
+FORGOTTEN_INSERT = Sql(
+    "INSERT INTO operators (name, is_active, max_active_leads, active_leads, created_at) "
+    "VALUES ('Forgotten', TRUE, 1, 0, CURRENT_TIMESTAMP)"
+)
+
+
+@on_driver_connection
+def _forgetful_driver_view() -> dict[str, bool]:
+    """The same mistake on the request's own driver connection (units.request_unit), as the registration works."""
+    unit = request_unit()
+    unit.execute(FORGOTTEN_INSERT, {})
+    unit.commit()
+    return {"written": True}
+
+
+@on_driver_connection
+def _early_driver_view() -> dict[str, bool]:
+    """A driver-connection view that writes first and declares the write only after."""
+    unit = request_unit()
+    unit.execute(FORGOTTEN_INSERT, {})
+    unit.begin_write()
+    unit.commit()
+    return {"written": True}
+
+
 @pytest.fixture
 def app(database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Flask]:
     monkeypatch.setenv("LEADCRM_INSTANCE_PATH", str(tmp_path / "instance"))
     config = {"TESTING": True, "SQLALCHEMY_DATABASE_URI": database_url, "LEADCRM_SQLITE_BUSY_TIMEOUT": BUSY_TIMEOUT}
     app = create_app(config)
     app.add_url_rule(f"{API}/forgetful", "api.forgetful", allow(Role.SUPERVISOR)(_forgetful_view), methods=["POST"])
+    for name, view in (("forgetful_driver", _forgetful_driver_view), ("early_driver", _early_driver_view)):
+        app.add_url_rule(f"{API}/{name}", f"api.{name}", allow(Role.SUPERVISOR)(view), methods=["POST"])
     yield app
     with app.app_context():
         db.session.remove()
@@ -165,6 +194,28 @@ def test_a_view_that_writes_without_declaring_it_fails_and_writes_nothing(app: F
         boss.post(f"{API}/forgetful")
     with app.app_context():
         assert db.session.scalar(sa.select(Operator).where(Operator.name == "Forgotten")) is None
+
+
+@pytest.mark.parametrize("view", ["forgetful_driver", "early_driver"])
+def test_a_driver_connection_view_that_writes_without_declaring_it_first_fails(
+    app: Flask, boss: FlaskClient, view: str
+) -> None:
+    """The rule holds on the hot path's own driver connection too: a view declared
+    @on_driver_connection that writes before request_unit().begin_write() (on SQLite: without the
+    write lock, in autocommit) fails instead of going on: at its commit on both databases (PostgreSQL's
+    transaction is then rolled back), and on SQLite already at the late begin_write. A write before a
+    late begin_write is no harm on PostgreSQL, which has no write lock, and is not looked for there."""
+    with app.app_context():
+        sqlite = db.engine.dialect.name == "sqlite"
+    if view == "early_driver" and not sqlite:
+        assert boss.post(f"{API}/{view}").status_code == 200
+        return
+    with pytest.raises(UndeclaredWrite, match="wrote without begin_write"):
+        boss.post(f"{API}/{view}")
+    with app.app_context():
+        written = db.session.scalar(sa.select(sa.func.count()).where(Operator.name == "Forgotten"))
+        # SQLite's reads before begin_write run in autocommit: the row is stored already, the failure is loud.
+        assert written == (1 if sqlite else 0)
 
 
 def test_begin_write_ends_the_read_open_then_and_refuses_changes_made_before_it(app: Flask, boss: FlaskClient) -> None:
