@@ -283,3 +283,39 @@ def test_a_registration_that_fails_inside_its_write_gives_the_lock_and_its_conne
         assert db.session.scalar(sa.text("SELECT count(*) FROM idempotency_keys")) == 0
         assert db.session.scalar(sa.text("SELECT count(*) FROM contacts")) == 2 + 3 * pool_size
     assert lead_a.status_code == 201
+
+
+def test_a_logged_in_user_registers_through_the_api_on_the_driver_connection_as_themselves(
+    app: Flask, boss: FlaskClient, source: dict[str, Any]
+) -> None:
+    """A browser session (no token; its CSRF token) calling the registration: the unit of work
+    on the driver connection acts as the user (its history says so, a token's says the token),
+    a replay answers the first, and a request without the CSRF token is refused before the write."""
+    with app.app_context():
+        browser = login_client(app, add_user("ivy", Role.INTAKE))
+        register = add_token("crm", TokenScope.REGISTER)
+    csrf = csrf_of(browser)
+    sent = {"source_id": source["id"], "phone": "+79001110001"}
+    first = browser.post(f"{API}/contacts/register", json=sent, headers={"X-CSRFToken": csrf, "Idempotency-Key": "k"})
+    assert first.status_code == 201, first.get_data(as_text=True)
+    replay = browser.post(f"{API}/contacts/register", json=sent, headers={"X-CSRFToken": csrf, "Idempotency-Key": "k"})
+    assert replay.headers.get("Idempotent-Replayed") == "true" and replay.get_json() == first.get_json()
+    refused = browser.post(f"{API}/contacts/register", json={**sent, "phone": "+79001110002"})
+    assert refused.status_code == 400 and json_of(refused)["error"]["code"] == "csrf_failed"
+    by_token = app.test_client()
+    by_token.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {register}"
+    second = by_token.post(f"{API}/contacts/register", json={**sent, "phone": "+79001110003"})
+    assert second.status_code == 201, second.get_data(as_text=True)
+    actors = {
+        response.get_json()["contact"]["id"]: [
+            event["actor"]
+            for event in json_of(boss.get(f"{API}/contacts/{response.get_json()['contact']['id']}/events"))
+        ]
+        for response in (first, second)
+    }
+    assert actors == {
+        first.get_json()["contact"]["id"]: ["user:ivy"],
+        second.get_json()["contact"]["id"]: ["token:crm (#2)"],
+    }
+    with app.app_context():
+        assert db.session.scalar(sa.text("SELECT count(*) FROM contacts")) == 2
