@@ -28,6 +28,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session, scoped_session
 
+from leadcrm.database import UndeclaredWrite
 from leadcrm.models import UTCDateTime, from_stored_time
 from leadcrm.vocabulary import ContactStatus, EventReason
 
@@ -265,7 +266,7 @@ class DriverTx(Tx):
     gives the connection back to the pool.
     """
 
-    __slots__ = ("_pooled", "_writing")
+    __slots__ = ("_pooled", "_writing", "_changes_at_start")
 
     def __init__(self, engine: sa.Engine, info: dict[Any, Any]) -> None:
         self._connection = None
@@ -274,6 +275,8 @@ class DriverTx(Tx):
         self._set_up(engine.dialect, self._pooled.driver_connection, info)
         if self.dialect == "postgresql" and self._driver.read_only:
             self._driver.read_only = False  # left by a read-only request of the session's (database.reads_only)
+        # SQLite's own count of rows this connection changed: a read before begin_write changes none.
+        self._changes_at_start: int | None = self._driver.total_changes if self.dialect == "sqlite" else None
 
     def _invalidate(self, exc: BaseException) -> None:
         self._pooled.invalidate(exc)
@@ -294,6 +297,8 @@ class DriverTx(Tx):
         if self._writing:
             return
         if self.dialect == "sqlite":
+            if self._driver.total_changes != self._changes_at_start:
+                raise UndeclaredWrite()  # it wrote in autocommit, without the write lock: a bug in the view
             self._driver.expect_no_writes(False)
             self._driver.lock_for_write()  # raises database.write_lock_busy when it gives up
             try:
@@ -304,6 +309,9 @@ class DriverTx(Tx):
         self._writing = True
 
     def commit(self) -> None:
+        """Commit the write; a unit that never declared one (``begin_write``) is refused, rolled back at ``close``."""
+        if not self._writing:
+            raise UndeclaredWrite()
         self._driver_call("COMMIT", self._driver.commit)
         self._writing = False
 

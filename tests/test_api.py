@@ -472,6 +472,15 @@ def test_a_retry_with_the_same_idempotency_key_gets_the_first_answer(client: Fla
     assert post(client, "/contacts/register", body).json["contact"]["id"] == 3
 
 
+def test_an_idempotency_key_with_a_nul_character_is_refused_as_any_text_is(client: FlaskClient, setup: dict) -> None:
+    """PostgreSQL cannot store a NUL: such a key is a 422 before the write, not a 500 inside it
+    (gunicorn refuses NUL in headers; a server or proxy that passes it must not matter)."""
+    body = {"source_id": 1, "phone": "+79001234567"}
+    refused = post(client, "/contacts/register", body, headers={"Idempotency-Key": "order\x0042"})
+    assert_error(refused, 422, "validation_error", {"Idempotency-Key"})
+    assert post(client, "/contacts/register", body, headers={"Idempotency-Key": "order-42"}).status_code == 201
+
+
 def test_idempotency_keys_expire_after_a_day(app, client: FlaskClient, setup: dict) -> None:
     from datetime import timedelta
 

@@ -31,6 +31,7 @@ import sqlalchemy as sa
 from leadcrm.database import SQLiteConnection
 from leadcrm.extensions import db
 from leadcrm.storage import Sql, Tx
+from leadcrm.units import request_unit, runs_on_driver_connection
 from tests.helpers import csrf_token_of
 from tests.servers import PROJECT_ROOT, api_session, create_token, free_port, gunicorn
 
@@ -219,6 +220,45 @@ def test_the_hand_written_sql_path_invalidates_a_lost_connection(app, backend) -
         assert connection.invalidated
         db.session.rollback()  # does not try the dead connection
         assert db.session.execute(sa.text("SELECT pg_backend_pid()")).scalar() != pid
+
+
+def test_a_registration_whose_connection_is_terminated_after_the_token_check_is_a_503_that_wrote_nothing(
+    app, backend, client
+) -> None:
+    """The registration's driver connection (units.request_unit) on PostgreSQL: the token read
+    begins the transaction the write continues. Terminated between the two, the registration is
+    the API's JSON 503, nothing of it is stored (not its Idempotency-Key either), and the next
+    ones get a new connection: the same key then registers once."""
+    if backend.name != "postgresql":
+        pytest.skip("terminating a connection is a PostgreSQL test")
+    terminate = threading.Event()
+
+    @app.before_request  # after the access check, which read the token on the unit's connection
+    def terminate_the_units_connection() -> None:
+        if terminate.is_set() and runs_on_driver_connection():
+            pid = request_unit().execute(Sql("SELECT pg_backend_pid()"), {}).fetchone()[0]
+            with backend.admin.connect() as admin:
+                admin.execute(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+            time.sleep(0.1)  # the server closes it
+
+    api = "/api/v1"
+    operator = client.post(f"{api}/operators/", json={"name": "Ann", "max_active_leads": 10}).get_json()
+    source = client.post(f"{api}/sources/", json={"name": "web_form"}).get_json()
+    client.post(f"{api}/sources/{source['id']}/config", json={"operator_id": operator["id"], "weight": 1})
+    registration = {"source_id": source["id"], "phone": "+79001110001"}
+    terminate.set()
+    lost = client.post(f"{api}/contacts/register", json=registration, headers={"Idempotency-Key": "k"})
+    assert lost.status_code == 503 and lost.get_json()["error"]["code"] == "database_unavailable", lost.data
+    assert lost.headers["Retry-After"]
+    terminate.clear()
+    with app.app_context():
+        for table in ("leads", "contacts", "idempotency_keys", "contact_events"):
+            assert db.session.scalar(sa.text(f"SELECT count(*) FROM {table}")) == 0, table
+    for n in range(6):  # more than the pool holds
+        again = client.post(f"{api}/contacts/register", json=registration, headers={"Idempotency-Key": "k"})
+        assert again.status_code == 201, again.data
+        assert (again.headers.get("Idempotent-Replayed") == "true") == (n > 0)
+    assert client.get(f"{api}/operators/{operator['id']}").get_json()["active_leads"] == 1
 
 
 def test_a_pooled_connection_the_server_closed_is_replaced_before_use(app, backend, client) -> None:

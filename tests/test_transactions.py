@@ -24,6 +24,8 @@ from leadcrm.auth import allow
 from leadcrm.database import UndeclaredWrite, begin_write, sqlite_file
 from leadcrm.extensions import db
 from leadcrm.models import Operator
+from leadcrm.storage import Sql
+from leadcrm.units import on_driver_connection, request_unit
 from leadcrm.vocabulary import Role, TokenScope
 from tests.helpers import add_token, add_user, login_client
 
@@ -39,12 +41,39 @@ def _forgetful_view() -> dict[str, int]:
     return {"id": operator.id}
 
 
+FORGOTTEN_INSERT = Sql(
+    "INSERT INTO operators (name, is_active, max_active_leads, active_leads, created_at) "
+    "VALUES ('Forgotten', TRUE, 1, 0, CURRENT_TIMESTAMP)"
+)
+
+
+@on_driver_connection
+def _forgetful_driver_view() -> dict[str, bool]:
+    """The same mistake on the request's own driver connection (units.request_unit), as the registration works."""
+    unit = request_unit()
+    unit.execute(FORGOTTEN_INSERT, {})
+    unit.commit()
+    return {"written": True}
+
+
+@on_driver_connection
+def _early_driver_view() -> dict[str, bool]:
+    """A driver-connection view that writes first and declares the write only after."""
+    unit = request_unit()
+    unit.execute(FORGOTTEN_INSERT, {})
+    unit.begin_write()
+    unit.commit()
+    return {"written": True}
+
+
 @pytest.fixture
 def app(database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Flask]:
     monkeypatch.setenv("LEADCRM_INSTANCE_PATH", str(tmp_path / "instance"))
     config = {"TESTING": True, "SQLALCHEMY_DATABASE_URI": database_url, "LEADCRM_SQLITE_BUSY_TIMEOUT": BUSY_TIMEOUT}
     app = create_app(config)
     app.add_url_rule(f"{API}/forgetful", "api.forgetful", allow(Role.SUPERVISOR)(_forgetful_view), methods=["POST"])
+    for name, view in (("forgetful_driver", _forgetful_driver_view), ("early_driver", _early_driver_view)):
+        app.add_url_rule(f"{API}/{name}", f"api.{name}", allow(Role.SUPERVISOR)(view), methods=["POST"])
     yield app
     with app.app_context():
         db.session.remove()
@@ -167,6 +196,28 @@ def test_a_view_that_writes_without_declaring_it_fails_and_writes_nothing(app: F
         assert db.session.scalar(sa.select(Operator).where(Operator.name == "Forgotten")) is None
 
 
+@pytest.mark.parametrize("view", ["forgetful_driver", "early_driver"])
+def test_a_driver_connection_view_that_writes_without_declaring_it_first_fails(
+    app: Flask, boss: FlaskClient, view: str
+) -> None:
+    """The rule holds on the hot path's own driver connection too: a view declared
+    @on_driver_connection that writes before request_unit().begin_write() (on SQLite: without the
+    write lock, in autocommit) fails instead of going on: at its commit on both databases (PostgreSQL's
+    transaction is then rolled back), and on SQLite already at the late begin_write. A write before a
+    late begin_write is no harm on PostgreSQL, which has no write lock, and is not looked for there."""
+    with app.app_context():
+        sqlite = db.engine.dialect.name == "sqlite"
+    if view == "early_driver" and not sqlite:
+        assert boss.post(f"{API}/{view}").status_code == 200
+        return
+    with pytest.raises(UndeclaredWrite, match="wrote without begin_write"):
+        boss.post(f"{API}/{view}")
+    with app.app_context():
+        written = db.session.scalar(sa.select(sa.func.count()).where(Operator.name == "Forgotten"))
+        # SQLite's reads before begin_write run in autocommit: the row is stored already, the failure is loud.
+        assert written == (1 if sqlite else 0)
+
+
 def test_begin_write_ends_the_read_open_then_and_refuses_changes_made_before_it(app: Flask, boss: FlaskClient) -> None:
     boss.post(f"{API}/operators/", json={"name": "Ann", "max_active_leads": 1})
     with app.test_request_context("/healthz"):
@@ -229,3 +280,39 @@ def test_a_registration_that_fails_inside_its_write_gives_the_lock_and_its_conne
         assert db.session.scalar(sa.text("SELECT count(*) FROM idempotency_keys")) == 0
         assert db.session.scalar(sa.text("SELECT count(*) FROM contacts")) == 2 + 3 * pool_size
     assert lead_a.status_code == 201
+
+
+def test_a_logged_in_user_registers_through_the_api_on_the_driver_connection_as_themselves(
+    app: Flask, boss: FlaskClient, source: dict[str, Any]
+) -> None:
+    """A browser session (no token; its CSRF token) calling the registration: the unit of work
+    on the driver connection acts as the user (its history says so, a token's says the token),
+    a replay answers the first, and a request without the CSRF token is refused before the write."""
+    with app.app_context():
+        browser = login_client(app, add_user("ivy", Role.INTAKE))
+        register = add_token("crm", TokenScope.REGISTER)
+    csrf = csrf_of(browser)
+    sent = {"source_id": source["id"], "phone": "+79001110001"}
+    first = browser.post(f"{API}/contacts/register", json=sent, headers={"X-CSRFToken": csrf, "Idempotency-Key": "k"})
+    assert first.status_code == 201, first.get_data(as_text=True)
+    replay = browser.post(f"{API}/contacts/register", json=sent, headers={"X-CSRFToken": csrf, "Idempotency-Key": "k"})
+    assert replay.headers.get("Idempotent-Replayed") == "true" and replay.get_json() == first.get_json()
+    refused = browser.post(f"{API}/contacts/register", json={**sent, "phone": "+79001110002"})
+    assert refused.status_code == 400 and json_of(refused)["error"]["code"] == "csrf_failed"
+    by_token = app.test_client()
+    by_token.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {register}"
+    second = by_token.post(f"{API}/contacts/register", json={**sent, "phone": "+79001110003"})
+    assert second.status_code == 201, second.get_data(as_text=True)
+    actors = {
+        response.get_json()["contact"]["id"]: [
+            event["actor"]
+            for event in json_of(boss.get(f"{API}/contacts/{response.get_json()['contact']['id']}/events"))
+        ]
+        for response in (first, second)
+    }
+    assert actors == {
+        first.get_json()["contact"]["id"]: ["user:ivy"],
+        second.get_json()["contact"]["id"]: ["token:crm (#2)"],
+    }
+    with app.app_context():
+        assert db.session.scalar(sa.text("SELECT count(*) FROM contacts")) == 2

@@ -49,6 +49,9 @@ def register_contact() -> Response:
     if key is not None and not 1 <= len(key.strip()) <= IDEMPOTENCY_KEY_MAX:
         message = f"An Idempotency-Key has 1 to {IDEMPOTENCY_KEY_MAX} characters."
         raise InvalidInput(message, {"Idempotency-Key": message})
+    if key is not None and "\x00" in key:  # as in any text: PostgreSQL cannot store it
+        message = "An Idempotency-Key must not contain the NUL character."
+        raise InvalidInput(message, {"Idempotency-Key": message})
     data = json_body()
     body = parse(RegisterIn, data)
     if (body.source_id is None) == (body.source_name is None):

@@ -184,7 +184,9 @@ class RegisterIn(Strict):
 class RegisterHeaders(BaseModel):
     """The request headers a registration reads (the view checks them itself; this states them in the document)."""
 
-    idempotency_key: Optional[Annotated[str, StringConstraints(min_length=1, max_length=IDEMPOTENCY_KEY_MAX)]] = Field(
+    idempotency_key: Optional[
+        Annotated[str, StringConstraints(min_length=1, max_length=IDEMPOTENCY_KEY_MAX, pattern=NOT_BLANK)]
+    ] = Field(
         None,
         alias="Idempotency-Key",
         description="Retry-safe: the same key with the same body within 24 hours returns the original response "
