@@ -4,9 +4,10 @@ import csv
 import io
 from collections.abc import Iterator
 from datetime import datetime
+from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.orm import Session, aliased
+from sqlalchemy.orm import Session, aliased, scoped_session
 
 from leadcrm.models import Contact, Lead, Operator, Source
 
@@ -32,10 +33,15 @@ def _time(value: datetime | None) -> str:
     return value.isoformat().replace("+00:00", "Z") if value is not None else ""
 
 
-def contacts_csv(session: Session, contacts: sa.Select) -> Iterator[str]:
+def contacts_csv(session: Session | scoped_session[Any], contacts: sa.Select) -> Iterator[str]:
     """The rows of ``contacts`` (a contacts query with its filters and order) as CSV text, in chunks.
 
-    Read in batches, so an export of any size runs in constant memory.
+    Read in batches, so an export of any size runs in constant memory. A view
+    passes the request's scoped session itself, not the Session it holds now:
+    the rows are read while the answer streams, after the view returned, and
+    must use the session the context then has (a Session taken at the view
+    kept its server-side cursor's transaction open past the request on
+    PostgreSQL; tests/test_access.py's export case then hung).
     """
     ids = contacts.with_only_columns(Contact.id).subquery()
     handled_by = aliased(Operator)

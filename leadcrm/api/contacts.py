@@ -253,7 +253,7 @@ def export_contacts() -> FlaskResponse:
     # Streamed; the contacts page links here with its filters.
     filters = query_args(ContactFilter)
     query = queries.contacts_query(**filters.model_dump(exclude={"page", "per_page"}))
-    rows = stream_with_context(export.contacts_csv(db.session(), query))
+    rows = stream_with_context(export.contacts_csv(db.session, query))
     response = FlaskResponse(rows, mimetype="text/csv")
     response.headers["Content-Disposition"] = 'attachment; filename="contacts.csv"'
     return response
