@@ -29,15 +29,16 @@ import time
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import requests
 import sqlalchemy as sa
 
-if TYPE_CHECKING:  # mypy sees bench/ as a package; run as a script, `bench` is bench/bench.py beside this file
-    from bench.bench import ROOT, count_contacts, migrate, server, setup_source, wrk
-else:
-    from bench import ROOT, count_contacts, migrate, server, setup_source, wrk
+# Run as a script, this file's folder comes first on the path, where `bench` would be bench/bench.py:
+# the project's root first, so that `bench` is the package.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.bench import ROOT, count_contacts, migrate, server, setup_source, wrk  # noqa: E402
+from bench.postgres import fresh_schema  # noqa: E402
 
 
 def waiting_backlog(url: str, waiting: int) -> int:
@@ -180,21 +181,11 @@ def main() -> None:
         lines.append(row("SQLite", result))
         if pg_url and not args.no_postgres:
             print("PostgreSQL ...", flush=True)
-            schema = f"leadcrm_backlog_{uuid.uuid4().hex[:8]}"
-            admin = sa.create_engine(pg_url, isolation_level="AUTOCOMMIT")
-            with admin.connect() as conn:
-                conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
-            try:
-                schema_url = sa.make_url(pg_url).update_query_dict({"options": f"-csearch_path={schema}"})
-                url = schema_url.render_as_string(hide_password=False)
+            with fresh_schema(pg_url, "leadcrm_backlog") as url:
                 migrate(url)
                 result = measure(url, workdir, args.waiting, args.register_seconds)
                 print(result, flush=True)
                 lines.append(row("PostgreSQL", result))
-            finally:
-                with admin.connect() as conn:
-                    conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
-                admin.dispose()
     print("\n".join(lines))
 
 

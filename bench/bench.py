@@ -44,6 +44,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench import cpu  # noqa: E402
+from bench.postgres import fresh_schema, server_version  # noqa: E402
 from leadcrm import create_app  # noqa: E402
 from leadcrm.distribution import register_contact  # noqa: E402
 from leadcrm.extensions import db  # noqa: E402
@@ -516,20 +517,10 @@ def main() -> None:
         results["throughput"]["sqlite"] = throughput(url, workdir, args.seconds)
         if pg_url:
             print("throughput on PostgreSQL ...", flush=True)
-            schema = f"leadcrm_bench_{uuid.uuid4().hex[:8]}"
-            admin = sa.create_engine(pg_url, isolation_level="AUTOCOMMIT")
-            with admin.connect() as conn:
-                conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
-                results["pg_version"] = "PostgreSQL " + conn.execute(sa.text("SHOW server_version")).scalar_one()
-            try:
-                schema_url = sa.make_url(pg_url).update_query_dict({"options": f"-csearch_path={schema}"})
-                url = schema_url.render_as_string(hide_password=False)
+            results["pg_version"] = "PostgreSQL " + server_version(pg_url)
+            with fresh_schema(pg_url, "leadcrm_bench") as url:
                 migrate(url)
                 results["throughput"]["postgresql"] = throughput(url, workdir, args.seconds)
-            finally:
-                with admin.connect() as conn:
-                    conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
-                admin.dispose()
         print("worker CPU per request ...", flush=True)
         results["cpu"] = cpu.run(args.cpu_rounds, pg_url)
         print("growth ...", flush=True)

@@ -18,35 +18,16 @@ import statistics
 import sys
 import tempfile
 import time
-import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-
-import sqlalchemy as sa
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.postgres import fresh_schema  # noqa: E402
 from leadcrm import create_app  # noqa: E402
 from leadcrm.extensions import db  # noqa: E402
-
-
-@contextmanager
-def postgres_schema(url: str) -> Iterator[str]:
-    """A database URL on a fresh schema of ``url``'s database, dropped afterwards."""
-    schema = f"leadcrm_cpu_{uuid.uuid4().hex[:8]}"
-    admin = sa.create_engine(url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
-    try:
-        scoped = sa.make_url(url).update_query_dict({"options": f"-csearch_path={schema}"})
-        yield scoped.render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
 
 
 def measure(url: str, rounds: int, instance: Path) -> dict[str, float]:
@@ -139,7 +120,7 @@ def run(rounds: int, postgres: str | None) -> dict[str, dict[str, float]]:
     with tempfile.TemporaryDirectory(prefix="leadcrm-cpu-") as tmp:
         results["sqlite"] = measure(f"sqlite:///{tmp}/cpu.sqlite3", rounds, Path(tmp) / "instance")
         if postgres:
-            with postgres_schema(postgres) as url:
+            with fresh_schema(postgres, "leadcrm_cpu") as url:
                 results["postgresql"] = measure(url, rounds, Path(tmp) / "instance-pg")
     return results
 
