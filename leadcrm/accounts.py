@@ -20,7 +20,7 @@ from werkzeug.security import check_password_hash, generate_password_hash
 from leadcrm import storage
 from leadcrm.database import begin_write, unique_or
 from leadcrm.errors import Conflict, DomainError, InvalidInput, Message, NotFound, Text
-from leadcrm.models import LOGIN_SECRET, ApiToken, LoginFailure, LoginSession, User, utcnow
+from leadcrm.models import LOGIN_SECRET, ApiToken, LoginFailure, LoginSession, Operator, User, utcnow
 from leadcrm.storage import TokenRecord, Tx
 from leadcrm.vocabulary import PASSWORD_MAX, PASSWORD_MIN, USERNAME_MAX, Role, TokenScope
 
@@ -104,15 +104,50 @@ def list_users(session: Session) -> list[User]:
     return list(session.scalars(sa.select(User).order_by(User.username)))
 
 
-def create_user(session: Session, *, username: str, password: str, role: str) -> User:
+def create_user(session: Session, *, username: str, password: str, role: str, operator_id: int | None = None) -> User:
+    """Add a user. An operator user is linked to its operator (``operator_id``), and only an operator user is."""
     user = User(
         username=validate_username(username),
         password_hash=generate_password_hash(validate_password(password)),
         role=_check_role(role),
     )
+    _check_link(session, role, operator_id)
     taken = Conflict(Message("The username is taken."), {"username": Message("The username is taken.")})
     with unique_or(session, taken):
         session.add(user)
+    if operator_id is not None:
+        _link(session, user, operator_id)
+    return user
+
+
+def _check_link(session: Session, role: str, operator_id: int | None) -> None:
+    """An operator user needs its operator; the other roles have none."""
+    if role == Role.OPERATOR and operator_id is None:
+        message = Message("Choose the operator this user works as.")
+        raise InvalidInput(message, {"operator_id": message})
+    if role != Role.OPERATOR and operator_id is not None:
+        message = Message("Only an operator user is linked to an operator.")
+        raise InvalidInput(message, {"operator_id": message})
+    if operator_id is not None and session.get(Operator, operator_id) is None:
+        message = Message("No operator with id %(id)s.", id=operator_id)
+        raise InvalidInput(message, {"operator_id": message})
+
+
+def _link(session: Session, user: User, operator_id: int | None) -> None:
+    """Link ``user`` to the operator (None: unlink); an operator has one user at most."""
+    taken = Conflict(
+        Message("This operator already has a user; unlink it first."),
+        {"operator_id": Message("This operator already has a user.")},
+    )
+    with unique_or(session, taken):
+        user.operator_id = operator_id
+
+
+def link_operator(session: Session, user: User, operator_id: int | None) -> User:
+    """Link an operator user to an operator, or unlink it (None). The operator and its contacts stay as they are."""
+    if operator_id is not None:
+        _check_link(session, user.role, operator_id)
+    _link(session, user, operator_id)
     return user
 
 
@@ -128,8 +163,18 @@ def set_password_hash(session: Session, user: User, password_hash: str, keep_ses
     session.flush()
 
 
-def update_user(session: Session, user: User, *, role: str | None = None, is_active: bool | None = None) -> User:
-    """Change role or active flag. The last active supervisor can be neither demoted nor deactivated."""
+def update_user(
+    session: Session,
+    user: User,
+    *,
+    role: str | None = None,
+    is_active: bool | None = None,
+    operator_id: int | None = None,
+) -> User:
+    """Change role or active flag. The last active supervisor can be neither demoted nor deactivated.
+
+    Becoming an operator user takes its operator (``operator_id``); leaving the role unlinks it.
+    Deactivating an operator user leaves its operator and contacts as they are."""
     if role is not None:
         _check_role(role)
     loses_supervisor = (
@@ -146,8 +191,15 @@ def update_user(session: Session, user: User, *, role: str | None = None, is_act
                     "%(name)s is the last active supervisor; make someone else a supervisor first.", name=user.username
                 )
             )
-    if role is not None:
+    if role is not None and role != user.role:
+        if role == Role.OPERATOR:
+            # A user becomes an operator user with its operator: link_operator() next, or the Users page's form.
+            _check_link(session, role, operator_id)
         user.role = role
+        if role != Role.OPERATOR:
+            user.operator_id = None  # unlinked: the operator and its contacts stay as they are
+        elif operator_id is not None:
+            _link(session, user, operator_id)
     if is_active is not None:
         user.is_active = is_active
         if not is_active:

@@ -21,7 +21,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from leadcrm import accounts
 from leadcrm.database import NO_WAIT, WRITE_OPTION
 from leadcrm.extensions import csrf, db, login_manager
-from leadcrm.models import User, utcnow
+from leadcrm.models import Contact, User, utcnow
 from leadcrm.storage import TokenRecord, Tx, act_as
 from leadcrm.units import request_unit, runs_on_driver_connection
 from leadcrm.vocabulary import Role, TokenScope
@@ -89,8 +89,47 @@ def access_of(app: Flask, endpoint: str) -> Access | None:
 
 
 def can(role_needed: str) -> bool:
-    """For templates: may the current user do what ``role_needed`` may?"""
-    return current_user.is_authenticated and (current_user.role == Role.SUPERVISOR or current_user.role == role_needed)
+    """For templates: may the current user do what ``role_needed`` may? (Supervisors may do what intake
+    staff may; an operator user's inbox is its own.)"""
+    if not current_user.is_authenticated:
+        return False
+    if role_needed == Role.OPERATOR:
+        return bool(current_user.role == Role.OPERATOR)
+    return bool(current_user.role == Role.SUPERVISOR or current_user.role == role_needed)
+
+
+def operator_user() -> bool:
+    """Is the caller a logged-in operator user (whose rights end at its own operator)? Never for a token."""
+    return g.get("leadcrm_token") is None and current_user.is_authenticated and current_user.role == Role.OPERATOR
+
+
+def own_operator_id() -> int | None:
+    """The operator the logged-in operator user works as; None for anyone else, or an unlinked operator user."""
+    return current_user.operator_id if operator_user() else None
+
+
+def check_own_contact(operator_id: int | None) -> None:
+    """An operator user may only reach its own contacts (``operator_id``: the contact's operator); others may."""
+    if operator_user() and (operator_id is None or operator_id != own_operator_id()):
+        raise Forbidden(_l("This contact is not yours: an operator sees only its own contacts."))
+
+
+def check_own_operator(operator_id: int) -> None:
+    """An operator user may only reach its own operator; others may."""
+    if operator_user() and operator_id != own_operator_id():
+        raise Forbidden(_l("An operator user may only see and change its own operator."))
+
+
+def check_own_lead(lead_id: int) -> None:
+    """An operator user may only reach the leads of its own contacts (at least one assigned to it); others may."""
+    if not operator_user():
+        return
+    own = own_operator_id()
+    held = own is not None and db.session.scalar(
+        sa.select(sa.exists().where(Contact.lead_id == lead_id, Contact.operator_id == own))
+    )
+    if not held:
+        raise Forbidden(_l("None of this lead's contacts is yours: an operator sees only the leads of its contacts."))
 
 
 class SessionInterface(SecureCookieSessionInterface):

@@ -8,7 +8,7 @@ import sqlalchemy as sa
 from flask import current_app
 from flask.cli import AppGroup
 
-from leadcrm import accounts
+from leadcrm import accounts, operators
 from leadcrm.backup import BackupRefused, backup_sqlite
 from leadcrm.database import begin_write
 from leadcrm.distribution import drain_all
@@ -123,16 +123,25 @@ def _fail(exc: DomainError) -> NoReturn:
 @users_cli.command("create")
 @click.argument("username")
 @click.option("--role", type=click.Choice([role.value for role in Role]), default=Role.INTAKE.value, show_default=True)
+@click.option("--operator", "operator_name", help="For --role operator: the operator it works as, by name or id.")
 @click.password_option(help="Asked for when not given (read from stdin when it is not a terminal).")
-def create_user(username: str, role: str, password: str) -> None:
-    """Add a user."""
+def create_user(username: str, role: str, operator_name: str | None, password: str) -> None:
+    """Add a user (an operator user with the operator it works as)."""
     begin_write(db.session)
     try:
-        user = accounts.create_user(db.session(), username=username, password=password, role=role)
+        operator = operators.find_operator(db.session(), operator_name) if operator_name is not None else None
+        user = accounts.create_user(
+            db.session(),
+            username=username,
+            password=password,
+            role=role,
+            operator_id=operator.id if operator else None,
+        )
     except DomainError as exc:
         _fail(exc)
     db.session.commit()
-    click.echo(f"Created {user.role} {user.username!r}.")
+    linked = f", working as operator {operator.name!r} (#{operator.id})" if operator else ""
+    click.echo(f"Created {user.role} {user.username!r}{linked}.")
 
 
 @users_cli.command("set-password")
@@ -158,7 +167,8 @@ def set_password(username: str, password: str) -> None:
 def list_users() -> None:
     """Show every user with role and state."""
     for user in accounts.list_users(db.session()):
-        click.echo(f"{user.username}\t{user.role}\t{'active' if user.is_active else 'inactive'}")
+        works_as = f"\toperator {user.operator.name!r} (#{user.operator.id})" if user.operator else ""
+        click.echo(f"{user.username}\t{user.role}\t{'active' if user.is_active else 'inactive'}{works_as}")
 
 
 def ensure_first_admin(log: Callable[[str], None]) -> None:

@@ -48,7 +48,7 @@ class Registration:
 def pick_operator(tx: Tx, source: Source | SourceRecord, rng: random.Random | None = None) -> int | None:
     """The operator the source's strategy picks for its next contact; None if nobody is eligible.
 
-    Eligible: serves the source (weight > 0), active, load below its limit.
+    Eligible: serves the source (weight > 0), at work (active, available, not idle), load below its limit.
     ``random``: each eligible operator with probability weight / total weight.
     ``deterministic``: the one furthest behind its weight share of the source's
     assigned contacts (smooth weighted round robin over the history): with W
@@ -223,7 +223,7 @@ def _assign_by_hand(tx: Tx, contact_id: int, operator_id: int, *, override: bool
     if contact.operator_id == operator_id:
         return contact
     storage.lock_operators(tx, [contact.operator_id, operator_id])
-    operator = (storage.claim_past_limit if override else storage.claim_operator)(tx, operator_id)
+    operator = (storage.claim_past_limit if override else storage.claim_by_hand)(tx, operator_id)
     if operator is None:
         state = storage.operator_by_id(tx, operator_id)
         if state is None:

@@ -21,6 +21,8 @@ from leadcrm.vocabulary import (
     USERNAME_MAX,
     ContactStatus,
     EventReason,
+    OperatorChange,
+    Presence,
     Role,
     Strategy,
     TokenScope,
@@ -95,6 +97,8 @@ class Operator(Base):
     __table_args__ = (
         sa.CheckConstraint("max_active_leads >= 0", name="max_active_leads_not_negative"),
         sa.CheckConstraint("active_leads >= 0", name="active_leads_not_negative"),
+        sa.CheckConstraint(one_of("presence", Presence), name="presence_known"),
+        sa.CheckConstraint("idle_away_minutes > 0", name="idle_away_minutes_positive"),
     )
 
     id: so.Mapped[int] = so.mapped_column(primary_key=True)
@@ -105,10 +109,38 @@ class Operator(Base):
     # the contacts table by the distribution engine, in the same transaction,
     # so reading it never scans history.
     active_leads: so.Mapped[int] = so.mapped_column(default=0, server_default="0")
+    # Set by the operator (the nav bar's switch) or a supervisor: away keeps its contacts and gets no new ones.
+    presence: so.Mapped[str] = so.mapped_column(
+        sa.String(20), default=Presence.AVAILABLE, server_default=Presence.AVAILABLE.value
+    )
+    # "Away after N minutes without the inbox open" (NULL: off). Decided at the claim from
+    # last_seen_at, so it holds with no background process.
+    idle_away_minutes: so.Mapped[Optional[int]]
+    # The last sign of life of the operator's user: its inbox open (written at most every LAST_SEEN_EVERY s).
+    last_seen_at: so.Mapped[Optional[datetime]] = so.mapped_column(UTCDateTime)
     created_at: so.Mapped[datetime] = so.mapped_column(UTCDateTime, default=utcnow)
 
     def __repr__(self) -> str:
-        return f"<Operator {self.id} {self.name!r} {self.active_leads}/{self.max_active_leads}>"
+        return f"<Operator {self.id} {self.name!r} {self.active_leads}/{self.max_active_leads} {self.presence}>"
+
+
+class OperatorEvent(Base):
+    """One change of an operator's presence, activity, limit or idle setting, and who made it: its history."""
+
+    __tablename__ = "operator_events"
+    __table_args__ = (
+        sa.CheckConstraint(one_of("field", OperatorChange), name="field_known"),
+        sa.Index("ix_operator_events_operator_id_id", "operator_id", "id"),
+    )
+
+    id: so.Mapped[int] = so.mapped_column(primary_key=True)
+    operator_id: so.Mapped[int] = so.mapped_column(sa.ForeignKey("operators.id", ondelete="CASCADE"))
+    field: so.Mapped[str] = so.mapped_column(sa.String(20))
+    # The new value as text ("away", "false", "12"); NULL for an idle setting turned off.
+    value: so.Mapped[Optional[str]] = so.mapped_column(sa.String(20))
+    # "user:olga", "token:crm (#2)"; NULL when nobody is named (the shell).
+    actor: so.Mapped[Optional[str]] = so.mapped_column(sa.String(NAME_MAX))
+    created_at: so.Mapped[datetime] = so.mapped_column(UTCDateTime, default=utcnow)
 
 
 class Source(Base):
@@ -268,10 +300,14 @@ LOGIN_SECRET = "_leadcrm_login_secret"
 
 
 class User(Base):
-    """A person who logs in: a supervisor (everything) or intake staff."""
+    """A person who logs in: a supervisor (everything), intake staff, or an operator (its own inbox)."""
 
     __tablename__ = "users"
-    __table_args__ = (sa.CheckConstraint(one_of("role", Role), name="role_known"),)
+    __table_args__ = (
+        sa.CheckConstraint(one_of("role", Role), name="role_known"),
+        # Only an operator user is linked to an operator (and may be unlinked for a while).
+        sa.CheckConstraint(f"operator_id IS NULL OR role = '{Role.OPERATOR}'", name="operator_only_for_operators"),
+    )
 
     id: so.Mapped[int] = so.mapped_column(primary_key=True)
     username: so.Mapped[str] = so.mapped_column(sa.String(USERNAME_MAX), unique=True)
@@ -279,7 +315,13 @@ class User(Base):
     password_hash: so.Mapped[str] = so.mapped_column(sa.String(256))
     role: so.Mapped[str] = so.mapped_column(sa.String(20))
     is_active: so.Mapped[bool] = so.mapped_column(default=True, server_default=sa.true())
+    # The operator an operator user works as: one user per operator at most.
+    operator_id: so.Mapped[Optional[int]] = so.mapped_column(
+        sa.ForeignKey("operators.id", ondelete="SET NULL"), unique=True
+    )
     created_at: so.Mapped[datetime] = so.mapped_column(UTCDateTime, default=utcnow)
+
+    operator: so.Mapped[Optional[Operator]] = so.relationship()
 
     # What Flask-Login asks of a user object (``is_active`` is the column):
     # a loaded user is a logged-in one, never the anonymous user.

@@ -13,9 +13,9 @@ from typing import NamedTuple, TypedDict
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from leadcrm.models import Contact, ContactEvent, Lead, Operator, Source, SourceOperator, from_stored_time
-from leadcrm.storage import ContactRecord
-from leadcrm.vocabulary import ContactStatus
+from leadcrm.models import Contact, ContactEvent, Lead, Operator, Source, SourceOperator, from_stored_time, utcnow
+from leadcrm.storage import ContactRecord, is_idle
+from leadcrm.vocabulary import ContactStatus, Presence
 
 
 class SourceShare(NamedTuple):
@@ -33,6 +33,22 @@ class OperatorLoad(NamedTuple):
     is_active: bool
     active_leads: int
     max_active_leads: int
+    presence: str
+    idle: bool  # away by its idle setting: its inbox has not been open for idle_away_minutes
+
+    @property
+    def state(self) -> str:
+        """What the load table shows: ``available``, ``away``, ``idle`` (away (idle)) or ``inactive``."""
+        if not self.is_active:
+            return "inactive"
+        if self.presence != Presence.AVAILABLE:
+            return "away"
+        return "idle" if self.idle else "available"
+
+    @property
+    def at_work(self) -> bool:
+        """May take contacts now, room aside (as the claims decide)."""
+        return self.state == "available"
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,7 +73,10 @@ CONTACTS = Contact.__table__
 # operators and 30 sources has thousands of rows, and SQLAlchemy's Row and a
 # dataclass per row cost more than the queries (bench/results.md). The target
 # share is computed by the database, the same IEEE division Python would do.
-OPERATOR_LOADS = "SELECT id, name, is_active, active_leads, max_active_leads FROM operators ORDER BY id"
+OPERATOR_LOADS = (
+    "SELECT id, name, is_active, active_leads, max_active_leads, presence, idle_away_minutes, last_seen_at "
+    "FROM operators ORDER BY id"
+)
 SHARES = (
     "SELECT source_id, operator_id, weight, "
     "CAST(weight AS DOUBLE PRECISION) / sum(weight) OVER (PARTITION BY source_id), assigned_total "
@@ -65,15 +84,25 @@ SHARES = (
 )
 
 
-def operator_load_rows(session: Session) -> list[tuple[int, str, bool, int, int]]:
-    """Every operator as (id, name, is_active, active_leads, max_active_leads), by id: plain driver rows."""
+def operator_load_rows(session: Session) -> list[tuple[int, str, bool, int, int, str, int | None, object]]:
+    """Every operator as (id, name, is_active, active_leads, max_active_leads, presence,
+    idle_away_minutes, last_seen_at as stored), by id: plain driver rows."""
     return list(session.connection().exec_driver_sql(OPERATOR_LOADS).cursor.fetchall())
 
 
 def operator_loads(session: Session) -> list[OperatorLoad]:
-    """Every operator with its load and limit, by id (the counters: no history is read)."""
-    rows = operator_load_rows(session)
-    return [OperatorLoad(op_id, name, bool(active), load, limit) for op_id, name, active, load, limit in rows]
+    """Every operator with its load, limit and presence, by id (the counters: no history is read)."""
+    now = utcnow()
+    return [
+        OperatorLoad(
+            op_id, name, bool(active), load, limit, presence, idle is not None and is_idle(idle, seen_at(seen), now)
+        )
+        for op_id, name, active, load, limit, presence, idle, seen in operator_load_rows(session)
+    ]
+
+
+def seen_at(stored: object) -> datetime | None:
+    return from_stored_time(stored) if isinstance(stored, (str, datetime)) else None
 
 
 def share_rows(session: Session) -> list[tuple[int, int, int, float, int]]:

@@ -20,7 +20,7 @@ import re
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from itertools import combinations
 from operator import itemgetter
 from typing import Any
@@ -29,8 +29,8 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session, scoped_session
 
 from leadcrm.database import UndeclaredWrite
-from leadcrm.models import UTCDateTime, from_stored_time
-from leadcrm.vocabulary import ContactStatus, EventReason
+from leadcrm.models import UTCDateTime, from_stored_time, utcnow
+from leadcrm.vocabulary import ContactStatus, EventReason, Presence
 
 # --- records ---------------------------------------------------------------------------
 
@@ -60,11 +60,29 @@ class OperatorRecord:
     is_active: bool
     max_active_leads: int
     active_leads: int
+    presence: str
+    idle_away_minutes: int | None
+    last_seen_at: datetime | None
 
     @property
     def past_limit(self) -> bool:
         """More open contacts than its limit allows (given past it by hand, or its limit lowered)."""
         return self.active_leads > self.max_active_leads
+
+    def idle(self, now: datetime) -> bool:
+        """Away because its inbox has not been open for ``idle_away_minutes`` (never, with the setting off)."""
+        return is_idle(self.idle_away_minutes, self.last_seen_at, now)
+
+    def at_work(self, now: datetime) -> bool:
+        """Active, available and not idle: it may take contacts now, if it has room (what the claims check)."""
+        return self.is_active and self.presence == Presence.AVAILABLE and not self.idle(now)
+
+
+def is_idle(idle_away_minutes: int | None, last_seen_at: datetime | None, now: datetime) -> bool:
+    """The claims' idle rule, in Python: the setting is on and the last sign of life is older (or none)."""
+    if idle_away_minutes is None:
+        return False
+    return last_seen_at is None or last_seen_at < now - timedelta(minutes=idle_away_minutes)
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,11 +159,19 @@ class StoredKey:
 
 
 class Sql:
-    """One statement with ``:name`` placeholders, in each driver's parameter style."""
+    """One statement with ``:name`` placeholders, in each driver's parameter style.
 
-    def __init__(self, text: str) -> None:
+    ``postgresql`` is the statement's PostgreSQL text where the two databases
+    spell it differently (time arithmetic); ``text`` is then SQLite's.
+    """
+
+    def __init__(self, text: str, *, postgresql: str | None = None) -> None:
         self.text = " ".join(text.split())
-        self.by_dialect = {"sqlite": self.text, "postgresql": re.sub(r"(?<![:\w]):(\w+)", r"%(\1)s", self.text)}
+        self.postgresql_text = " ".join((postgresql or text).split())
+        self.by_dialect = {
+            "sqlite": self.text,
+            "postgresql": re.sub(r"(?<![:\w]):(\w+)", r"%(\1)s", self.postgresql_text),
+        }
 
 
 # Key in ``session.info`` naming who acts in the current unit of work (see ``act_as``).
@@ -439,42 +465,84 @@ def sources_with_waiting(tx: Tx) -> list[int]:
 
 # --- operators: eligibility and the claims --------------------------------------------
 
-OPERATOR_COLUMNS = "id, name, is_active, max_active_leads, active_leads"
-# The operators a source's next contact may go to: serving it, active, with
+OPERATOR_COLUMNS = "id, name, is_active, max_active_leads, active_leads, presence, idle_away_minutes, last_seen_at"
+_OPERATOR_WIDTH = len(OPERATOR_COLUMNS.split(","))
+
+
+def _at_work(table: str, dialect: str) -> str:
+    """The condition that the operator row ``table`` may take contacts now, its load aside: active,
+    available, and not idle (its last sign of life no older than its idle setting, if one is on).
+
+    Idleness is decided here, at the claim, from the stored last-seen time: no background
+    process has to notice it. ``:now`` is the unit of work's time, as a timestamp column stores it.
+    """
+    seen_since = {
+        # SQLite keeps timestamps as text (SQLAlchemy's format, which sorts as time does).
+        "sqlite": f"strftime('%Y-%m-%d %H:%M:%f', :now, '-' || {table}.idle_away_minutes || ' minutes')",
+        "postgresql": f"CAST(:now AS TIMESTAMPTZ) - make_interval(mins => {table}.idle_away_minutes)",
+    }[dialect]
+    return (
+        f"{table}.is_active = :active AND {table}.presence = '{Presence.AVAILABLE}' "
+        f"AND ({table}.idle_away_minutes IS NULL OR {table}.last_seen_at >= {seen_since})"
+    )
+
+
+def _per_dialect(template: str, table: str) -> Sql:
+    """A statement whose ``{at_work}`` is ``_at_work(table)``, spelled for each database."""
+    return Sql(
+        template.format(at_work=_at_work(table, "sqlite")),
+        postgresql=template.format(at_work=_at_work(table, "postgresql")),
+    )
+
+
+# The operators a source's next contact may go to: serving it, at work, with
 # room. (Picking among them in SQL with window functions measured slower on
 # SQLite than these rows picked in Python: 1.7 ms vs 1.0 ms for 1,000.)
-ELIGIBLE = Sql(
+ELIGIBLE = _per_dialect(
     """SELECT so.operator_id, so.weight, so.assigned_total
        FROM source_operators so JOIN operators o ON o.id = so.operator_id
-       WHERE so.source_id = :source_id AND so.weight > 0 AND o.is_active = :active
+       WHERE so.source_id = :source_id AND so.weight > 0 AND {at_work}
          AND o.active_leads < o.max_active_leads
-       ORDER BY so.operator_id"""
+       ORDER BY so.operator_id""",
+    "o",
 )
 # How many contacts the operators eligible for a source could take now, in all.
-ROOM = Sql(
+ROOM = _per_dialect(
     """SELECT coalesce(sum(o.max_active_leads - o.active_leads), 0)
        FROM source_operators so JOIN operators o ON o.id = so.operator_id
-       WHERE so.source_id = :source_id AND so.weight > 0 AND o.is_active = :active
-         AND o.active_leads < o.max_active_leads"""
+       WHERE so.source_id = :source_id AND so.weight > 0 AND {at_work}
+         AND o.active_leads < o.max_active_leads""",
+    "o",
 )
-# The conditional claim: no row comes back when the operator is full or inactive.
-CLAIM = Sql(
+# The conditional claim of routing: no row comes back when the operator is full,
+# inactive, away or idle. One statement checks all of it, so a contact never goes
+# to someone who went away a moment earlier on another server (PostgreSQL re-checks
+# the condition on the row it waited for).
+CLAIM = _per_dialect(
+    f"""UPDATE operators SET active_leads = active_leads + 1
+       WHERE id = :id AND {{at_work}} AND active_leads < max_active_leads
+       RETURNING {OPERATOR_COLUMNS}""",
+    "operators",
+)
+# A supervisor assigning by hand: active, with room. Presence does not stop a
+# supervisor's choice (the picker shows it); the override goes past the limit too.
+CLAIM_BY_HAND = Sql(
     f"""UPDATE operators SET active_leads = active_leads + 1
        WHERE id = :id AND is_active = :active AND active_leads < max_active_leads
        RETURNING {OPERATOR_COLUMNS}"""
 )
-# A supervisor's override: active is enough.
 CLAIM_PAST_LIMIT = Sql(
     f"""UPDATE operators SET active_leads = active_leads + 1 WHERE id = :id AND is_active = :active
        RETURNING {OPERATOR_COLUMNS}"""
 )
-# Claimed only if it still serves the source, is active and has room.
-CLAIM_IF_SERVING = Sql(
+# Claimed only if it still serves the source, is at work and has room (sticky, reopen).
+CLAIM_IF_SERVING = _per_dialect(
     f"""UPDATE operators SET active_leads = active_leads + 1
-       WHERE id = :id AND is_active = :active AND active_leads < max_active_leads
+       WHERE id = :id AND {{at_work}} AND active_leads < max_active_leads
          AND EXISTS (SELECT 1 FROM source_operators
                      WHERE source_id = :source_id AND operator_id = :id AND weight > 0)
-       RETURNING {OPERATOR_COLUMNS}"""
+       RETURNING {OPERATOR_COLUMNS}""",
+    "operators",
 )
 COUNT_ASSIGNMENT = Sql(
     "UPDATE source_operators SET assigned_total = assigned_total + 1 "
@@ -484,7 +552,7 @@ COUNT_ASSIGNMENT = Sql(
 # the claim's RETURNING, so it runs after it (the operator's row is locked first,
 # as in the two statements SQLite runs) and only when the claim took a slot.
 CLAIM_AND_COUNT = Sql(
-    f"""WITH claimed AS ({CLAIM.text}),
+    f"""WITH claimed AS ({CLAIM.postgresql_text}),
             counted AS (UPDATE source_operators SET assigned_total = assigned_total + 1
                         WHERE source_id = :source_id AND operator_id IN (SELECT id FROM claimed)
                         RETURNING operator_id)
@@ -494,32 +562,54 @@ CLAIM_AND_COUNT = Sql(
 RELEASE_SLOT = Sql("UPDATE operators SET active_leads = active_leads - 1 WHERE id = :id AND active_leads > 0")
 OPERATOR_BY_ID = Sql(f"SELECT {OPERATOR_COLUMNS} FROM operators WHERE id = :id")
 LOCK_OPERATOR = Sql(OPERATOR_BY_ID.text + " FOR UPDATE")
-# A field left out (NULL) keeps its value: none of these columns holds NULL.
+# A field left out (NULL) keeps its value: none of these columns holds NULL. The idle
+# setting does (NULL is off), so whether it changes is a parameter of its own.
 UPDATE_OPERATOR = Sql(
     f"""UPDATE operators SET name = coalesce(:name, name), is_active = coalesce(:is_active, is_active),
-         max_active_leads = coalesce(:max_active_leads, max_active_leads)
+         max_active_leads = coalesce(:max_active_leads, max_active_leads),
+         presence = coalesce(:presence, presence),
+         idle_away_minutes = CASE WHEN :set_idle THEN CAST(:idle_away_minutes AS INTEGER) ELSE idle_away_minutes END
        WHERE id = :id RETURNING {OPERATOR_COLUMNS}"""
+)
+# The inbox open: the operator's sign of life.
+MARK_SEEN = Sql(f"UPDATE operators SET last_seen_at = :now WHERE id = :id RETURNING {OPERATOR_COLUMNS}")
+INSERT_OPERATOR_EVENT = Sql(
+    "INSERT INTO operator_events (operator_id, field, value, actor, created_at) "
+    "VALUES (:operator_id, :field, :value, :actor, :created_at)"
 )
 
 
 def _operator(row: Any) -> OperatorRecord | None:
-    return OperatorRecord(row[0], row[1], bool(row[2]), row[3], row[4]) if row else None
+    if not row:
+        return None
+    return OperatorRecord(row[0], row[1], bool(row[2]), row[3], row[4], row[5], row[6], from_stored_time(row[7]))
+
+
+def _now(tx: Tx) -> Any:
+    """The time the at-work condition is decided at: now, as a timestamp column stores it."""
+    return tx.stored(utcnow())
 
 
 def eligible_operators(tx: Tx, source_id: int) -> EligibleOperators | None:
-    """The operators the source's next contact may go to (serving it, active, with room), by id; None if nobody."""
-    rows = tx.execute(ELIGIBLE, {"source_id": source_id, "active": True}).fetchall()
+    """The operators the source's next contact may go to (serving it, at work, with room), by id; None if nobody."""
+    rows = tx.execute(ELIGIBLE, {"source_id": source_id, "active": True, "now": _now(tx)}).fetchall()
     return EligibleOperators(rows) if rows else None
 
 
 def room(tx: Tx, source_id: int) -> int:
     """How many contacts the operators eligible for the source could take now, in all."""
-    return tx.execute(ROOM, {"source_id": source_id, "active": True}).fetchone()[0]
+    return tx.execute(ROOM, {"source_id": source_id, "active": True, "now": _now(tx)}).fetchone()[0]
 
 
 def claim_operator(tx: Tx, operator_id: int) -> OperatorRecord | None:
-    """Take one slot of the operator's limit, if it is still active and has one."""
-    return _operator(tx.execute(CLAIM, {"id": operator_id, "active": True}).fetchone())
+    """Routing's claim: take one slot of the operator's limit, if it is at work (active, available,
+    not idle) and has one."""
+    return _operator(tx.execute(CLAIM, {"id": operator_id, "active": True, "now": _now(tx)}).fetchone())
+
+
+def claim_by_hand(tx: Tx, operator_id: int) -> OperatorRecord | None:
+    """A supervisor's claim: take one slot of the operator's limit, if it is active and has one."""
+    return _operator(tx.execute(CLAIM_BY_HAND, {"id": operator_id, "active": True}).fetchone())
 
 
 def claim_past_limit(tx: Tx, operator_id: int) -> OperatorRecord | None:
@@ -529,7 +619,7 @@ def claim_past_limit(tx: Tx, operator_id: int) -> OperatorRecord | None:
 
 def claim_if_serving(tx: Tx, operator_id: int, source_id: int) -> OperatorRecord | None:
     """Take one slot of the operator's limit if it is active, has one, and still serves the source."""
-    params = {"id": operator_id, "active": True, "source_id": source_id}
+    params = {"id": operator_id, "active": True, "source_id": source_id, "now": _now(tx)}
     return _operator(tx.execute(CLAIM_IF_SERVING, params).fetchone())
 
 
@@ -537,12 +627,13 @@ def claim_and_count(tx: Tx, operator_id: int, source_id: int) -> tuple[OperatorR
     """``claim_operator``, and when it takes a slot, ``count_assignment`` for the source: the
     operator and whether its row for the source was counted; None if nothing was claimed."""
     if tx.dialect == "postgresql":
-        row = tx.execute(CLAIM_AND_COUNT, {"id": operator_id, "active": True, "source_id": source_id}).fetchone()
+        params = {"id": operator_id, "active": True, "source_id": source_id, "now": _now(tx)}
+        row = tx.execute(CLAIM_AND_COUNT, params).fetchone()
         if row is None:
             return None
-        operator = _operator(row[:5])
+        operator = _operator(row[:_OPERATOR_WIDTH])
         assert operator is not None
-        return operator, row[5] == 1
+        return operator, row[_OPERATOR_WIDTH] == 1
     operator = claim_operator(tx, operator_id)
     if operator is None:
         return None
@@ -576,6 +667,13 @@ def lock_operators(tx: Tx, operator_ids: Iterable[int | None]) -> None:
             tx.execute(LOCK_OPERATOR, {"id": operator_id})
 
 
+class Keep:
+    """A field of ``update_operator`` left as it is, where None is a value (the idle setting's off)."""
+
+
+KEEP = Keep()
+
+
 def update_operator(
     tx: Tx,
     operator_id: int,
@@ -583,13 +681,41 @@ def update_operator(
     name: str | None = None,
     is_active: bool | None = None,
     max_active_leads: int | None = None,
+    presence: str | None = None,
+    idle_away_minutes: int | None | Keep = KEEP,
 ) -> OperatorRecord | None:
-    """Change the fields given (None keeps one as it is); the operator as it is then, or None if unknown.
+    """Change the fields given (None keeps one as it is; for the idle setting, where None is off,
+    KEEP does); the operator as it is then, or None if unknown.
 
     A name another operator has raises sa.exc.IntegrityError.
     """
-    params = {"id": operator_id, "name": name, "is_active": is_active, "max_active_leads": max_active_leads}
+    params = {
+        "id": operator_id,
+        "name": name,
+        "is_active": is_active,
+        "max_active_leads": max_active_leads,
+        "presence": presence,
+        "set_idle": not isinstance(idle_away_minutes, Keep),
+        "idle_away_minutes": None if isinstance(idle_away_minutes, Keep) else idle_away_minutes,
+    }
     return _operator(tx.execute(UPDATE_OPERATOR, params).fetchone())
+
+
+def mark_seen(tx: Tx, operator_id: int, now: datetime) -> OperatorRecord | None:
+    """Store the operator's last sign of life; the operator as it is then, or None if unknown."""
+    return _operator(tx.execute(MARK_SEEN, {"id": operator_id, "now": tx.stored(now)}).fetchone())
+
+
+def record_operator_event(tx: Tx, operator_id: int, field: str, value: str | None, now: datetime) -> None:
+    """Add one change to the operator's history, naming the unit of work's actor."""
+    params = {
+        "operator_id": operator_id,
+        "field": field,
+        "value": value,
+        "actor": tx.actor,
+        "created_at": tx.stored(now),
+    }
+    tx.execute(INSERT_OPERATOR_EVENT, params)
 
 
 # --- leads ----------------------------------------------------------------------------

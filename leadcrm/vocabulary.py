@@ -38,10 +38,28 @@ class EventReason(StrEnum):
 
 
 class Role(StrEnum):
-    """What a user who logs in may do: supervisors everything, intake staff registering and reading."""
+    """What a user who logs in may do: supervisors everything, intake staff registering and reading,
+    an operator user only its own operator's contacts (its inbox) and presence."""
 
     SUPERVISOR = "supervisor"
     INTAKE = "intake"
+    OPERATOR = "operator"
+
+
+class Presence(StrEnum):
+    """Whether an operator is at work: ``available`` gets new contacts, ``away`` keeps what it has and gets none."""
+
+    AVAILABLE = "available"
+    AWAY = "away"
+
+
+class OperatorChange(StrEnum):
+    """What an operator event (its history) records a change of."""
+
+    PRESENCE = "presence"
+    IS_ACTIVE = "is_active"
+    MAX_ACTIVE_LEADS = "max_active_leads"
+    IDLE_AWAY_MINUTES = "idle_away_minutes"
 
 
 class TokenScope(StrEnum):
@@ -67,6 +85,11 @@ PASSWORD_MAX = 256  # long passphrases are welcome; unbounded input is not
 # Largest value any id, limit or weight column holds on every supported database.
 INT_MAX = 2**31 - 1
 LIMIT_MAX = 1_000_000  # an operator's limit of active leads
+# "Away after N minutes without the inbox open": at most a week.
+IDLE_MINUTES_MAX = 7 * 24 * 60
+# The inbox's refresh is an operator's sign of life; it is written at most this often (seconds),
+# so an open inbox costs one write per operator every half minute, not one per refresh.
+LAST_SEEN_EVERY = 30
 # Bounded so that a source's total weight always fits an integer column.
 WEIGHT_MAX = 1_000_000
 # Lists: a page holds PER_PAGE items (the API's default; pages always), at most PER_PAGE_MAX.

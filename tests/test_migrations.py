@@ -194,6 +194,9 @@ ROWS: dict[str, list[dict[str, Any]]] = {
     ],
     "login_failures": [{"id": 1, "key": "user:olga", "created_at": at(50)}],
     "login_sessions": [{"id_hash": "d" * 64, "user_id": 1, "created_at": at(51)}],
+    "operator_events": [
+        {"id": 1, "operator_id": 2, "field": "presence", "value": "away", "actor": "user:olga", "created_at": at(52)}
+    ],
 }
 
 # What rows written before a column existed hold in it after the upgrade (a
@@ -204,6 +207,11 @@ ADDED_LATER: dict[tuple[str, str], Any] = {
     ("sources", "sticky"): False,
     ("idempotency_keys", "caller"): "",
     ("leads", "email_key"): lambda lead: EMAIL_KEYS[lead["id"]],
+    # Operators stored before presence existed are at work, with no idle setting, never seen.
+    ("operators", "presence"): "available",
+    ("operators", "idle_away_minutes"): None,
+    ("operators", "last_seen_at"): None,
+    ("users", "operator_id"): None,
 }
 
 WAITING_CONTACTS = [6, 7]

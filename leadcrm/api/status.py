@@ -41,7 +41,7 @@ def distribution_status() -> Response:
                 "active_leads": load,
                 "max_active_leads": limit,
             }
-            for op_id, name, active, load, limit in queries.operator_load_rows(db.session())
+            for op_id, name, active, load, limit, *_ in queries.operator_load_rows(db.session())
         ],
         "sources": [
             {
