@@ -78,9 +78,9 @@ def password_hash() -> str:
     return generate_password_hash(PASSWORD)
 
 
-def add_user(username: str, role: str, *, active: bool = True) -> User:
-    """A user with PASSWORD, stored and committed (needs an app context)."""
-    user = User(username=username, password_hash=password_hash(), role=role, is_active=active)
+def add_user(username: str, role: str, *, active: bool = True, operator_id: int | None = None) -> User:
+    """A user with PASSWORD, stored and committed (needs an app context); an operator user with its operator."""
+    user = User(username=username, password_hash=password_hash(), role=role, is_active=active, operator_id=operator_id)
     db.session.add(user)
     db.session.commit()
     return user

@@ -3,6 +3,11 @@
 EXPECTED is written out here, independently of the views' @allow declarations.
 A view added without an entry fails test_every_route_has_an_expected_rule; a
 view whose declaration disagrees with this table fails test_access_rules.
+
+An operator user reaches only its own operator's things: in the table it may
+call the OWN routes with ids of its own (contact 1, lead 1, operator 1 are
+Anna's, the operator it works as); test_operator_users_reach_only_their_own
+calls them with the other operator's ids (2) and expects 403.
 """
 
 import re
@@ -12,19 +17,30 @@ from flask import Flask
 from flask.testing import FlaskClient
 from werkzeug.wrappers import Response
 
-from leadcrm import create_app
+from leadcrm import create_app, distribution, sources
 from leadcrm.api.openapi import openapi_document
+from leadcrm.extensions import db
+from leadcrm.identity import LeadIdentity
+from leadcrm.models import Contact, Operator
 from leadcrm.vocabulary import Role, TokenScope
-from tests.helpers import add_token, add_user, csrf_token_of, json_of, login_client
+from tests.helpers import add_operator, add_source, add_token, add_user, csrf_token_of, json_of, login_client
 
-CALLERS = ("anonymous", "intake", "supervisor", "register_token", "full_token")
+# The operator user comes before the supervisor: a supervisor's POST may deactivate a user.
+CALLERS = ("anonymous", "intake", "operator", "supervisor", "register_token", "full_token")
 PUBLIC = set(CALLERS)
-EVERYONE_LOGGED_IN = {"intake", "supervisor"}
+EVERYONE_LOGGED_IN = {"intake", "operator", "supervisor"}
+STAFF = {"intake", "supervisor"}
 SUPERVISORS = {"supervisor"}
+OPERATORS = {"operator"}
+# Its own contacts, leads and operator only (see OWN).
+OWN_AND_STAFF = STAFF | OPERATORS
+OWN_AND_SUPERVISORS = SUPERVISORS | OPERATORS
 # On /api/v1 a full token may do what a supervisor may; a register token only what it is for.
 API_SUPERVISORS = {"supervisor", "full_token"}
 API_EVERYONE = {"intake", "supervisor", "full_token"}
 API_REGISTER = API_EVERYONE | {"register_token"}
+API_OWN_AND_EVERYONE = API_EVERYONE | OPERATORS
+API_OWN_AND_SUPERVISORS = API_SUPERVISORS | OPERATORS
 
 EXPECTED: dict[str, set[str]] = {
     "static": PUBLIC,
@@ -34,17 +50,19 @@ EXPECTED: dict[str, set[str]] = {
     "auth.logout": PUBLIC,
     "auth.account": EVERYONE_LOGGED_IN,
     "auth.logout_everywhere": EVERYONE_LOGGED_IN,
-    "load.index": EVERYONE_LOGGED_IN,
-    "intake.index": EVERYONE_LOGGED_IN,
-    "intake.register": EVERYONE_LOGGED_IN,
-    "contacts.index": EVERYONE_LOGGED_IN,
-    "contacts.detail": EVERYONE_LOGGED_IN,
-    "contacts.close": EVERYONE_LOGGED_IN,
+    "inbox.index": OPERATORS,
+    "inbox.presence": OPERATORS,
+    "load.index": STAFF,
+    "intake.index": STAFF,
+    "intake.register": STAFF,
+    "contacts.index": STAFF,
+    "contacts.detail": OWN_AND_STAFF,
+    "contacts.close": OWN_AND_STAFF,
     "contacts.assign": SUPERVISORS,
-    "contacts.reopen": SUPERVISORS,
+    "contacts.reopen": OWN_AND_SUPERVISORS,
     "contacts.bulk": SUPERVISORS,
-    "leads.index": EVERYONE_LOGGED_IN,
-    "leads.detail": EVERYONE_LOGGED_IN,
+    "leads.index": STAFF,
+    "leads.detail": OWN_AND_STAFF,
     "operators.index": SUPERVISORS,
     "operators.create": SUPERVISORS,
     "operators.update": SUPERVISORS,
@@ -58,6 +76,7 @@ EXPECTED: dict[str, set[str]] = {
     "users.set_role": SUPERVISORS,
     "users.set_active": SUPERVISORS,
     "users.set_password": SUPERVISORS,
+    "users.set_operator": SUPERVISORS,
     "tokens.index": SUPERVISORS,
     "tokens.create": SUPERVISORS,
     "tokens.revoke": SUPERVISORS,
@@ -65,16 +84,16 @@ EXPECTED: dict[str, set[str]] = {
     "api.openapi_json": API_REGISTER,
     "api.register_contact": API_REGISTER,
     "api.distribution_status": API_REGISTER,
-    "api.list_contacts": API_EVERYONE,
-    "api.get_contact": API_EVERYONE,
-    "api.get_contact_events": API_EVERYONE,
-    "api.close_contact": API_EVERYONE,
+    "api.list_contacts": API_OWN_AND_EVERYONE,
+    "api.get_contact": API_OWN_AND_EVERYONE,
+    "api.get_contact_events": API_OWN_AND_EVERYONE,
+    "api.close_contact": API_OWN_AND_EVERYONE,
     "api.list_leads": API_EVERYONE,
-    "api.get_lead": API_EVERYONE,
+    "api.get_lead": API_OWN_AND_EVERYONE,
     "api.create_operator": API_SUPERVISORS,
     "api.list_operators": API_SUPERVISORS,
-    "api.get_operator": API_SUPERVISORS,
-    "api.update_operator": API_SUPERVISORS,
+    "api.get_operator": API_OWN_AND_SUPERVISORS,
+    "api.update_operator": API_OWN_AND_SUPERVISORS,
     "api.create_source": API_SUPERVISORS,
     "api.list_sources": API_SUPERVISORS,
     "api.get_source": API_SUPERVISORS,
@@ -82,8 +101,23 @@ EXPECTED: dict[str, set[str]] = {
     "api.get_source_config": API_SUPERVISORS,
     "api.set_source_config": API_SUPERVISORS,
     "api.assign_contact": API_SUPERVISORS,
-    "api.reopen_contact": API_SUPERVISORS,
+    "api.reopen_contact": API_OWN_AND_SUPERVISORS,
     "api.export_contacts": API_SUPERVISORS,
+}
+# The routes an operator user may call for its own things only, and the URL that asks for another's.
+OWN = {
+    "contacts.detail": "/contacts/2",
+    "contacts.close": "/contacts/2/close",
+    "contacts.reopen": "/contacts/2/reopen",
+    "leads.detail": "/leads/2",
+    "api.list_contacts": "/api/v1/contacts/?operator_id=2",
+    "api.get_contact": "/api/v1/contacts/2",
+    "api.get_contact_events": "/api/v1/contacts/2/events",
+    "api.close_contact": "/api/v1/contacts/2/close",
+    "api.reopen_contact": "/api/v1/contacts/2/reopen",
+    "api.get_lead": "/api/v1/leads/2",
+    "api.get_operator": "/api/v1/operators/2",
+    "api.update_operator": "/api/v1/operators/2",
 }
 SAMPLE_ARGS = {"filename": "app.js", "code": "ru"}
 
@@ -129,11 +163,23 @@ def test_openapi_document_states_the_same_scopes_and_roles() -> None:
     assert not operations, "documented, but not routed"
 
 
+def _two_operators_with_a_contact_each() -> None:
+    """Operator 1 (Anna) holds contact 1 of lead 1; operator 2 (Boris) contact 2 of lead 2."""
+    anna, boris = add_operator("Anna"), add_operator("Boris")
+    source = add_source(weights={anna: 1})
+    distribution.register_contact(db.session(), source=source, identity=LeadIdentity(phone="+79001112233"))
+    sources.set_weights(db.session(), source, {anna.id: 0, boris.id: 1}, replace=True)
+    distribution.register_contact(db.session(), source=source, identity=LeadIdentity(phone="+79004445566"))
+    db.session.commit()
+
+
 @pytest.fixture
 def callers(app: Flask) -> dict[str, FlaskClient]:
     with app.app_context():
         intake = add_user("irina", Role.INTAKE)
         supervisor = add_user("boss", Role.SUPERVISOR)
+        _two_operators_with_a_contact_each()
+        operator = add_user("anna", Role.OPERATOR, operator_id=1)
         register_secret = add_token("web form", TokenScope.REGISTER)
         full_secret = add_token("crm", TokenScope.FULL)
     register_client, full_client = app.test_client(), app.test_client()
@@ -142,6 +188,7 @@ def callers(app: Flask) -> dict[str, FlaskClient]:
     return {
         "anonymous": app.test_client(),
         "intake": login_client(app, intake),
+        "operator": login_client(app, operator),
         "supervisor": login_client(app, supervisor),
         "register_token": register_client,
         "full_token": full_client,
@@ -186,3 +233,31 @@ def check(endpoint: str, api: bool, caller: str, response: Response) -> None:
     else:
         assert status == 403, caller
         assert "Not allowed" in response.get_data(as_text=True)
+
+
+OWN_ROUTES = [(endpoint, method, OWN[endpoint]) for endpoint, method, _ in ROUTES if endpoint in OWN]
+
+
+def test_every_own_route_is_in_the_table() -> None:
+    assert {endpoint for endpoint, audience in EXPECTED.items() if "operator" in audience} >= set(OWN)
+    assert {endpoint for endpoint, _, _ in OWN_ROUTES} == set(OWN)
+
+
+@pytest.mark.parametrize(("endpoint", "method", "url"), OWN_ROUTES, ids=[f"{m} {u}" for _, m, u in OWN_ROUTES])
+def test_operator_users_reach_only_their_own(
+    callers: dict[str, FlaskClient], app: Flask, endpoint: str, method: str, url: str
+) -> None:
+    """The other operator's contact, lead or operator: 403 for an operator user, nothing changed."""
+    client = callers["operator"]
+    headers = {"X-CSRFToken": csrf_token(client)} if method != "GET" else {}
+    api = url.startswith("/api/")
+    body = {"presence": "away"} if endpoint == "api.update_operator" else {}
+    with client.open(url, method=method, headers=headers, json=body if api else None) as response:
+        assert response.status_code == 403, (endpoint, response.get_data(as_text=True)[:300])
+        if api:
+            assert json_of(response)["error"]["code"] == "forbidden"
+        else:
+            assert "Not allowed" in response.get_data(as_text=True)
+    with app.app_context():
+        assert db.session.get_one(Contact, 2).status == "open"
+        assert db.session.get_one(Operator, 2).presence == "available"

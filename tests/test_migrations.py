@@ -452,3 +452,32 @@ def test_contacts_waiting_while_an_operator_has_room_are_assigned_when_the_serve
         assert_load_matches_open_contacts()
         db.session.remove()
         db.engine.dispose()
+
+
+def test_upgraded_checks_know_operator_users_and_presence(backend, tmp_path: Path, instance: Path) -> None:
+    """0009 rebuilt the users and operators checks: the new role and presence pass, nonsense does not."""
+    url = backend.empty_url(tmp_path, "checks")
+    migrate_to(url, REVISIONS[-2])
+    fill(url)
+    migrate_to(url)
+    engine = sa.create_engine(url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(sa.text("UPDATE users SET role = 'operator', operator_id = 2 WHERE id = 2"))
+            conn.execute(sa.text("UPDATE operators SET presence = 'away', idle_away_minutes = 10 WHERE id = 1"))
+        refused = [
+            "UPDATE operators SET presence = 'lunch' WHERE id = 1",
+            "UPDATE operators SET idle_away_minutes = 0 WHERE id = 1",
+            "UPDATE users SET role = 'owner' WHERE id = 1",
+            # Only an operator user works as an operator, and an operator has one user at most.
+            "UPDATE users SET operator_id = 1 WHERE id = 1",
+            "INSERT INTO users (username, password_hash, role, is_active, operator_id, created_at) "
+            "VALUES ('twin', 'x', 'operator', true, 2, '2026-12-01 00:00:00')",
+        ]
+        for statement in refused:
+            with pytest.raises(sa.exc.IntegrityError), engine.begin() as conn:
+                conn.execute(sa.text(statement))
+        with engine.connect() as conn:
+            assert conn.execute(sa.text("SELECT role, operator_id FROM users WHERE id = 2")).one() == ("operator", 2)
+    finally:
+        engine.dispose()
