@@ -117,7 +117,9 @@ function setUpInbox() {
 
   // A Close in the list: where focus goes once the list comes back without that row.
   document.body.addEventListener("htmx:beforeRequest", function (event) {
-    var button = event.detail.elt.querySelector ? event.detail.elt.querySelector(".inbox-close") : null;
+    // Only a row's own form (the poll's section holds Close buttons too).
+    var elt = event.detail.elt;
+    var button = elt.tagName === "FORM" && elt.closest("#inbox") ? elt.querySelector(".inbox-close") : null;
     if (!button) {
       return;
     }
