@@ -6,7 +6,7 @@ without one is refused (and tests/test_access.py fails), so forgetting the
 check cannot open a hole.
 """
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
@@ -130,6 +130,15 @@ def check_own_lead(lead_id: int) -> None:
     )
     if not held:
         raise Forbidden(_l("None of this lead's contacts is yours: an operator sees only the leads of its contacts."))
+
+
+def others_summary_ids(contacts: Sequence[Contact]) -> set[int]:
+    """Which of ``contacts`` the caller sees as a summary line only: for an operator user, the contacts
+    that are not its own (no message, no link); for anyone else, none."""
+    if not operator_user():
+        return set()
+    own = own_operator_id()
+    return {c.id for c in contacts if own is None or c.operator_id != own}
 
 
 class SessionInterface(SecureCookieSessionInterface):

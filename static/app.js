@@ -6,4 +6,160 @@ document.addEventListener("DOMContentLoaded", function () {
   document.body.addEventListener("htmx:configRequest", function (event) {
     event.detail.headers["X-CSRFToken"] = token;
   });
+  setUpInbox();
 });
+
+// The operator's inbox (templates/inbox/index.html): the title's count, the announcement of new
+// contacts (a beep, a browser notification; each chosen per browser), focus after a close.
+function setUpInbox() {
+  var section = document.getElementById("inbox");
+  if (!section || !section.hasAttribute("data-open-count")) {
+    return;
+  }
+  var titleSuffix = document.title.indexOf(" · ") >= 0 ? document.title.slice(document.title.indexOf(" · ")) : "";
+  var seen = contactIds(section);
+  var closedTodayOpen = false;
+  var focusAfterClose = null;
+  var closingForm = null;
+  var message = document.getElementById("announce-message");
+
+  var boxes = {
+    sound: document.getElementById("announce-sound"),
+    notification: document.getElementById("announce-notification"),
+  };
+  Object.keys(boxes).forEach(function (kind) {
+    var box = boxes[kind];
+    if (!box) {
+      return;
+    }
+    box.checked = localStorage.getItem("leadcrm.announce." + kind) === "on";
+    if (kind === "notification" && box.checked && !("Notification" in window && Notification.permission === "granted")) {
+      box.checked = false;
+    }
+    box.addEventListener("change", function () {
+      if (kind === "notification" && box.checked) {
+        askNotificationPermission(box);
+      } else {
+        remember(kind, box.checked);
+      }
+    });
+  });
+
+  function remember(kind, on) {
+    localStorage.setItem("leadcrm.announce." + kind, on ? "on" : "off");
+  }
+
+  function say(key) {
+    if (message) {
+      message.textContent = message.getAttribute("data-" + key);
+      message.hidden = false;
+    }
+  }
+
+  // Asked only now, when the operator ticks the box.
+  function askNotificationPermission(box) {
+    if (!("Notification" in window)) {
+      box.checked = false;
+      say("unsupported");
+      return;
+    }
+    Notification.requestPermission().then(function (permission) {
+      if (permission === "granted") {
+        remember("notification", true);
+        if (message) {
+          message.hidden = true;
+        }
+      } else {
+        box.checked = false;
+        remember("notification", false);
+        say("refused");
+      }
+    });
+  }
+
+  var audio = null;
+  function beep() {
+    var Context = window.AudioContext || window.webkitAudioContext;
+    if (!Context) {
+      return;
+    }
+    audio = audio || new Context();
+    var oscillator = audio.createOscillator();
+    var gain = audio.createGain();
+    oscillator.type = "sine";
+    oscillator.frequency.value = 880;
+    gain.gain.value = 0.1;
+    oscillator.connect(gain);
+    gain.connect(audio.destination);
+    oscillator.start();
+    oscillator.stop(audio.currentTime + 0.2);
+  }
+
+  function announce(rows) {
+    if (rows.length === 0) {
+      return;
+    }
+    if (boxes.sound && boxes.sound.checked) {
+      beep();
+    }
+    if (boxes.notification && boxes.notification.checked && "Notification" in window && Notification.permission === "granted") {
+      rows.forEach(function (row) {
+        new Notification(section.getAttribute("data-title-label"), { body: row.getAttribute("data-lead"), tag: "leadcrm-contact-" + row.getAttribute("data-contact-id") });
+      });
+    }
+  }
+
+  document.addEventListener("toggle", function (event) {
+    if (event.target.matches && event.target.matches("#inbox details.closed-today")) {
+      closedTodayOpen = event.target.open;
+    }
+  }, true);
+
+  // A Close in the list: where focus goes once the list comes back without that row.
+  document.body.addEventListener("htmx:beforeRequest", function (event) {
+    // Only a row's own form (the poll's section holds Close buttons too).
+    var elt = event.detail.elt;
+    var button = elt.tagName === "FORM" && elt.closest("#inbox") ? elt.querySelector(".inbox-close") : null;
+    if (!button) {
+      return;
+    }
+    closingForm = event.detail.elt;
+    var buttons = Array.prototype.slice.call(document.querySelectorAll("#inbox .inbox-close"));
+    var at = buttons.indexOf(button);
+    focusAfterClose = buttons.slice(at + 1).concat(buttons.slice(0, at).reverse()).map(function (b) { return b.id; });
+  });
+
+  document.body.addEventListener("htmx:afterSettle", function (event) {
+    var fresh = document.getElementById("inbox");
+    if (!fresh || !(event.target === fresh || fresh.contains(event.target))) {
+      return;
+    }
+    section = fresh;
+    document.title = "(" + fresh.getAttribute("data-open-count") + ") " + fresh.getAttribute("data-title-label") + titleSuffix;
+    var details = fresh.querySelector("details.closed-today");
+    if (details && closedTodayOpen) {
+      details.open = true;
+    }
+    var ids = contactIds(fresh);
+    announce(Array.prototype.filter.call(fresh.querySelectorAll(".inbox-row"), function (row) {
+      return seen.indexOf(row.getAttribute("data-contact-id")) < 0;
+    }));
+    seen = ids;
+    if (focusAfterClose && event.detail.requestConfig && event.detail.requestConfig.elt === closingForm) {
+      var candidates = focusAfterClose;
+      focusAfterClose = null;
+      closingForm = null;
+      var next = null;
+      for (var i = 0; i < candidates.length && !next; i++) {
+        next = document.getElementById(candidates[i]);
+      }
+      (next || document.getElementById("inbox-heading")).focus();
+    }
+  });
+}
+
+function contactIds(section) {
+  return Array.prototype.map.call(section.querySelectorAll(".inbox-row"), function (row) {
+    return row.getAttribute("data-contact-id");
+  });
+}

@@ -277,3 +277,80 @@ def test_tokens_are_shown_once_work_and_can_be_revoked(server: str, browser: "Br
     assert requests.get(status, headers=auth, timeout=10).status_code == 401
     assert errors == []
     context.close()
+
+
+def test_an_operator_works_from_its_live_inbox(server: str, browser: "Browser") -> None:
+    """Needs the Users page's operator fields (role "operator", an "Operator" select) from the pages branch."""
+    import requests
+    from playwright.sync_api import expect
+
+    context, errors = new_context(browser, viewport={"width": 1200, "height": 850})
+    page = context.new_page()
+    log_in(page, server, "admin", ADMIN_PASSWORD)
+    page.goto(f"{server}/tokens/")
+    page.get_by_label("Name", exact=True).fill("Inbox test")
+    page.get_by_label("Scope").select_option("full")
+    page.get_by_role("button", name="Create token").click()
+    api = requests.Session()
+    api.headers["Authorization"] = f"Bearer {page.get_by_label('Token', exact=True).input_value()}"
+    v1 = f"{server}/api/v1"
+    # Names of their own: the module's server already has an Anna and a Boris.
+    anna = api.post(f"{v1}/operators/", json={"name": "Anna Inbox", "max_active_leads": 5}, timeout=10).json()
+    boris = api.post(f"{v1}/operators/", json={"name": "Boris Inbox", "max_active_leads": 5}, timeout=10).json()
+    source = api.post(f"{v1}/sources/", json={"name": "inbox_bot"}, timeout=10).json()
+    config = f"{v1}/sources/{source['id']}/config"
+    assert api.post(config, json=[{"operator_id": anna["id"], "weight": 1}], timeout=10).status_code == 200
+
+    def register(phone: str, name: str) -> dict:
+        body = {"source_id": source["id"], "phone": phone, "name": name, "message": f"Hello from {name}"}
+        response = api.post(f"{v1}/contacts/register", json=body, timeout=10)
+        assert response.status_code == 201, response.text
+        return response.json()["contact"]
+
+    # The supervisor makes Anna's account on the Users page.
+    page.goto(f"{server}/users/")
+    page.get_by_label("Username").fill("anna.inbox")
+    page.get_by_label("Role", exact=True).select_option("operator")
+    page.get_by_label("Operator", exact=True).select_option(label="Anna Inbox")
+    page.get_by_label("Password", exact=True).fill("operator-anna-2026")
+    page.get_by_role("button", name="Add user").click()
+    expect(page.locator("table").filter(has_text="anna.inbox")).to_be_visible()
+
+    desk_context, desk_errors = new_context(browser, viewport={"width": 1200, "height": 850})
+    desk = desk_context.new_page()
+    log_in(desk, server, "anna.inbox", "operator-anna-2026")
+    expect(desk).to_have_url(f"{server}/inbox/")
+    expect(desk.get_by_role("heading", name="0 open contacts")).to_be_visible()
+    desk.evaluate("window.__sameDocument = true")
+    # New contacts appear by themselves, and the title counts them.
+    first = register("+79005550001", "Pyotr")
+    second = register("+79005550002", "Sergei")
+    rows = desk.locator(".inbox-row")
+    expect(rows).to_have_count(2, timeout=3000)
+    expect(desk).to_have_title("(2) Inbox · leadcrm", timeout=3000)
+    expect(rows.first).to_contain_text("Pyotr")  # oldest first
+    shot(desk, "inbox")
+    # Closing by keyboard: focus moves to the next row's Close, then to the list when it is empty.
+    desk.locator(f"#close-{first['id']}").focus()
+    desk.keyboard.press("Enter")
+    expect(rows).to_have_count(1)
+    expect(desk.locator(f"#close-{second['id']}")).to_be_focused()
+    expect(desk).to_have_title("(1) Inbox · leadcrm", timeout=3000)
+    desk.keyboard.press("Enter")
+    expect(rows).to_have_count(0)
+    expect(desk.locator("#inbox-heading")).to_be_focused()
+    assert desk.evaluate("window.__sameDocument") is True
+    # Away, from the nav: the next contacts go to Boris.
+    desk.get_by_role("button", name="Available").click()
+    expect(desk.get_by_role("button", name="Away")).to_have_attribute("aria-pressed", "false")
+    expect(desk.get_by_text("You are away")).to_be_visible(timeout=3000)
+    both = [{"operator_id": anna["id"], "weight": 1}, {"operator_id": boris["id"], "weight": 1}]
+    assert api.post(config, json=both, timeout=10).status_code == 200
+    for n in range(3):
+        assert register(f"+7900555001{n}", f"Later {n}")["operator_id"] == boris["id"]
+    # The supervisor's load table shows Anna away.
+    page.goto(server + "/")
+    expect(page.get_by_test_id(f"presence-{anna['id']}")).to_contain_text("away")
+    assert errors == [] and desk_errors == []
+    desk_context.close()
+    context.close()

@@ -19,7 +19,7 @@ from leadcrm.vocabulary import (
     Role,
     Strategy,
 )
-from leadcrm.web import auth, contacts, intake, leads, load, operators, report, sources, tokens, users
+from leadcrm.web import auth, contacts, inbox, intake, leads, load, operators, report, sources, tokens, users
 from leadcrm.web.ages import format_age
 from leadcrm.web.rendering import local_target
 
@@ -28,6 +28,7 @@ BLUEPRINTS = (
     users.bp,
     tokens.bp,
     load.bp,
+    inbox.bp,
     intake.bp,
     contacts.bp,
     leads.bp,
@@ -65,6 +66,7 @@ def register_web(app: Flask) -> None:
         PASSWORD_MAX=PASSWORD_MAX,
         LIMIT_MAX=LIMIT_MAX,
         WEIGHT_MAX=WEIGHT_MAX,
+        home_for=auth.home_for,
     )
 
     @app.context_processor

@@ -6,14 +6,15 @@ from flask_babel import lazy_gettext as _l
 from flask_login import current_user, login_user, logout_user
 from werkzeug.wrappers import Response as BaseResponse
 
-from leadcrm import accounts
+from leadcrm import accounts, operators
 from leadcrm.auth import allow, public
 from leadcrm.database import begin_write
 from leadcrm.errors import DomainError
 from leadcrm.extensions import db
 from leadcrm.i18n import translate_fields
 from leadcrm.models import User
-from leadcrm.vocabulary import Role
+from leadcrm.storage import act_as
+from leadcrm.vocabulary import Presence, Role
 from leadcrm.web.forms import LoginForm, OwnPasswordForm, errors_of, required
 from leadcrm.web.rendering import local_target, render
 
@@ -23,8 +24,12 @@ bp = Blueprint("auth", __name__)
 DEVICE_COOKIE = "leadcrm_device"
 
 
+HOME_BY_ROLE: dict[str, str] = {Role.INTAKE: "intake.index", Role.OPERATOR: "inbox.index"}
+
+
 def home_for(user: User) -> str:
-    return url_for("intake.index" if user.role == Role.INTAKE else "load.index")
+    """Where a user lands after the login and where the brand link goes: the page of its work."""
+    return url_for(HOME_BY_ROLE.get(user.role, "load.index"))
 
 
 def _secret_key() -> str | bytes:
@@ -82,11 +87,28 @@ def login() -> ResponseReturnValue:
     return _remember_device(redirect(local_target(request.args.get("next"), home_for(user))), user)
 
 
+class _Leaving:
+    """A linked operator user that logs out is set away, in the write transaction that ends its session:
+    no new contact goes to someone who has left. Read before the write begins; the history names the user."""
+
+    def __init__(self) -> None:
+        linked = current_user.is_authenticated and current_user.role == Role.OPERATOR
+        self.operator_id: int | None = current_user.operator_id if linked else None
+        self.actor = accounts.actor_name(user=current_user) if linked else None
+
+    def go_away(self) -> None:
+        if self.operator_id is not None:
+            act_as(db.session(), self.actor)
+            operators.set_presence(db.session(), self.operator_id, Presence.AWAY)
+
+
 def _end_this_session() -> None:
     secret = session.get("_user_id")
     if secret:
+        leaving = _Leaving()
         begin_write(db.session)
         accounts.end_session(db.session(), secret)
+        leaving.go_away()
         db.session.commit()
     logout_user()
     session.clear()
@@ -101,11 +123,14 @@ def logout() -> ResponseReturnValue:
 
 
 @bp.post("/account/logout-everywhere")
-@allow(Role.SUPERVISOR, Role.INTAKE)
+@allow(Role.SUPERVISOR, Role.INTAKE, Role.OPERATOR)
 def logout_everywhere() -> ResponseReturnValue:
     """End every login session of the current user, this one included (a lost phone, a shared computer)."""
+    leaving = _Leaving()
+    user_id = current_user.id
     begin_write(db.session)
-    accounts.end_sessions(db.session(), current_user.id)
+    accounts.end_sessions(db.session(), user_id)
+    leaving.go_away()
     db.session.commit()
     logout_user()
     session.clear()
@@ -113,7 +138,7 @@ def logout_everywhere() -> ResponseReturnValue:
 
 
 @bp.route("/account", methods=["GET", "POST"])
-@allow(Role.SUPERVISOR, Role.INTAKE)
+@allow(Role.SUPERVISOR, Role.INTAKE, Role.OPERATOR)
 def account() -> ResponseReturnValue:
     """Anyone logged in changes their own password, proving the current one first.
 

@@ -8,7 +8,7 @@ from werkzeug.wrappers import Response as BaseResponse
 
 from leadcrm import distribution, queries
 from leadcrm.api.schemas import ContactFilter
-from leadcrm.auth import allow
+from leadcrm.auth import allow, can, check_own_contact, others_summary_ids
 from leadcrm.database import begin_write
 from leadcrm.errors import DomainError, InvalidInput
 from leadcrm.extensions import db
@@ -17,6 +17,7 @@ from leadcrm.models import Contact
 from leadcrm.operators import list_operators_query
 from leadcrm.sources import list_sources_query
 from leadcrm.vocabulary import INT_MAX, PER_PAGE, Role
+from leadcrm.web import inbox
 from leadcrm.web.rendering import changed, is_htmx, local_target, render
 
 bp = Blueprint("contacts", __name__, url_prefix="/contacts")
@@ -59,24 +60,35 @@ def index() -> ResponseReturnValue:
 
 def _detail(contact: Contact, status: int = 200, error: str | None = None) -> Response:
     events, event_operators = queries.history_of(db.session(), [contact.id])
-    first, rest = queries.operator_choices(db.session(), contact.source_id)
+    # The assign picker is the supervisors' alone.
+    first, rest = queries.operator_choices(db.session(), contact.source_id) if can(Role.SUPERVISOR) else ([], [])
+    others = [c for c in db.session.scalars(queries.contacts_query(lead_id=contact.lead_id)) if c.id != contact.id]
     return render(
         "contacts/detail.html",
         status=status,
         contact=contact,
+        other_contacts=others,
+        summary_ids=others_summary_ids(others),
         events=events,
         event_operators=event_operators,
         offer_first=first,
         offer_rest=rest,
         assign_error=error,
-        **queries.names_for(db.session(), [contact]),
+        **queries.names_for(db.session(), [contact, *others]),
     )
 
 
+def _own_contact_or_404(contact_id: int) -> Contact:
+    """The contact; 404 if there is none, 403 for an operator user when it is someone else's."""
+    contact = db.get_or_404(Contact, contact_id)
+    check_own_contact(contact.operator_id)
+    return contact
+
+
 @bp.get("/<id:contact_id>")
-@allow(Role.SUPERVISOR, Role.INTAKE)
+@allow(Role.SUPERVISOR, Role.INTAKE, Role.OPERATOR)
 def detail(contact_id: int) -> ResponseReturnValue:
-    return _detail(db.get_or_404(Contact, contact_id))
+    return _detail(_own_contact_or_404(contact_id))
 
 
 def _back(default: str) -> BaseResponse:
@@ -110,8 +122,10 @@ def assign(contact_id: int) -> ResponseReturnValue:
 
 
 @bp.post("/<id:contact_id>/reopen")
-@allow(Role.SUPERVISOR)
+@allow(Role.SUPERVISOR, Role.OPERATOR)
 def reopen(contact_id: int) -> ResponseReturnValue:
+    # A closed contact keeps its operator: an operator user may reopen what it closed.
+    _own_contact_or_404(contact_id)
     begin_write(db.session)
     distribution.reopen_contact(db.session(), contact_id)
     db.session.commit()
@@ -144,11 +158,14 @@ def bulk() -> ResponseReturnValue:
 
 
 @bp.post("/<id:contact_id>/close")
-@allow(Role.SUPERVISOR, Role.INTAKE)
+@allow(Role.SUPERVISOR, Role.INTAKE, Role.OPERATOR)
 def close(contact_id: int) -> ResponseReturnValue:
+    _own_contact_or_404(contact_id)  # before anything changes
     begin_write(db.session)
     contact = distribution.close_contact(db.session(), contact_id)
     db.session.commit()
+    if inbox.wants_inbox():
+        return changed(inbox.inbox_page())  # closed from the inbox: its list again, without this one
     if not is_htmx():
         return _back(url_for(".index"))
     return changed(

@@ -5,7 +5,7 @@ from flask.typing import ResponseReturnValue
 
 from leadcrm import leads as domain
 from leadcrm import queries
-from leadcrm.auth import allow
+from leadcrm.auth import allow, check_own_lead, others_summary_ids
 from leadcrm.extensions import db
 from leadcrm.models import Lead
 from leadcrm.vocabulary import NAME_MAX, PAGE_NUMBER_MAX, PER_PAGE, Role
@@ -25,16 +25,20 @@ def index() -> ResponseReturnValue:
 
 
 @bp.get("/<id:lead_id>")
-@allow(Role.SUPERVISOR, Role.INTAKE)
+@allow(Role.SUPERVISOR, Role.INTAKE, Role.OPERATOR)
 def detail(lead_id: int) -> ResponseReturnValue:
+    """The lead and its contacts; an operator user sees its own in full, the others' as summary lines."""
     lead = db.get_or_404(Lead, lead_id)
+    check_own_lead(lead_id)
     contacts = list(db.session.scalars(queries.contacts_query(lead_id=lead_id)))
-    events, event_operators = queries.history_of(db.session(), [c.id for c in contacts])
+    summary_ids = others_summary_ids(contacts)
+    events, event_operators = queries.history_of(db.session(), [c.id for c in contacts if c.id not in summary_ids])
     return render(
         "leads/detail.html",
         block="lead_contacts",
         lead=lead,
         contacts=contacts,
+        summary_ids=summary_ids,
         events=events,
         event_operators=event_operators,
         **queries.names_for(db.session(), contacts),
