@@ -8,7 +8,9 @@ Every operator gets a presence; those stored before start ``available``, so
 routing goes on exactly as before. The idle setting starts off (NULL) and
 nobody has been seen yet. Users may have the role ``operator`` and be linked
 to one operator (and an operator to one user at most). Operator events (the
-history of presence, activity, limit and idle changes) start empty.
+history of presence, activity, limit and idle changes) start empty. An
+operator's closed contacts get a partial index by time (the inbox shows
+today's).
 """
 import sqlalchemy as sa
 from alembic import op
@@ -28,6 +30,12 @@ def upgrade():
         batch_op.add_column(sa.Column('last_seen_at', leadcrm.models.UTCDateTime(timezone=True), nullable=True))
         batch_op.create_check_constraint(batch_op.f('ck_operators_presence_known'), "presence IN ('available', 'away')")
         batch_op.create_check_constraint(batch_op.f('ck_operators_idle_away_minutes_positive'), 'idle_away_minutes > 0')
+
+    with op.batch_alter_table('contacts', schema=None) as batch_op:
+        batch_op.create_index(
+            'ix_contacts_closed_by_operator', ['operator_id', 'closed_at'], unique=False,
+            sqlite_where=sa.text("status = 'closed'"), postgresql_where=sa.text("status = 'closed'"),
+        )
 
     op.create_table(
         'operator_events',
@@ -76,6 +84,8 @@ def downgrade():
     with op.batch_alter_table('operator_events', schema=None) as batch_op:
         batch_op.drop_index('ix_operator_events_operator_id_id')
     op.drop_table('operator_events')
+    with op.batch_alter_table('contacts', schema=None) as batch_op:
+        batch_op.drop_index('ix_contacts_closed_by_operator')
     with op.batch_alter_table('operators', schema=None) as batch_op:
         batch_op.drop_constraint(batch_op.f('ck_operators_idle_away_minutes_positive'), type_='check')
         batch_op.drop_constraint(batch_op.f('ck_operators_presence_known'), type_='check')
