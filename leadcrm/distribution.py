@@ -145,14 +145,25 @@ def register_contact(
     return Registration(contact=contact, lead=lead, lead_created=lead_created, operator=operator)
 
 
-def close_contact(session: Session, contact_id: int) -> ContactRecord:
+def close_contact(session: Session, contact_id: int, *, held_by: int | None = None) -> ContactRecord:
     """Close an open contact and free its operator's slot.
 
     Closing a closed contact changes nothing. Only the request that actually
     flips the status gives the slot back, so concurrent closes free it once.
     The freed slot goes to a waiting contact at once (one batch at most).
+    With ``held_by`` (an operator user closing its own), the contact must be
+    that operator's, checked under the contact's lock: one reassigned a moment
+    before is refused (Conflict), not closed.
     """
-    return _close(Tx.of(session), contact_id, drain=True)
+    tx = Tx.of(session)
+    if held_by is not None:
+        _check_held_by(lock_contact(tx, contact_id), held_by)
+    return _close(tx, contact_id, drain=True)
+
+
+def _check_held_by(contact: ContactRecord, operator_id: int) -> None:
+    if contact.operator_id != operator_id:
+        raise Conflict(Message("This contact is no longer yours: it was given to someone else a moment ago."))
 
 
 def _close(tx: Tx, contact_id: int, *, drain: bool) -> ContactRecord:
@@ -282,12 +293,17 @@ def assign_contacts_by_hand(
     return moved
 
 
-def reopen_contact(session: Session, contact_id: int, rng: random.Random | None = None) -> ContactRecord:
-    """Open a closed contact again: back to its operator if that one still serves the source and has room,
-    otherwise through the source's strategy, otherwise it waits. Reopening an open contact changes nothing,
-    also when concurrent requests reopen it: only the one that flips the status claims a slot."""
+def reopen_contact(
+    session: Session, contact_id: int, rng: random.Random | None = None, *, held_by: int | None = None
+) -> ContactRecord:
+    """Open a closed contact again: back to its operator if that one still serves the source, is at work
+    and has room, otherwise through the source's strategy, otherwise it waits. Reopening an open contact
+    changes nothing, also when concurrent requests reopen it: only the one that flips the status claims a
+    slot. With ``held_by`` (an operator user), the contact must be that operator's, checked under its lock."""
     tx = Tx.of(session)
     contact = lock_contact(tx, contact_id)
+    if held_by is not None:
+        _check_held_by(contact, held_by)
     if contact.status == ContactStatus.OPEN:
         return contact
     if not storage.reopen_contact(tx, contact.id):

@@ -9,7 +9,7 @@ import sqlalchemy as sa
 
 from leadcrm import distribution, operators, queries, storage
 from leadcrm.distribution import pick_operator, register_contact
-from leadcrm.errors import LeadConflict
+from leadcrm.errors import Conflict, LeadConflict
 from leadcrm.extensions import db
 from leadcrm.identity import LeadIdentity, parse_identity
 from leadcrm.leads import resolve_lead
@@ -446,3 +446,20 @@ def test_the_engine_stores_timestamps_exactly_as_the_orm_does() -> None:
     assert events == [stored[by_engine.id]]
     db.session.expire_all()
     assert db.session.get_one(Contact, by_engine.id).created_at == by_engine.created_at
+
+
+def test_an_operator_closes_or_reopens_only_what_it_still_holds() -> None:
+    """``held_by`` is checked under the contact's lock: a contact moved to Boris a moment before
+    Anna's close (or reopen) is refused, and nothing changes."""
+    anna, boris = add_operator("Anna", 5), add_operator("Boris", 5)
+    source = add_source(weights={anna: 1})
+    contact = register_contact(db.session(), source=source, identity=phone(1)).contact
+    distribution.assign_by_hand(db.session(), contact.id, boris.id)
+    with pytest.raises(Conflict):
+        distribution.close_contact(db.session(), contact.id, held_by=anna.id)
+    assert distribution.close_contact(db.session(), contact.id, held_by=boris.id).status == "closed"
+    with pytest.raises(Conflict):
+        distribution.reopen_contact(db.session(), contact.id, held_by=anna.id)
+    assert db.session.get_one(Contact, contact.id).status == "closed"
+    assert distribution.reopen_contact(db.session(), contact.id, held_by=boris.id).status == "open"
+    assert_load_matches_open_contacts()

@@ -8,7 +8,7 @@ from werkzeug.wrappers import Response as BaseResponse
 
 from leadcrm import distribution, queries
 from leadcrm.api.schemas import ContactFilter
-from leadcrm.auth import allow, can, check_own_contact, others_summary_ids
+from leadcrm.auth import allow, can, check_own_contact, others_summary_ids, own_operator_id
 from leadcrm.database import begin_write
 from leadcrm.errors import DomainError, InvalidInput
 from leadcrm.extensions import db
@@ -127,7 +127,7 @@ def reopen(contact_id: int) -> ResponseReturnValue:
     # A closed contact keeps its operator: an operator user may reopen what it closed.
     _own_contact_or_404(contact_id)
     begin_write(db.session)
-    distribution.reopen_contact(db.session(), contact_id)
+    distribution.reopen_contact(db.session(), contact_id, held_by=own_operator_id())
     db.session.commit()
     return changed(_back(url_for(".detail", contact_id=contact_id)))
 
@@ -162,7 +162,7 @@ def bulk() -> ResponseReturnValue:
 def close(contact_id: int) -> ResponseReturnValue:
     _own_contact_or_404(contact_id)  # before anything changes
     begin_write(db.session)
-    contact = distribution.close_contact(db.session(), contact_id)
+    contact = distribution.close_contact(db.session(), contact_id, held_by=own_operator_id())
     db.session.commit()
     if inbox.wants_inbox():
         return changed(inbox.inbox_page())  # closed from the inbox: its list again, without this one
