@@ -235,7 +235,9 @@ def names_for(session: Session, contacts: Sequence[Contact | ContactRecord]) -> 
 
 
 def operator_choices(session: Session, source_id: int) -> tuple[list[Operator], list[Operator]]:
-    """Operators to offer for a contact of ``source_id``: (serving it with room, everyone else), by name."""
+    """Operators to offer for a contact of ``source_id``: (serving it, at work, with room; everyone else), by name.
+
+    Away, idle and inactive operators are among the others: a supervisor may still choose one by hand."""
     serving = set(
         session.scalars(
             sa.select(SourceOperator.operator_id).where(
@@ -245,7 +247,11 @@ def operator_choices(session: Session, source_id: int) -> tuple[list[Operator], 
     )
     first: list[Operator] = []
     rest: list[Operator] = []
+    now = utcnow()
     for op in session.scalars(sa.select(Operator).order_by(Operator.name)):
-        has_room = op.is_active and op.active_leads < op.max_active_leads
+        # At work (active, available, not idle) with room: the operators routing would pick.
+        idle = is_idle(op.idle_away_minutes, op.last_seen_at, now)
+        at_work = op.is_active and op.presence == Presence.AVAILABLE and not idle
+        has_room = at_work and op.active_leads < op.max_active_leads
         (first if op.id in serving and has_room else rest).append(op)
     return first, rest

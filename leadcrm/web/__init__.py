@@ -8,6 +8,7 @@ from flask_babel import gettext as _
 from leadcrm.auth import public
 from leadcrm.i18n import LANGUAGE_COOKIE, LANGUAGES
 from leadcrm.vocabulary import (
+    IDLE_MINUTES_MAX,
     LIMIT_MAX,
     NAME_MAX,
     PASSWORD_MAX,
@@ -16,6 +17,8 @@ from leadcrm.vocabulary import (
     WEIGHT_MAX,
     ContactStatus,
     EventReason,
+    OperatorChange,
+    Presence,
     Role,
     Strategy,
 )
@@ -59,6 +62,9 @@ def register_web(app: Flask) -> None:
         ContactStatus=ContactStatus,
         EventReason=EventReason,
         Role=Role,
+        Presence=Presence,
+        OperatorChange=OperatorChange,
+        IDLE_MINUTES_MAX=IDLE_MINUTES_MAX,
         Strategy=Strategy,
         NAME_MAX=NAME_MAX,
         USERNAME_MAX=USERNAME_MAX,

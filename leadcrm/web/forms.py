@@ -13,6 +13,7 @@ from leadcrm.i18n import translate
 from leadcrm.vocabulary import (
     EMAIL_MAX,
     EXTERNAL_ID_MAX,
+    IDLE_MINUTES_MAX,
     LIMIT_MAX,
     MESSAGE_MAX,
     NAME_MAX,
@@ -32,8 +33,12 @@ def show_domain_error(form: FlaskForm, exc: DomainError) -> None:
     """
     if not exc.fields or not isinstance(exc, InvalidInput):
         form.form_errors.append(translate(exc.message))
-    for field, message in exc.fields.items():
-        getattr(form, field).errors.append(translate(message))
+    for name, message in exc.fields.items():
+        field = getattr(form, name, None)
+        if isinstance(field, Field):
+            errors_of(field).append(translate(message))
+        else:  # a field this form does not have: said at the top rather than lost
+            form.form_errors.append(translate(message))
 
 
 def errors_of(field: Field) -> list[str]:
@@ -75,6 +80,14 @@ class OperatorLimitForm(FlaskForm):
     )
 
 
+class OperatorIdleForm(FlaskForm):
+    # Empty turns the setting off.
+    idle_away_minutes = IntegerField(
+        _l("Away after N minutes without the inbox open"),
+        validators=[Optional(), NumberRange(min=1, max=IDLE_MINUTES_MAX)],
+    )
+
+
 class SourceForm(FlaskForm):
     name = StringField(_l("Name"), filters=[strip], validators=[DataRequired(), Length(max=NAME_MAX)])
     strategy = SelectField(
@@ -97,7 +110,36 @@ class IntakeForm(FlaskForm):
     message = TextAreaField(_l("Message"), validators=[Optional(), Length(max=MESSAGE_MAX)])
 
 
-ROLE_CHOICES = [SelectChoice(Role.INTAKE, _l("Intake")), SelectChoice(Role.SUPERVISOR, _l("Supervisor"))]
+ROLE_CHOICES = [
+    SelectChoice(Role.INTAKE, _l("Intake")),
+    SelectChoice(Role.SUPERVISOR, _l("Supervisor")),
+    SelectChoice(Role.OPERATOR, _l("Operator")),
+]
+
+
+def optional_id(value: object) -> int | None:
+    """A select's value as an id: empty is none (WTForms coerces the choices' values the same way)."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, int):
+        return value
+    return int(str(value))  # ValueError: "Not a valid choice"
+
+
+def operator_field() -> SelectField:
+    """The operator a user works as; its choices are the operators, set by the view (``choose_operators``)."""
+    return SelectField(_l("Works as operator"), coerce=optional_id, default=None)
+
+
+def choose_operators(field: SelectField, operators: "list[tuple[int, str]]", taken: "set[int]") -> None:
+    """Offer ``operators`` (id, name) in ``field``, those in ``taken`` (linked to another user) disabled and marked."""
+    marked = _l("(has a user)")
+    field.choices = [SelectChoice("", "—")] + [
+        SelectChoice(str(op_id), f"{name} {marked}", {"disabled": True})
+        if op_id in taken
+        else SelectChoice(str(op_id), name)
+        for op_id, name in operators
+    ]
 
 
 class LoginForm(FlaskForm):
@@ -109,10 +151,17 @@ class UserForm(FlaskForm):
     username = StringField(_l("Username"), filters=[strip], validators=[DataRequired(), Length(max=USERNAME_MAX)])
     role = SelectField(_l("Role"), choices=ROLE_CHOICES, default=Role.INTAKE)
     password = PasswordField(_l("Password"), validators=[DataRequired(), Length(max=PASSWORD_MAX)])
+    operator_id = operator_field()
 
 
 class RoleForm(FlaskForm):
     role = SelectField(_l("Role"), choices=ROLE_CHOICES)
+    # Becoming an operator user takes the operator it works as.
+    operator_id = operator_field()
+
+
+class OperatorLinkForm(FlaskForm):
+    operator_id = operator_field()  # empty: unlink
 
 
 class PasswordForm(FlaskForm):

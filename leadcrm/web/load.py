@@ -1,5 +1,7 @@
 """The load table: every operator's open contacts against its limit, live."""
 
+from typing import NamedTuple
+
 import sqlalchemy as sa
 from flask import Blueprint
 from flask.typing import ResponseReturnValue
@@ -7,11 +9,30 @@ from flask.typing import ResponseReturnValue
 from leadcrm.auth import allow
 from leadcrm.extensions import db
 from leadcrm.models import Source, utcnow
-from leadcrm.queries import operator_loads, unassigned_open, waiting_by_source
+from leadcrm.queries import OperatorLoad, operator_loads, unassigned_open, waiting_by_source
 from leadcrm.vocabulary import Role
 from leadcrm.web.rendering import render
 
 bp = Blueprint("load", __name__)
+
+
+class AtWork(NamedTuple):
+    """The load table's totals, of the operators who can take contacts now (active, available, not idle)."""
+
+    working: int  # how many
+    open: int  # their open contacts
+    limits: int  # the sum of their limits
+    free: int  # their free slots
+
+
+def at_work_totals(operators: list[OperatorLoad]) -> AtWork:
+    working = [op for op in operators if op.at_work]
+    return AtWork(
+        working=len(working),
+        open=sum(op.active_leads for op in working),
+        limits=sum(op.max_active_leads for op in working),
+        free=sum(max(op.max_active_leads - op.active_leads, 0) for op in working),
+    )
 
 
 @bp.get("/")
@@ -20,10 +41,12 @@ def index() -> ResponseReturnValue:
     waiting = waiting_by_source(db.session())
     now = utcnow()
     names = dict(db.session.execute(sa.select(Source.id, Source.name)).all())
+    operators = operator_loads(db.session())
     return render(
         "load/index.html",
         block="load_table",
-        operators=operator_loads(db.session()),
+        operators=operators,
+        totals=at_work_totals(operators),
         unassigned_open=unassigned_open(db.session()),
         waiting=[
             (names[source_id], w, now - w.oldest_created_at)
