@@ -1,6 +1,7 @@
 """The JSON API of presence and of operator users: presence, the idle setting and at_work in the
 answers, and an operator user's browser session reaching only its own operator, contacts and leads."""
 
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
@@ -10,7 +11,7 @@ from flask.testing import FlaskClient
 
 from leadcrm import accounts
 from leadcrm.extensions import db
-from leadcrm.models import OperatorEvent, User
+from leadcrm.models import Operator, OperatorEvent, User, utcnow
 from leadcrm.vocabulary import IDLE_MINUTES_MAX
 from tests.helpers import PASSWORD, csrf_token_of, json_of, login_client
 
@@ -273,3 +274,21 @@ def test_the_document_names_the_operator_roles_reach(client: FlaskClient) -> Non
     assert {"presence", "idle_away_minutes", "last_seen_at", "at_work"} <= set(schemas["OperatorOut"]["required"])
     assert {"presence", "at_work"} <= set(schemas["OperatorLoadOut"]["required"])
     assert {"presence", "idle_away_minutes"} <= set(schemas["OperatorUpdate"]["properties"])
+
+
+@pytest.mark.parametrize(("minutes_ago", "at_work"), [(4, True), (6, False)])
+def test_at_work_follows_the_last_sign_of_life(
+    app: Flask, client: FlaskClient, minutes_ago: int, at_work: bool
+) -> None:
+    anna = json_of(
+        client.post(f"{API}/operators/", json={"name": "Anna", "max_active_leads": 2, "idle_away_minutes": 5})
+    )
+    seen = utcnow() - timedelta(minutes=minutes_ago)
+    with app.app_context():
+        db.session.get_one(Operator, anna["id"]).last_seen_at = seen
+        db.session.commit()
+    answer = json_of(client.get(f"{API}/operators/{anna['id']}"))
+    assert answer["at_work"] is at_work
+    assert datetime.fromisoformat(answer["last_seen_at"]) == seen and answer["last_seen_at"].endswith("Z")
+    status = json_of(client.get(f"{API}/distribution_status/"))["operators"]
+    assert [o["at_work"] for o in status] == [at_work]

@@ -200,8 +200,8 @@ def _stored_answer(answer: idempotency.StoredAnswer, *, replayed: bool) -> Flask
 def list_contacts() -> Response:
     """List contacts, newest first.
 
-    An operator user gets its own contacts: ``operator_id`` is its operator's (another is a 403),
-    and ``unassigned=true`` is a 403 (waiting contacts are nobody's yet).
+    An operator user gets its own contacts: `operator_id` is its operator's (another is a 403),
+    and `unassigned=true` is a 403 (waiting contacts are nobody's yet).
     """
     args = query_args(ContactFilter)
     operator_id = args.operator_id
