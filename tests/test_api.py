@@ -16,7 +16,7 @@ from leadcrm.api.contacts import lead_json, registration_json
 from leadcrm.api.schemas import ContactOut, DistributionStatusOut, LeadOut, OperatorOut, RegistrationOut
 from leadcrm.distribution import Registration
 from leadcrm.storage import ContactRecord, LeadRecord, OperatorRecord
-from leadcrm.vocabulary import INT_MAX
+from leadcrm.vocabulary import IDLE_MINUTES_MAX, INT_MAX, Presence
 from tests.helpers import json_of
 
 API = "/api/v1"
@@ -70,7 +70,17 @@ def setup(client: FlaskClient) -> dict:
 def test_create_operator_returns_it_with_location(client: FlaskClient) -> None:
     response = post(client, "/operators/", {"name": "  Anna  ", "max_active_leads": 3})
     assert response.status_code == 201
-    assert response.json == {"id": 1, "name": "Anna", "is_active": True, "max_active_leads": 3, "active_leads": 0}
+    assert response.json == {
+        "id": 1,
+        "name": "Anna",
+        "is_active": True,
+        "max_active_leads": 3,
+        "active_leads": 0,
+        "presence": "available",
+        "idle_away_minutes": None,
+        "last_seen_at": None,
+        "at_work": True,
+    }
     assert response.headers["Location"] == "/api/v1/operators/1"
     assert client.get(response.headers["Location"]).json == response.json
 
@@ -93,9 +103,9 @@ def test_patch_operator_changes_only_given_fields(client: FlaskClient) -> None:
     operator = create_operator(client, "Anna", 5)
     response = client.patch(f"{API}/operators/{operator['id']}", json={"is_active": False})
     assert response.status_code == 200
-    assert response.json == {**operator, "is_active": False}
+    assert response.json == {**operator, "is_active": False, "at_work": False}
     response = client.patch(f"{API}/operators/{operator['id']}", json={"name": "Anya", "max_active_leads": 0})
-    assert response.json == {**operator, "is_active": False, "name": "Anya", "max_active_leads": 0}
+    assert response.json == {**operator, "is_active": False, "at_work": False, "name": "Anya", "max_active_leads": 0}
 
 
 def test_lowering_the_limit_below_the_load_is_allowed(client: FlaskClient, setup: dict) -> None:
@@ -625,8 +635,10 @@ def test_distribution_status(client: FlaskClient, setup: dict) -> None:
     status = json_of(client.get(f"{API}/distribution_status/"))
     DistributionStatusOut.model_validate(status)  # the documented shape
     assert status["operators"] == [
-        {"operator_id": 1, "name": "Anna", "is_active": True, "active_leads": 2, "max_active_leads": 2},
-        {"operator_id": 2, "name": "Boris", "is_active": True, "active_leads": 1, "max_active_leads": 1},
+        {"operator_id": 1, "name": "Anna", "is_active": True, "active_leads": 2, "max_active_leads": 2}
+        | {"presence": "available", "at_work": True},
+        {"operator_id": 2, "name": "Boris", "is_active": True, "active_leads": 1, "max_active_leads": 1}
+        | {"presence": "available", "at_work": True},
     ]
     (source,) = status["sources"]
     assert (source["source_id"], source["name"], source["strategy"]) == (1, "telegram_bot", "random")
@@ -675,6 +687,10 @@ def test_fields_that_may_be_left_out_but_not_null_claim_no_default(client: Flask
         schema = schemas[name]
         assert "required" not in schema, name
         for field, prop in schema["properties"].items():
+            if (name, field) == ("OperatorUpdate", "idle_away_minutes"):
+                # The one field whose null is a value (the setting off): nullable, still with no default.
+                assert "default" not in prop and {"type": "null"} in prop["anyOf"], prop
+                continue
             assert "default" not in prop and "anyOf" not in prop and prop.get("type") != "null", (name, field)
     # Left out, nothing changes; sent as null, refused.
     client.post(f"{API}/operators/", json={"name": "Anna", "max_active_leads": 2})
@@ -975,6 +991,9 @@ texts = st.none() | st.text(max_size=30)
         is_active=st.booleans(),
         max_active_leads=st.integers(0, INT_MAX),
         active_leads=st.integers(0, INT_MAX),
+        presence=st.sampled_from(list(Presence)),
+        idle_away_minutes=st.none() | st.integers(1, IDLE_MINUTES_MAX),
+        last_seen_at=st.none() | utc_times,
     ),
     lead_created=st.booleans(),
 )

@@ -5,6 +5,8 @@ from typing import Any
 
 from flask import Response as FlaskResponse
 from flask import current_app, request, stream_with_context, url_for
+from flask_babel import lazy_gettext as _l
+from werkzeug.exceptions import Forbidden
 
 from leadcrm import distribution, export, idempotency, leads, queries, sources
 from leadcrm.api import bp
@@ -21,13 +23,13 @@ from leadcrm.api.schemas import (
     RegisterIn,
     RegistrationOut,
 )
-from leadcrm.auth import allow, caller_may, current_caller
+from leadcrm.auth import allow, caller_may, check_own_contact, current_caller, operator_user, own_operator_id
 from leadcrm.database import begin_write
 from leadcrm.distribution import Registration
 from leadcrm.errors import InvalidInput, LeadConflict, NotFound
 from leadcrm.extensions import db
 from leadcrm.identity import LeadIdentity, parse_identity
-from leadcrm.models import Contact
+from leadcrm.models import Contact, utcnow
 from leadcrm.storage import ContactRecord, LeadRecord, OperatorRecord
 from leadcrm.units import on_driver_connection, request_unit
 from leadcrm.vocabulary import IDEMPOTENCY_KEY_MAX, Role
@@ -160,6 +162,10 @@ def operator_json(o: OperatorRecord) -> dict[str, Any]:
         "is_active": o.is_active,
         "max_active_leads": o.max_active_leads,
         "active_leads": o.active_leads,
+        "presence": o.presence,
+        "idle_away_minutes": o.idle_away_minutes,
+        "last_seen_at": utc_text(o.last_seen_at),
+        "at_work": o.at_work(utcnow()),
     }
 
 
@@ -184,14 +190,33 @@ def _stored_answer(answer: idempotency.StoredAnswer, *, replayed: bool) -> Flask
 
 
 @bp.get("/contacts/")
-@allow(Role.SUPERVISOR, Role.INTAKE)
-@operation("listContacts", Answer("A page of contacts.", ContactPage), query=ContactFilter)
+@allow(Role.SUPERVISOR, Role.INTAKE, Role.OPERATOR)
+@operation(
+    "listContacts",
+    Answer("A page of contacts.", ContactPage),
+    query=ContactFilter,
+    operator_access="its own contacts only",
+)
 def list_contacts() -> Response:
-    """List contacts, newest first."""
+    """List contacts, newest first.
+
+    An operator user gets its own contacts: `operator_id` is its operator's (another is a 403),
+    and `unassigned=true` is a 403 (waiting contacts are nobody's yet).
+    """
     args = query_args(ContactFilter)
+    operator_id = args.operator_id
+    if operator_user():
+        own = own_operator_id()
+        if own is None:
+            raise Forbidden(_l("Your user is linked to no operator: it has no contacts."))
+        if operator_id is not None and operator_id != own:
+            raise Forbidden(_l("An operator user sees only its own contacts: leave operator_id out, or give its own."))
+        if args.unassigned:
+            raise Forbidden(_l("An operator user sees only its own contacts, not those waiting for an operator."))
+        operator_id = own
     query = queries.contacts_query(
         status=args.status,
-        operator_id=args.operator_id,
+        operator_id=operator_id,
         source_id=args.source_id,
         lead_id=args.lead_id,
         unassigned=args.unassigned,
@@ -199,24 +224,31 @@ def list_contacts() -> Response:
     return page_of(query, args, ContactOut)
 
 
-@bp.get("/contacts/<id:contact_id>")
-@allow(Role.SUPERVISOR, Role.INTAKE)
-@operation("getContact", Answer("The contact.", ContactOut), errors=(404,))
-def get_contact(contact_id: int) -> Response:
-    """Get a contact."""
+def _own_contact(contact_id: int) -> Contact:
+    """The contact, if the caller may reach it (an operator user: only its own); NotFound if unknown."""
     contact = db.session.get(Contact, contact_id)
     if contact is None:
         raise NotFound(f"No contact with id {contact_id}.")
-    return dump(ContactOut, contact)
+    check_own_contact(contact.operator_id)
+    return contact
+
+
+@bp.get("/contacts/<id:contact_id>")
+@allow(Role.SUPERVISOR, Role.INTAKE, Role.OPERATOR)
+@operation("getContact", Answer("The contact.", ContactOut), errors=(404,), operator_access="its own contacts only")
+def get_contact(contact_id: int) -> Response:
+    """Get a contact."""
+    return dump(ContactOut, _own_contact(contact_id))
 
 
 @bp.get("/contacts/<id:contact_id>/events")
-@allow(Role.SUPERVISOR, Role.INTAKE)
-@operation("listContactEvents", Answer("The events.", list[EventOut]), errors=(404,))
+@allow(Role.SUPERVISOR, Role.INTAKE, Role.OPERATOR)
+@operation(
+    "listContactEvents", Answer("The events.", list[EventOut]), errors=(404,), operator_access="its own contacts only"
+)
 def get_contact_events(contact_id: int) -> Response:
     """A contact's history: every change of its assignment and why, oldest first."""
-    if db.session.get(Contact, contact_id) is None:
-        raise NotFound(f"No contact with id {contact_id}.")
+    _own_contact(contact_id)
     return [dump(EventOut, event) for event in queries.contact_events(db.session(), contact_id)]
 
 
@@ -235,10 +267,11 @@ def assign_contact(contact_id: int) -> Response:
 
 
 @bp.post("/contacts/<id:contact_id>/reopen")
-@allow(Role.SUPERVISOR)
-@operation("reopenContact", Answer("The contact.", ContactOut), errors=(404,))
+@allow(Role.SUPERVISOR, Role.OPERATOR)
+@operation("reopenContact", Answer("The contact.", ContactOut), errors=(404,), operator_access="its own contacts only")
 def reopen_contact(contact_id: int) -> Response:
     """Reopen a closed contact: back to its operator if it still can take it, else distributed again."""
+    _own_contact(contact_id)
     begin_write(db.session)
     contact = distribution.reopen_contact(db.session(), contact_id)
     db.session.commit()
@@ -260,10 +293,13 @@ def export_contacts() -> FlaskResponse:
 
 
 @bp.post("/contacts/<id:contact_id>/close")
-@allow(Role.SUPERVISOR, Role.INTAKE)
-@operation("closeContact", Answer("The closed contact.", ContactOut), errors=(404,))
+@allow(Role.SUPERVISOR, Role.INTAKE, Role.OPERATOR)
+@operation(
+    "closeContact", Answer("The closed contact.", ContactOut), errors=(404,), operator_access="its own contacts only"
+)
 def close_contact(contact_id: int) -> Response:
     """Close a contact (closing a closed one changes nothing)."""
+    _own_contact(contact_id)
     begin_write(db.session)
     contact = distribution.close_contact(db.session(), contact_id)
     db.session.commit()

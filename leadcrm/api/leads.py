@@ -13,7 +13,7 @@ from leadcrm.api.schemas import (
     LeadPage,
     LeadSearch,
 )
-from leadcrm.auth import allow
+from leadcrm.auth import allow, check_own_lead
 from leadcrm.extensions import db
 from leadcrm.vocabulary import Role
 
@@ -28,11 +28,14 @@ def list_leads() -> Response:
 
 
 @bp.get("/leads/<id:lead_id>")
-@allow(Role.SUPERVISOR, Role.INTAKE)
-@operation("getLead", Answer("The lead.", LeadDetailOut), errors=(404,))
+@allow(Role.SUPERVISOR, Role.INTAKE, Role.OPERATOR)
+@operation(
+    "getLead", Answer("The lead.", LeadDetailOut), errors=(404,), operator_access="a lead of its own contacts only"
+)
 def get_lead(lead_id: int) -> Response:
     """A lead with all its contacts."""
     lead = leads.get_lead(db.session(), lead_id)
+    check_own_lead(lead_id)
     contacts = db.session.scalars(queries.contacts_query(lead_id=lead_id)).all()
     return LeadDetailOut(
         **LeadOut.model_validate(lead).model_dump(),

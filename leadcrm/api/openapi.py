@@ -42,7 +42,8 @@ DOCUMENT = "leadcrm_openapi_document"
 ERROR_TEXT = {
     400: "Malformed JSON.",
     401: "No credentials, or a token that is unknown or revoked.",
-    403: "The token's scope (or the user's role) does not allow this endpoint.",
+    403: "The token's scope (or the user's role) does not allow this endpoint, "
+    "or an operator user asks for what is not its own.",
     404: "Unknown id.",
     409: "Conflict (duplicate name, identifiers of two different leads).",
     413: "The body is larger than 1 MiB.",
@@ -85,6 +86,7 @@ class Operation:
     query: type[BaseModel] | None = None
     headers: type[BaseModel] | None = None
     errors: tuple[int, ...] = ()
+    operator_access: str | None = None
 
 
 def operation(
@@ -95,6 +97,7 @@ def operation(
     query: type[BaseModel] | None = None,
     headers: type[BaseModel] | None = None,
     errors: tuple[int, ...] = (),
+    operator_access: str | None = None,
 ) -> Callable[[F], F]:
     """Declare what the OpenAPI document says about an API view.
 
@@ -102,9 +105,13 @@ def operation(
     name their functions after it), a camelCase verb: ``registerContact``.
     ``body``: the request body's type (``A | B`` for either); ``query`` and
     ``headers``: models whose fields are the parameters; ``errors``: the
-    statuses the view itself may answer besides those every operation shares.
+    statuses the view itself may answer besides those every operation shares;
+    ``operator_access``: how far an operator user's access reaches, when ``@allow`` lets
+    its role in (``"its own contacts only"``): the description names it after the role.
     """
-    declared = Operation(operation_id, answer, body=body, query=query, headers=headers, errors=errors)
+    declared = Operation(
+        operation_id, answer, body=body, query=query, headers=headers, errors=errors, operator_access=operator_access
+    )
 
     def declare(view: F) -> F:
         setattr(view, OPERATION, declared)
@@ -213,10 +220,14 @@ def _summary_and_description(view: Callable[..., Any]) -> tuple[str, str]:
     return " ".join(first.split()).removesuffix("."), " ".join(rest.split())
 
 
-def _access_text(access: Access) -> str:
-    """Who may call, as the description says it: ``Token scope: `full`. Role: supervisor.``"""
+def _access_text(access: Access, op: Operation, endpoint: str) -> str:
+    """Who may call, as the description says it: ``Token scope: `full`. Role: supervisor.``, or
+    ``... Roles: supervisor, intake, operator (its own contacts only).``"""
     scopes = (TokenScope.REGISTER, TokenScope.FULL) if access.register_token else (TokenScope.FULL,)
-    roles = ("Roles: " if len(access.roles) > 1 else "Role: ") + ", ".join(access.roles)
+    if (Role.OPERATOR in access.roles) != (op.operator_access is not None):
+        raise RuntimeError(f"API view {endpoint}: operator_access is declared exactly when @allow lets operators in")
+    named = [f"{role} ({op.operator_access})" if role == Role.OPERATOR else role for role in access.roles]
+    roles = ("Roles: " if len(access.roles) > 1 else "Role: ") + ", ".join(named)
     return f"Token scope: {' or '.join(f'`{scope}`' for scope in scopes)}. {roles}."
 
 
@@ -267,7 +278,7 @@ def _build(app: Flask) -> dict[str, Any]:
         described: dict[str, Any] = {
             "operationId": op.operation_id,
             "summary": summary,
-            "description": f"{details} {_access_text(access)}".strip(),
+            "description": f"{details} {_access_text(access, op, rule.endpoint)}".strip(),
             "tags": [view.__module__.rsplit(".", 1)[-1]],
         }
         parameters = []

@@ -8,14 +8,26 @@ from functools import partial
 from typing import Annotated, Any, Generic, Optional, TypeVar
 
 from annotated_types import GroupedMetadata, MaxLen
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, WithJsonSchema
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    WithJsonSchema,
+    computed_field,
+)
 from pydantic.config import JsonDict
 from pydantic_core import PydanticCustomError
 
+from leadcrm.models import utcnow
+from leadcrm.storage import is_idle
 from leadcrm.vocabulary import (
     EMAIL_MAX,
     EXTERNAL_ID_MAX,
     IDEMPOTENCY_KEY_MAX,
+    IDLE_MINUTES_MAX,
     INT_MAX,
     LIMIT_MAX,
     MESSAGE_MAX,
@@ -26,6 +38,7 @@ from leadcrm.vocabulary import (
     WEIGHT_MAX,
     ContactStatus,
     EventReason,
+    Presence,
     Strategy,
 )
 
@@ -89,6 +102,19 @@ Limit = Annotated[int, Field(ge=0, le=LIMIT_MAX, description="Limit of active le
 Weight = Annotated[
     int, Field(ge=0, le=WEIGHT_MAX, description="Share of the source's traffic; 0 = does not serve it."), INTEGRAL
 ]
+IdleMinutes = Annotated[
+    int,
+    Field(
+        ge=1,
+        le=IDLE_MINUTES_MAX,
+        description="Away after this many minutes without the operator's inbox open; null = off.",
+    ),
+    INTEGRAL,
+]
+PresenceIn = Annotated[
+    Presence,
+    Field(strict=False, description="available: gets new contacts; away: keeps its open contacts, gets none."),
+]
 # An enumeration in a strict body is still sent as its text: "random", not an enum object.
 StrategyIn = Annotated[Strategy, Field(strict=False)]
 
@@ -117,13 +143,17 @@ class OperatorCreate(Strict):
     name: Name
     is_active: bool = True
     max_active_leads: Limit
+    presence: PresenceIn = Presence.AVAILABLE
+    idle_away_minutes: Optional[IdleMinutes] = None
 
 
 class OperatorUpdate(Strict):
-    # Every field may be left out; none may be null.
+    # Every field may be left out; none may be null but the idle setting (null turns it off).
     name: Name = omittable()
     is_active: bool = omittable()
     max_active_leads: Limit = omittable()
+    presence: PresenceIn = omittable()
+    idle_away_minutes: Optional[IdleMinutes] = Field(None, json_schema_extra=_no_default)
 
 
 Sticky = Annotated[
@@ -204,6 +234,22 @@ class OperatorOut(Out):
     is_active: bool
     max_active_leads: int
     active_leads: int = Field(description="Load: the operator's open contacts.")
+    presence: Presence = Field(description="available: gets new contacts; away: keeps its open contacts, gets none.")
+    idle_away_minutes: Optional[int] = Field(
+        description="Away after this many minutes without the operator's inbox open; null = off."
+    )
+    last_seen_at: Optional[datetime] = Field(
+        description="The operator's last sign of life (its inbox open); null if never seen."
+    )
+
+    @computed_field(  # type: ignore[prop-decorator]  # pydantic's documented use
+        description="Active, available and not idle now: it gets new contacts while it has room."
+    )
+    @property
+    def at_work(self) -> bool:
+        # The claims' rule (storage.OperatorRecord.at_work), from the fields: an ORM Operator has no such property.
+        idle = is_idle(self.idle_away_minutes, self.last_seen_at, utcnow())
+        return self.is_active and self.presence == Presence.AVAILABLE and not idle
 
 
 class SourceOut(Out):
@@ -312,6 +358,8 @@ class OperatorLoadOut(BaseModel):
     is_active: bool
     active_leads: int
     max_active_leads: int
+    presence: Presence
+    at_work: bool = Field(description="Active, available and not idle now: it gets new contacts while it has room.")
 
 
 class SourceShareOut(BaseModel):

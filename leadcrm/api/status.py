@@ -10,7 +10,9 @@ from leadcrm.api.openapi import Answer, operation
 from leadcrm.api.schemas import DistributionStatusOut
 from leadcrm.auth import allow
 from leadcrm.extensions import db
-from leadcrm.vocabulary import Role
+from leadcrm.models import utcnow
+from leadcrm.storage import is_idle
+from leadcrm.vocabulary import Presence, Role
 
 
 def _utc_text(value: datetime | None) -> str | None:
@@ -32,6 +34,7 @@ def distribution_status() -> Response:
         share["assigned_total"] = assigned_total
         shares.setdefault(source_id, []).append(share)
     queues = queries.waiting_by_source(db.session())
+    now = utcnow()
     return {
         "operators": [
             {
@@ -40,8 +43,13 @@ def distribution_status() -> Response:
                 "is_active": bool(active),
                 "active_leads": load,
                 "max_active_leads": limit,
+                "presence": presence,
+                # As the claims decide it (storage.OperatorRecord.at_work); the setting off, nothing to parse.
+                "at_work": bool(active)
+                and presence == Presence.AVAILABLE
+                and (idle is None or not is_idle(idle, queries.seen_at(seen), now)),
             }
-            for op_id, name, active, load, limit, *_ in queries.operator_load_rows(db.session())
+            for op_id, name, active, load, limit, presence, idle, seen in queries.operator_load_rows(db.session())
         ],
         "sources": [
             {
