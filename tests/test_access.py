@@ -119,6 +119,17 @@ OWN = {
     "api.get_operator": "/api/v1/operators/2",
     "api.update_operator": "/api/v1/operators/2",
 }
+# How far an operator user reaches on each API route open to it, as the OpenAPI document must say.
+OPERATOR_REACH = {
+    "api.list_contacts": "its own contacts only",
+    "api.get_contact": "its own contacts only",
+    "api.get_contact_events": "its own contacts only",
+    "api.close_contact": "its own contacts only",
+    "api.reopen_contact": "its own contacts only",
+    "api.get_lead": "a lead of its own contacts, with those contacts only",
+    "api.get_operator": "its own operator only",
+    "api.update_operator": "its own operator's presence only",
+}
 SAMPLE_ARGS = {"filename": "app.js", "code": "ru"}
 
 
@@ -158,7 +169,10 @@ def test_openapi_document_states_the_same_scopes_and_roles() -> None:
         path = re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", rule.rule.removeprefix("/api/v1"))
         description = operations.pop((path, method.lower()))["description"]
         scopes = "`register` or `full`" if "register_token" in EXPECTED[endpoint] else "`full`"
-        roles = "Roles: supervisor, intake" if "intake" in EXPECTED[endpoint] else "Role: supervisor"
+        named = [role for role in ("supervisor", "intake") if role in EXPECTED[endpoint]]
+        if "operator" in EXPECTED[endpoint]:
+            named.append(f"operator ({OPERATOR_REACH[endpoint]})")
+        roles = ("Roles: " if len(named) > 1 else "Role: ") + ", ".join(named)
         assert description.endswith(f"Token scope: {scopes}. {roles}."), (endpoint, description)
     assert not operations, "documented, but not routed"
 

@@ -234,6 +234,16 @@ def test_an_operator_user_reads_only_the_leads_of_its_contacts(world: World) -> 
     assert_error(world.as_operator("GET", "/leads/999"), 404)
 
 
+def test_an_operator_user_reads_only_its_own_contacts_of_a_lead(world: World) -> None:
+    """Anna's lead writes again and Boris gets it: the lead shows Anna only her contact of it."""
+    again = world.register("+79000000001")  # weights: Boris only, now
+    assert again["assigned_operator"]["id"] == world.boris["id"]
+    everyone = json_of(world.client.get(f"{API}/leads/{world.annas['lead']['id']}"))["contacts"]
+    assert len(everyone) == 2
+    mine = json_of(world.as_operator("GET", f"/leads/{world.annas['lead']['id']}"))["contacts"]
+    assert [c["id"] for c in mine] == [world.annas["contact"]["id"]]
+
+
 @pytest.mark.parametrize(
     ("method", "path"),
     [
@@ -266,7 +276,7 @@ def test_the_document_names_the_operator_roles_reach(client: FlaskClient) -> Non
     for operation_id in ("listContacts", "getContact", "listContactEvents", "closeContact"):
         assert descriptions[operation_id].endswith(own_contacts), descriptions[operation_id]
     assert descriptions["reopenContact"].endswith("Roles: supervisor, operator (its own contacts only).")
-    assert descriptions["getLead"].endswith("Roles: supervisor, intake, operator (a lead of its own contacts only).")
+    assert descriptions["getLead"].endswith("Roles: supervisor, intake, operator (a lead of its own contacts, with those contacts only).")
     assert descriptions["getOperator"].endswith("Roles: supervisor, operator (its own operator only).")
     assert descriptions["updateOperator"].endswith("Roles: supervisor, operator (its own operator's presence only).")
     assert descriptions["listOperators"].endswith("Token scope: `full`. Role: supervisor.")

@@ -268,12 +268,14 @@ def assign_contact(contact_id: int) -> Response:
 
 @bp.post("/contacts/<id:contact_id>/reopen")
 @allow(Role.SUPERVISOR, Role.OPERATOR)
-@operation("reopenContact", Answer("The contact.", ContactOut), errors=(404,), operator_access="its own contacts only")
+@operation(
+    "reopenContact", Answer("The contact.", ContactOut), errors=(404, 409), operator_access="its own contacts only"
+)
 def reopen_contact(contact_id: int) -> Response:
     """Reopen a closed contact: back to its operator if it still can take it, else distributed again."""
     _own_contact(contact_id)
     begin_write(db.session)
-    contact = distribution.reopen_contact(db.session(), contact_id)
+    contact = distribution.reopen_contact(db.session(), contact_id, held_by=own_operator_id())
     db.session.commit()
     return dump(ContactOut, contact)
 
@@ -295,12 +297,15 @@ def export_contacts() -> FlaskResponse:
 @bp.post("/contacts/<id:contact_id>/close")
 @allow(Role.SUPERVISOR, Role.INTAKE, Role.OPERATOR)
 @operation(
-    "closeContact", Answer("The closed contact.", ContactOut), errors=(404,), operator_access="its own contacts only"
+    "closeContact",
+    Answer("The closed contact.", ContactOut),
+    errors=(404, 409),
+    operator_access="its own contacts only",
 )
 def close_contact(contact_id: int) -> Response:
     """Close a contact (closing a closed one changes nothing)."""
     _own_contact(contact_id)
     begin_write(db.session)
-    contact = distribution.close_contact(db.session(), contact_id)
+    contact = distribution.close_contact(db.session(), contact_id, held_by=own_operator_id())
     db.session.commit()
     return dump(ContactOut, contact)

@@ -13,7 +13,7 @@ from leadcrm.api.schemas import (
     LeadPage,
     LeadSearch,
 )
-from leadcrm.auth import allow, check_own_lead
+from leadcrm.auth import allow, check_own_lead, own_operator_id
 from leadcrm.extensions import db
 from leadcrm.vocabulary import Role
 
@@ -30,13 +30,17 @@ def list_leads() -> Response:
 @bp.get("/leads/<id:lead_id>")
 @allow(Role.SUPERVISOR, Role.INTAKE, Role.OPERATOR)
 @operation(
-    "getLead", Answer("The lead.", LeadDetailOut), errors=(404,), operator_access="a lead of its own contacts only"
+    "getLead",
+    Answer("The lead.", LeadDetailOut),
+    errors=(404,),
+    operator_access="a lead of its own contacts, with those contacts only",
 )
 def get_lead(lead_id: int) -> Response:
-    """A lead with all its contacts."""
+    """A lead with all its contacts (for an operator user: those of its contacts)."""
     lead = leads.get_lead(db.session(), lead_id)
     check_own_lead(lead_id)
-    contacts = db.session.scalars(queries.contacts_query(lead_id=lead_id)).all()
+    # An operator user sees its own contacts of the lead; other operators' messages are not its to read.
+    contacts = db.session.scalars(queries.contacts_query(lead_id=lead_id, operator_id=own_operator_id())).all()
     return LeadDetailOut(
         **LeadOut.model_validate(lead).model_dump(),
         contacts=[ContactOut.model_validate(c) for c in contacts],
