@@ -276,7 +276,8 @@ def test_the_document_names_the_operator_roles_reach(client: FlaskClient) -> Non
     for operation_id in ("listContacts", "getContact", "listContactEvents", "closeContact"):
         assert descriptions[operation_id].endswith(own_contacts), descriptions[operation_id]
     assert descriptions["reopenContact"].endswith("Roles: supervisor, operator (its own contacts only).")
-    assert descriptions["getLead"].endswith("Roles: supervisor, intake, operator (a lead of its own contacts, with those contacts only).")
+    lead_reach = "a lead of its own contacts, with those contacts only"
+    assert descriptions["getLead"].endswith(f"Roles: supervisor, intake, operator ({lead_reach}).")
     assert descriptions["getOperator"].endswith("Roles: supervisor, operator (its own operator only).")
     assert descriptions["updateOperator"].endswith("Roles: supervisor, operator (its own operator's presence only).")
     assert descriptions["listOperators"].endswith("Token scope: `full`. Role: supervisor.")
