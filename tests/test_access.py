@@ -169,7 +169,7 @@ def test_openapi_document_states_the_same_scopes_and_roles() -> None:
         path = re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", rule.rule.removeprefix("/api/v1"))
         description = operations.pop((path, method.lower()))["description"]
         scopes = "`register` or `full`" if "register_token" in EXPECTED[endpoint] else "`full`"
-        named = [role for role in ("supervisor", "intake") if role in EXPECTED[endpoint]]
+        named: list[str] = [role for role in ("supervisor", "intake") if role in EXPECTED[endpoint]]
         if "operator" in EXPECTED[endpoint]:
             named.append(f"operator ({OPERATOR_REACH[endpoint]})")
         roles = ("Roles: " if len(named) > 1 else "Role: ") + ", ".join(named)
