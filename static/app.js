@@ -41,6 +41,9 @@ function setUpInbox() {
         askNotificationPermission(box);
       } else {
         remember(kind, box.checked);
+        if (kind === "sound" && box.checked) {
+          beep(); // a sample, and the click lets the browser start the sound at all (autoplay rules)
+        }
       }
     });
   });
@@ -78,12 +81,28 @@ function setUpInbox() {
   }
 
   var audio = null;
+  // Browsers start sound only after a gesture on the page: the first click or key after a reload
+  // (with the box ticked from before) unlocks it for the beeps that follow.
+  function unlockSound() {
+    var Context = window.AudioContext || window.webkitAudioContext;
+    if (boxes.sound && boxes.sound.checked && Context) {
+      audio = audio || new Context();
+      audio.resume();
+    }
+    document.removeEventListener("pointerdown", unlockSound, true);
+    document.removeEventListener("keydown", unlockSound, true);
+  }
+  document.addEventListener("pointerdown", unlockSound, true);
+  document.addEventListener("keydown", unlockSound, true);
   function beep() {
     var Context = window.AudioContext || window.webkitAudioContext;
     if (!Context) {
       return;
     }
     audio = audio || new Context();
+    if (audio.state === "suspended") {
+      audio.resume();
+    }
     var oscillator = audio.createOscillator();
     var gain = audio.createGain();
     oscillator.type = "sine";

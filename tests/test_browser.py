@@ -150,6 +150,9 @@ def test_supervisor_and_intake_work_without_reloads(server: str, browser: "Brows
     expect(page.locator("#user-2")).to_contain_text("irina")
     shot(page, "users")
     desk_context, desk_errors = new_context(browser, viewport={"width": 1200, "height": 850})
+    # The permission a person would give when asked; the Notification API recorded as the page uses it.
+    desk_context.grant_permissions(["notifications"], origin=server)
+    desk_context.add_init_script(NOTIFICATIONS_RECORDED)
     desk = desk_context.new_page()
     log_in(desk, server, "irina", "intake-desk-2026")
     # Intake staff land on the intake form and see no supervisor pages.
@@ -279,8 +282,22 @@ def test_tokens_are_shown_once_work_and_can_be_revoked(server: str, browser: "Br
     context.close()
 
 
+NOTIFICATIONS_RECORDED = """
+window.__notified = [];
+const RealNotification = window.Notification;
+function RecordedNotification(title, options) {
+  window.__notified.push([title, options && options.body]);
+  try { return new RealNotification(title, options); } catch (error) { return {}; }
+}
+Object.defineProperty(RecordedNotification, "permission", { get: () => RealNotification.permission });
+RecordedNotification.requestPermission = (...args) => RealNotification.requestPermission(...args);
+window.Notification = RecordedNotification;
+"""
+
+
 def test_an_operator_works_from_its_live_inbox(server: str, browser: "Browser") -> None:
-    """Needs the Users page's operator fields (role "operator", an "Operator" select) from the pages branch."""
+    """A supervisor makes an operator user on the Users page; it works from its live inbox, with a
+    browser notification for each new contact; goes away; the next contacts go to someone else."""
     import requests
     from playwright.sync_api import expect
 
@@ -317,11 +334,16 @@ def test_an_operator_works_from_its_live_inbox(server: str, browser: "Browser") 
     expect(page.locator("table").filter(has_text="anna.inbox")).to_be_visible()
 
     desk_context, desk_errors = new_context(browser, viewport={"width": 1200, "height": 850})
+    # The permission a person would give when asked; the Notification API recorded as the page uses it.
+    desk_context.grant_permissions(["notifications"], origin=server)
+    desk_context.add_init_script(NOTIFICATIONS_RECORDED)
     desk = desk_context.new_page()
     log_in(desk, server, "anna.inbox", "operator-anna-2026")
     expect(desk).to_have_url(f"{server}/inbox/")
     expect(desk.get_by_role("heading", name="0 open contacts")).to_be_visible()
     desk.evaluate("window.__sameDocument = true")
+    desk.get_by_label("Browser notification for new contacts").check()
+    desk.wait_for_function("localStorage.getItem('leadcrm.announce.notification') === 'on'")
     # New contacts appear by themselves, and the title counts them.
     first = register("+79005550001", "Pyotr")
     second = register("+79005550002", "Sergei")
@@ -329,6 +351,8 @@ def test_an_operator_works_from_its_live_inbox(server: str, browser: "Browser") 
     expect(rows).to_have_count(2, timeout=3000)
     expect(desk).to_have_title("(2) Inbox · leadcrm", timeout=3000)
     expect(rows.first).to_contain_text("Pyotr")  # oldest first
+    desk.wait_for_function("window.__notified.length === 2", timeout=3000)
+    assert sorted(body for _, body in desk.evaluate("window.__notified")) == ["Pyotr", "Sergei"]
     shot(desk, "inbox")
     # Closing by keyboard: focus moves to the next row's Close, then to the list when it is empty.
     desk.locator(f"#close-{first['id']}").focus()

@@ -171,10 +171,23 @@ def test_a_generated_client_runs_the_readme_walk_through(served: tuple[str, str]
     assert closed.status == m.ContactStatus.CLOSED and closed.closed_at is not None
     assert op.get_operator.sync(operator_id=holder, client=client).active_leads == load_before - 1
 
+    # Anna goes away: she keeps her contacts and gets no new ones; back, she takes waiting ones at once
+    away = op.update_operator.sync(operator_id=1, client=client, body=m.OperatorUpdate(presence=m.Presence.AWAY))
+    assert (away.presence, away.at_work) == (m.Presence.AWAY, False)
+    while_away = op.register_contact.sync(client=client, body=m.RegisterIn(source_id=1, phone="+79005550000"))
+    assert while_away.contact.operator_id == 2  # Boris: the only one at work
+    back = op.update_operator.sync(operator_id=1, client=client, body=m.OperatorUpdate(presence=m.Presence.AVAILABLE))
+    assert (back.presence, back.at_work, back.idle_away_minutes, back.last_seen_at) == (
+        m.Presence.AVAILABLE,
+        True,
+        None,
+        None,
+    )
+
     # and the reads the walk-through's answers point at
     assert op.get_contact.sync(contact_id=2, client=client).status == m.ContactStatus.OPEN
     page = op.list_contacts.sync(client=client, status=m.ContactStatus.OPEN)
-    assert isinstance(page, m.ContactPage) and [c.id for c in page.items] == [2] and page.total == 1
+    assert isinstance(page, m.ContactPage) and [c.id for c in page.items] == [3, 2] and page.total == 2
     reasons = [e.reason for e in op.list_contact_events.sync(contact_id=1, client=client)]
     assert reasons[0] in (m.EventReason.REGISTERED, m.EventReason.STICKY) and reasons[-1] == m.EventReason.CLOSED
     lead = op.get_lead.sync(lead_id=registration.lead.id, client=client)
