@@ -34,9 +34,10 @@ def measure(url: str, rounds: int, instance: Path) -> dict[str, float]:
     """Median worker CPU in ms per kind of request, on the database at ``url``."""
     from flask_migrate import upgrade
 
-    from leadcrm import accounts
-    from leadcrm.models import Operator, Source, SourceOperator
-    from leadcrm.vocabulary import TokenScope
+    from leadcrm import accounts, distribution
+    from leadcrm.identity import LeadIdentity
+    from leadcrm.models import Operator, Source, SourceOperator, User
+    from leadcrm.vocabulary import Role, TokenScope
 
     os.environ["LEADCRM_INSTANCE_PATH"] = str(instance)
     app = create_app({"SQLALCHEMY_DATABASE_URI": url})
@@ -65,9 +66,26 @@ def measure(url: str, rounds: int, instance: Path) -> dict[str, float]:
                 SourceOperator(source_id=status_source.id, operator_id=op.id, weight=rng.randint(1, 50))
                 for op in rng.sample(operators, 200)
             )
+        # An operator's inbox with 10 open contacts, polled as an open inbox does every 2 s.
+        desk = Operator(name="inbox", max_active_leads=10)
+        inbox_source = Source(name="inbox", strategy="random")
+        db.session.add_all([desk, inbox_source])
+        db.session.flush()
+        db.session.add(SourceOperator(source_id=inbox_source.id, operator_id=desk.id, weight=1))
+        for n in range(10):
+            distribution.register_contact(
+                db.session(), source=inbox_source, identity=LeadIdentity(phone=f"+7901{n:07d}"), name=f"Lead {n}"
+            )
+        user = User(username="desk", password_hash="-", role=Role.OPERATOR, operator_id=desk.id)
+        db.session.add(user)
+        db.session.commit()
+        desk_secret = accounts.start_session(db.session(), user, app.permanent_session_lifetime)
         db.session.commit()
         db.session.remove()
     client = app.test_client()
+    desk_client = app.test_client()
+    with desk_client.session_transaction() as session:
+        session["_user_id"] = desk_secret
     auth = {"Authorization": f"Bearer {secret}"}
     counter = iter(range(10**9))
 
@@ -96,6 +114,7 @@ def measure(url: str, rounds: int, instance: Path) -> dict[str, float]:
         "register (external id)": register(external_id),
         "register (phone and e-mail)": register(phone_and_email),
         "register (phone and e-mail, Idempotency-Key)": register(phone_and_email, key=True),
+        "GET /inbox/ (the poll, 10 open contacts)": lambda: desk_client.get("/inbox/", headers={"HX-Request": "true"}),
     }
     status_every = 20  # the status answer is slow: a sample of it is enough
     times: dict[str, list[float]] = {name: [] for name in [*kinds, "GET /api/v1/distribution_status/"]}

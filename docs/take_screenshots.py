@@ -30,6 +30,7 @@ PAGES = [
     ("load-ru", "/", "ru"),
 ]
 PASSWORD = "screenshots only"
+OPERATOR, OPERATOR_PASSWORD = "Анна Смирнова", "operator desk 1"
 
 
 def main() -> None:
@@ -44,6 +45,12 @@ def main() -> None:
                 [*flask, "leadcrm", "users", "create", user, "--role", role, "--password", password],
                 cwd=ROOT, env=env, check=True, capture_output=True,
             )  # fmt: skip
+        # An operator user, for the inbox.
+        subprocess.run(
+            [*flask, "leadcrm", "users", "create", "anna", "--role", "operator", "--operator", OPERATOR,
+             "--password", OPERATOR_PASSWORD],
+            cwd=ROOT, env=env, check=True, capture_output=True,
+        )  # fmt: skip
         with gunicorn(url, Path(tmp), workers=2) as base, sync_playwright() as p:
             browser = p.chromium.launch(
                 executable_path=os.environ.get("LEADCRM_CHROMIUM", "/usr/bin/chromium"),
@@ -58,6 +65,10 @@ def main() -> None:
             page.get_by_label("Password").fill(PASSWORD)
             page.get_by_role("button", name="Log in").click()
             page.wait_for_url(f"{base}/")
+            # Two operators away, set from the load table as a supervisor does.
+            for operator_id in (2, 5):
+                page.locator(f"#presence-toggle-{operator_id}").click()
+                page.wait_for_selector(f"[data-testid=presence-{operator_id}]:has-text('away')")
             for name, path, language in PAGES:
                 if name == "tokens":
                     page.goto(f"{base}/tokens/")
@@ -68,8 +79,15 @@ def main() -> None:
                 page.goto(f"{base}/language/{language}?next={path}")
                 page.screenshot(path=str(OUT / f"{name}.png"))
             context.close()
+            desk = browser.new_context(viewport={"width": 1200, "height": 760}).new_page()
+            desk.goto(f"{base}/login")
+            desk.get_by_label("Username").fill("anna")
+            desk.get_by_label("Password").fill(OPERATOR_PASSWORD)
+            desk.get_by_role("button", name="Log in").click()
+            desk.wait_for_url(f"{base}/inbox/")
+            desk.screenshot(path=str(OUT / "inbox.png"))
             browser.close()
-    print(f"wrote {len(PAGES) + 1} screenshots to {OUT}")
+    print(f"wrote {len(PAGES) + 2} screenshots to {OUT}")
 
 
 if __name__ == "__main__":

@@ -116,8 +116,10 @@ cli.add_command(users_cli)
 
 
 def _fail(exc: DomainError) -> NoReturn:
-    details = " ".join(str(message) for message in exc.fields.values())
-    raise click.ClickException(f"{exc.message} {details}".strip())
+    """The error as one line: its message, then what its fields add (a field repeating it says nothing new)."""
+    said = str(exc.message)
+    details = [str(text) for text in exc.fields.values() if str(text).rstrip(".") not in said]
+    raise click.ClickException(" ".join([said, *dict.fromkeys(details)]).strip())
 
 
 @users_cli.command("create")

@@ -257,4 +257,34 @@ def test_operator_users_land_on_their_inbox(app: Flask, desk: dict) -> None:
     assert response.status_code == 302 and response.headers["Location"].endswith("/inbox/")
     page = text(browser.get("/inbox/"))
     assert 'class="brand" href="/inbox/"' in page and 'href="/inbox/" aria-current="page"' in page
-    assert browser.get("/").status_code == 403
+    # "/" is everyone's first address: an operator user is sent on to its inbox, never shown the load table.
+    root = browser.get("/")
+    assert root.status_code == 302 and root.headers["Location"].endswith("/inbox/")
+    assert "load-table" not in text(root)
+    fragment = browser.get("/", headers={"HX-Request": "true"})
+    assert fragment.status_code == 302 and "load-table" not in text(fragment)
+
+
+@pytest.mark.parametrize(
+    ("asked", "lands"),
+    [
+        ("/", "/"),  # which then sends it to the inbox
+        ("/contacts/", "/inbox/"),  # not its page: its home instead of "Not allowed"
+        ("/users/", "/inbox/"),
+        ("/no-such-page", "/inbox/"),
+        ("/contacts/1", "/contacts/1"),  # a contact page is one of its pages (the contact itself is checked there)
+    ],
+)
+def test_the_login_goes_back_only_to_a_page_the_user_may_see(app: Flask, desk: dict, asked: str, lands: str) -> None:
+    browser = app.test_client()
+    csrf = csrf_token_of(text(browser.get("/login")))
+    form = {"csrf_token": csrf, "username": "anna", "password": PASSWORD}
+    response = browser.post("/login", query_string={"next": asked}, data=form)
+    assert response.status_code == 302 and response.headers["Location"] == lands
+
+
+def test_a_supervisor_at_the_inbox_is_told_whose_page_it_is(client: FlaskClient) -> None:
+    """Not "ask a supervisor": the one asking is one."""
+    page = client.get("/inbox/")
+    assert page.status_code == 403
+    assert "operator user" in text(page) and "Ask a supervisor" not in text(page)

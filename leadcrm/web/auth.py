@@ -1,13 +1,16 @@
 """Login, logout, and one's own account: a new password, logging out everywhere."""
 
+from urllib.parse import urlsplit
+
 from flask import Blueprint, current_app, redirect, request, session, url_for
 from flask.typing import ResponseReturnValue
 from flask_babel import lazy_gettext as _l
 from flask_login import current_user, login_user, logout_user
+from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Response as BaseResponse
 
 from leadcrm import accounts, operators
-from leadcrm.auth import allow, public
+from leadcrm.auth import allow, caller_may, public
 from leadcrm.database import begin_write
 from leadcrm.errors import DomainError
 from leadcrm.extensions import db
@@ -30,6 +33,23 @@ HOME_BY_ROLE: dict[str, str] = {Role.INTAKE: "intake.index", Role.OPERATOR: "inb
 def home_for(user: User) -> str:
     """Where a user lands after the login and where the brand link goes: the page of its work."""
     return url_for(HOME_BY_ROLE.get(user.role, "load.index"))
+
+
+def _after_login(user: User) -> str:
+    """Where the login goes: the page it interrupted (``next``), if this user may see it; else its home.
+
+    An operator user sent to the login from the load table (``next=/``) lands
+    in its inbox, not on a "Not allowed" page.
+    """
+    home = home_for(user)
+    target = local_target(request.args.get("next"), home)
+    if target == home:
+        return home
+    try:
+        endpoint, _args = current_app.url_map.bind("").match(urlsplit(target).path, method="GET")
+    except HTTPException:  # no such page (404, 405): the home page rather than an error
+        return home
+    return target if caller_may(endpoint) else home
 
 
 def _secret_key() -> str | bytes:
@@ -63,7 +83,7 @@ def login() -> ResponseReturnValue:
     """Log in. authenticate() runs its own transactions, so that the password is hashed with no lock held;
     a throttled attempt raises LoginThrottled, which is answered 429 with Retry-After (leadcrm.web.errors)."""
     if current_user.is_authenticated:
-        return redirect(local_target(request.args.get("next"), home_for(current_user)))
+        return redirect(_after_login(current_user))
     db.session.commit()  # ends the read of the cookie's session: authenticate() runs its own transactions
     form = LoginForm()
     if not form.validate_on_submit():
@@ -84,7 +104,7 @@ def login() -> ResponseReturnValue:
     # A fresh session: nothing from before the login carries over.
     session.clear()
     login_user(user)
-    return _remember_device(redirect(local_target(request.args.get("next"), home_for(user))), user)
+    return _remember_device(redirect(_after_login(user)), user)
 
 
 class _Leaving:

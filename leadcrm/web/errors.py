@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 import sqlalchemy as sa
 from flask import Flask, Response, current_app, make_response, request, url_for
 from flask_babel import lazy_gettext as _l
+from flask_login import current_user
 from flask_wtf.csrf import CSRFError
 from pydantic import ValidationError
 from werkzeug.exceptions import HTTPException, InternalServerError
@@ -33,6 +34,7 @@ from leadcrm.database import UndeclaredWrite, write_refused_as_undeclared
 from leadcrm.errors import Conflict, DomainError, InvalidInput, NotFound
 from leadcrm.extensions import db
 from leadcrm.i18n import translate
+from leadcrm.vocabulary import Role
 from leadcrm.web.rendering import is_htmx, local_target, render
 
 # Everything under this path is the JSON API (its docs page is /docs).
@@ -123,6 +125,9 @@ CSRF_TEXTS = (
 
 def _page(error: ErrorAnswer, without_database: bool) -> Response:
     title, hint = CSRF_TEXTS if error.code == "csrf_failed" else PAGE_TEXTS.get(error.status, PAGE_TEXTS[500])
+    if error.status == 403 and not without_database and current_user.is_authenticated:
+        if current_user.role == Role.SUPERVISOR:
+            hint = _l("This page is for another role's work (the inbox, for one, is an operator user's).")
     message = error.page_message if error.page_message is not None else error.message
     return render(
         "errors/error.html",
@@ -140,7 +145,8 @@ def _page(error: ErrorAnswer, without_database: bool) -> Response:
 
 
 def _back_link() -> tuple[str, Any]:
-    """Where the page's link goes: back where the user came from on this site, else the load table."""
+    """Where the page's link goes: back where the user came from on this site, else the load table
+    (which sends an operator user on to its inbox)."""
     home = url_for("load.index")
     referrer = urlsplit(request.referrer or "")
     if referrer.netloc == request.host and (referrer.path, referrer.query) != (

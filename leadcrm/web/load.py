@@ -3,10 +3,10 @@
 from typing import NamedTuple
 
 import sqlalchemy as sa
-from flask import Blueprint
+from flask import Blueprint, redirect, url_for
 from flask.typing import ResponseReturnValue
 
-from leadcrm.auth import allow
+from leadcrm.auth import allow, operator_user
 from leadcrm.extensions import db
 from leadcrm.models import Source, utcnow
 from leadcrm.queries import OperatorLoad, operator_loads, unassigned_open, waiting_by_source
@@ -36,8 +36,12 @@ def at_work_totals(operators: list[OperatorLoad]) -> AtWork:
 
 
 @bp.get("/")
-@allow(Role.SUPERVISOR, Role.INTAKE)
+@allow(Role.SUPERVISOR, Role.INTAKE, Role.OPERATOR)
 def index() -> ResponseReturnValue:
+    """The load table; "/" is everyone's first address, so an operator user (who may not see the table)
+    is sent to its inbox instead."""
+    if operator_user():
+        return redirect(url_for("inbox.index"))
     waiting = waiting_by_source(db.session())
     now = utcnow()
     names = dict(db.session.execute(sa.select(Source.id, Source.name)).all())
