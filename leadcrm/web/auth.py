@@ -1,13 +1,16 @@
 """Login, logout, and one's own account: a new password, logging out everywhere."""
 
+from urllib.parse import urlsplit
+
 from flask import Blueprint, current_app, redirect, request, session, url_for
 from flask.typing import ResponseReturnValue
 from flask_babel import lazy_gettext as _l
 from flask_login import current_user, login_user, logout_user
+from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Response as BaseResponse
 
 from leadcrm import accounts, operators
-from leadcrm.auth import allow, public
+from leadcrm.auth import access_of, allow, public
 from leadcrm.database import begin_write
 from leadcrm.errors import DomainError
 from leadcrm.extensions import db
@@ -30,6 +33,24 @@ HOME_BY_ROLE: dict[str, str] = {Role.INTAKE: "intake.index", Role.OPERATOR: "inb
 def home_for(user: User) -> str:
     """Where a user lands after the login and where the brand link goes: the page of its work."""
     return url_for(HOME_BY_ROLE.get(user.role, "load.index"))
+
+
+def after_login(user: User, target: str | None) -> str:
+    """Where the login sends ``user``: ``target`` if it is a page of this site its role may open, else its home.
+
+    An operator user that opened the site's address (the load table, not its) lands on its inbox, not on
+    a 403 page; a page it may open (its contact, its account) is still where it goes back to.
+    """
+    home = home_for(user)
+    path = local_target(target, home)
+    try:
+        endpoint, _args = current_app.url_map.bind_to_environ(request.environ).match(urlsplit(path).path, method="GET")
+    except HTTPException:
+        return path  # no such page (or one that moved): routing answers as it would
+    access = access_of(current_app, str(endpoint))
+    if access is None or not (access.public or user.role in access.roles):
+        return home
+    return path
 
 
 def _secret_key() -> str | bytes:
@@ -63,7 +84,7 @@ def login() -> ResponseReturnValue:
     """Log in. authenticate() runs its own transactions, so that the password is hashed with no lock held;
     a throttled attempt raises LoginThrottled, which is answered 429 with Retry-After (leadcrm.web.errors)."""
     if current_user.is_authenticated:
-        return redirect(local_target(request.args.get("next"), home_for(current_user)))
+        return redirect(after_login(current_user, request.args.get("next")))
     db.session.commit()  # ends the read of the cookie's session: authenticate() runs its own transactions
     form = LoginForm()
     if not form.validate_on_submit():
@@ -84,7 +105,7 @@ def login() -> ResponseReturnValue:
     # A fresh session: nothing from before the login carries over.
     session.clear()
     login_user(user)
-    return _remember_device(redirect(local_target(request.args.get("next"), home_for(user))), user)
+    return _remember_device(redirect(after_login(user, request.args.get("next"))), user)
 
 
 class _Leaving:
