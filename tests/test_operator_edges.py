@@ -1,4 +1,5 @@
-"""Odd input on every new field of operators at work, the idle rule to the second, and where the login sends an operator user."""
+"""Odd input on every new field of operators at work, the idle rule to the second, and where the login
+sends an operator user."""
 
 from datetime import timedelta
 
