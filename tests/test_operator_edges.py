@@ -99,3 +99,15 @@ def test_an_operator_user_who_opens_the_sites_address_lands_on_its_inbox_after_t
     # Already logged in, the login page sends it on the same way.
     assert browser.get("/login", query_string={"next": "/users/"}).location == "/inbox/"
     assert browser.get("/login", query_string={"next": "/account"}).location == "/account"
+
+
+@pytest.mark.parametrize("given", ["³", "²5", "Anna\x00", "9" * 40])
+def test_the_shell_names_an_unknown_operator_for_any_text(app: Flask, given: str) -> None:
+    """``--operator`` with digits int() does not read (superscripts), a NUL or a huge number: the usual error."""
+    runner = app.test_cli_runner()
+    answer = runner.invoke(
+        args=["leadcrm", "users", "create", "vera", "--role", "operator", "--operator", given],
+        input="pass phrase 1\n" * 2,
+    )
+    assert answer.exit_code == 1, answer.output
+    assert "No operator named or numbered" in answer.output and isinstance(answer.exception, SystemExit)
