@@ -28,9 +28,11 @@ def get_operator(session: Session, operator_id: int) -> Operator:
 
 def find_operator(session: Session, name_or_id: str) -> Operator:
     """The operator with this name, or else with this id (the shell's ``--operator "Anna Smirnova"`` or ``3``)."""
-    operator = session.scalar(sa.select(Operator).where(Operator.name == name_or_id.strip()))
-    if operator is None and name_or_id.strip().isdigit() and len(name_or_id.strip()) < 10:
-        operator = session.get(Operator, int(name_or_id))
+    text = name_or_id.strip()
+    # No name holds a NUL (PostgreSQL refuses one in a query); an id is ASCII digits ("³" is a digit to str).
+    operator = None if "\x00" in text else session.scalar(sa.select(Operator).where(Operator.name == text))
+    if operator is None and text.isascii() and text.isdigit() and len(text) < 10:
+        operator = session.get(Operator, int(text))
     if operator is None:
         raise UnknownOperator(Message("No operator named or numbered “%(name)s”.", name=name_or_id))
     return operator

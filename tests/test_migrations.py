@@ -481,3 +481,55 @@ def test_upgraded_checks_know_operator_users_and_presence(backend, tmp_path: Pat
             assert conn.execute(sa.text("SELECT role, operator_id FROM users WHERE id = 2")).one() == ("operator", 2)
     finally:
         engine.dispose()
+
+
+def migrate_down_to(url: str, revision: str) -> None:
+    """Downgrade as ``flask db downgrade <revision>`` does, on the app's engine."""
+    from flask_migrate import downgrade
+
+    app = create_app({"TESTING": True, "SQLALCHEMY_DATABASE_URI": url})
+    with app.app_context():
+        downgrade(revision=revision)
+        db.session.remove()
+        db.engine.dispose()
+
+
+def test_0009_downgrades_with_operator_users_and_events_and_upgrades_again(
+    backend, tmp_path: Path, instance: Path
+) -> None:
+    """Back to 0008 with operator users, operator events, presence and last-seen rows stored; then 0009 again."""
+    url = backend.empty_url(tmp_path, "down")
+    migrate_to(url, REVISIONS[-2])
+    fill(url)
+    migrate_to(url)
+    engine = sa.create_engine(url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(sa.text("UPDATE users SET role = 'operator', operator_id = 2 WHERE id = 2"))
+            conn.execute(
+                sa.text(
+                    "UPDATE operators SET presence = 'away', idle_away_minutes = 10, "
+                    "last_seen_at = '2026-12-01 10:00:00' WHERE id = 1"
+                )
+            )
+            conn.execute(
+                sa.text(
+                    "INSERT INTO operator_events (operator_id, field, value, actor, created_at) "
+                    "VALUES (1, 'presence', 'away', 'user:boss', '2026-12-01 10:00:00')"
+                )
+            )
+        engine.dispose()
+        migrate_down_to(url, REVISIONS[-2])
+        with engine.connect() as conn:
+            assert conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar() == REVISIONS[-2]
+            role, active = conn.execute(sa.text("SELECT role, is_active FROM users WHERE id = 2")).one()
+            assert (role, bool(active)) == ("intake", False)
+            assert "operator_events" not in sa.inspect(conn).get_table_names()
+            assert "presence" not in {c["name"] for c in sa.inspect(conn).get_columns("operators")}
+        engine.dispose()
+        migrate_to(url)
+        with engine.connect() as conn:
+            assert conn.execute(sa.text("SELECT presence FROM operators WHERE id = 1")).scalar() == "available"
+            assert conn.execute(sa.text("SELECT count(*) FROM operator_events")).scalar() == 0
+    finally:
+        engine.dispose()
