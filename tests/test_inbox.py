@@ -288,3 +288,33 @@ def test_a_supervisor_at_the_inbox_is_told_whose_page_it_is(client: FlaskClient)
     page = client.get("/inbox/")
     assert page.status_code == 403
     assert "operator user" in text(page) and "Ask a supervisor" not in text(page)
+
+
+def test_becoming_available_from_the_switch_is_a_sign_of_life(app: Flask, client: FlaskClient, desk: dict) -> None:
+    """An idle operator (its inbox closed for longer than its setting) saying "available" on any page is
+    at work again at once: the waiting contact comes to it in the same request."""
+    anna = desk["anna_client"]
+    with app.app_context():
+        operator = db.session.get_one(Operator, desk["anna"]["id"])
+        operator.idle_away_minutes, operator.presence = 5, "away"
+        operator.last_seen_at = utcnow() - timedelta(minutes=30)
+        db.session.commit()
+    waiting = contact_id(register(client, desk["a"], "+79000000071", "anyone?"))
+    form(anna, "/inbox/presence", {"presence": "available", "next": "/account"})
+    with app.app_context():
+        assert db.session.get_one(Contact, waiting).operator_id == desk["anna"]["id"]
+
+
+def test_reopening_what_a_colleague_then_gets_lands_on_the_inbox(app: Flask, client: FlaskClient, desk: dict) -> None:
+    """Anna reopens her closed contact while away: it goes to someone else, and she is not sent to a
+    page that is no longer hers (a 403)."""
+    anna = desk["anna_client"]
+    mine = contact_id(register(client, desk["a"], "+79000000072", "hello"))
+    form(anna, f"/contacts/{mine}/close", {})
+    # Boris serves her source too now, and she is away.
+    client.post(f"{API}/sources/{desk['a']['id']}/config", json={"operator_id": desk["boris"]["id"], "weight": 1})
+    form(anna, "/inbox/presence", {"presence": "away"})
+    response = form(anna, f"/contacts/{mine}/reopen", {})
+    assert response.status_code == 302 and response.headers["Location"].endswith("/inbox/")
+    with app.app_context():
+        assert db.session.get_one(Contact, mine).operator_id == desk["boris"]["id"]

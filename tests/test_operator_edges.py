@@ -95,7 +95,9 @@ def test_an_operator_user_who_opens_the_sites_address_lands_on_its_inbox_after_t
     csrf = csrf_token_of(browser.get("/login?next=/").get_data(as_text=True))
     data = {"csrf_token": csrf, "username": "anna", "password": PASSWORD}
     response = browser.post("/login", query_string={"next": "/"}, data=data)
-    assert response.status_code == 302 and response.location == "/inbox/"
+    # Back to "/", which an operator user's visit turns into its inbox.
+    assert response.status_code == 302 and response.location == "/"
+    assert browser.get("/").location == "/inbox/"
     # Already logged in, the login page sends it on the same way.
     assert browser.get("/login", query_string={"next": "/users/"}).location == "/inbox/"
     assert browser.get("/login", query_string={"next": "/account"}).location == "/account"

@@ -127,8 +127,12 @@ def reopen(contact_id: int) -> ResponseReturnValue:
     # A closed contact keeps its operator: an operator user may reopen what it closed.
     _own_contact_or_404(contact_id)
     begin_write(db.session)
-    distribution.reopen_contact(db.session(), contact_id, held_by=own_operator_id())
+    contact = distribution.reopen_contact(db.session(), contact_id, held_by=own_operator_id())
     db.session.commit()
+    own = own_operator_id()
+    if own is not None and contact.operator_id != own:
+        # Reopened while its operator was away or full: someone else has it now, so not its page any more.
+        return changed(redirect(url_for("inbox.index")))
     return changed(_back(url_for(".detail", contact_id=contact_id)))
 
 

@@ -99,6 +99,9 @@ def presence() -> ResponseReturnValue:
         raise InvalidInput(message, {"presence": message})
     begin_write(db.session)
     operators.set_presence(db.session(), operator_id, value)
+    if value == Presence.AVAILABLE:
+        # Saying "I am here" is a sign of life too: an idle operator is at work again at once.
+        operators.note_seen(db.session(), operator_id)
     db.session.commit()
     if is_htmx():
         # The switch, showing the new state; the inbox and the load table refresh on the event.
