@@ -13,7 +13,17 @@ from typing import NamedTuple, TypedDict
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from leadcrm.models import Contact, ContactEvent, Lead, Operator, Source, SourceOperator, from_stored_time, utcnow
+from leadcrm.models import (
+    CLOSED,
+    Contact,
+    ContactEvent,
+    Lead,
+    Operator,
+    Source,
+    SourceOperator,
+    from_stored_time,
+    utcnow,
+)
 from leadcrm.storage import ContactRecord, is_idle
 from leadcrm.vocabulary import ContactStatus, Presence
 
@@ -255,3 +265,30 @@ def operator_choices(session: Session, source_id: int) -> tuple[list[Operator], 
         has_room = at_work and op.active_leads < op.max_active_leads
         (first if op.id in serving and has_room else rest).append(op)
     return first, rest
+
+
+# An operator's inbox, polled every 2 s by every open inbox: the statements are built once (building
+# them per request cost more than running them). The closed ones are spelled as the partial index
+# ix_contacts_closed_by_operator is (status = 'closed'), so both databases use it.
+INBOX_OPEN = (
+    sa.select(Contact)
+    .where(Contact.operator_id == sa.bindparam("operator_id"), Contact.status == ContactStatus.OPEN)
+    .order_by(Contact.assigned_at, Contact.id)
+)
+# The closed-today list ends here: older closed contacts are on the contacts' own pages.
+INBOX_CLOSED_MAX = 100
+INBOX_CLOSED = (
+    sa.select(Contact)
+    .where(
+        Contact.operator_id == sa.bindparam("operator_id"), sa.text(CLOSED), Contact.closed_at >= sa.bindparam("since")
+    )
+    .order_by(Contact.closed_at.desc(), Contact.id.desc())
+    .limit(INBOX_CLOSED_MAX)
+)
+
+
+def inbox_of(session: Session, operator_id: int, *, since: datetime) -> tuple[list[Contact], list[Contact]]:
+    """An operator's open contacts, oldest assignment first, and those it closed since ``since``, newest first."""
+    open_contacts = list(session.scalars(INBOX_OPEN, {"operator_id": operator_id}))
+    closed = list(session.scalars(INBOX_CLOSED, {"operator_id": operator_id, "since": since}))
+    return open_contacts, closed

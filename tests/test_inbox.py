@@ -1,5 +1,6 @@
 """The operator's inbox, its presence switch, logging out as away, and what an operator user may reach."""
 
+import re
 from datetime import timedelta
 
 import pytest
@@ -318,3 +319,36 @@ def test_reopening_what_a_colleague_then_gets_lands_on_the_inbox(app: Flask, cli
     assert response.status_code == 302 and response.headers["Location"].endswith("/inbox/")
     with app.app_context():
         assert db.session.get_one(Contact, mine).operator_id == desk["boris"]["id"]
+
+
+def test_a_poll_of_an_unchanged_inbox_is_an_empty_204(app: Flask, client: FlaskClient, desk: dict) -> None:
+    """The poll sends the version it shows; while nothing it shows changes, the answer is empty."""
+    anna = desk["anna_client"]
+    first = contact_id(register(client, desk["a"], "+79000000081", "first"))
+    with app.app_context():  # ages that read the same for an hour: "2 hours"
+        db.session.get_one(Contact, first).assigned_at = utcnow() - timedelta(hours=2)
+        db.session.commit()
+    poll = {"HX-Request": "true"}
+
+    def version() -> str:
+        found = re.search(r'hx-get="/inbox/\?v=(\w+)"', text(anna.get("/inbox/", headers=poll)))
+        assert found
+        return found.group(1)
+
+    shown = version()
+    unchanged = anna.get(f"/inbox/?v={shown}", headers=poll)
+    assert unchanged.status_code == 204 and unchanged.get_data() == b""
+    assert "HX-Request" in unchanged.headers["Vary"]
+    # A new contact, a close, going away: each one a new version, and the whole section again.
+    for change in (
+        lambda: register(client, desk["a"], "+79000000082", "second"),
+        lambda: form(anna, f"/contacts/{first}/close", {}),
+        lambda: form(anna, "/inbox/presence", {"presence": "away"}),
+    ):
+        change()
+        answer = anna.get(f"/inbox/?v={shown}", headers=poll)
+        assert answer.status_code == 200 and 'id="inbox"' in text(answer)
+        assert version() != shown
+        shown = version()
+    # A full page load always gets the page.
+    assert anna.get(f"/inbox/?v={shown}").status_code == 200
