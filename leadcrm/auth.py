@@ -18,7 +18,7 @@ from flask_login import current_user
 from werkzeug.exceptions import Forbidden, Unauthorized
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from leadcrm import accounts
+from leadcrm import accounts, queries
 from leadcrm.database import NO_WAIT, WRITE_OPTION
 from leadcrm.extensions import csrf, db, login_manager
 from leadcrm.models import Contact, User, utcnow
@@ -125,10 +125,7 @@ def check_own_lead(lead_id: int) -> None:
     if not operator_user():
         return
     own = own_operator_id()
-    held = own is not None and db.session.scalar(
-        sa.select(sa.exists().where(Contact.lead_id == lead_id, Contact.operator_id == own))
-    )
-    if not held:
+    if own is None or not queries.operator_holds_lead(db.session(), own, lead_id):
         raise Forbidden(_l("None of this lead's contacts is yours: an operator sees only the leads of its contacts."))
 
 

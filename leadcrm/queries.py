@@ -94,7 +94,11 @@ SHARES = (
 )
 
 
-def operator_load_rows(session: Session) -> list[tuple[int, str, bool, int, int, str, int | None, object]]:
+# (id, name, is_active, active_leads, max_active_leads, presence, idle_away_minutes, last_seen_at as stored)
+LoadRow = tuple[int, str, bool, int, int, str, int | None, datetime | str | None]
+
+
+def operator_load_rows(session: Session) -> list[LoadRow]:
     """Every operator as (id, name, is_active, active_leads, max_active_leads, presence,
     idle_away_minutes, last_seen_at as stored), by id: plain driver rows."""
     return list(session.connection().exec_driver_sql(OPERATOR_LOADS).cursor.fetchall())
@@ -104,15 +108,9 @@ def operator_loads(session: Session) -> list[OperatorLoad]:
     """Every operator with its load, limit and presence, by id (the counters: no history is read)."""
     now = utcnow()
     return [
-        OperatorLoad(
-            op_id, name, bool(active), load, limit, presence, idle is not None and is_idle(idle, seen_at(seen), now)
-        )
+        OperatorLoad(op_id, name, bool(active), load, limit, presence, is_idle(idle, from_stored_time(seen), now))
         for op_id, name, active, load, limit, presence, idle, seen in operator_load_rows(session)
     ]
-
-
-def seen_at(stored: object) -> datetime | None:
-    return from_stored_time(stored) if isinstance(stored, (str, datetime)) else None
 
 
 def share_rows(session: Session) -> list[tuple[int, int, int, float, int]]:
@@ -265,6 +263,12 @@ def operator_choices(session: Session, source_id: int) -> tuple[list[Operator], 
         has_room = at_work and op.active_leads < op.max_active_leads
         (first if op.id in serving and has_room else rest).append(op)
     return first, rest
+
+
+def operator_holds_lead(session: Session, operator_id: int, lead_id: int) -> bool:
+    """Has the operator been given at least one contact of the lead (open or closed)?"""
+    held = sa.select(sa.exists().where(Contact.lead_id == lead_id, Contact.operator_id == operator_id))
+    return bool(session.scalar(held))
 
 
 # An operator's inbox, polled every 2 s by every open inbox: the statements are built once (building

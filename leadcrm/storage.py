@@ -75,7 +75,14 @@ class OperatorRecord:
 
     def at_work(self, now: datetime) -> bool:
         """Active, available and not idle: it may take contacts now, if it has room (what the claims check)."""
-        return self.is_active and self.presence == Presence.AVAILABLE and not self.idle(now)
+        return is_at_work(self.is_active, self.presence, self.idle_away_minutes, self.last_seen_at, now)
+
+
+def is_at_work(
+    is_active: bool, presence: str, idle_away_minutes: int | None, last_seen_at: datetime | None, now: datetime
+) -> bool:
+    """The claims' at-work rule (``_at_work``), in Python, for what the pages and the API show."""
+    return is_active and presence == Presence.AVAILABLE and not is_idle(idle_away_minutes, last_seen_at, now)
 
 
 def is_idle(idle_away_minutes: int | None, last_seen_at: datetime | None, now: datetime) -> bool:

@@ -22,7 +22,7 @@ from pydantic.config import JsonDict
 from pydantic_core import PydanticCustomError
 
 from leadcrm.models import utcnow
-from leadcrm.storage import is_idle
+from leadcrm.storage import is_at_work
 from leadcrm.vocabulary import (
     EMAIL_MAX,
     EXTERNAL_ID_MAX,
@@ -247,9 +247,8 @@ class OperatorOut(Out):
     )
     @property
     def at_work(self) -> bool:
-        # The claims' rule (storage.OperatorRecord.at_work), from the fields: an ORM Operator has no such property.
-        idle = is_idle(self.idle_away_minutes, self.last_seen_at, utcnow())
-        return self.is_active and self.presence == Presence.AVAILABLE and not idle
+        # From the fields: an ORM Operator has no such property.
+        return is_at_work(self.is_active, self.presence, self.idle_away_minutes, self.last_seen_at, utcnow())
 
 
 class SourceOut(Out):

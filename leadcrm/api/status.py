@@ -10,9 +10,9 @@ from leadcrm.api.openapi import Answer, operation
 from leadcrm.api.schemas import DistributionStatusOut
 from leadcrm.auth import allow
 from leadcrm.extensions import db
-from leadcrm.models import utcnow
-from leadcrm.storage import is_idle
-from leadcrm.vocabulary import Presence, Role
+from leadcrm.models import from_stored_time, utcnow
+from leadcrm.storage import is_at_work
+from leadcrm.vocabulary import Role
 
 
 def _utc_text(value: datetime | None) -> str | None:
@@ -44,10 +44,7 @@ def distribution_status() -> Response:
                 "active_leads": load,
                 "max_active_leads": limit,
                 "presence": presence,
-                # As the claims decide it (storage.OperatorRecord.at_work); the setting off, nothing to parse.
-                "at_work": bool(active)
-                and presence == Presence.AVAILABLE
-                and (idle is None or not is_idle(idle, queries.seen_at(seen), now)),
+                "at_work": is_at_work(bool(active), presence, idle, from_stored_time(seen), now),
             }
             for op_id, name, active, load, limit, presence, idle, seen in queries.operator_load_rows(db.session())
         ],

@@ -42,7 +42,6 @@ def inbox_page(status: int = 200) -> Response:
         db.session.commit()
         operator = db.session.get_one(Operator, operator_id)
     open_contacts, closed_today = queries.inbox_of(db.session(), operator_id, since=_start_of_today(now))
-    now = utcnow()
     version = _version(operator, open_contacts, closed_today, now)
     if is_htmx() and request.method == "GET" and request.args.get("v") == version:
         # The poll of an inbox that shows exactly this already: nothing to send (htmx swaps nothing on a
