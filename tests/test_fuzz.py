@@ -88,3 +88,15 @@ def token(app: Flask) -> Iterator[str]:
 )
 def test_api_answers_as_documented(case: schemathesis.Case, token: str) -> None:  # noqa: ARG001 - sets up the app
     case.call_and_validate()
+
+
+def test_the_documented_blank_pattern_means_what_the_validator_strips() -> None:
+    """JSON Schema's \\s is not Python's: the pattern spells out exactly the characters str.strip() removes,
+    so a name of separators alone ("\\x1d") is documented as invalid, as the API answers it."""
+    import re
+
+    from leadcrm.api.schemas import NOT_BLANK, WHITESPACE
+
+    spaces = re.compile(f"[{WHITESPACE}]")
+    assert [c for c in range(0x110000) if bool(spaces.fullmatch(chr(c))) != chr(c).isspace()] == []
+    assert re.match(NOT_BLANK, "\x1d") is None and re.match(NOT_BLANK, " Anna ") is not None

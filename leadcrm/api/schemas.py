@@ -60,7 +60,11 @@ def _integral(value: object) -> object:
 INTEGRAL = BeforeValidator(_integral)
 # No text may hold a NUL character: PostgreSQL cannot store one. Names must not be blank.
 NO_NUL = r"^[^\x00]*$"
-NOT_BLANK = r"^[^\x00]*[^\s\x00][^\x00]*$"
+# What str.strip() removes, spelled out: a regular expression's \s means other characters in Python
+# (the separators \x1c-\x1f, \x85) than in JSON Schema's ECMA dialect (\ufeff), so the documented
+# pattern says exactly what the validator does. tests/test_fuzz.py checks it against str.isspace.
+WHITESPACE = r"\t\n\x0b\x0c\r\x1c-\x1f \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+NOT_BLANK = rf"^[^\x00]*[^{WHITESPACE}\x00][^\x00]*$"
 
 
 def _clean(value: str, *, required: bool, strip: bool) -> str:
