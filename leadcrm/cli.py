@@ -1,5 +1,6 @@
 """`flask leadcrm ...`: maintenance commands for cron, systemd timers and people."""
 
+import logging
 from collections.abc import Callable
 from typing import NoReturn
 
@@ -17,6 +18,7 @@ from leadcrm.extensions import db
 from leadcrm.idempotency import forget_expired
 from leadcrm.leads import email_duplicates
 from leadcrm.vocabulary import Role
+from leadcrm.worker import Worker
 
 cli = AppGroup("leadcrm", help="leadcrm maintenance and demo commands.")
 
@@ -67,6 +69,21 @@ def drain() -> None:
         raise click.ClickException(message) from None
     click.echo(f"Assigned {assigned} waiting contact{'s' if assigned != 1 else ''}.")
     click.echo(f"Forgot {forgotten} expired idempotency key{'s' if forgotten != 1 else ''}.")
+
+
+@cli.command("worker")
+def worker() -> None:
+    """Run the worker: shifts that start and end, offers not taken in time, long drains, expired keys.
+
+    One long-running process; run one beside the app on every server
+    (``make run`` starts it; see the README for a systemd unit). Stops after
+    the step at hand on SIGTERM or Ctrl+C. ``LEADCRM_WORKER_TICK`` is its
+    longest sleep in seconds (default 10).
+    """
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    running = Worker(current_app._get_current_object())  # type: ignore[attr-defined]  # the app, not its proxy
+    running.stop_on_signals()
+    running.run()
 
 
 @cli.command("backup")

@@ -2,6 +2,8 @@
 
 import os
 
+from leadcrm.vocabulary import OFFER_TIMEOUT_MIN
+
 PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -40,3 +42,10 @@ class Config:
     # Waiting contacts assigned at most per transaction when capacity appears
     # (the rest by the next batches: later capacity events, `flask leadcrm drain`).
     LEADCRM_DRAIN_BATCH = int(os.environ.get("LEADCRM_DRAIN_BATCH") or 200)
+    # The organisation's time zone until a supervisor sets one on the settings page (IANA name).
+    LEADCRM_TIMEZONE = os.environ.get("LEADCRM_TIMEZONE") or "UTC"
+    # The worker's longest sleep (seconds): it acts at most this long after a step becomes due
+    # that it did not know of (an offer made a moment ago), and beats its heartbeat this often.
+    LEADCRM_WORKER_TICK = float(os.environ.get("LEADCRM_WORKER_TICK") or 10)
+    # The shortest offer timeout a source may have (seconds); tests shorten it.
+    LEADCRM_OFFER_TIMEOUT_MIN = int(os.environ.get("LEADCRM_OFFER_TIMEOUT_MIN") or OFFER_TIMEOUT_MIN)

@@ -45,7 +45,9 @@ class Registration:
     operator: OperatorRecord | None
 
 
-def pick_operator(tx: Tx, source: Source | SourceRecord, rng: random.Random | None = None) -> int | None:
+def pick_operator(
+    tx: Tx, source: Source | SourceRecord, rng: random.Random | None = None, *, exclude: int | None = None
+) -> int | None:
     """The operator the source's strategy picks for its next contact; None if nobody is eligible.
 
     Eligible: serves the source (weight > 0), at work (active, available, not idle), load below its limit.
@@ -54,9 +56,12 @@ def pick_operator(tx: Tx, source: Source | SourceRecord, rng: random.Random | No
     assigned contacts (smooth weighted round robin over the history): with W
     the eligible operators' total weight and n their assigned contacts, the one
     maximising (n + 1) * weight - W * assigned_total; ties go to the lowest id.
+    ``exclude``: an operator left out (the one whose offer of the contact timed out).
     Nothing is claimed here.
     """
     eligible = storage.eligible_operators(tx, source.id)
+    if eligible is not None and exclude is not None:
+        eligible = eligible.without(exclude)
     if eligible is None:
         return None
     if source.strategy == Strategy.DETERMINISTIC:
@@ -79,13 +84,15 @@ def count_assignment(tx: Tx, source_id: int, operator_id: int) -> None:
         raise RuntimeError(f"no source_operators row for source {source_id}, operator {operator_id}")
 
 
-def assign_operator(tx: Tx, source: Source | SourceRecord, rng: random.Random | None = None) -> OperatorRecord | None:
-    """Pick and claim an operator for one new contact of ``source``, or None."""
+def assign_operator(
+    tx: Tx, source: Source | SourceRecord, rng: random.Random | None = None, *, exclude: int | None = None
+) -> OperatorRecord | None:
+    """Pick and claim an operator for one new contact of ``source`` (never ``exclude``), or None."""
     if source.strategy == Strategy.DETERMINISTIC:
         # The pick depends on every operator's history for this source: take
         # turns per source so that two requests do not both use the same counts.
         storage.lock_source(tx, source.id)
-    while (operator_id := pick_operator(tx, source, rng)) is not None:
+    while (operator_id := pick_operator(tx, source, rng, exclude=exclude)) is not None:
         claimed = storage.claim_and_count(tx, operator_id, source.id)
         if claimed is not None:
             operator, counted = claimed
@@ -133,6 +140,7 @@ def register_contact(
         reason = EventReason.STICKY if operator else reason
     if operator is None:
         operator = assign_operator(tx, source, rng)
+    now = utcnow()
     contact = storage.insert_contact(
         tx,
         lead_id=lead.id,
@@ -140,7 +148,8 @@ def register_contact(
         operator_id=operator.id if operator else None,
         message=message,
         reason=reason,
-        now=utcnow(),
+        now=now,
+        offered_until=source.offer_deadline(now) if operator else None,
     )
     return Registration(contact=contact, lead=lead, lead_created=lead_created, operator=operator)
 
@@ -246,7 +255,10 @@ def _assign_by_hand(tx: Tx, contact_id: int, operator_id: int, *, override: bool
             message = Message("This operator is inactive.")
         raise InvalidInput(message, {"operator_id": message})
     now = utcnow()
-    if not storage.move_contact(tx, contact.id, previous=contact.operator_id, operator_id=operator_id, now=now):
+    moved = storage.move_contact(
+        tx, contact.id, previous=contact.operator_id, operator_id=operator_id, now=now, accepted=True
+    )
+    if not moved:
         raise Conflict(Message("The contact changed meanwhile; look again."))
     # Not counted when the operator does not serve the source: such a contact is not part of its share.
     storage.count_assignment(tx, contact.source_id, operator_id)
@@ -320,7 +332,10 @@ def reopen_contact(
         operator = assign_operator(tx, source, rng)
     now = utcnow()
     if operator is not None:
-        if not storage.move_contact(tx, contact.id, previous=None, operator_id=operator.id, now=now):
+        offered_until = source.offer_deadline(now)
+        if not storage.move_contact(
+            tx, contact.id, previous=None, operator_id=operator.id, now=now, offered_until=offered_until
+        ):
             raise RuntimeError(f"reopened contact {contact.id} changed under its lock")  # cannot happen: we hold it
     storage.record_event(tx, contact.id, EventReason.REOPENED, None, operator.id if operator else None, now)
     return get_contact(tx, contact.id)
@@ -329,7 +344,7 @@ def reopen_contact(
 # At most this many waiting contacts are assigned in one transaction: a change
 # that frees capacity answers at once however long the queue, and on SQLite no
 # drain holds the write lock for longer than one batch. The rest is assigned by
-# the next batches: the next capacity events and `flask leadcrm drain`.
+# the next batches: the worker, asked to (storage.request_drain), and `flask leadcrm drain`.
 DRAIN_BATCH = 200
 # Key in ``session.info`` overriding DRAIN_BATCH for the unit of work (see ``limit_drains``).
 DRAIN_BATCH_KEY = "leadcrm_drain_batch"
@@ -378,7 +393,11 @@ def drain_queue(
             if operator is None:  # its queue is empty, or everyone serving it is full
                 sources.remove(source)
                 continue
-            assignments.append(Assignment(waiting.popleft(), operator.id, utcnow()))
+            now = utcnow()
+            assignments.append(Assignment(waiting.popleft(), operator.id, now, source.offer_deadline(now)))
+    if sources and len(assignments) >= batch:
+        # The batch ended before these queues did: the worker drains them further, in batches of their own.
+        storage.request_drain(tx, [source.id for source in sources], utcnow())
     if assignments:
         if storage.assign_waiting(tx, assignments) != len(assignments):
             raise RuntimeError("a waiting contact changed under its lock")  # cannot happen under our locks

@@ -4,7 +4,7 @@ Plain SQLAlchemy (no Flask): ``leadcrm.extensions`` hands ``Base`` to
 Flask-SQLAlchemy, and the engine can run on a bare SQLAlchemy session.
 """
 
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, timedelta
 from enum import StrEnum
 from typing import Any, Optional, overload
 
@@ -13,12 +13,16 @@ import sqlalchemy.orm as so
 
 from leadcrm.identity import email_key
 from leadcrm.vocabulary import (
+    ABSENCE_NOTE_MAX,
     EMAIL_MAX,
     EXTERNAL_ID_MAX,
     IDEMPOTENCY_KEY_MAX,
     NAME_MAX,
+    OFFER_MISSES_DEFAULT,
     PHONE_MAX,
+    TIMEZONE_MAX,
     USERNAME_MAX,
+    AwayReason,
     ContactStatus,
     EventReason,
     OperatorChange,
@@ -37,6 +41,11 @@ def one_of(column: str, values: type[StrEnum]) -> str:
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def offer_deadline(offer_timeout_seconds: int | None, now: datetime) -> datetime | None:
+    """When a contact routed ``now`` must be taken by its operator; None when its source makes no offers."""
+    return now + timedelta(seconds=offer_timeout_seconds) if offer_timeout_seconds else None
 
 
 class Base(so.DeclarativeBase):
@@ -99,6 +108,14 @@ class Operator(Base):
         sa.CheckConstraint("active_leads >= 0", name="active_leads_not_negative"),
         sa.CheckConstraint(one_of("presence", Presence), name="presence_known"),
         sa.CheckConstraint("idle_away_minutes > 0", name="idle_away_minutes_positive"),
+        sa.CheckConstraint(one_of("away_reason", AwayReason), name="away_reason_known"),
+        # The worker's next look at the operator's shift (leadcrm.schedules): the front of this index.
+        sa.Index(
+            "ix_operators_schedule_due_at",
+            "schedule_due_at",
+            sqlite_where=sa.text("schedule_due_at IS NOT NULL"),
+            postgresql_where=sa.text("schedule_due_at IS NOT NULL"),
+        ),
     )
 
     id: so.Mapped[int] = so.mapped_column(primary_key=True)
@@ -118,6 +135,17 @@ class Operator(Base):
     idle_away_minutes: so.Mapped[Optional[int]]
     # The last sign of life of the operator's user: its inbox open (written at most every LAST_SEEN_EVERY s).
     last_seen_at: so.Mapped[Optional[datetime]] = so.mapped_column(UTCDateTime)
+    # Set with presence away by the engine (not by a person): why. Cleared when presence changes again.
+    away_reason: so.Mapped[Optional[str]] = so.mapped_column(sa.String(20))
+    # The schedule's time zone (IANA name); NULL: the organisation's.
+    timezone: so.Mapped[Optional[str]] = so.mapped_column(sa.String(TIMEZONE_MAX))
+    # The operator's current or next stretch on shift, from its working hours minus its absences
+    # (leadcrm.schedules): on shift while shift_from <= now < shift_until, NULL being open-ended
+    # (both NULL: no hours and no absence, always on shift). The claims check it.
+    shift_from: so.Mapped[Optional[datetime]] = so.mapped_column(UTCDateTime)
+    shift_until: so.Mapped[Optional[datetime]] = so.mapped_column(UTCDateTime)
+    # When the worker next recomputes the stretch (its start: drain the queues; its end: the next one).
+    schedule_due_at: so.Mapped[Optional[datetime]] = so.mapped_column(UTCDateTime)
     created_at: so.Mapped[datetime] = so.mapped_column(UTCDateTime, default=utcnow)
 
     def __repr__(self) -> str:
@@ -145,7 +173,11 @@ class OperatorEvent(Base):
 
 class Source(Base):
     __tablename__ = "sources"
-    __table_args__ = (sa.CheckConstraint(one_of("strategy", Strategy), name="strategy_known"),)
+    __table_args__ = (
+        sa.CheckConstraint(one_of("strategy", Strategy), name="strategy_known"),
+        sa.CheckConstraint("offer_timeout_seconds > 0", name="offer_timeout_positive"),
+        sa.CheckConstraint("offer_misses_away > 0", name="offer_misses_away_positive"),
+    )
 
     id: so.Mapped[int] = so.mapped_column(primary_key=True)
     name: so.Mapped[str] = so.mapped_column(sa.String(NAME_MAX), unique=True)
@@ -153,7 +185,17 @@ class Source(Base):
     # Returning leads go back to the operator of their latest contact through
     # this source, while that operator serves it and has room.
     sticky: so.Mapped[bool] = so.mapped_column(default=False, server_default=sa.false())
+    # Offers: a contact routed to an operator must be taken (accepted) within this many seconds,
+    # or it is routed again (NULL: off, a routed contact is simply the operator's).
+    offer_timeout_seconds: so.Mapped[Optional[int]]
+    # After this many of the source's offers in a row let pass, the operator is set away.
+    offer_misses_away: so.Mapped[int] = so.mapped_column(
+        default=OFFER_MISSES_DEFAULT, server_default=str(OFFER_MISSES_DEFAULT)
+    )
     created_at: so.Mapped[datetime] = so.mapped_column(UTCDateTime, default=utcnow)
+
+    def offer_deadline(self, now: datetime) -> datetime | None:
+        return offer_deadline(self.offer_timeout_seconds, now)
 
     def __repr__(self) -> str:
         return f"<Source {self.id} {self.name!r} {self.strategy}>"
@@ -179,6 +221,8 @@ class SourceOperator(Base):
     )
     weight: so.Mapped[int] = so.mapped_column(default=0)
     assigned_total: so.Mapped[int] = so.mapped_column(default=0, server_default="0")
+    # The source's offers the operator let pass since it last took one (reset by taking one).
+    missed_offers: so.Mapped[int] = so.mapped_column(default=0, server_default="0")
 
 
 class Lead(Base):
@@ -244,6 +288,13 @@ class Contact(Base):
             sqlite_where=sa.text(CLOSED),
             postgresql_where=sa.text(CLOSED),
         ),
+        # Offers waiting to be taken, by deadline: the worker reads the front (partial: offers only).
+        sa.Index(
+            "ix_contacts_offered_until",
+            "offered_until",
+            sqlite_where=sa.text("offered_until IS NOT NULL"),
+            postgresql_where=sa.text("offered_until IS NOT NULL"),
+        ),
     )
 
     id: so.Mapped[int] = so.mapped_column(primary_key=True)
@@ -255,6 +306,10 @@ class Contact(Base):
     created_at: so.Mapped[datetime] = so.mapped_column(UTCDateTime, default=utcnow)
     assigned_at: so.Mapped[Optional[datetime]] = so.mapped_column(UTCDateTime)
     closed_at: so.Mapped[Optional[datetime]] = so.mapped_column(UTCDateTime)
+    # An offer (its source has offer_timeout_seconds): its operator must take it before this
+    # time, or the worker routes it again. NULL: not an offer, or taken (accepted_at says when).
+    offered_until: so.Mapped[Optional[datetime]] = so.mapped_column(UTCDateTime)
+    accepted_at: so.Mapped[Optional[datetime]] = so.mapped_column(UTCDateTime)
 
     def __repr__(self) -> str:
         return f"<Contact {self.id} lead={self.lead_id} op={self.operator_id} {self.status}>"
@@ -399,3 +454,71 @@ class LoginSession(Base):
     id_hash: so.Mapped[str] = so.mapped_column(sa.String(64), primary_key=True)
     user_id: so.Mapped[int] = so.mapped_column(sa.ForeignKey("users.id", ondelete="CASCADE"), index=True)
     created_at: so.Mapped[datetime] = so.mapped_column(UTCDateTime, default=utcnow)
+
+
+class OperatorHours(Base):
+    """One interval of an operator's weekly working hours, in its schedule's time zone.
+
+    Minutes since midnight: ``starts`` 0-1439, ``ends`` 1-1440 (1440 is the
+    midnight that ends the day); ``ends`` before ``starts`` crosses midnight
+    (22:00-06:00 ends the next day).
+    """
+
+    __tablename__ = "operator_hours"
+    __table_args__ = (
+        sa.CheckConstraint("weekday BETWEEN 1 AND 7", name="weekday_iso"),
+        sa.CheckConstraint("starts BETWEEN 0 AND 1439 AND ends BETWEEN 1 AND 1440", name="minutes_of_day"),
+        sa.CheckConstraint("starts <> ends", name="not_empty"),
+    )
+
+    id: so.Mapped[int] = so.mapped_column(primary_key=True)
+    operator_id: so.Mapped[int] = so.mapped_column(sa.ForeignKey("operators.id", ondelete="CASCADE"), index=True)
+    weekday: so.Mapped[int]  # ISO: 1 is Monday
+    starts: so.Mapped[int]
+    ends: so.Mapped[int]
+
+
+class OperatorAbsence(Base):
+    """Days an operator is away (holiday, sick leave): from the start of ``starts_on`` to the end of ``ends_on``."""
+
+    __tablename__ = "operator_absences"
+    __table_args__ = (sa.CheckConstraint("ends_on >= starts_on", name="ends_after_start"),)
+
+    id: so.Mapped[int] = so.mapped_column(primary_key=True)
+    operator_id: so.Mapped[int] = so.mapped_column(sa.ForeignKey("operators.id", ondelete="CASCADE"), index=True)
+    starts_on: so.Mapped[date]
+    ends_on: so.Mapped[date]
+    note: so.Mapped[Optional[str]] = so.mapped_column(sa.String(ABSENCE_NOTE_MAX))
+
+
+class Setting(Base):
+    """One setting of the organisation (the time zone), changed on the settings page."""
+
+    __tablename__ = "settings"
+
+    key: so.Mapped[str] = so.mapped_column(sa.String(64), primary_key=True)
+    value: so.Mapped[str] = so.mapped_column(sa.String(200))
+
+
+class WorkerBeat(Base):
+    """A running worker's heartbeat (``flask leadcrm worker``), one row per process."""
+
+    __tablename__ = "worker_beats"
+
+    name: so.Mapped[str] = so.mapped_column(sa.String(200), primary_key=True)  # host:pid
+    started_at: so.Mapped[datetime] = so.mapped_column(UTCDateTime)
+    beat_at: so.Mapped[datetime] = so.mapped_column(UTCDateTime)
+
+
+class DrainRequest(Base):
+    """A source whose waiting queue must be drained further by the worker.
+
+    Written by a drain that used its whole batch (more may wait behind it) and
+    by a shift that starts; deleted by the worker's drain that finds nothing
+    more to assign, if nobody asked again meanwhile (``requested_at`` unchanged).
+    """
+
+    __tablename__ = "drain_requests"
+
+    source_id: so.Mapped[int] = so.mapped_column(sa.ForeignKey("sources.id", ondelete="CASCADE"), primary_key=True)
+    requested_at: so.Mapped[datetime] = so.mapped_column(UTCDateTime)

@@ -16,7 +16,7 @@ from leadcrm.vocabulary import LAST_SEEN_EVERY, OperatorChange, Presence
 
 # The fields update_operator changes, and those of them its history records.
 FIELDS = ("name", "is_active", "max_active_leads", "presence", "idle_away_minutes")
-RECORDED = tuple(OperatorChange)
+RECORDED = tuple(change for change in OperatorChange if change != OperatorChange.SCHEDULE)
 
 
 def get_operator(session: Session, operator_id: int) -> Operator:

@@ -24,7 +24,7 @@ from leadcrm.models import (
     from_stored_time,
     utcnow,
 )
-from leadcrm.storage import ContactRecord, is_idle
+from leadcrm.storage import ContactRecord, is_idle, is_on_shift
 from leadcrm.vocabulary import ContactStatus, Presence
 
 
@@ -45,15 +45,20 @@ class OperatorLoad(NamedTuple):
     max_active_leads: int
     presence: str
     idle: bool  # away by its idle setting: its inbox has not been open for idle_away_minutes
+    away_reason: str | None = None  # set away by leadcrm (missed offers)
+    on_shift: bool = True
+    next_shift_change_at: datetime | None = None
 
     @property
     def state(self) -> str:
-        """What the load table shows: ``available``, ``away``, ``idle`` (away (idle)) or ``inactive``."""
+        """What the load table shows: ``available``, ``away``, ``idle`` (away (idle)), ``off_shift`` or ``inactive``."""
         if not self.is_active:
             return "inactive"
         if self.presence != Presence.AVAILABLE:
             return "away"
-        return "idle" if self.idle else "available"
+        if self.idle:
+            return "idle"
+        return "available" if self.on_shift else "off_shift"
 
     @property
     def at_work(self) -> bool:
@@ -84,8 +89,8 @@ CONTACTS = Contact.__table__
 # dataclass per row cost more than the queries (bench/results.md). The target
 # share is computed by the database, the same IEEE division Python would do.
 OPERATOR_LOADS = (
-    "SELECT id, name, is_active, active_leads, max_active_leads, presence, idle_away_minutes, last_seen_at "
-    "FROM operators ORDER BY id"
+    "SELECT id, name, is_active, active_leads, max_active_leads, presence, idle_away_minutes, last_seen_at, "
+    "away_reason, shift_from, shift_until FROM operators ORDER BY id"
 )
 SHARES = (
     "SELECT source_id, operator_id, weight, "
@@ -94,23 +99,47 @@ SHARES = (
 )
 
 
-# (id, name, is_active, active_leads, max_active_leads, presence, idle_away_minutes, last_seen_at as stored)
-LoadRow = tuple[int, str, bool, int, int, str, int | None, datetime | str | None]
+# (id, name, is_active, active_leads, max_active_leads, presence, idle_away_minutes, and as stored:
+# last_seen_at; then away_reason, shift_from and shift_until as stored)
+Stored = datetime | str | None
+LoadRow = tuple[int, str, bool, int, int, str, int | None, Stored, str | None, Stored, Stored]
 
 
 def operator_load_rows(session: Session) -> list[LoadRow]:
     """Every operator as (id, name, is_active, active_leads, max_active_leads, presence,
-    idle_away_minutes, last_seen_at as stored), by id: plain driver rows."""
+    idle_away_minutes, last_seen_at, away_reason, shift_from, shift_until, times as stored), by id:
+    plain driver rows."""
     return list(session.connection().exec_driver_sql(OPERATOR_LOADS).cursor.fetchall())
 
 
+def next_shift_change(shift_from: datetime | None, shift_until: datetime | None, now: datetime) -> datetime | None:
+    """When an operator with this stretch on shift next goes on or off shift (None: not foreseen)."""
+    if shift_from is not None and now < shift_from:
+        return shift_from
+    return shift_until if shift_until is not None and now < shift_until else None
+
+
 def operator_loads(session: Session) -> list[OperatorLoad]:
-    """Every operator with its load, limit and presence, by id (the counters: no history is read)."""
+    """Every operator with its load, limit, presence and shift, by id (the counters: no history is read)."""
     now = utcnow()
-    return [
-        OperatorLoad(op_id, name, bool(active), load, limit, presence, is_idle(idle, from_stored_time(seen), now))
-        for op_id, name, active, load, limit, presence, idle, seen in operator_load_rows(session)
-    ]
+    loads = []
+    for op_id, name, active, load, limit, presence, idle, seen, reason, starts, ends in operator_load_rows(session):
+        shift_from, shift_until = from_stored_time(starts), from_stored_time(ends)
+        loads.append(
+            OperatorLoad(
+                op_id,
+                name,
+                bool(active),
+                load,
+                limit,
+                presence,
+                is_idle(idle, from_stored_time(seen), now),
+                reason,
+                is_on_shift(shift_from, shift_until, now),
+                next_shift_change(shift_from, shift_until, now),
+            )
+        )
+    return loads
 
 
 def share_rows(session: Session) -> list[tuple[int, int, int, float, int]]:

@@ -29,7 +29,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session, scoped_session
 
 from leadcrm.database import UndeclaredWrite
-from leadcrm.models import UTCDateTime, from_stored_time, utcnow
+from leadcrm.models import UTCDateTime, from_stored_time, offer_deadline, utcnow
 from leadcrm.vocabulary import ContactStatus, EventReason, Presence
 
 # --- records ---------------------------------------------------------------------------
@@ -41,6 +41,12 @@ class SourceRecord:
     name: str
     strategy: str
     sticky: bool
+    offer_timeout_seconds: int | None = None
+    offer_misses_away: int = 3
+
+    def offer_deadline(self, now: datetime) -> datetime | None:
+        """When a contact routed now must be taken by its operator; None when the source makes no offers."""
+        return offer_deadline(self.offer_timeout_seconds, now)
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +69,9 @@ class OperatorRecord:
     presence: str
     idle_away_minutes: int | None
     last_seen_at: datetime | None
+    away_reason: str | None = None
+    shift_from: datetime | None = None
+    shift_until: datetime | None = None
 
     @property
     def past_limit(self) -> bool:
@@ -73,16 +82,45 @@ class OperatorRecord:
         """Away because its inbox has not been open for ``idle_away_minutes`` (never, with the setting off)."""
         return is_idle(self.idle_away_minutes, self.last_seen_at, now)
 
+    def on_shift(self, now: datetime) -> bool:
+        """Within its stretch on shift (working hours minus absences; always, with neither)."""
+        return is_on_shift(self.shift_from, self.shift_until, now)
+
     def at_work(self, now: datetime) -> bool:
-        """Active, available and not idle: it may take contacts now, if it has room (what the claims check)."""
-        return is_at_work(self.is_active, self.presence, self.idle_away_minutes, self.last_seen_at, now)
+        """Active, available, not idle and on shift: it may take contacts now, if it has room (the claims' rule)."""
+        return is_at_work(
+            self.is_active,
+            self.presence,
+            self.idle_away_minutes,
+            self.last_seen_at,
+            now,
+            shift_from=self.shift_from,
+            shift_until=self.shift_until,
+        )
 
 
 def is_at_work(
-    is_active: bool, presence: str, idle_away_minutes: int | None, last_seen_at: datetime | None, now: datetime
+    is_active: bool,
+    presence: str,
+    idle_away_minutes: int | None,
+    last_seen_at: datetime | None,
+    now: datetime,
+    *,
+    shift_from: datetime | None,
+    shift_until: datetime | None,
 ) -> bool:
     """The claims' at-work rule (``_at_work``), in Python, for what the pages and the API show."""
-    return is_active and presence == Presence.AVAILABLE and not is_idle(idle_away_minutes, last_seen_at, now)
+    return (
+        is_active
+        and presence == Presence.AVAILABLE
+        and not is_idle(idle_away_minutes, last_seen_at, now)
+        and is_on_shift(shift_from, shift_until, now)
+    )
+
+
+def is_on_shift(shift_from: datetime | None, shift_until: datetime | None, now: datetime) -> bool:
+    """The claims' shift rule, in Python: ``shift_from <= now < shift_until``, a NULL end being open."""
+    return (shift_from is None or shift_from <= now) and (shift_until is None or now < shift_until)
 
 
 def is_idle(idle_away_minutes: int | None, last_seen_at: datetime | None, now: datetime) -> bool:
@@ -103,6 +141,8 @@ class ContactRecord:
     created_at: datetime
     assigned_at: datetime | None
     closed_at: datetime | None
+    offered_until: datetime | None = None
+    accepted_at: datetime | None = None
 
 
 class EligibleOperators:
@@ -131,6 +171,11 @@ class EligibleOperators:
         """The id of the operator at ``position`` of ``weights()`` and ``assigned_totals()``."""
         return self._rows[position][0]
 
+    def without(self, operator_id: int) -> "EligibleOperators | None":
+        """The same operators but ``operator_id`` (one that let the contact's offer pass); None if nobody is left."""
+        rows = [row for row in self._rows if row[0] != operator_id]
+        return EligibleOperators(rows) if rows else None
+
 
 _WEIGHT, _ASSIGNED_TOTAL = itemgetter(1), itemgetter(2)
 
@@ -150,6 +195,7 @@ class Assignment:
     contact_id: int
     operator_id: int
     assigned_at: datetime
+    offered_until: datetime | None = None  # its source makes offers: to be taken before then
 
 
 @dataclass(frozen=True, slots=True)
@@ -397,7 +443,7 @@ def token_by_hash(tx: Tx, token_hash: str) -> TokenRecord | None:
 
 # --- sources and weights --------------------------------------------------------------
 
-SOURCE_COLUMNS = "id, name, strategy, sticky"
+SOURCE_COLUMNS = "id, name, strategy, sticky, offer_timeout_seconds, offer_misses_away"
 SOURCE_BY_NAME = Sql(f"SELECT {SOURCE_COLUMNS} FROM sources WHERE name = :name")
 SOURCE_BY_ID = Sql(f"SELECT {SOURCE_COLUMNS} FROM sources WHERE id = :id")
 LOCK_SOURCE = Sql("SELECT id FROM sources WHERE id = :id FOR UPDATE")
@@ -421,14 +467,16 @@ SOURCES_WITH_WAITING = Sql(
 )
 
 
+def _source(row: Any) -> SourceRecord | None:
+    return SourceRecord(row[0], row[1], row[2], bool(row[3]), row[4], row[5]) if row else None
+
+
 def source_by_id(tx: Tx, source_id: int) -> SourceRecord | None:
-    row = tx.execute(SOURCE_BY_ID, {"id": source_id}).fetchone()
-    return SourceRecord(row[0], row[1], row[2], bool(row[3])) if row else None
+    return _source(tx.execute(SOURCE_BY_ID, {"id": source_id}).fetchone())
 
 
 def source_by_name(tx: Tx, name: str) -> SourceRecord | None:
-    row = tx.execute(SOURCE_BY_NAME, {"name": name}).fetchone()
-    return SourceRecord(row[0], row[1], row[2], bool(row[3])) if row else None
+    return _source(tx.execute(SOURCE_BY_NAME, {"name": name}).fetchone())
 
 
 def lock_source(tx: Tx, source_id: int) -> None:
@@ -472,25 +520,33 @@ def sources_with_waiting(tx: Tx) -> list[int]:
 
 # --- operators: eligibility and the claims --------------------------------------------
 
-OPERATOR_COLUMNS = "id, name, is_active, max_active_leads, active_leads, presence, idle_away_minutes, last_seen_at"
+OPERATOR_COLUMNS = (
+    "id, name, is_active, max_active_leads, active_leads, presence, idle_away_minutes, last_seen_at, "
+    "away_reason, shift_from, shift_until"
+)
 _OPERATOR_WIDTH = len(OPERATOR_COLUMNS.split(","))
 
 
 def _at_work(table: str, dialect: str) -> str:
     """The condition that the operator row ``table`` may take contacts now, its load aside: active,
-    available, and not idle (its last sign of life no older than its idle setting, if one is on).
+    available, not idle (its last sign of life no older than its idle setting, if one is on), and
+    on shift (within its stretch from its working hours and absences, ``leadcrm.schedules``).
 
-    Idleness is decided here, at the claim, from the stored last-seen time: no background
-    process has to notice it. ``:now`` is the unit of work's time, as a timestamp column stores it.
+    Idleness and the shift are decided here, at the claim, from stored times: a shift that ended
+    a moment ago stops the claim even before the worker looks at the next one. ``:now`` is the
+    unit of work's time, as a timestamp column stores it.
     """
+    now = {"sqlite": ":now", "postgresql": "CAST(:now AS TIMESTAMPTZ)"}[dialect]
     seen_since = {
         # SQLite keeps timestamps as text (SQLAlchemy's format, which sorts as time does).
         "sqlite": f"strftime('%Y-%m-%d %H:%M:%f', :now, '-' || {table}.idle_away_minutes || ' minutes')",
-        "postgresql": f"CAST(:now AS TIMESTAMPTZ) - make_interval(mins => {table}.idle_away_minutes)",
+        "postgresql": f"{now} - make_interval(mins => {table}.idle_away_minutes)",
     }[dialect]
     return (
         f"{table}.is_active = :active AND {table}.presence = '{Presence.AVAILABLE}' "
-        f"AND ({table}.idle_away_minutes IS NULL OR {table}.last_seen_at >= {seen_since})"
+        f"AND ({table}.idle_away_minutes IS NULL OR {table}.last_seen_at >= {seen_since}) "
+        f"AND ({table}.shift_from IS NULL OR {table}.shift_from <= {now}) "
+        f"AND ({table}.shift_until IS NULL OR {table}.shift_until > {now})"
     )
 
 
@@ -531,8 +587,8 @@ CLAIM = _per_dialect(
        RETURNING {OPERATOR_COLUMNS}""",
     "operators",
 )
-# A supervisor assigning by hand: active, with room. Presence does not stop a
-# supervisor's choice (the picker shows it); the override goes past the limit too.
+# A supervisor assigning by hand: active, with room. Presence and shifts do not stop a
+# supervisor's choice (the picker shows them); the override goes past the limit too.
 CLAIM_BY_HAND = Sql(
     f"""UPDATE operators SET active_leads = active_leads + 1
        WHERE id = :id AND is_active = :active AND active_leads < max_active_leads
@@ -575,6 +631,7 @@ UPDATE_OPERATOR = Sql(
     f"""UPDATE operators SET name = coalesce(:name, name), is_active = coalesce(:is_active, is_active),
          max_active_leads = coalesce(:max_active_leads, max_active_leads),
          presence = coalesce(:presence, presence),
+         away_reason = CASE WHEN :presence IS NULL THEN away_reason ELSE CAST(:away_reason AS VARCHAR) END,
          idle_away_minutes = CASE WHEN :set_idle THEN CAST(:idle_away_minutes AS INTEGER) ELSE idle_away_minutes END
        WHERE id = :id RETURNING {OPERATOR_COLUMNS}"""
 )
@@ -589,7 +646,19 @@ INSERT_OPERATOR_EVENT = Sql(
 def _operator(row: Any) -> OperatorRecord | None:
     if not row:
         return None
-    return OperatorRecord(row[0], row[1], bool(row[2]), row[3], row[4], row[5], row[6], from_stored_time(row[7]))
+    return OperatorRecord(
+        row[0],
+        row[1],
+        bool(row[2]),
+        row[3],
+        row[4],
+        row[5],
+        row[6],
+        from_stored_time(row[7]),
+        row[8],
+        from_stored_time(row[9]),
+        from_stored_time(row[10]),
+    )
 
 
 def _now(tx: Tx) -> Any:
@@ -689,10 +758,12 @@ def update_operator(
     is_active: bool | None = None,
     max_active_leads: int | None = None,
     presence: str | None = None,
+    away_reason: str | None = None,
     idle_away_minutes: int | None | Keep = KEEP,
 ) -> OperatorRecord | None:
     """Change the fields given (None keeps one as it is; for the idle setting, where None is off,
-    KEEP does); the operator as it is then, or None if unknown.
+    KEEP does); the operator as it is then, or None if unknown. A presence given replaces the
+    away reason with ``away_reason`` (None: set by a person).
 
     A name another operator has raises sa.exc.IntegrityError.
     """
@@ -702,6 +773,7 @@ def update_operator(
         "is_active": is_active,
         "max_active_leads": max_active_leads,
         "presence": presence,
+        "away_reason": away_reason,
         "set_idle": not isinstance(idle_away_minutes, Keep),
         "idle_away_minutes": None if isinstance(idle_away_minutes, Keep) else idle_away_minutes,
     }
@@ -822,10 +894,15 @@ def latest_operator(tx: Tx, lead_id: int, source_id: int) -> int | None:
 
 # --- contacts and their history -------------------------------------------------------
 
-CONTACT_COLUMNS = "id, lead_id, source_id, operator_id, status, message, created_at, assigned_at, closed_at"
+CONTACT_FIELDS = (
+    "id, lead_id, source_id, operator_id, status, message, created_at, assigned_at, closed_at",
+    "offered_until, accepted_at",
+)
+CONTACT_COLUMNS = ", ".join(CONTACT_FIELDS)
 INSERT_CONTACT = Sql(
-    "INSERT INTO contacts (lead_id, source_id, operator_id, status, message, created_at, assigned_at) "
-    "VALUES (:lead_id, :source_id, :operator_id, 'open', :message, :created_at, :assigned_at) RETURNING id"
+    "INSERT INTO contacts (lead_id, source_id, operator_id, status, message, created_at, assigned_at, offered_until) "
+    "VALUES (:lead_id, :source_id, :operator_id, 'open', :message, :created_at, :assigned_at, :offered_until) "
+    "RETURNING id"
 )
 # PostgreSQL: the new contact and its first history event in one statement.
 INSERT_CONTACT_AND_EVENT = Sql(
@@ -837,17 +914,20 @@ INSERT_CONTACT_AND_EVENT = Sql(
 )
 GET_CONTACT = Sql(f"SELECT {CONTACT_COLUMNS} FROM contacts WHERE id = :id")
 LOCK_CONTACT = Sql(GET_CONTACT.text + " FOR UPDATE")
+# An offer closed before it was taken is no longer an offer (closing it was taking it).
 CLOSE_CONTACT = Sql(
-    f"UPDATE contacts SET status = 'closed', closed_at = :closed_at "
+    f"UPDATE contacts SET status = 'closed', closed_at = :closed_at, offered_until = NULL "
     f"WHERE id = :id AND status = 'open' RETURNING {CONTACT_COLUMNS}"
 )
+# A move by hand counts as taken (accepted_at); one by routing may be an offer (offered_until).
 MOVE_CONTACT = Sql(
-    "UPDATE contacts SET operator_id = :operator_id, assigned_at = :assigned_at "
+    "UPDATE contacts SET operator_id = :operator_id, assigned_at = :assigned_at, "
+    "offered_until = :offered_until, accepted_at = :accepted_at "
     "WHERE id = :id AND status = 'open' AND operator_id IS NOT DISTINCT FROM :previous"
 )
 REOPEN_CONTACT = Sql(
-    "UPDATE contacts SET status = 'open', closed_at = NULL, operator_id = NULL, assigned_at = NULL "
-    "WHERE id = :id AND status = 'closed'"
+    "UPDATE contacts SET status = 'open', closed_at = NULL, operator_id = NULL, assigned_at = NULL, "
+    "offered_until = NULL, accepted_at = NULL WHERE id = :id AND status = 'closed'"
 )
 # The waiting queue: a source's oldest open contacts without an operator. Its
 # WHERE is the predicate of the partial index ix_contacts_waiting (source_id,
@@ -861,7 +941,7 @@ OLDEST_WAITING = Sql(
 )
 OLDEST_WAITING_LOCKED = Sql(OLDEST_WAITING.text + " FOR UPDATE SKIP LOCKED")
 ASSIGN_WAITING = Sql(
-    "UPDATE contacts SET operator_id = :operator_id, assigned_at = :assigned_at "
+    "UPDATE contacts SET operator_id = :operator_id, assigned_at = :assigned_at, offered_until = :offered_until "
     "WHERE id = :id AND operator_id IS NULL AND status = 'open'"
 )
 # The history: one row per change of a contact's assignment.
@@ -876,7 +956,17 @@ def _contact(row: Any) -> ContactRecord | None:
         return None
     created_at = from_stored_time(row[6])
     return ContactRecord(
-        row[0], row[1], row[2], row[3], row[4], row[5], created_at, from_stored_time(row[7]), from_stored_time(row[8])
+        row[0],
+        row[1],
+        row[2],
+        row[3],
+        row[4],
+        row[5],
+        created_at,
+        from_stored_time(row[7]),
+        from_stored_time(row[8]),
+        from_stored_time(row[9]),
+        from_stored_time(row[10]),
     )
 
 
@@ -889,8 +979,10 @@ def insert_contact(
     message: str | None,
     reason: str,
     now: datetime,
+    offered_until: datetime | None = None,
 ) -> ContactRecord:
-    """Store a new open contact (assigned to ``operator_id`` if one is given) and its first history event."""
+    """Store a new open contact (assigned to ``operator_id`` if one is given, as an offer to be taken
+    before ``offered_until`` if that is given) and its first history event."""
     at = tx.stored(now)
     params = {
         "lead_id": lead_id,
@@ -899,6 +991,7 @@ def insert_contact(
         "message": message,
         "created_at": at,
         "assigned_at": at if operator_id is not None else None,
+        "offered_until": tx.stored(offered_until) if offered_until is not None else None,
     }
     if tx.dialect == "postgresql":  # one round trip for both rows
         params["reason"], params["actor"] = reason, tx.actor
@@ -908,7 +1001,7 @@ def insert_contact(
         _event(tx, contact_id, reason, None, operator_id, at)
     assigned_at = now if operator_id is not None else None
     return ContactRecord(
-        contact_id, lead_id, source_id, operator_id, ContactStatus.OPEN, message, now, assigned_at, None
+        contact_id, lead_id, source_id, operator_id, ContactStatus.OPEN, message, now, assigned_at, None, offered_until
     )
 
 
@@ -933,9 +1026,28 @@ def close_contact(tx: Tx, contact_id: int, now: datetime) -> ContactRecord | Non
     return contact
 
 
-def move_contact(tx: Tx, contact_id: int, *, previous: int | None, operator_id: int, now: datetime) -> bool:
-    """Give the open contact to ``operator_id`` if it is still with ``previous``; False if it was not."""
-    params = {"id": contact_id, "operator_id": operator_id, "assigned_at": tx.stored(now), "previous": previous}
+def move_contact(
+    tx: Tx,
+    contact_id: int,
+    *,
+    previous: int | None,
+    operator_id: int,
+    now: datetime,
+    offered_until: datetime | None = None,
+    accepted: bool = False,
+) -> bool:
+    """Give the open contact to ``operator_id`` if it is still with ``previous``; False if it was not.
+
+    Routing's move may make it an offer (``offered_until``); a person's counts as taken (``accepted``).
+    """
+    params = {
+        "id": contact_id,
+        "operator_id": operator_id,
+        "assigned_at": tx.stored(now),
+        "previous": previous,
+        "offered_until": tx.stored(offered_until) if offered_until is not None else None,
+        "accepted_at": tx.stored(now) if accepted else None,
+    }
     return tx.execute(MOVE_CONTACT, params).rowcount == 1
 
 
@@ -956,7 +1068,13 @@ def oldest_waiting(tx: Tx, source_id: int, limit: int) -> list[int]:
 def assign_waiting(tx: Tx, assignments: list[Assignment]) -> int:
     """Give waiting contacts their operators, in as few round trips as the driver manages; how many changed."""
     rows = [
-        {"id": a.contact_id, "operator_id": a.operator_id, "assigned_at": tx.stored(a.assigned_at)} for a in assignments
+        {
+            "id": a.contact_id,
+            "operator_id": a.operator_id,
+            "assigned_at": tx.stored(a.assigned_at),
+            "offered_until": tx.stored(a.offered_until) if a.offered_until is not None else None,
+        }
+        for a in assignments
     ]
     return tx.execute_many(ASSIGN_WAITING, rows).rowcount
 
@@ -1041,3 +1159,146 @@ def remember_answer(tx: Tx, caller: str, key: str, *, status_code: int, body: st
     """Store the answer the request that took the caller's key got."""
     params = {"caller": caller, "key": key, "status_code": status_code, "body": body, "location": location}
     tx.execute(REMEMBER_ANSWER, params)
+
+
+# --- drain requests (the worker continues long drains) --------------------------------
+
+# Asked again: the newer time wins, so a worker's conditional delete of the older request misses.
+REQUEST_DRAIN = Sql(
+    "INSERT INTO drain_requests (source_id, requested_at) VALUES (:source_id, :requested_at) "
+    "ON CONFLICT (source_id) DO UPDATE SET requested_at = excluded.requested_at"
+)
+DRAIN_REQUESTS = Sql("SELECT source_id, requested_at FROM drain_requests ORDER BY requested_at, source_id")
+FORGET_DRAIN_REQUEST = Sql("DELETE FROM drain_requests WHERE source_id = :source_id AND requested_at = :requested_at")
+
+
+@dataclass(frozen=True, slots=True)
+class DrainRequestRecord:
+    source_id: int
+    requested_at: Any  # as stored: compared back, never shown
+
+
+def request_drain(tx: Tx, source_ids: Iterable[int], now: datetime) -> None:
+    """Ask the worker to drain these sources' queues further (written last in the transaction: its own rows)."""
+    rows = [{"source_id": source_id, "requested_at": tx.stored(now)} for source_id in sorted(set(source_ids))]
+    if rows:
+        tx.execute_many(REQUEST_DRAIN, rows)
+
+
+def drain_requests(tx: Tx) -> list[DrainRequestRecord]:
+    """The drains asked for, oldest first."""
+    return [DrainRequestRecord(row[0], row[1]) for row in tx.execute(DRAIN_REQUESTS, {})]
+
+
+def forget_drain_request(tx: Tx, request: DrainRequestRecord) -> bool:
+    """Delete the request if nobody asked again since it was read; False if someone did (it stays)."""
+    params = {"source_id": request.source_id, "requested_at": request.requested_at}
+    return tx.execute(FORGET_DRAIN_REQUEST, params).rowcount == 1
+
+
+# --- shifts (leadcrm/schedules.py) -----------------------------------------------------
+
+DUE_SHIFTS = Sql("SELECT id FROM operators WHERE schedule_due_at <= :now ORDER BY schedule_due_at, id LIMIT :limit")
+DUE_SHIFTS_LOCKED = Sql(DUE_SHIFTS.text + " FOR UPDATE SKIP LOCKED")
+SET_SHIFT = Sql(
+    "UPDATE operators SET shift_from = :shift_from, shift_until = :shift_until, schedule_due_at = :due_at "
+    "WHERE id = :id"
+)
+NEXT_SHIFT_DUE = Sql("SELECT min(schedule_due_at) FROM operators WHERE schedule_due_at IS NOT NULL")
+
+
+def _stored_or_none(tx: Tx, value: datetime | None) -> Any:
+    return tx.stored(value) if value is not None else None
+
+
+def due_shifts(tx: Tx, now: datetime, limit: int) -> list[int]:
+    """Operators whose stretch on shift the worker must recompute now, at most ``limit``, oldest due first.
+
+    PostgreSQL: their rows are locked, and rows another worker holds are skipped.
+    """
+    statement = DUE_SHIFTS_LOCKED if tx.row_locks else DUE_SHIFTS
+    return [row[0] for row in tx.execute(statement, {"now": tx.stored(now), "limit": limit})]
+
+
+def set_shift(
+    tx: Tx, operator_id: int, shift_from: datetime | None, shift_until: datetime | None, due_at: datetime | None
+) -> bool:
+    """Store the operator's stretch on shift and when to look again; False if there is no such operator."""
+    params = {
+        "id": operator_id,
+        "shift_from": _stored_or_none(tx, shift_from),
+        "shift_until": _stored_or_none(tx, shift_until),
+        "due_at": _stored_or_none(tx, due_at),
+    }
+    return tx.execute(SET_SHIFT, params).rowcount == 1
+
+
+def next_shift_due(tx: Tx) -> datetime | None:
+    """The earliest moment the worker must look at a shift (the front of ix_operators_schedule_due_at)."""
+    return from_stored_time(tx.execute(NEXT_SHIFT_DUE, {}).fetchone()[0])
+
+
+# --- offers ---------------------------------------------------------------------------
+
+DUE_OFFERS = Sql(
+    "SELECT id FROM contacts WHERE offered_until IS NOT NULL AND offered_until <= :now "
+    "ORDER BY offered_until, id LIMIT :limit"
+)
+DUE_OFFERS_LOCKED = Sql(DUE_OFFERS.text + " FOR UPDATE SKIP LOCKED")
+NEXT_OFFER_DUE = Sql("SELECT min(offered_until) FROM contacts WHERE offered_until IS NOT NULL")
+# Taken back only as it was read: the same operator, the same deadline, still open.
+TAKE_BACK_OFFER = Sql(
+    "UPDATE contacts SET operator_id = NULL, assigned_at = NULL, offered_until = NULL "
+    "WHERE id = :id AND status = 'open' AND operator_id = :operator_id AND offered_until = :offered_until"
+)
+# Taken only by its operator, before the deadline.
+ACCEPT_OFFER = Sql(
+    "UPDATE contacts SET accepted_at = :now, offered_until = NULL "
+    "WHERE id = :id AND status = 'open' AND operator_id = :operator_id AND offered_until > :now"
+)
+COUNT_MISSED_OFFER = Sql(
+    "UPDATE source_operators SET missed_offers = missed_offers + 1 "
+    "WHERE source_id = :source_id AND operator_id = :operator_id RETURNING missed_offers"
+)
+RESET_MISSED_OFFERS = Sql(
+    "UPDATE source_operators SET missed_offers = 0 "
+    "WHERE source_id = :source_id AND operator_id = :operator_id AND missed_offers > 0"
+)
+
+
+def due_offers(tx: Tx, now: datetime, limit: int) -> list[int]:
+    """Contacts whose offer's deadline has passed, at most ``limit``, oldest deadline first.
+
+    PostgreSQL: their rows are locked, and rows another worker (or an accept) holds are skipped.
+    """
+    statement = DUE_OFFERS_LOCKED if tx.row_locks else DUE_OFFERS
+    return [row[0] for row in tx.execute(statement, {"now": tx.stored(now), "limit": limit})]
+
+
+def next_offer_due(tx: Tx) -> datetime | None:
+    """The earliest deadline of an offer not yet taken (the front of ix_contacts_offered_until)."""
+    return from_stored_time(tx.execute(NEXT_OFFER_DUE, {}).fetchone()[0])
+
+
+def take_back_offer(tx: Tx, contact: ContactRecord) -> bool:
+    """Take the offered contact back from its operator, as read (same operator, same deadline); False if it changed."""
+    assert contact.offered_until is not None
+    params = {"id": contact.id, "operator_id": contact.operator_id, "offered_until": tx.stored(contact.offered_until)}
+    return tx.execute(TAKE_BACK_OFFER, params).rowcount == 1
+
+
+def accept_offer(tx: Tx, contact_id: int, operator_id: int, now: datetime) -> bool:
+    """The operator takes its offered contact before the deadline; False if it is not (or no longer) its offer."""
+    params = {"id": contact_id, "operator_id": operator_id, "now": tx.stored(now)}
+    return tx.execute(ACCEPT_OFFER, params).rowcount == 1
+
+
+def count_missed_offer(tx: Tx, source_id: int, operator_id: int) -> int:
+    """One more of the source's offers the operator let pass; how many in a row now (0 without a row)."""
+    row = tx.execute(COUNT_MISSED_OFFER, {"source_id": source_id, "operator_id": operator_id}).fetchone()
+    return row[0] if row else 0
+
+
+def reset_missed_offers(tx: Tx, source_id: int, operator_id: int) -> None:
+    """The operator took one of the source's offers: its misses in a row start again from 0."""
+    tx.execute(RESET_MISSED_OFFERS, {"source_id": source_id, "operator_id": operator_id})

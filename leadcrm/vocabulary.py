@@ -35,6 +35,7 @@ class EventReason(StrEnum):
     OVERRIDE = "override"
     CLOSED = "closed"
     REOPENED = "reopened"
+    TIMEOUT = "timeout"  # an offer not taken in time: taken back and routed again
 
 
 class Role(StrEnum):
@@ -60,6 +61,13 @@ class OperatorChange(StrEnum):
     IS_ACTIVE = "is_active"
     MAX_ACTIVE_LEADS = "max_active_leads"
     IDLE_AWAY_MINUTES = "idle_away_minutes"
+    SCHEDULE = "schedule"  # working hours, absences or time zone replaced
+
+
+class AwayReason(StrEnum):
+    """Why an operator is away when it did not set itself so (``Operator.away_reason``)."""
+
+    MISSED_OFFERS = "missed_offers"  # it let OFFER_MISSES in a row of one source's offers pass
 
 
 class TokenScope(StrEnum):
@@ -90,6 +98,20 @@ IDLE_MINUTES_MAX = 7 * 24 * 60
 # The inbox's refresh is an operator's sign of life; it is written at most this often (seconds),
 # so an open inbox costs one write per operator every half minute, not one per refresh.
 LAST_SEEN_EVERY = 30
+# Offers (a source's offer_timeout_seconds): the shortest and longest time to take a contact, and
+# how many offers of one source an operator may let pass in a row before it is set away.
+OFFER_TIMEOUT_MIN = 30
+OFFER_TIMEOUT_MAX = 24 * 60 * 60
+OFFER_MISSES_DEFAULT = 3
+OFFER_MISSES_MAX = 100
+# Schedules: time zones are IANA names (Europe/Moscow); an absence's note; how many intervals and
+# absences one operator's schedule holds.
+TIMEZONE_MAX = 64
+ABSENCE_NOTE_MAX = 200
+SCHEDULE_HOURS_MAX = 7 * 8
+SCHEDULE_ABSENCES_MAX = 200
+# The worker: a page warns when no worker has beaten for this long (seconds).
+WORKER_SILENT_AFTER = 120
 # Bounded so that a source's total weight always fits an integer column.
 WEIGHT_MAX = 1_000_000
 # Lists: a page holds PER_PAGE items (the API's default; pages always), at most PER_PAGE_MAX.

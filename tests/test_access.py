@@ -102,6 +102,7 @@ EXPECTED: dict[str, set[str]] = {
     "api.set_source_config": API_SUPERVISORS,
     "api.assign_contact": API_SUPERVISORS,
     "api.reopen_contact": API_OWN_AND_SUPERVISORS,
+    "api.accept_contact": API_OWN_AND_SUPERVISORS,
     "api.export_contacts": API_SUPERVISORS,
 }
 # The routes an operator user may call for its own things only, and the URL that asks for another's.
@@ -115,6 +116,7 @@ OWN = {
     "api.get_contact_events": "/api/v1/contacts/2/events",
     "api.close_contact": "/api/v1/contacts/2/close",
     "api.reopen_contact": "/api/v1/contacts/2/reopen",
+    "api.accept_contact": "/api/v1/contacts/2/accept",
     "api.get_lead": "/api/v1/leads/2",
     "api.get_operator": "/api/v1/operators/2",
     "api.update_operator": "/api/v1/operators/2",
@@ -126,6 +128,7 @@ OPERATOR_REACH = {
     "api.get_contact_events": "its own contacts only",
     "api.close_contact": "its own contacts only",
     "api.reopen_contact": "its own contacts only",
+    "api.accept_contact": "its own contacts only",
     "api.get_lead": "a lead of its own contacts, with those contacts only",
     "api.get_operator": "its own operator only",
     "api.update_operator": "its own operator's presence only",

@@ -80,6 +80,9 @@ def test_create_operator_returns_it_with_location(client: FlaskClient) -> None:
         "idle_away_minutes": None,
         "last_seen_at": None,
         "at_work": True,
+        "away_reason": None,
+        "on_shift": True,
+        "next_shift_change_at": None,
     }
     assert response.headers["Location"] == "/api/v1/operators/1"
     assert client.get(response.headers["Location"]).json == response.json
@@ -676,7 +679,7 @@ def test_every_operation_has_its_own_operation_id(client: FlaskClient) -> None:
     # Clients generated from the document name their functions after it: explicit, unique, camelCase.
     document = served_document(client)
     ids = [op["operationId"] for item in document["paths"].values() for m, op in item.items() if m != "parameters"]
-    assert len(ids) == len(set(ids)) == 21
+    assert len(ids) == len(set(ids)) == 22
     assert all(re.fullmatch(r"[a-z]+(?:[A-Z][a-z]+)+", operation_id) for operation_id in ids), ids
     assert {"registerContact", "listContacts", "getContact", "closeContact", "getDistributionStatus"} <= set(ids)
 

@@ -7,7 +7,7 @@ revision's schema (only the columns that exist there), and upgraded to head
 the way a server's start does it. Nothing may be lost or changed on the way.
 """
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -197,6 +197,17 @@ ROWS: dict[str, list[dict[str, Any]]] = {
     "operator_events": [
         {"id": 1, "operator_id": 2, "field": "presence", "value": "away", "actor": "user:olga", "created_at": at(52)}
     ],
+    # Борис works weekdays 09:00-18:00 in Moscow and 22:00-06:00 on Fridays; Anna takes a holiday.
+    "operator_hours": [
+        {"id": 1, "operator_id": 2, "weekday": 1, "starts": 9 * 60, "ends": 18 * 60},
+        {"id": 2, "operator_id": 2, "weekday": 5, "starts": 22 * 60, "ends": 6 * 60},
+    ],
+    "operator_absences": [
+        {"id": 1, "operator_id": 1, "starts_on": date(2026, 12, 24), "ends_on": date(2027, 1, 2), "note": "отпуск"}
+    ],
+    "settings": [{"key": "timezone", "value": "Europe/Moscow"}],
+    "worker_beats": [{"name": "host-1:4242", "started_at": at(53), "beat_at": at(54)}],
+    "drain_requests": [{"source_id": 2, "requested_at": at(55)}],
 }
 
 # What rows written before a column existed hold in it after the upgrade (a
@@ -212,6 +223,17 @@ ADDED_LATER: dict[tuple[str, str], Any] = {
     ("operators", "idle_away_minutes"): None,
     ("operators", "last_seen_at"): None,
     ("users", "operator_id"): None,
+    # Stored before schedules and offers: always on shift in the organisation's zone, no offers.
+    ("operators", "away_reason"): None,
+    ("operators", "timezone"): None,
+    ("operators", "shift_from"): None,
+    ("operators", "shift_until"): None,
+    ("operators", "schedule_due_at"): None,
+    ("source_operators", "missed_offers"): 0,
+    ("sources", "offer_timeout_seconds"): None,
+    ("sources", "offer_misses_away"): 3,
+    ("contacts", "offered_until"): None,
+    ("contacts", "accepted_at"): None,
 }
 
 WAITING_CONTACTS = [6, 7]
@@ -499,7 +521,7 @@ def test_0009_downgrades_with_operator_users_and_events_and_upgrades_again(
 ) -> None:
     """Back to 0008 with operator users, operator events, presence and last-seen rows stored; then 0009 again."""
     url = backend.empty_url(tmp_path, "down")
-    migrate_to(url, REVISIONS[-2])
+    migrate_to(url, "0008_email_key")
     fill(url)
     migrate_to(url)
     engine = sa.create_engine(url)
@@ -519,9 +541,9 @@ def test_0009_downgrades_with_operator_users_and_events_and_upgrades_again(
                 )
             )
         engine.dispose()
-        migrate_down_to(url, REVISIONS[-2])
+        migrate_down_to(url, "0008_email_key")
         with engine.connect() as conn:
-            assert conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar() == REVISIONS[-2]
+            assert conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar() == "0008_email_key"
             role, active = conn.execute(sa.text("SELECT role, is_active FROM users WHERE id = 2")).one()
             assert (role, bool(active)) == ("intake", False)
             assert "operator_events" not in sa.inspect(conn).get_table_names()
@@ -531,5 +553,49 @@ def test_0009_downgrades_with_operator_users_and_events_and_upgrades_again(
         with engine.connect() as conn:
             assert conn.execute(sa.text("SELECT presence FROM operators WHERE id = 1")).scalar() == "available"
             assert conn.execute(sa.text("SELECT count(*) FROM operator_events")).scalar() == 0
+    finally:
+        engine.dispose()
+
+
+def test_0010_downgrades_with_schedules_offers_and_timeouts_and_upgrades_again(
+    backend, tmp_path: Path, instance: Path
+) -> None:
+    """Back to 0009 with hours, absences, an offer, a timeout event and a schedule event stored; then 0010 again."""
+    url = backend.empty_url(tmp_path, "down10")
+    migrate_to(url, "0009_operators_at_work")
+    fill(url)
+    migrate_to(url)
+    engine = sa.create_engine(url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(sa.text("UPDATE sources SET offer_timeout_seconds = 60 WHERE id = 1"))
+            conn.execute(sa.text("UPDATE contacts SET offered_until = '2026-12-01 10:01:00' WHERE id = 1"))
+            conn.execute(
+                sa.text(
+                    "INSERT INTO contact_events (contact_id, reason, from_operator_id, to_operator_id, created_at) "
+                    "VALUES (3, 'timeout', 1, 2, '2026-12-01 10:00:00')"
+                )
+            )
+            conn.execute(
+                sa.text(
+                    "INSERT INTO operator_events (operator_id, field, value, actor, created_at) "
+                    "VALUES (2, 'schedule', NULL, 'user:olga', '2026-12-01 10:00:00')"
+                )
+            )
+        engine.dispose()
+        migrate_down_to(url, "0009_operators_at_work")
+        with engine.connect() as conn:
+            assert conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar() == "0009_operators_at_work"
+            assert "operator_hours" not in sa.inspect(conn).get_table_names()
+            assert "offered_until" not in {c["name"] for c in sa.inspect(conn).get_columns("contacts")}
+            reasons = conn.execute(sa.text("SELECT reason FROM contact_events WHERE contact_id = 3")).scalars().all()
+            assert "timeout" not in reasons and "manual" in reasons
+            fields = conn.execute(sa.text("SELECT field FROM operator_events")).scalars().all()
+            assert "schedule" not in fields
+        engine.dispose()
+        migrate_to(url)
+        with engine.connect() as conn:
+            assert conn.execute(sa.text("SELECT count(*) FROM operator_hours")).scalar() == 0
+            assert conn.execute(sa.text("SELECT offer_timeout_seconds FROM sources WHERE id = 1")).scalar() is None
     finally:
         engine.dispose()

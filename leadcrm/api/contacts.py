@@ -8,7 +8,7 @@ from flask import current_app, request, stream_with_context, url_for
 from flask_babel import lazy_gettext as _l
 from werkzeug.exceptions import Forbidden
 
-from leadcrm import distribution, export, idempotency, leads, queries, sources
+from leadcrm import distribution, export, idempotency, leads, offers, queries, sources
 from leadcrm.api import bp
 from leadcrm.api.http import Response, dump, json_body, page_of, parse, query_args
 from leadcrm.api.openapi import Answer, created, operation
@@ -30,6 +30,7 @@ from leadcrm.errors import InvalidInput, LeadConflict, NotFound
 from leadcrm.extensions import db
 from leadcrm.identity import LeadIdentity, parse_identity
 from leadcrm.models import Contact, utcnow
+from leadcrm.queries import next_shift_change
 from leadcrm.storage import ContactRecord, LeadRecord, OperatorRecord
 from leadcrm.units import on_driver_connection, request_unit
 from leadcrm.vocabulary import IDEMPOTENCY_KEY_MAX, Role
@@ -139,6 +140,8 @@ def contact_json(c: ContactRecord) -> dict[str, Any]:
         "created_at": utc_text(c.created_at),
         "assigned_at": utc_text(c.assigned_at),
         "closed_at": utc_text(c.closed_at),
+        "offered_until": utc_text(c.offered_until),
+        "accepted_at": utc_text(c.accepted_at),
     }
 
 
@@ -156,6 +159,7 @@ def lead_json(lead: LeadRecord) -> dict[str, Any]:
 
 def operator_json(o: OperatorRecord) -> dict[str, Any]:
     """OperatorOut of a record."""
+    now = utcnow()
     return {
         "id": o.id,
         "name": o.name,
@@ -165,7 +169,10 @@ def operator_json(o: OperatorRecord) -> dict[str, Any]:
         "presence": o.presence,
         "idle_away_minutes": o.idle_away_minutes,
         "last_seen_at": utc_text(o.last_seen_at),
-        "at_work": o.at_work(utcnow()),
+        "away_reason": o.away_reason,
+        "on_shift": o.on_shift(now),
+        "next_shift_change_at": utc_text(next_shift_change(o.shift_from, o.shift_until, now)),
+        "at_work": o.at_work(now),
     }
 
 
@@ -307,5 +314,26 @@ def close_contact(contact_id: int) -> Response:
     _own_contact(contact_id)
     begin_write(db.session)
     contact = distribution.close_contact(db.session(), contact_id, held_by=own_operator_id())
+    db.session.commit()
+    return dump(ContactOut, contact)
+
+
+@bp.post("/contacts/<id:contact_id>/accept")
+@allow(Role.SUPERVISOR, Role.OPERATOR)
+@operation(
+    "acceptContact",
+    Answer("The contact, taken (accepted_at set, offered_until null).", ContactOut),
+    errors=(404, 409),
+    operator_access="its own contacts only",
+)
+def accept_contact(contact_id: int) -> Response:
+    """Take a contact offered to its operator before the deadline (taking a taken one changes nothing).
+
+    A supervisor (or a token) takes it for the operator it is offered to. After the deadline: 409,
+    and the contact is being offered to someone else.
+    """
+    _own_contact(contact_id)
+    begin_write(db.session)
+    contact = offers.accept(db.session(), contact_id, own_operator_id())
     db.session.commit()
     return dump(ContactOut, contact)

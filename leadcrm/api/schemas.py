@@ -22,7 +22,8 @@ from pydantic.config import JsonDict
 from pydantic_core import PydanticCustomError
 
 from leadcrm.models import utcnow
-from leadcrm.storage import is_at_work
+from leadcrm.queries import next_shift_change
+from leadcrm.storage import is_at_work, is_on_shift
 from leadcrm.vocabulary import (
     EMAIL_MAX,
     EXTERNAL_ID_MAX,
@@ -36,6 +37,7 @@ from leadcrm.vocabulary import (
     PER_PAGE_MAX,
     PHONE_INPUT_MAX,
     WEIGHT_MAX,
+    AwayReason,
     ContactStatus,
     EventReason,
     Presence,
@@ -246,13 +248,43 @@ class OperatorOut(Out):
         description="The operator's last sign of life (its inbox open); null if never seen."
     )
 
+    away_reason: Optional[AwayReason] = Field(
+        description="Set away by leadcrm, not by a person: why (missed_offers: it let offers pass); null otherwise."
+    )
+    shift_from: Optional[datetime] = Field(
+        exclude=True, description="The current or next stretch on shift begins (null: open-ended)."
+    )
+    shift_until: Optional[datetime] = Field(exclude=True, description="... and ends (null: open-ended).")
+
     @computed_field(  # type: ignore[prop-decorator]  # pydantic's documented use
-        description="Active, available and not idle now: it gets new contacts while it has room."
+        description="Within its working hours and not absent now (always, with no hours set)."
+    )
+    @property
+    def on_shift(self) -> bool:
+        return is_on_shift(self.shift_from, self.shift_until, utcnow())
+
+    @computed_field(  # type: ignore[prop-decorator]  # pydantic's documented use
+        description="When it next goes on or off shift; null when no change is foreseen (no hours, no absence)."
+    )
+    @property
+    def next_shift_change_at(self) -> Optional[datetime]:
+        return next_shift_change(self.shift_from, self.shift_until, utcnow())
+
+    @computed_field(  # type: ignore[prop-decorator]  # pydantic's documented use
+        description="Active, available, not idle and on shift now: it gets new contacts while it has room."
     )
     @property
     def at_work(self) -> bool:
         # From the fields: an ORM Operator has no such property.
-        return is_at_work(self.is_active, self.presence, self.idle_away_minutes, self.last_seen_at, utcnow())
+        return is_at_work(
+            self.is_active,
+            self.presence,
+            self.idle_away_minutes,
+            self.last_seen_at,
+            utcnow(),
+            shift_from=self.shift_from,
+            shift_until=self.shift_until,
+        )
 
 
 class SourceOut(Out):
@@ -277,6 +309,13 @@ class ContactOut(Out):
     created_at: datetime
     assigned_at: Optional[datetime]
     closed_at: Optional[datetime]
+    offered_until: Optional[datetime] = Field(
+        description="An offer (its source has offer_timeout_seconds): its operator must take it before then "
+        "(POST .../accept), or it is routed to someone else; null: not an offer, or taken."
+    )
+    accepted_at: Optional[datetime] = Field(
+        description="When its operator took it (or a supervisor assigned it by hand); null otherwise."
+    )
 
 
 class LeadOut(Out):

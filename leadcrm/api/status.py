@@ -44,9 +44,19 @@ def distribution_status() -> Response:
                 "active_leads": load,
                 "max_active_leads": limit,
                 "presence": presence,
-                "at_work": is_at_work(bool(active), presence, idle, from_stored_time(seen), now),
+                "at_work": is_at_work(
+                    bool(active),
+                    presence,
+                    idle,
+                    from_stored_time(seen),
+                    now,
+                    shift_from=from_stored_time(starts),
+                    shift_until=from_stored_time(ends),
+                ),
             }
-            for op_id, name, active, load, limit, presence, idle, seen in queries.operator_load_rows(db.session())
+            for op_id, name, active, load, limit, presence, idle, seen, _, starts, ends in queries.operator_load_rows(
+                db.session()
+            )
         ],
         "sources": [
             {
