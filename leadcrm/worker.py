@@ -48,6 +48,8 @@ FORGET_KEYS_EVERY = timedelta(minutes=10)
 FORGET_BEATS_AFTER = timedelta(days=1)
 # At most this many offers or shifts are handled in one round before the heartbeat and the other steps.
 ROUND_MAX = 500
+# A round that found something due but could do nothing (its rows locked elsewhere) waits this long at least.
+IDLE_MIN_WAIT = 0.2
 
 T = TypeVar("T")
 
@@ -201,6 +203,9 @@ class Worker:
                             log.info("worker %s: %s", self.name, ", ".join(f"{k} {v}" for k, v in done.items() if v))
                         now = utcnow()
                         wait = (self.next_due(now) - now).total_seconds()
+                        if not any(done.values()):
+                            # Due but not done (rows another worker or an accept holds): not a busy loop.
+                            wait = max(wait, IDLE_MIN_WAIT)
                     except sa.exc.DBAPIError as exc:
                         # Busy, unreachable, a deadlock, or the schema not yet migrated: the
                         # step rolled back; it is tried again next tick.
