@@ -25,7 +25,7 @@ from leadcrm.models import (
     utcnow,
 )
 from leadcrm.storage import ContactRecord, is_idle, is_on_shift
-from leadcrm.vocabulary import ContactStatus, Presence
+from leadcrm.vocabulary import ContactStatus, EventReason, Presence
 
 
 class SourceShare(NamedTuple):
@@ -228,6 +228,16 @@ def contact_events(session: Session, contact_id: int) -> list[ContactEvent]:
     """A contact's history, oldest first."""
     query = sa.select(ContactEvent).where(ContactEvent.contact_id == contact_id).order_by(ContactEvent.id)
     return list(session.scalars(query))
+
+
+def missed_offer(session: Session, contact_id: int, operator_id: int) -> bool:
+    """Was the contact offered to the operator and taken back from it when the time ran out?"""
+    query = sa.select(ContactEvent.id).where(
+        ContactEvent.contact_id == contact_id,
+        ContactEvent.reason == EventReason.TIMEOUT,
+        ContactEvent.from_operator_id == operator_id,
+    )
+    return session.scalar(query.limit(1)) is not None
 
 
 def history_of(session: Session, contact_ids: list[int]) -> tuple[list[ContactEvent], dict[int, Operator]]:

@@ -27,7 +27,13 @@ from leadcrm.distribution import drain_for_operators
 from leadcrm.errors import InvalidInput, Message, UnknownOperator
 from leadcrm.models import Operator, OperatorAbsence, OperatorHours, Setting, utcnow
 from leadcrm.storage import Tx
-from leadcrm.vocabulary import SCHEDULE_ABSENCES_MAX, SCHEDULE_HOURS_MAX, OperatorChange
+from leadcrm.vocabulary import (
+    ABSENCE_YEAR_MAX,
+    ABSENCE_YEAR_MIN,
+    SCHEDULE_ABSENCES_MAX,
+    SCHEDULE_HOURS_MAX,
+    OperatorChange,
+)
 
 DAY = 24 * 60
 WEEK = 7 * DAY
@@ -103,6 +109,11 @@ def organisation_timezone(session: Session | Tx, preset: str = "UTC") -> str:
         raise TypeError("organisation_timezone reads through the session")
     stored = session.get(Setting, TIMEZONE_KEY)
     return stored.value if stored is not None else preset
+
+
+def organisation_timezone_is_set(session: Session) -> bool:
+    """Was the organisation's time zone set (the settings page, the API), rather than preset by LEADCRM_TIMEZONE?"""
+    return session.get(Setting, TIMEZONE_KEY) is not None
 
 
 def set_organisation_timezone(session: Session, name: str) -> None:
@@ -225,10 +236,25 @@ def zone_of(schedule: Schedule, organisation: str) -> ZoneInfo:
 
 
 def check_hours(hours: list[Hours]) -> None:
-    """Refuse overlapping intervals (also across midnight and from Sunday into Monday), naming the later one."""
+    """Refuse an interval outside the week or the day, an empty one (its end at its start: stored,
+    it would read as 24 hours), and overlapping intervals (also across midnight and from Sunday
+    into Monday), naming the field."""
     if len(hours) > SCHEDULE_HOURS_MAX:
         message = Message("At most %(max)s intervals a week.", max=SCHEDULE_HOURS_MAX)
         raise InvalidInput(message, {"hours": message})
+    for i, h in enumerate(hours):
+        if not 1 <= h.weekday <= 7:
+            message = Message("A day of the week is 1 (Monday) to 7 (Sunday).")
+            raise InvalidInput(message, {f"hours.{i}.weekday": message})
+        if not 0 <= h.starts < DAY:
+            message = Message("A start is a time of day, 00:00 to 23:59.")
+            raise InvalidInput(message, {f"hours.{i}.start": message})
+        if not 0 < h.ends <= DAY:
+            message = Message("An end is a time of day, 00:01 to 24:00.")
+            raise InvalidInput(message, {f"hours.{i}.end": message})
+        if h.starts == h.ends:
+            message = Message("An interval cannot end when it starts: it would be empty.")
+            raise InvalidInput(message, {f"hours.{i}.end": message})
     spans = sorted(
         ((h.weekday - 1) * DAY + h.starts, (h.weekday - 1) * DAY + h.starts + h.minutes, i) for i, h in enumerate(hours)
     )
@@ -251,6 +277,14 @@ def check_absences(absences: list[Absence]) -> None:
         message = Message("At most %(max)s absences.", max=SCHEDULE_ABSENCES_MAX)
         raise InvalidInput(message, {"absences": message})
     for i, absence in enumerate(absences):
+        for field, day in (("from", absence.starts_on), ("to", absence.ends_on)):
+            if not ABSENCE_YEAR_MIN <= day.year <= ABSENCE_YEAR_MAX:
+                message = Message(
+                    "An absence's days lie within the years %(first)s to %(last)s.",
+                    first=ABSENCE_YEAR_MIN,
+                    last=ABSENCE_YEAR_MAX,
+                )
+                raise InvalidInput(message, {f"absences.{i}.{field}": message})
         if absence.ends_on < absence.starts_on:
             message = Message("The last day of an absence cannot come before its first.")
             raise InvalidInput(message, {f"absences.{i}.to": message})
@@ -282,6 +316,14 @@ def describe(h: Hours) -> str:
     return f"{h.weekday} {clock(h.starts)}-{clock(h.ends)}"
 
 
+def check_schedule(timezone: str | None, hours: list[Hours], absences: list[Absence]) -> None:
+    """What ``replace_schedule`` checks before it writes: an edge may check first, before it takes the write lock."""
+    if timezone is not None:
+        check_timezone(timezone)
+    check_hours(hours)
+    check_absences(absences)
+
+
 def replace_schedule(
     session: Session,
     operator_id: int,
@@ -300,10 +342,7 @@ def replace_schedule(
     of the sources it serves drain at once (one batch), as for any capacity
     that appears. Locks the operator's row first, as ``update_operator`` does.
     """
-    if timezone is not None:
-        check_timezone(timezone)
-    check_hours(hours)
-    check_absences(absences)
+    check_schedule(timezone, hours, absences)
     tx = Tx.of(session)
     before = storage.lock_operator(tx, operator_id)
     if before is None:

@@ -9,10 +9,13 @@ from sqlalchemy.orm import Session
 from leadcrm import storage
 from leadcrm.database import unique_or
 from leadcrm.distribution import drain_queue
-from leadcrm.errors import Message, NameTaken, UnknownOperator, UnknownSource
+from leadcrm.errors import InvalidInput, Message, NameTaken, UnknownOperator, UnknownSource
 from leadcrm.models import Operator, Source, SourceOperator
 from leadcrm.storage import SourceRecord, Tx, Weight
-from leadcrm.vocabulary import Strategy
+from leadcrm.vocabulary import OFFER_MISSES_DEFAULT, OFFER_MISSES_MAX, OFFER_TIMEOUT_MAX, OFFER_TIMEOUT_MIN, Strategy
+
+# The fields update_source changes.
+FIELDS = ("name", "strategy", "sticky", "offer_timeout_seconds", "offer_misses_away")
 
 
 def get_source(session: Session, source_id: int) -> Source:
@@ -46,19 +49,63 @@ def list_sources_query() -> sa.Select[Source]:
     return sa.select(Source).order_by(Source.id)
 
 
-def create_source(session: Session, *, name: str, strategy: str = Strategy.RANDOM, sticky: bool = False) -> Source:
-    source = Source(name=name, strategy=strategy, sticky=sticky)
+def create_source(
+    session: Session,
+    *,
+    name: str,
+    strategy: str = Strategy.RANDOM,
+    sticky: bool = False,
+    offer_timeout_seconds: int | None = None,
+    offer_misses_away: int = OFFER_MISSES_DEFAULT,
+    offer_timeout_min: int = OFFER_TIMEOUT_MIN,
+) -> Source:
+    """Add a source; its name must be unique. With ``offer_timeout_seconds`` (None: off) routing makes offers:
+    see ``check_offers`` for the bounds (``offer_timeout_min``: the edge's LEADCRM_OFFER_TIMEOUT_MIN)."""
+    check_offers(offer_timeout_seconds, offer_misses_away, offer_timeout_min)
+    source = Source(
+        name=name,
+        strategy=strategy,
+        sticky=sticky,
+        offer_timeout_seconds=offer_timeout_seconds,
+        offer_misses_away=offer_misses_away,
+    )
     with unique_or(session, _name_taken(name)):
         session.add(source)
     return source
 
 
-def update_source(session: Session, source: Source, changes: dict[str, Any]) -> Source:
+def update_source(
+    session: Session, source: Source, changes: dict[str, Any], *, offer_timeout_min: int = OFFER_TIMEOUT_MIN
+) -> Source:
+    """Change any of name, strategy, sticky, offer_timeout_seconds (None: off) and offer_misses_away.
+
+    A new offer setting applies to contacts routed from now on; offers made already keep their deadline.
+    """
+    check_offers(
+        changes.get("offer_timeout_seconds", source.offer_timeout_seconds),
+        changes.get("offer_misses_away", source.offer_misses_away),
+        offer_timeout_min,
+    )
     with unique_or(session, _name_taken(changes.get("name", source.name))):
-        for field in ("name", "strategy", "sticky"):
+        for field in FIELDS:
             if field in changes:
                 setattr(source, field, changes[field])
     return source
+
+
+def check_offers(offer_timeout_seconds: int | None, offer_misses_away: int, offer_timeout_min: int) -> None:
+    """An offer's time to take it is off (None) or ``offer_timeout_min`` to OFFER_TIMEOUT_MAX seconds; the
+    misses in a row before the operator is set away, 1 to OFFER_MISSES_MAX. InvalidInput naming the field."""
+    if offer_timeout_seconds is not None and not offer_timeout_min <= offer_timeout_seconds <= OFFER_TIMEOUT_MAX:
+        message = Message(
+            "The time to take an offer is %(min)s to %(max)s seconds, or none (no offers).",
+            min=offer_timeout_min,
+            max=OFFER_TIMEOUT_MAX,
+        )
+        raise InvalidInput(message, {"offer_timeout_seconds": message})
+    if not 1 <= offer_misses_away <= OFFER_MISSES_MAX:
+        message = Message("Missed offers before away: 1 to %(max)s.", max=OFFER_MISSES_MAX)
+        raise InvalidInput(message, {"offer_misses_away": message})
 
 
 def source_weights(session: Session, source_id: int) -> list[Weight]:

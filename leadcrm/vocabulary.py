@@ -110,6 +110,10 @@ TIMEZONE_MAX = 64
 ABSENCE_NOTE_MAX = 200
 SCHEDULE_HOURS_MAX = 7 * 8
 SCHEDULE_ABSENCES_MAX = 200
+# An absence's days lie within these years: further out is a typo (and near the calendar's ends
+# the stretch's arithmetic, days past the last absence, would leave it).
+ABSENCE_YEAR_MIN = 2000
+ABSENCE_YEAR_MAX = 2999
 # The worker: a page warns when no worker has beaten for this long (seconds).
 WORKER_SILENT_AFTER = 120
 # Bounded so that a source's total weight always fits an integer column.

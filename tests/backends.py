@@ -28,6 +28,12 @@ TABLES = (
     "login_sessions",
     "users",
     "login_failures",
+    "operator_events",
+    "operator_hours",
+    "operator_absences",
+    "drain_requests",
+    "worker_beats",
+    "settings",
 )
 
 

@@ -94,6 +94,10 @@ EXPECTED: dict[str, set[str]] = {
     "api.list_operators": API_SUPERVISORS,
     "api.get_operator": API_OWN_AND_SUPERVISORS,
     "api.update_operator": API_OWN_AND_SUPERVISORS,
+    "api.get_operator_schedule": API_OWN_AND_SUPERVISORS,
+    "api.replace_operator_schedule": API_SUPERVISORS,
+    "api.get_settings": API_SUPERVISORS,
+    "api.replace_settings": API_SUPERVISORS,
     "api.create_source": API_SUPERVISORS,
     "api.list_sources": API_SUPERVISORS,
     "api.get_source": API_SUPERVISORS,
@@ -120,6 +124,7 @@ OWN = {
     "api.get_lead": "/api/v1/leads/2",
     "api.get_operator": "/api/v1/operators/2",
     "api.update_operator": "/api/v1/operators/2",
+    "api.get_operator_schedule": "/api/v1/operators/2/schedule",
 }
 # How far an operator user reaches on each API route open to it, as the OpenAPI document must say.
 OPERATOR_REACH = {
@@ -132,6 +137,7 @@ OPERATOR_REACH = {
     "api.get_lead": "a lead of its own contacts, with those contacts only",
     "api.get_operator": "its own operator only",
     "api.update_operator": "its own operator's presence only",
+    "api.get_operator_schedule": "its own operator only",
 }
 SAMPLE_ARGS = {"filename": "app.js", "code": "ru"}
 

@@ -16,7 +16,7 @@ from leadcrm.api.contacts import lead_json, registration_json
 from leadcrm.api.schemas import ContactOut, DistributionStatusOut, LeadOut, OperatorOut, RegistrationOut
 from leadcrm.distribution import Registration
 from leadcrm.storage import ContactRecord, LeadRecord, OperatorRecord
-from leadcrm.vocabulary import IDLE_MINUTES_MAX, INT_MAX, Presence
+from leadcrm.vocabulary import IDLE_MINUTES_MAX, INT_MAX, AwayReason, Presence
 from tests.helpers import json_of
 
 API = "/api/v1"
@@ -254,7 +254,14 @@ def test_an_oversized_chunked_body_is_413_not_cut_to_the_limit(client: FlaskClie
 
 def test_source_crud(client: FlaskClient) -> None:
     source = create_source(client, "web_form")
-    assert source == {"id": 1, "name": "web_form", "strategy": "random", "sticky": False}
+    assert source == {
+        "id": 1,
+        "name": "web_form",
+        "strategy": "random",
+        "sticky": False,
+        "offer_timeout_seconds": None,
+        "offer_misses_away": 3,
+    }
     assert client.get(f"{API}/sources/1").json == source
     changed = client.patch(f"{API}/sources/1", json={"strategy": "deterministic"}).json
     assert changed == {**source, "strategy": "deterministic"}
@@ -679,7 +686,7 @@ def test_every_operation_has_its_own_operation_id(client: FlaskClient) -> None:
     # Clients generated from the document name their functions after it: explicit, unique, camelCase.
     document = served_document(client)
     ids = [op["operationId"] for item in document["paths"].values() for m, op in item.items() if m != "parameters"]
-    assert len(ids) == len(set(ids)) == 22
+    assert len(ids) == len(set(ids)) == 26
     assert all(re.fullmatch(r"[a-z]+(?:[A-Z][a-z]+)+", operation_id) for operation_id in ids), ids
     assert {"registerContact", "listContacts", "getContact", "closeContact", "getDistributionStatus"} <= set(ids)
 
@@ -690,8 +697,8 @@ def test_fields_that_may_be_left_out_but_not_null_claim_no_default(client: Flask
         schema = schemas[name]
         assert "required" not in schema, name
         for field, prop in schema["properties"].items():
-            if (name, field) == ("OperatorUpdate", "idle_away_minutes"):
-                # The one field whose null is a value (the setting off): nullable, still with no default.
+            if (name, field) in (("OperatorUpdate", "idle_away_minutes"), ("SourceUpdate", "offer_timeout_seconds")):
+                # The fields whose null is a value (the setting off): nullable, still with no default.
                 assert "default" not in prop and {"type": "null"} in prop["anyOf"], prop
                 continue
             assert "default" not in prop and "anyOf" not in prop and prop.get("type") != "null", (name, field)
@@ -976,6 +983,8 @@ texts = st.none() | st.text(max_size=30)
         created_at=utc_times,
         assigned_at=st.none() | utc_times,
         closed_at=st.none() | utc_times,
+        offered_until=st.none() | utc_times,
+        accepted_at=st.none() | utc_times,
     ),
     lead=st.builds(
         LeadRecord,
@@ -997,6 +1006,9 @@ texts = st.none() | st.text(max_size=30)
         presence=st.sampled_from(list(Presence)),
         idle_away_minutes=st.none() | st.integers(1, IDLE_MINUTES_MAX),
         last_seen_at=st.none() | utc_times,
+        away_reason=st.none() | st.sampled_from(list(AwayReason)),
+        shift_from=st.none() | utc_times,
+        shift_until=st.none() | utc_times,
     ),
     lead_created=st.booleans(),
 )

@@ -40,8 +40,10 @@ current_app = CurrentApp()
 # name already taken (409). Two operations also check what JSON Schema cannot
 # say (422): registration, that the phone and e-mail are real ones and that
 # exactly one source and at least one identifier are given; replacing a
-# source's weights, that no operator is listed twice. Everything else must be
-# accepted.
+# source's weights, that no operator is listed twice; a schedule, that its
+# time zone is one zoneinfo knows, that no interval is empty or overlaps
+# another and that no absence ends before it starts; the settings, the time
+# zone. Everything else must be accepted.
 FUZZ_TOKEN = "lcrm_" + "fuzz" * 10 + "abc"
 CONFIG = SchemathesisConfig.from_dict(
     {
@@ -53,7 +55,12 @@ CONFIG = SchemathesisConfig.from_dict(
                 "include-path": path,
                 "checks": {"positive_data_acceptance": {"expected-statuses": ["2xx", "404", "409", "422"]}},
             }
-            for path in ("/contacts/register", "/sources/{source_id}/config")
+            for path in (
+                "/contacts/register",
+                "/sources/{source_id}/config",
+                "/operators/{operator_id}/schedule",
+                "/settings",
+            )
         ],
     }
 )

@@ -5,4 +5,4 @@ from flask import Blueprint
 bp = Blueprint("api", __name__)
 
 # Importing the modules registers their routes.
-from leadcrm.api import contacts, leads, openapi, operators, sources, status  # noqa: E402,F401
+from leadcrm.api import contacts, leads, openapi, operators, schedules, settings, sources, status  # noqa: E402,F401

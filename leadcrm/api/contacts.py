@@ -26,7 +26,7 @@ from leadcrm.api.schemas import (
 from leadcrm.auth import allow, caller_may, check_own_contact, current_caller, operator_user, own_operator_id
 from leadcrm.database import begin_write
 from leadcrm.distribution import Registration
-from leadcrm.errors import InvalidInput, LeadConflict, NotFound
+from leadcrm.errors import Conflict, InvalidInput, LeadConflict, Message, NotFound
 from leadcrm.extensions import db
 from leadcrm.identity import LeadIdentity, parse_identity
 from leadcrm.models import Contact, utcnow
@@ -330,8 +330,14 @@ def accept_contact(contact_id: int) -> Response:
     """Take a contact offered to its operator before the deadline (taking a taken one changes nothing).
 
     A supervisor (or a token) takes it for the operator it is offered to. After the deadline: 409,
-    and the contact is being offered to someone else.
+    and the contact is being offered to someone else (also once it was taken back from the operator).
     """
+    stored = db.session.get(Contact, contact_id)
+    own = own_operator_id()
+    if stored is not None and own is not None and stored.operator_id != own:
+        # Taken back a moment ago from this operator: the clock, not a contact of someone else's.
+        if queries.missed_offer(db.session(), contact_id, own):
+            raise Conflict(Message("The time to take this contact ran out; it is being offered to someone else."))
     _own_contact(contact_id)
     begin_write(db.session)
     contact = offers.accept(db.session(), contact_id, own_operator_id())

@@ -45,7 +45,7 @@ ERROR_TEXT = {
     403: "The token's scope (or the user's role) does not allow this endpoint, "
     "or an operator user asks for what is not its own.",
     404: "Unknown id.",
-    409: "Conflict (duplicate name, identifiers of two different leads).",
+    409: "Conflict (duplicate name, identifiers of two different leads, an offer whose time to take it ran out).",
     413: "The body is larger than 1 MiB.",
     415: "Body is not application/json.",
     422: "Validation failed; `fields` names each wrong field.",

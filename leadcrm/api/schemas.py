@@ -1,8 +1,9 @@
 """Request and response shapes of the JSON API, and the source of its OpenAPI schemas."""
 
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime
 from decimal import Decimal
 from functools import partial
 from typing import Annotated, Any, Generic, Optional, TypeVar
@@ -14,6 +15,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    PlainValidator,
     StringConstraints,
     WithJsonSchema,
     computed_field,
@@ -23,8 +25,10 @@ from pydantic_core import PydanticCustomError
 
 from leadcrm.models import utcnow
 from leadcrm.queries import next_shift_change
+from leadcrm.schedules import read_clock
 from leadcrm.storage import is_at_work, is_on_shift
 from leadcrm.vocabulary import (
+    ABSENCE_NOTE_MAX,
     EMAIL_MAX,
     EXTERNAL_ID_MAX,
     IDEMPOTENCY_KEY_MAX,
@@ -33,9 +37,16 @@ from leadcrm.vocabulary import (
     LIMIT_MAX,
     MESSAGE_MAX,
     NAME_MAX,
+    OFFER_MISSES_DEFAULT,
+    OFFER_MISSES_MAX,
+    OFFER_TIMEOUT_MAX,
+    OFFER_TIMEOUT_MIN,
     PER_PAGE,
     PER_PAGE_MAX,
     PHONE_INPUT_MAX,
+    SCHEDULE_ABSENCES_MAX,
+    SCHEDULE_HOURS_MAX,
+    TIMEZONE_MAX,
     WEIGHT_MAX,
     AwayReason,
     ContactStatus,
@@ -167,16 +178,45 @@ Sticky = Annotated[
 ]
 
 
+# The lower bound is the server's LEADCRM_OFFER_TIMEOUT_MIN (tests shorten it), so the domain checks
+# the range (sources.check_offers, a 422 naming the field); the document states the default bounds.
+OfferTimeout = Annotated[
+    int, INTEGRAL, WithJsonSchema({"type": "integer", "minimum": OFFER_TIMEOUT_MIN, "maximum": OFFER_TIMEOUT_MAX})
+]
+OFFER_TIMEOUT_TEXT = (
+    "Offers: each contact routing gives an operator (registration, the queue, sticky, reopen) must be taken "
+    "by it (POST /contacts/{contact_id}/accept) within this many seconds, or it is routed to someone else; "
+    f"null: off. At least {OFFER_TIMEOUT_MIN} (the server's LEADCRM_OFFER_TIMEOUT_MIN), at most {OFFER_TIMEOUT_MAX}."
+)
+OfferMisses = Annotated[
+    int,
+    Field(
+        ge=1,
+        le=OFFER_MISSES_MAX,
+        description="After this many of the source's offers in a row let pass, the operator is set away "
+        "(away_reason missed_offers).",
+    ),
+    INTEGRAL,
+]
+
+
 class SourceCreate(Strict):
     name: Name
     strategy: StrategyIn = Strategy.RANDOM
     sticky: Sticky = False
+    offer_timeout_seconds: Optional[OfferTimeout] = Field(None, description=OFFER_TIMEOUT_TEXT)
+    offer_misses_away: OfferMisses = OFFER_MISSES_DEFAULT
 
 
 class SourceUpdate(Strict):
     name: Name = omittable()
     strategy: StrategyIn = omittable()
     sticky: Sticky = omittable()
+    # The one field whose null is a value (offers off).
+    offer_timeout_seconds: Optional[OfferTimeout] = Field(
+        None, description=OFFER_TIMEOUT_TEXT, json_schema_extra=_no_default
+    )
+    offer_misses_away: OfferMisses = omittable()
 
 
 class WeightIn(Strict):
@@ -187,6 +227,81 @@ class WeightIn(Strict):
 class AssignIn(Strict):
     operator_id: Id
     override: bool = Field(False, description="Allow assigning past the operator's limit (recorded as override).")
+
+
+# A time of day as typed, "HH:MM" (schedules.read_clock reads it): a start 00:00-23:59; an end
+# 00:01-24:00, where 00:00 and 24:00 are the midnight that ends the day.
+START_PATTERN = r"^([01][0-9]|2[0-3]):[0-5][0-9]$"
+END_PATTERN = r"^(([01][0-9]|2[0-3]):[0-5][0-9]|24:00)$"
+ISO_DAY = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+
+
+def _clock(value: object, *, end: bool) -> int:
+    minutes = read_clock(value, end=end) if isinstance(value, str) else None
+    if minutes is None:
+        if end:
+            raise PydanticCustomError("clock", "An end is a time of day as HH:MM, 00:00 to 24:00 (both midnight).")
+        raise PydanticCustomError("clock", "A start is a time of day as HH:MM, 00:00 to 23:59.")
+    return minutes
+
+
+def _day(value: object) -> date:
+    if not isinstance(value, str) or not ISO_DAY.fullmatch(value):
+        raise PydanticCustomError("day", "A day as YYYY-MM-DD.")
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise PydanticCustomError("day", "Not a day of the calendar.") from None
+
+
+# Minutes since midnight in the schedule's domain; "HH:MM" text in JSON.
+ClockStart = Annotated[
+    int,
+    PlainValidator(partial(_clock, end=False)),
+    WithJsonSchema({"type": "string", "pattern": START_PATTERN, "examples": ["09:00"]}),
+]
+ClockEnd = Annotated[
+    int,
+    PlainValidator(partial(_clock, end=True)),
+    WithJsonSchema({"type": "string", "pattern": END_PATTERN, "examples": ["18:00"]}),
+]
+Day = Annotated[date, PlainValidator(_day), WithJsonSchema({"type": "string", "format": "date"})]
+TimezoneName = Annotated[str, Text(TIMEZONE_MAX, required=True)]
+
+
+class HoursIn(Strict):
+    weekday: Annotated[int, Field(ge=1, le=7, description="ISO day of the week: 1 is Monday, 7 Sunday."), INTEGRAL]
+    start: ClockStart
+    end: ClockEnd = Field(
+        description="24:00 (or 00:00) is the midnight that ends the day; an end before the start is "
+        "the next day's (22:00-06:00). Not equal to the start."
+    )
+
+
+class AbsenceIn(Strict):
+    from_: Day = Field(alias="from", description="The first day away, in the schedule's time zone.")
+    to: Day = Field(description="The last day away (inclusive); not before `from`.")
+    note: Optional[Annotated[str, Text(ABSENCE_NOTE_MAX)]] = None
+
+
+class ScheduleIn(Strict):
+    """An operator's whole schedule: what is not sent is not kept (an empty list clears)."""
+
+    timezone: Optional[TimezoneName] = Field(
+        description="An IANA time zone (Europe/Moscow); null: the organisation's (GET /settings)."
+    )
+    hours: list[HoursIn] = Field(
+        max_length=SCHEDULE_HOURS_MAX,
+        description="Weekly working hours, never overlapping; none: always on shift (absences aside).",
+    )
+    absences: list[AbsenceIn] = Field(max_length=SCHEDULE_ABSENCES_MAX)
+
+
+class SettingsIn(Strict):
+    timezone: TimezoneName = Field(
+        description="The organisation's time zone, an IANA name (Europe/Moscow, UTC): schedules without "
+        "a zone of their own are in it."
+    )
 
 
 # "Exactly one of source_id and source_name" in JSON Schema's words: a number
@@ -292,6 +407,44 @@ class SourceOut(Out):
     name: str
     strategy: Strategy
     sticky: bool
+    offer_timeout_seconds: Optional[int] = Field(description=OFFER_TIMEOUT_TEXT)
+    offer_misses_away: int = Field(
+        description="After this many of the source's offers in a row let pass, the operator is set away."
+    )
+
+
+class HoursOut(BaseModel):
+    weekday: int = Field(description="ISO day of the week: 1 is Monday, 7 Sunday.")
+    start: str = Field(description="HH:MM.")
+    end: str = Field(description="HH:MM; 24:00 is the midnight that ends the day; before the start: the next day's.")
+
+
+class AbsenceOut(BaseModel):
+    model_config = ConfigDict(serialize_by_alias=True)
+
+    from_: date = Field(alias="from", description="The first day away.")
+    to: date = Field(description="The last day away (inclusive).")
+    note: Optional[str]
+
+
+class ScheduleOut(BaseModel):
+    operator_id: int
+    timezone: Optional[str] = Field(description="The schedule's own time zone; null: the organisation's.")
+    effective_timezone: str = Field(description="The zone the hours and absences are read in.")
+    hours: list[HoursOut] = Field(description="By day of the week and start.")
+    absences: list[AbsenceOut] = Field(description="By first day.")
+    on_shift: bool = Field(description="Within its working hours and not absent now (always, with no hours set).")
+    next_shift_change_at: Optional[datetime] = Field(
+        description="When it next goes on or off shift; null when no change is foreseen (no hours, no absence)."
+    )
+
+
+class SettingsOut(BaseModel):
+    timezone: str = Field(description="The organisation's time zone (IANA name).")
+    timezone_set: bool = Field(
+        description="true: set through PUT /settings (or the settings page); false: preset by the server's "
+        "LEADCRM_TIMEZONE (UTC when unset)."
+    )
 
 
 class WeightOut(Out):

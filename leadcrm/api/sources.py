@@ -2,7 +2,7 @@
 
 from typing import Any
 
-from flask import url_for
+from flask import current_app, url_for
 
 from leadcrm import sources
 from leadcrm.api import bp
@@ -28,10 +28,23 @@ from leadcrm.vocabulary import Role
 @allow(Role.SUPERVISOR)
 @operation("createSource", created(SourceOut, "Source"), body=SourceCreate, errors=(409,))
 def create_source() -> Response:
-    """Create a source."""
+    """Create a source.
+
+    With offer_timeout_seconds, each contact routing gives an operator is an offer it must take in time.
+    """
     body = parse(SourceCreate, json_body())
+    timeout_min = current_app.config["LEADCRM_OFFER_TIMEOUT_MIN"]
+    sources.check_offers(body.offer_timeout_seconds, body.offer_misses_away, timeout_min)
     begin_write(db.session)
-    source = sources.create_source(db.session(), name=body.name, strategy=body.strategy, sticky=body.sticky)
+    source = sources.create_source(
+        db.session(),
+        name=body.name,
+        strategy=body.strategy,
+        sticky=body.sticky,
+        offer_timeout_seconds=body.offer_timeout_seconds,
+        offer_misses_away=body.offer_misses_away,
+        offer_timeout_min=timeout_min,
+    )
     db.session.commit()
     return dump(SourceOut, source), 201, {"Location": url_for("api.get_source", source_id=source.id)}
 
@@ -56,11 +69,21 @@ def get_source(source_id: int) -> Response:
 @allow(Role.SUPERVISOR)
 @operation("updateSource", Answer("The changed source.", SourceOut), body=SourceUpdate, errors=(404, 409))
 def update_source(source_id: int) -> Response:
-    """Change a source."""
+    """Change a source.
+
+    A new offer setting applies to contacts routed from now on; offers made already keep their deadline.
+    """
     source = sources.get_source(db.session(), source_id)
     body = parse(SourceUpdate, json_body())
+    changes = body.model_dump(include=body.model_fields_set)
+    timeout_min = current_app.config["LEADCRM_OFFER_TIMEOUT_MIN"]
+    sources.check_offers(
+        changes.get("offer_timeout_seconds", source.offer_timeout_seconds),
+        changes.get("offer_misses_away", source.offer_misses_away),
+        timeout_min,
+    )
     begin_write(db.session)
-    sources.update_source(db.session(), source, body.model_dump(include=body.model_fields_set))
+    sources.update_source(db.session(), source, changes, offer_timeout_min=timeout_min)
     db.session.commit()
     return dump(SourceOut, source)
 
