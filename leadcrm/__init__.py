@@ -21,6 +21,7 @@ from leadcrm.database import (
 )
 from leadcrm.extensions import babel, csrf, db, migrate
 from leadcrm.i18n import select_locale
+from leadcrm.schedules import known_timezones
 from leadcrm.vocabulary import INT_MAX
 
 
@@ -70,6 +71,11 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         # round trip (database.configure_engine), and none is kept past an hour
         # (idle-connection timeouts of proxies and firewalls).
         app.config.setdefault("SQLALCHEMY_ENGINE_OPTIONS", {"pool_recycle": 3600, "pool_size": 2, "max_overflow": 2})
+    if app.config["LEADCRM_TIMEZONE"] not in known_timezones():
+        raise RuntimeError(
+            f"LEADCRM_TIMEZONE={app.config['LEADCRM_TIMEZONE']!r} is not a time zone zoneinfo knows: "
+            "use an IANA name such as Europe/Moscow or UTC"
+        )
     if not app.config["SECRET_KEY"]:
         app.config["SECRET_KEY"] = _instance_secret(app.instance_path)
     app.url_map.converters["id"] = IdConverter

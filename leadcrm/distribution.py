@@ -225,7 +225,7 @@ def assign_by_hand(session: Session, contact_id: int, operator_id: int, *, overr
     the history records as such. The previous operator's slot is given back
     (and goes to a waiting contact at once).
     Giving a contact to the operator it already has changes nothing, also
-    when concurrent requests do so.
+    when concurrent requests do so, except that an offer to it counts as taken.
     """
     return _assign_by_hand(Tx.of(session), contact_id, operator_id, override=override, drain=True)
 
@@ -241,6 +241,8 @@ def _assign_by_hand(tx: Tx, contact_id: int, operator_id: int, *, override: bool
             Message("A closed contact cannot be assigned; reopen it first."), {"status": Message("Closed.")}
         )
     if contact.operator_id == operator_id:
+        if contact.offered_until is not None and storage.accept_offer(tx, contact.id, operator_id, utcnow()):
+            return get_contact(tx, contact.id)  # a supervisor's choice of its operator: taken
         return contact
     storage.lock_operators(tx, [contact.operator_id, operator_id])
     operator = (storage.claim_past_limit if override else storage.claim_by_hand)(tx, operator_id)

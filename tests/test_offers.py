@@ -383,6 +383,18 @@ def test_a_supervisors_assignment_counts_as_taken(world: World) -> None:
     world.check_load()
 
 
+def test_a_supervisor_assigning_an_offer_to_the_operator_it_is_offered_to_takes_it(world: World) -> None:
+    contact = world.register()["contact"]
+    holder = world.holder(contact["id"])
+    assert holder is not None
+    assigned = world.ok("POST", f"/contacts/{contact['id']}/assign", {"operator_id": world.ids[holder]})
+    assert assigned["operator_id"] == world.ids[holder]
+    assert assigned["offered_until"] is None and assigned["accepted_at"] is not None
+    wait_past(contact["offered_until"])
+    assert world.expire() == 0
+    world.check_load()
+
+
 def test_reopening_through_a_source_with_offers_makes_an_offer(world: World) -> None:
     contact = world.register()["contact"]
     holder = world.holder(contact["id"])
