@@ -110,6 +110,9 @@ TIMEZONE_MAX = 64
 ABSENCE_NOTE_MAX = 200
 SCHEDULE_HOURS_MAX = 7 * 8
 SCHEDULE_ABSENCES_MAX = 200
+# Absences are days of these years: a date beyond them cannot be laid out on a calendar (Python's dates end at 9999).
+ABSENCE_YEAR_MIN = 2000
+ABSENCE_YEAR_MAX = 2999
 # The worker: a page warns when no worker has beaten for this long (seconds).
 WORKER_SILENT_AFTER = 120
 # Bounded so that a source's total weight always fits an integer column.

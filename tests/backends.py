@@ -28,6 +28,9 @@ TABLES = (
     "login_sessions",
     "users",
     "login_failures",
+    # Schema 0010's tables that no truncated table cascades to.
+    "settings",
+    "worker_beats",
 )
 
 
