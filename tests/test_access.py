@@ -67,6 +67,7 @@ EXPECTED: dict[str, set[str]] = {
     "operators.create": SUPERVISORS,
     "operators.update": SUPERVISORS,
     "operators.detail": SUPERVISORS,
+    "operators.schedule": SUPERVISORS,
     "operators.save_schedule": SUPERVISORS,
     "settings.index": SUPERVISORS,
     "settings.save": SUPERVISORS,

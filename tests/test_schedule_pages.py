@@ -309,7 +309,9 @@ def test_load_table_says_off_shift_until_when_on_the_organisations_clock(
     weekday = expected.strftime("%a")  # the C locale's English short names: Mon, Tue
     for html in (text(client.get("/")), text(client.get("/", headers=HTMX))):
         assert f'data-testid="presence-{anna}">off shift until {weekday} {expected:%H:%M}<' in html, html
-    assert f"Off shift until {weekday} {expected:%H:%M}" in text(client.get(f"/operators/{anna}"))
+    # The operator's page says it on both clocks: the hours were typed on Tokyo's.
+    own = f"{day:%a} 09:00 in Asia/Tokyo"
+    assert f"Off shift until {weekday} {expected:%H:%M} ({own})<" in text(client.get(f"/operators/{anna}"))
     russian = text(client.get("/", headers={**HTMX, **RU}))
     short = format_date(expected.date(), "EEE", locale="ru")
     assert f"{short} {expected:%H:%M}<" in russian

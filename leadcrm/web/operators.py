@@ -2,6 +2,7 @@
 each operator's own page with its shift, its week editor and absences, and its history."""
 
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
 from flask import Blueprint, Response, redirect, request, url_for
@@ -145,6 +146,10 @@ def shift_sentence(operator: Operator) -> str:
     if change is None:
         return _("On shift") if on else _("Off shift")
     at = times.shift_change(change, now)
+    if operator.timezone and operator.timezone != times.organisation_timezone():
+        # The hours were typed on the operator's clock: that moment on it too.
+        own = times.shift_change(change, now, ZoneInfo(operator.timezone))
+        at = _("%(time)s (%(own)s in %(zone)s)", time=at, own=own, zone=operator.timezone)
     return _("On shift until %(time)s", time=at) if on else _("Off shift until %(time)s", time=at)
 
 
@@ -171,6 +176,13 @@ def detail(operator_id: int) -> ResponseReturnValue:
     operator = db.get_or_404(Operator, operator_id)
     editor = ScheduleEditor.of(schedules.get_schedule(db.session(), operator.id))
     return _detail(operator, editor, saved=request.args.get("saved") == "1")
+
+
+@bp.get("/<id:operator_id>/schedule")
+@allow(Role.SUPERVISOR)
+def schedule(operator_id: int) -> ResponseReturnValue:
+    """The address the editor's buttons post to, asked for again (a reload, the language switch): its page."""
+    return redirect(url_for(".detail", operator_id=operator_id))
 
 
 @bp.post("/<id:operator_id>/schedule")
