@@ -7,8 +7,9 @@ engine that writes is ``leadcrm.distribution``.
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import NamedTuple, TypedDict
+from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
@@ -19,6 +20,7 @@ from leadcrm.models import (
     ContactEvent,
     Lead,
     Operator,
+    OperatorAbsence,
     Source,
     SourceOperator,
     from_stored_time,
@@ -140,6 +142,33 @@ def operator_loads(session: Session) -> list[OperatorLoad]:
             )
         )
     return loads
+
+
+def absent_until(session: Session, now: datetime, organisation: str) -> dict[int, date]:
+    """The operators absent ``now`` (a day of an absence, in the operator's time zone; ``organisation``'s
+    for those without one of their own), each with the last day they are away: absences that touch
+    (24-31 December, 1-2 January) are one. Absences that ended before yesterday are not read."""
+    # Every zone's today is within a day of UTC's.
+    since = now.astimezone(UTC).date() - timedelta(days=1)
+    rows = session.execute(
+        sa.select(OperatorAbsence.operator_id, OperatorAbsence.starts_on, OperatorAbsence.ends_on, Operator.timezone)
+        .join(Operator, Operator.id == OperatorAbsence.operator_id)
+        .where(OperatorAbsence.ends_on >= since)
+        .order_by(OperatorAbsence.operator_id, OperatorAbsence.starts_on)
+    )
+    absent: dict[int, date] = {}
+    today: dict[str, date] = {}
+    for operator_id, starts_on, ends_on, timezone in rows:
+        zone = timezone or organisation
+        if zone not in today:
+            today[zone] = now.astimezone(ZoneInfo(zone)).date()
+        last = absent.get(operator_id)
+        if last is not None:
+            if starts_on <= last + timedelta(days=1):
+                absent[operator_id] = max(last, ends_on)
+        elif starts_on <= today[zone] <= ends_on:
+            absent[operator_id] = ends_on
+    return absent
 
 
 def share_rows(session: Session) -> list[tuple[int, int, int, float, int]]:

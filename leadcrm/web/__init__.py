@@ -8,11 +8,13 @@ from flask_babel import gettext as _
 from leadcrm.auth import public
 from leadcrm.i18n import LANGUAGE_COOKIE, LANGUAGES
 from leadcrm.vocabulary import (
+    ABSENCE_NOTE_MAX,
     IDLE_MINUTES_MAX,
     LIMIT_MAX,
     NAME_MAX,
     PASSWORD_MAX,
     PASSWORD_MIN,
+    TIMEZONE_MAX,
     USERNAME_MAX,
     WEIGHT_MAX,
     ContactStatus,
@@ -22,9 +24,23 @@ from leadcrm.vocabulary import (
     Role,
     Strategy,
 )
-from leadcrm.web import auth, contacts, inbox, intake, leads, load, operators, report, sources, tokens, users
+from leadcrm.web import (
+    auth,
+    contacts,
+    inbox,
+    intake,
+    leads,
+    load,
+    operators,
+    report,
+    settings,
+    sources,
+    tokens,
+    users,
+)
 from leadcrm.web.ages import format_age
 from leadcrm.web.rendering import local_target
+from leadcrm.web.times import organisation_timezone, sortable_time, utc_iso
 
 BLUEPRINTS = (
     auth.bp,
@@ -38,6 +54,7 @@ BLUEPRINTS = (
     operators.bp,
     sources.bp,
     report.bp,
+    settings.bp,
 )
 
 
@@ -72,7 +89,13 @@ def register_web(app: Flask) -> None:
         PASSWORD_MAX=PASSWORD_MAX,
         LIMIT_MAX=LIMIT_MAX,
         WEIGHT_MAX=WEIGHT_MAX,
+        TIMEZONE_MAX=TIMEZONE_MAX,
+        ABSENCE_NOTE_MAX=ABSENCE_NOTE_MAX,
         home_for=auth.home_for,
+        # Times on the organisation's clock (read once per request), and the UTC instant for <time datetime>.
+        organisation_timezone=organisation_timezone,
+        sortable_time=sortable_time,
+        utc_iso=utc_iso,
     )
 
     @app.context_processor

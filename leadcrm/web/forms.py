@@ -19,6 +19,7 @@ from leadcrm.vocabulary import (
     NAME_MAX,
     PASSWORD_MAX,
     PHONE_INPUT_MAX,
+    TIMEZONE_MAX,
     USERNAME_MAX,
     Role,
     Strategy,
@@ -171,6 +172,14 @@ class PasswordForm(FlaskForm):
 class OwnPasswordForm(FlaskForm):
     current_password = PasswordField(_l("Current password"), validators=[DataRequired(), Length(max=PASSWORD_MAX)])
     new_password = PasswordField(_l("New password"), validators=[DataRequired(), Length(max=PASSWORD_MAX)])
+
+
+class TimezoneForm(FlaskForm):
+    """The organisation's time zone (settings page); the name is checked by the domain."""
+
+    timezone = StringField(
+        _l("Time zone of the organisation"), filters=[strip], validators=[DataRequired(), Length(max=TIMEZONE_MAX)]
+    )
 
 
 class TokenForm(FlaskForm):

@@ -1,25 +1,35 @@
-"""Operators page: list, create, and change limit, idle setting, presence or active state in place."""
+"""Operators page: list, create, and change limit, idle setting, presence or active state in place;
+each operator's own page with its shift, its week editor and absences, and its history."""
 
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
 from flask import Blueprint, Response, redirect, request, url_for
 from flask.typing import ResponseReturnValue
+from flask_babel import gettext as _
 
 from leadcrm import operators as domain
+from leadcrm import schedules
 from leadcrm.auth import allow
 from leadcrm.database import begin_write
-from leadcrm.errors import DomainError
+from leadcrm.errors import DomainError, InvalidInput
 from leadcrm.extensions import db
-from leadcrm.models import Operator, User, utcnow
+from leadcrm.models import Operator, OperatorHours, User, utcnow
+from leadcrm.queries import next_shift_change
+from leadcrm.storage import is_on_shift
 from leadcrm.vocabulary import Role
+from leadcrm.web import times
 from leadcrm.web.forms import OperatorForm, OperatorIdleForm, OperatorLimitForm, required, show_domain_error
 from leadcrm.web.rendering import changed, is_htmx, local_target, render
+from leadcrm.web.schedule_editor import ScheduleEditor
+from leadcrm.web.settings import timezone_choices
 
 bp = Blueprint("operators", __name__, url_prefix="/operators")
 
-# How many of its latest changes each row shows.
+# How many of its latest changes each row shows, and the operator's own page.
 HISTORY_SHOWN = 5
+HISTORY_ON_PAGE = 50
 
 
 def _rows_context(operator_ids: list[int]) -> dict[str, Any]:
@@ -126,3 +136,94 @@ def update(operator_id: int) -> ResponseReturnValue:
     if not is_htmx():
         return redirect(local_target(request.form.get("next"), url_for(".index")))
     return changed(_row(updated), "operators-changed")
+
+
+def shift_sentence(operator: Operator) -> str:
+    """Whether the operator is on shift now (as the claims decide, from its stored stretch) and until when."""
+    now = utcnow()
+    on = is_on_shift(operator.shift_from, operator.shift_until, now)
+    change = next_shift_change(operator.shift_from, operator.shift_until, now)
+    if change is None:
+        return _("On shift") if on else _("Off shift")
+    at = times.shift_change(change, now)
+    if operator.timezone and operator.timezone != times.organisation_timezone():
+        # The hours were typed on the operator's clock: that moment on it too.
+        own = times.shift_change(change, now, ZoneInfo(operator.timezone))
+        at = _("%(time)s (%(own)s in %(zone)s)", time=at, own=own, zone=operator.timezone)
+    return _("On shift until %(time)s", time=at) if on else _("Off shift until %(time)s", time=at)
+
+
+def _detail(operator: Operator, editor: ScheduleEditor, status: int = 200, saved: bool = False) -> Response:
+    return render(
+        "operators/detail.html",
+        status=status,
+        operator=operator,
+        editor=editor,
+        saved=saved,
+        shift=shift_sentence(operator),
+        has_hours=db.session.scalar(sa.select(sa.exists().where(OperatorHours.operator_id == operator.id))),
+        weekdays=times.weekday_names(),
+        timezones=timezone_choices(),
+        history=domain.history(db.session(), operator.id, HISTORY_ON_PAGE),
+        user=db.session.scalar(sa.select(User.username).where(User.operator_id == operator.id)),
+    )
+
+
+@bp.get("/<id:operator_id>")
+@allow(Role.SUPERVISOR)
+def detail(operator_id: int) -> ResponseReturnValue:
+    """The operator's page: its shift now, the week editor, absences and history."""
+    operator = db.get_or_404(Operator, operator_id)
+    editor = ScheduleEditor.of(schedules.get_schedule(db.session(), operator.id))
+    return _detail(operator, editor, saved=request.args.get("saved") == "1")
+
+
+@bp.get("/<id:operator_id>/schedule")
+@allow(Role.SUPERVISOR)
+def schedule(operator_id: int) -> ResponseReturnValue:
+    """The address the editor's buttons post to, asked for again (a reload, the language switch): its page."""
+    return redirect(url_for(".detail", operator_id=operator_id))
+
+
+@bp.post("/<id:operator_id>/schedule")
+@allow(Role.SUPERVISOR)
+def save_schedule(operator_id: int) -> ResponseReturnValue:
+    """The week editor's buttons: add or remove a row (the form comes back with what was typed), or save
+    the whole schedule (time zone, intervals, absences) at once."""
+    operator = db.get_or_404(Operator, operator_id)
+    editor = ScheduleEditor.posted(request.form)
+    if editor.act(request.form.get("action", "save")):
+        return _detail(operator, editor)
+    typed = editor.read()
+    if typed is None:
+        return _detail(operator, editor, status=422)
+    timezone, hours, absences, hours_rows, absence_rows = typed
+    # Checked before the write (replace_schedule checks again), each list on its own: both lists' errors show at once.
+    refusals: list[InvalidInput] = []
+    try:
+        schedules.check_hours(hours)
+    except InvalidInput as exc:
+        refusals.append(exc)
+    try:
+        schedules.check_absences(absences)
+    except InvalidInput as exc:
+        refusals.append(exc)
+    if refusals:
+        editor.refused(refusals, hours_rows, absence_rows)
+        return _detail(operator, editor, status=422)
+    try:
+        begin_write(db.session)
+        schedules.replace_schedule(
+            db.session(),
+            operator.id,
+            timezone=timezone,
+            hours=hours,
+            absences=absences,
+            organisation=times.organisation_timezone(),
+        )
+    except InvalidInput as exc:
+        db.session.rollback()
+        editor.refused([exc], hours_rows, absence_rows)
+        return _detail(operator, editor, status=422)
+    db.session.commit()
+    return redirect(url_for(".detail", operator_id=operator.id, saved=1))
