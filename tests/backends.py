@@ -28,6 +28,13 @@ TABLES = (
     "login_sessions",
     "users",
     "login_failures",
+    # Issue 13's: settings and the workers' heartbeats are referenced by nothing that cascades.
+    "settings",
+    "worker_beats",
+    "drain_requests",
+    "operator_events",
+    "operator_hours",
+    "operator_absences",
 )
 
 
