@@ -1,4 +1,4 @@
-# leadcrm: `make run` starts the app, `make test` runs the tests.
+# leadcrm: `make run` starts the app (and its worker), `make test` runs the tests.
 # Both set up a virtualenv with the pinned dependencies first.
 
 PYTHON ?= python3
@@ -25,9 +25,9 @@ $(VENV)/.installed-dev: requirements.txt requirements-dev.txt $(VENV)/.installed
 $(MO): translations/ru/LC_MESSAGES/messages.po $(VENV)/.installed
 	$(BIN)/pybabel compile --statistics -d translations -D messages
 
-## run: migrate the database and serve the app with gunicorn (HOST, PORT, WORKERS, DATABASE_URL)
+## run: migrate the database, serve the app with gunicorn and run the worker beside it (deploy/run.py; HOST, PORT, WORKERS, DATABASE_URL); Ctrl+C stops both
 run: $(VENV)/.installed $(MO)
-	$(BIN)/gunicorn --config gunicorn.conf.py app:app
+	$(BIN)/python deploy/run.py
 
 ## migrate: bring the database schema up to date
 migrate: $(VENV)/.installed

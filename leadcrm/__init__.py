@@ -134,10 +134,14 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     register_web(app)
     app.cli.add_command(cli)
 
+    from leadcrm.worker import health
+
     @app.get("/healthz")
     @public
-    def healthz() -> dict[str, str]:
-        return {"status": "ok"}
+    def healthz() -> dict[str, Any]:
+        """200 while the web process answers, whatever the database says; with the workers' last
+        heartbeat and whether they are silent (``worker``: null when the database cannot be read)."""
+        return {"status": "ok", "worker": health(db.session())}
 
     return app
 

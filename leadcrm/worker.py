@@ -13,26 +13,34 @@ the next worker redoes the step).
 Between rounds the worker sleeps until the next due moment it knows of
 (the front of the shift and offer indexes), at most ``LEADCRM_WORKER_TICK``
 seconds, so a step it did not know of (an offer made a moment ago) waits at
-most one tick. Each round beats its heartbeat (``worker_beats``), which
-``/healthz`` reports and whose silence the load page warns of.
+most one tick. A round first reads what is due and takes the write lock
+only for steps that are, so an idle worker writes nothing but its heartbeat
+(``worker_beats``, at most once a second), which ``/healthz`` reports and
+whose silence the load page warns of.
+
+A step that fails (the database busy, unreachable or not yet migrated; a
+bug) is rolled back, logged and tried again after a tick; the other steps of
+the round still run, and the worker keeps going. A round whose heartbeat
+cannot be written stops there: the database is not usable.
 """
 
 import logging
 import os
+import select
 import signal
 import socket
-import threading
+import time
 from collections.abc import Callable
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from types import FrameType
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from flask import Flask
 
 from leadcrm import offers, schedules, storage
 from leadcrm.database import begin_write, reads_only
-from leadcrm.distribution import DRAIN_BATCH, drain_queue
+from leadcrm.distribution import DRAIN_BATCH, drain_queue, limit_drains
 from leadcrm.extensions import db
 from leadcrm.idempotency import forget_expired
 from leadcrm.models import WorkerBeat, utcnow
@@ -46,10 +54,19 @@ ACTOR = "worker"
 FORGET_KEYS_EVERY = timedelta(minutes=10)
 # Heartbeats of workers gone for longer are deleted (a worker stopped cleanly deletes its own).
 FORGET_BEATS_AFTER = timedelta(days=1)
+# The heartbeat is written at most this often (a busy worker runs many rounds a second).
+BEAT_EVERY = timedelta(seconds=1)
 # At most this many offers or shifts are handled in one round before the heartbeat and the other steps.
 ROUND_MAX = 500
-# A round that found something due but could do nothing (its rows locked elsewhere) waits this long at least.
-IDLE_MIN_WAIT = 0.2
+# A round that did nothing although something was due (claimed by another worker, or an accept,
+# at that moment) sleeps at least this long before looking again: no busy loop.
+IDLE_FLOOR = 0.05
+# The worker wakes this long (seconds) after the due moment, so that it is due when it looks.
+WAKE_AFTER = 0.001
+# The shortest tick (seconds) LEADCRM_WORKER_TICK may set.
+TICK_MIN = 0.1
+# The same failure of a step is logged again at most this often (seconds) while it lasts.
+COMPLAIN_EVERY = 60.0
 
 T = TypeVar("T")
 
@@ -64,17 +81,76 @@ def is_silent(beat: datetime | None, now: datetime) -> bool:
     return beat is None or now - beat > timedelta(seconds=WORKER_SILENT_AFTER)
 
 
+def health(session: sa.orm.Session) -> dict[str, Any] | None:
+    """What ``/healthz`` says of the workers: the last beat and whether they are silent; None when the
+    database cannot be read (the web process is alive all the same)."""
+    try:
+        beat = last_beat(session)
+    except sa.exc.SQLAlchemyError:
+        try:
+            session.rollback()
+        except sa.exc.SQLAlchemyError:
+            pass  # the request's teardown throws the connection away
+        return None
+    at = beat.astimezone(UTC).isoformat().replace("+00:00", "Z") if beat is not None else None
+    return {"last_beat_at": at, "silent": is_silent(beat, utcnow())}
+
+
+class Stop:
+    """The worker's stop flag, set by a signal handler (or another thread); ``wait`` sleeps until it is set.
+
+    Not a ``threading.Event``: a handler runs in the main thread, which may be
+    inside ``Event.wait`` holding the Event's (non-reentrant) lock, and
+    ``set()`` would then wait for it forever. Here ``set`` writes a byte into
+    a pipe that ``wait`` selects on.
+    """
+
+    def __init__(self) -> None:
+        self._flag = False
+        self._read_fd, self._write_fd = os.pipe()
+        os.set_blocking(self._read_fd, False)
+        os.set_blocking(self._write_fd, False)
+
+    def set(self) -> None:
+        self._flag = True
+        try:
+            os.write(self._write_fd, b"\0")
+        except (BlockingIOError, OSError):
+            pass  # full (set many times already) or closed: the flag says it
+
+    def is_set(self) -> bool:
+        return self._flag
+
+    def wait(self, timeout: float) -> bool:
+        """Sleep until set or ``timeout`` seconds passed; whether it is set."""
+        if not self._flag and timeout > 0:
+            select.select([self._read_fd], [], [], timeout)
+        return self._flag
+
+    def __del__(self) -> None:
+        for fd in (self._read_fd, self._write_fd):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
 class Worker:
     """One worker process's loop; ``run`` until ``stop`` is set (SIGTERM, SIGINT)."""
 
     def __init__(self, app: Flask, name: str | None = None) -> None:
         self.app = app
         self.name = name or f"{socket.gethostname()}:{os.getpid()}"
-        self.tick = float(app.config["LEADCRM_WORKER_TICK"])
+        # A tick of 0 (or less) would be a busy loop.
+        self.tick = max(TICK_MIN, float(app.config["LEADCRM_WORKER_TICK"]))
         self.batch = int(app.config.get("LEADCRM_DRAIN_BATCH") or DRAIN_BATCH)
         self.started_at = utcnow()
-        self.stop = threading.Event()
+        self.stop = Stop()
         self._keys_forgotten_at: datetime | None = None
+        self._beaten_at: datetime | None = None
+        # Per step: the failure last logged and when (monotonic), so that a lasting one is not logged every tick.
+        self._complaints: dict[str, tuple[str, float]] = {}
+        self._stopped_by: str | None = None  # the signal that stopped it
 
     # --- one unit of work ---------------------------------------------------------------
 
@@ -82,12 +158,14 @@ class Worker:
         """Run ``work`` in a write transaction of its own and commit it; roll back if it raises."""
         session = db.session
         act_as(session(), ACTOR)
+        # Every drain inside the step (a freed slot, say) assigns one batch at most, as a request's does.
+        limit_drains(session(), self.batch)
         begin_write(session)
         try:
             result = work()
             session.commit()
         except BaseException:
-            session.rollback()
+            _roll_back()
             raise
         finally:
             reads_only(session)  # what follows only reads, until the next step declares its write
@@ -98,10 +176,12 @@ class Worker:
         try:
             return work()
         finally:
-            db.session.rollback()
+            _roll_back()
 
-    def beat(self) -> None:
-        now = utcnow()
+    def beat(self, now: datetime) -> bool:
+        """Write the heartbeat, unless it was written less than BEAT_EVERY ago; whether it was."""
+        if self._beaten_at is not None and timedelta(0) <= now - self._beaten_at < BEAT_EVERY:
+            return False
 
         def write() -> None:
             session = db.session()
@@ -113,15 +193,25 @@ class Worker:
             session.execute(sa.delete(WorkerBeat).where(WorkerBeat.beat_at < now - FORGET_BEATS_AFTER))
 
         self._write(write)
+        self._beaten_at = now
+        return True
 
     def forget_beat(self) -> None:
         self._write(lambda: db.session.execute(sa.delete(WorkerBeat).where(WorkerBeat.name == self.name)))
 
+    def _due(self, due: datetime | None) -> bool:
+        return due is not None and due <= utcnow()
+
     def shifts(self) -> int:
         """Recompute the stretches on shift that are due, 50 operators per transaction."""
-        organisation = self._read(
-            lambda: schedules.organisation_timezone(db.session(), self.app.config["LEADCRM_TIMEZONE"])
-        )
+
+        def read() -> tuple[datetime | None, str]:
+            due = storage.next_shift_due(Tx.of(db.session()))
+            return due, schedules.organisation_timezone(db.session(), self.app.config["LEADCRM_TIMEZONE"])
+
+        due, organisation = self._read(read)
+        if not self._due(due):
+            return 0
         done = 0
         while done < ROUND_MAX and not self.stop.is_set():
             now = utcnow()
@@ -133,6 +223,8 @@ class Worker:
 
     def offers(self) -> int:
         """Take back offers past their deadline and route them again, one contact per transaction."""
+        if not self._due(self._read(lambda: storage.next_offer_due(Tx.of(db.session())))):
+            return 0
         done = 0
         while done < ROUND_MAX and not self.stop.is_set():
             now = utcnow()
@@ -151,6 +243,8 @@ class Worker:
             if not requests:
                 break
             for request in requests:
+                if self.stop.is_set():
+                    break
 
                 def drain(request: storage.DrainRequestRecord = request) -> int:
                     tx = Tx.of(db.session())
@@ -162,8 +256,9 @@ class Worker:
                 assigned += self._write(drain)
         return assigned
 
-    def forget_keys(self, now: datetime) -> int:
-        if self._keys_forgotten_at is not None and now - self._keys_forgotten_at < FORGET_KEYS_EVERY:
+    def forget_keys(self) -> int:
+        now = utcnow()
+        if self._keys_forgotten_at is not None and timedelta(0) <= now - self._keys_forgotten_at < FORGET_KEYS_EVERY:
             return 0
         forgotten = self._write(lambda: forget_expired(db.session()))
         self._keys_forgotten_at = now
@@ -184,47 +279,103 @@ class Worker:
 
     # --- the loop -----------------------------------------------------------------------
 
-    def round(self) -> dict[str, int]:
-        """Every step once, in order; what each did."""
-        self.beat()
-        done = {"shifts": self.shifts(), "offers": self.offers(), "drained": self.drains()}
-        done["keys"] = self.forget_keys(utcnow())
-        return done
+    def round(self) -> tuple[dict[str, int], bool]:
+        """Every step once, in order: what each did, and whether all of them went through.
+
+        A step that fails is logged and left for the next round; one whose
+        heartbeat cannot be written ends there (the database is not usable).
+        """
+        if self._step("beat", lambda: self.beat(utcnow())) is None:
+            return {}, False
+        done: dict[str, int] = {}
+        steps: tuple[tuple[str, Callable[[], int]], ...] = (
+            ("shifts", self.shifts),
+            ("offers", self.offers),
+            ("drained", self.drains),
+            ("keys", self.forget_keys),
+        )
+        for name, step in steps:
+            if self.stop.is_set():
+                break
+            result = self._step(name, step)
+            if result is not None:
+                done[name] = result
+        return done, len(done) == len(steps)
+
+    def _step(self, name: str, work: Callable[[], T]) -> T | None:
+        """Run one step; on failure roll back, log it (once while it lasts) and answer None."""
+        try:
+            result = work()
+        except sa.exc.DBAPIError as exc:
+            # Busy, unreachable, a deadlock, or the schema not yet migrated: rolled back, tried again next round.
+            _roll_back()
+            self._complain(name, str(exc.orig).strip(), None)
+            return None
+        except Exception as exc:  # a bug: logged with its traceback; the other steps go on
+            _roll_back()
+            self._complain(name, f"{type(exc).__name__}: {exc}", exc)
+            return None
+        if self._complaints.pop(name, None) is not None:
+            log.info("worker %s: %s done again", self.name, name)
+        return result
+
+    def _complain(self, step: str, text: str, exc: Exception | None) -> None:
+        last = self._complaints.get(step)
+        now = time.monotonic()
+        if last is not None and last[0] == text and now - last[1] < COMPLAIN_EVERY:
+            return
+        self._complaints[step] = (text, now)
+        log.warning("worker %s: %s not done, tried again in %g s: %s", self.name, step, self.tick, text, exc_info=exc)
+
+    def sleep_after(self, done: dict[str, int], complete: bool) -> float:
+        """Seconds to sleep after a round: until the next due moment, at most a tick; a tick after a failure."""
+        if not complete:
+            return self.tick
+        now = utcnow()
+        due = self._step("next_due", lambda: self.next_due(now))
+        if due is None:
+            return self.tick
+        # Woken a moment early (the sleep's clock is not the wall clock): just past the due moment.
+        wait = (due - now).total_seconds() + WAKE_AFTER
+        if wait <= WAKE_AFTER and not any(done.values()):
+            wait = IDLE_FLOOR  # due already, but nothing could be done: another worker (or an accept) holds it
+        return max(0.0, min(wait, self.tick))
 
     def run(self) -> None:
-        log.info("worker %s started (tick %.1f s)", self.name, self.tick)
+        log.info("worker %s started (tick %g s)", self.name, self.tick)
         with self.app.app_context():
             reads_only(db.session)
             try:
                 while not self.stop.is_set():
-                    try:
-                        done = self.round()
-                        if any(done.values()):
-                            log.info("worker %s: %s", self.name, ", ".join(f"{k} {v}" for k, v in done.items() if v))
-                        now = utcnow()
-                        wait = (self.next_due(now) - now).total_seconds()
-                        if not any(done.values()):
-                            # Due but not done (rows another worker or an accept holds): not a busy loop.
-                            wait = max(wait, IDLE_MIN_WAIT)
-                    except sa.exc.DBAPIError as exc:
-                        # Busy, unreachable, a deadlock, or the schema not yet migrated: the
-                        # step rolled back; it is tried again next tick.
-                        db.session.rollback()
-                        log.warning("worker %s: step not done, retried in %.0f s: %s", self.name, self.tick, exc.orig)
-                        wait = self.tick
-                    self.stop.wait(max(0.0, min(wait, self.tick)))
+                    done, complete = self.round()
+                    if any(done.values()):
+                        log.info("worker %s: %s", self.name, ", ".join(f"{k} {v}" for k, v in done.items() if v))
+                    self.stop.wait(self.sleep_after(done, complete))
             finally:
+                if self._stopped_by:
+                    log.info("worker %s: %s, stopping", self.name, self._stopped_by)
                 try:
                     self.forget_beat()
                 except sa.exc.DBAPIError:
-                    db.session.rollback()
+                    _roll_back()
                 db.session.remove()
         log.info("worker %s stopped", self.name)
 
     def stop_on_signals(self) -> None:
+        """SIGTERM and SIGINT (Ctrl+C) stop the worker after the step at hand."""
+
         def handle(signum: int, _frame: FrameType | None) -> None:
-            log.info("worker %s: %s, stopping after this step", self.name, signal.Signals(signum).name)
+            # Nothing here that takes a lock (not even logging): the loop may hold it, in this thread.
+            self._stopped_by = signal.Signals(signum).name
             self.stop.set()
 
         signal.signal(signal.SIGTERM, handle)
         signal.signal(signal.SIGINT, handle)
+
+
+def _roll_back() -> None:
+    """End the session's transaction; a connection that died meanwhile is thrown away, not raised."""
+    try:
+        db.session.rollback()
+    except sa.exc.DBAPIError:
+        db.session.remove()
