@@ -70,7 +70,12 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         # check. Connections the server closed are refused at checkout without a
         # round trip (database.configure_engine), and none is kept past an hour
         # (idle-connection timeouts of proxies and firewalls).
-        app.config.setdefault("SQLALCHEMY_ENGINE_OPTIONS", {"pool_recycle": 3600, "pool_size": 2, "max_overflow": 2})
+        # A server that drops packets instead of refusing them fails a connection in 5 s (and
+        # /healthz answers), not after the system's TCP timeout.
+        app.config.setdefault(
+            "SQLALCHEMY_ENGINE_OPTIONS",
+            {"pool_recycle": 3600, "pool_size": 2, "max_overflow": 2, "connect_args": {"connect_timeout": 5}},
+        )
     if app.config["LEADCRM_TIMEZONE"] not in known_timezones():
         raise RuntimeError(
             f"LEADCRM_TIMEZONE={app.config['LEADCRM_TIMEZONE']!r} is not a time zone zoneinfo knows: "

@@ -226,6 +226,18 @@ def test_a_supervisor_takes_an_offer_for_its_operator(world: World) -> None:
     assert taken["operator_id"] == contact["operator_id"]
 
 
+def test_a_supervisor_naming_the_operator_takes_only_that_ones_offer(world: World) -> None:
+    contact = world.register()["contact"]
+    holder = contact["operator_id"]
+    other = next(i for i in world.ids.values() if i != holder)
+    refused = world.client.post(f"{API}/contacts/{contact['id']}/accept?operator_id={other}")
+    assert refused.status_code == 409 and json_of(refused)["error"]["code"]
+    assert world.contact(contact["id"])["offered_until"] is not None  # nothing taken
+    taken = world.ok("POST", f"/contacts/{contact['id']}/accept?operator_id={holder}")
+    assert taken["operator_id"] == holder and taken["accepted_at"] is not None
+    world.check_load()
+
+
 def test_an_operator_user_may_not_take_anothers_contact(world: World) -> None:
     contact = world.register()["contact"]
     other = "Boris" if world.holder(contact["id"]) == "Anna" else "Anna"

@@ -13,6 +13,7 @@ from leadcrm.api import bp
 from leadcrm.api.http import Response, dump, json_body, page_of, parse, query_args
 from leadcrm.api.openapi import Answer, created, operation
 from leadcrm.api.schemas import (
+    AcceptArgs,
     AssignIn,
     ContactFilter,
     ContactOut,
@@ -323,23 +324,29 @@ def close_contact(contact_id: int) -> Response:
 @operation(
     "acceptContact",
     Answer("The contact, taken (accepted_at set, offered_until null).", ContactOut),
+    query=AcceptArgs,
     errors=(404, 409),
     operator_access="its own contacts only",
 )
 def accept_contact(contact_id: int) -> Response:
     """Take a contact offered to its operator before the deadline (taking a taken one changes nothing).
 
-    A supervisor (or a token) takes it for the operator it is offered to. After the deadline: 409,
-    and the contact is being offered to someone else (also once it was taken back from the operator).
+    A supervisor (or a token) takes it for the operator it is offered to, or for the one named by
+    ``operator_id`` (an integration acting for that operator: if the offer went to someone else
+    meanwhile, a 409 rather than taking the other one's). After the deadline: 409, and the contact
+    is being offered to someone else (also once it was taken back from the operator).
     """
+    args = query_args(AcceptArgs)
     stored = db.session.get(Contact, contact_id)
     own = own_operator_id()
+    if own is not None and args.operator_id not in (None, own):
+        raise Forbidden("An operator user takes offers for its own operator only.")
     if stored is not None and own is not None and stored.operator_id != own:
         # Taken back a moment ago from this operator: the clock, not a contact of someone else's.
         if queries.missed_offer(db.session(), contact_id, own):
             raise Conflict(Message("The time to take this contact ran out; it is being offered to someone else."))
     _own_contact(contact_id)
     begin_write(db.session)
-    contact = offers.accept(db.session(), contact_id, own_operator_id())
+    contact = offers.accept(db.session(), contact_id, own if own is not None else args.operator_id)
     db.session.commit()
     return dump(ContactOut, contact)

@@ -594,6 +594,15 @@ class PageArgs(BaseModel):
     per_page: int = Field(PER_PAGE, ge=1, le=PER_PAGE_MAX)
 
 
+class AcceptArgs(BaseModel):
+    operator_id: Optional[Id] = Field(
+        None,
+        description="The operator the caller takes it for (a supervisor or token acting for one): a 409 if the "
+        "contact is not offered to that operator now, as when it was taken back and offered to someone else. "
+        "Without it: for whichever operator it is offered to. An operator user takes its own.",
+    )
+
+
 class ContactFilter(PageArgs):
     status: Optional[ContactStatus] = None
     operator_id: Optional[Id] = None
