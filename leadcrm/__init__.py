@@ -3,6 +3,7 @@
 import os
 from typing import Any
 
+import sqlalchemy as sa
 from flask import Flask, request
 from flask.json.provider import DefaultJSONProvider
 from werkzeug.exceptions import NotFound, RequestEntityTooLarge
@@ -105,7 +106,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
 
     from leadcrm.auth import init_auth, public
     from leadcrm.distribution import limit_drains
-    from leadcrm.units import init_units
+    from leadcrm.units import init_units, request_unit
 
     # Before anything reads the body: one sent without Content-Length must not be cut to the limit.
     app.before_request(_refuse_streamed_bodies_over_the_limit)
@@ -146,7 +147,11 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     def healthz() -> dict[str, Any]:
         """200 while the web process answers, whatever the database says; with the workers' last
         heartbeat and whether they are silent (``worker``: null when the database cannot be read)."""
-        return {"status": "ok", "worker": health(db.session())}
+        try:
+            unit = request_unit()
+        except (sa.exc.SQLAlchemyError, db.engine.dialect.loaded_dbapi.Error):  # no connection to be had
+            return {"status": "ok", "worker": None}
+        return {"status": "ok", "worker": health(unit)}
 
     return app
 

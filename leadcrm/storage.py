@@ -1302,3 +1302,13 @@ def count_missed_offer(tx: Tx, source_id: int, operator_id: int) -> int:
 def reset_missed_offers(tx: Tx, source_id: int, operator_id: int) -> None:
     """The operator took one of the source's offers: its misses in a row start again from 0."""
     tx.execute(RESET_MISSED_OFFERS, {"source_id": source_id, "operator_id": operator_id})
+
+
+# --- the workers' heartbeat -----------------------------------------------------------
+
+LAST_BEAT = Sql("SELECT max(beat_at) FROM worker_beats")
+
+
+def last_beat(tx: Tx) -> datetime | None:
+    """The latest heartbeat of any worker (None: none): one prebuilt statement, for ``/healthz``."""
+    return from_stored_time(tx.execute(LAST_BEAT, {}).fetchone()[0])

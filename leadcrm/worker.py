@@ -81,17 +81,14 @@ def is_silent(beat: datetime | None, now: datetime) -> bool:
     return beat is None or now - beat > timedelta(seconds=WORKER_SILENT_AFTER)
 
 
-def health(session: sa.orm.Session) -> dict[str, Any] | None:
+def health(tx: Tx) -> dict[str, Any] | None:
     """What ``/healthz`` says of the workers: the last beat and whether they are silent; None when the
-    database cannot be read (the web process is alive all the same)."""
+    database cannot be read (the web process is alive all the same). One prebuilt statement on the
+    request's driver connection (``units.request_unit``): /healthz stays the cheapest request."""
     try:
-        beat = last_beat(session)
+        beat = storage.last_beat(tx)
     except sa.exc.SQLAlchemyError:
-        try:
-            session.rollback()
-        except sa.exc.SQLAlchemyError:
-            pass  # the request's teardown throws the connection away
-        return None
+        return None  # the request's teardown rolls back and gives the connection back (or throws it away)
     at = beat.astimezone(UTC).isoformat().replace("+00:00", "Z") if beat is not None else None
     return {"last_beat_at": at, "silent": is_silent(beat, utcnow())}
 
