@@ -7,6 +7,7 @@ document.addEventListener("DOMContentLoaded", function () {
     event.detail.headers["X-CSRFToken"] = token;
   });
   setUpInbox();
+  setUpCountdowns();
 });
 
 // The operator's inbox (templates/inbox/index.html): the title's count, the announcement of new
@@ -21,6 +22,7 @@ function setUpInbox() {
   var closedTodayOpen = false;
   var focusAfterClose = null;
   var closingForm = null;
+  var takingForm = null;
   var message = document.getElementById("announce-message");
 
   var boxes = {
@@ -134,6 +136,14 @@ function setUpInbox() {
     }
   }, true);
 
+  // A Take in the list: once the list comes back, focus goes to what it says (taken, or why not).
+  document.body.addEventListener("htmx:beforeRequest", function (event) {
+    var elt = event.detail.elt;
+    if (elt.tagName === "FORM" && elt.closest("#inbox") && elt.querySelector(".inbox-take")) {
+      takingForm = elt;
+    }
+  });
+
   // A Close in the list: where focus goes once the list comes back without that row.
   document.body.addEventListener("htmx:beforeRequest", function (event) {
     // Only a row's own form (the poll's section holds Close buttons too).
@@ -164,6 +174,10 @@ function setUpInbox() {
       return seen.indexOf(row.getAttribute("data-contact-id")) < 0;
     }));
     seen = ids;
+    if (takingForm && event.detail.requestConfig && event.detail.requestConfig.elt === takingForm) {
+      takingForm = null;
+      (document.getElementById("inbox-problem") || document.getElementById("inbox-notice") || document.getElementById("inbox-heading")).focus();
+    }
     if (focusAfterClose && event.detail.requestConfig && event.detail.requestConfig.elt === closingForm) {
       var candidates = focusAfterClose;
       focusAfterClose = null;
@@ -181,4 +195,51 @@ function contactIds(section) {
   return Array.prototype.map.call(section.querySelectorAll(".inbox-row"), function (row) {
     return row.getAttribute("data-contact-id");
   });
+}
+
+// Countdowns (an offer's time left in the inbox): the server writes the seconds left when it sent the
+// element (data-seconds-left); they are counted down here from the moment the element appeared, so the
+// browser's own clock does not matter. At zero the element says the time ran out. Each element swapped
+// in by htmx (the inbox polls) starts again from the server's fresh count.
+function setUpCountdowns() {
+  var appeared = new WeakMap();
+  function note(root) {
+    var now = performance.now();
+    var found = root.querySelectorAll ? root.querySelectorAll("time[data-seconds-left]") : [];
+    Array.prototype.forEach.call(found, function (element) {
+      if (!appeared.has(element)) {
+        appeared.set(element, now);
+      }
+    });
+  }
+  function tick() {
+    var now = performance.now();
+    note(document);
+    Array.prototype.forEach.call(document.querySelectorAll("time[data-seconds-left]"), function (element) {
+      var total = parseInt(element.getAttribute("data-seconds-left"), 10) || 0;
+      var left = Math.max(0, total - Math.floor((now - appeared.get(element)) / 1000));
+      var text = left > 0
+        ? element.getAttribute("data-left-text").replace("{time}", countdown(left))
+        : element.getAttribute("data-ran-out-text");
+      if (element.textContent !== text) {
+        element.textContent = text;
+      }
+      element.classList.toggle("ran-out", left === 0);
+    });
+  }
+  document.body.addEventListener("htmx:load", function (event) {
+    note(event.detail.elt);
+  });
+  tick();
+  // Four times a second, so that a count started between two ticks is never a second behind.
+  setInterval(tick, 250);
+}
+
+// Seconds as leadcrm.web.ages.format_countdown writes them: 0:28, 4:05, 1:00:00.
+function countdown(seconds) {
+  var hours = Math.floor(seconds / 3600);
+  var minutes = Math.floor((seconds % 3600) / 60);
+  var rest = seconds % 60;
+  var mm = hours ? (minutes < 10 ? "0" : "") + minutes : String(minutes);
+  return (hours ? hours + ":" : "") + mm + ":" + (rest < 10 ? "0" : "") + rest;
 }

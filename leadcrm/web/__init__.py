@@ -23,7 +23,7 @@ from leadcrm.vocabulary import (
     Strategy,
 )
 from leadcrm.web import auth, contacts, inbox, intake, leads, load, operators, report, sources, tokens, users
-from leadcrm.web.ages import format_age
+from leadcrm.web.ages import format_age, format_countdown
 from leadcrm.web.rendering import local_target
 
 BLUEPRINTS = (
@@ -80,6 +80,7 @@ def register_web(app: Flask) -> None:
         return {"languages": LANGUAGES, "current_language": str(get_locale())}
 
     app.add_template_filter(format_age, "age")
+    app.add_template_filter(format_countdown, "countdown")
 
     @app.template_filter("percent")
     def percent(share: float) -> str:
