@@ -23,6 +23,7 @@ function setUpInbox() {
   var focusAfterClose = null;
   var closingForm = null;
   var takingForm = null;
+  var takingId = null;
   var message = document.getElementById("announce-message");
 
   var boxes = {
@@ -136,11 +137,14 @@ function setUpInbox() {
     }
   }, true);
 
-  // A Take in the list: once the list comes back, focus goes to what it says (taken, or why not).
+  // A Take in the list: once the list comes back (its message said in the live region above it), focus
+  // stays with the contact: its Close once taken, its Take if it could not be; the list if it is gone.
   document.body.addEventListener("htmx:beforeRequest", function (event) {
     var elt = event.detail.elt;
-    if (elt.tagName === "FORM" && elt.closest("#inbox") && elt.querySelector(".inbox-take")) {
+    var button = elt.tagName === "FORM" && elt.closest("#inbox") ? elt.querySelector(".inbox-take") : null;
+    if (button) {
       takingForm = elt;
+      takingId = button.closest(".inbox-row").getAttribute("data-contact-id");
     }
   });
 
@@ -176,7 +180,7 @@ function setUpInbox() {
     seen = ids;
     if (takingForm && event.detail.requestConfig && event.detail.requestConfig.elt === takingForm) {
       takingForm = null;
-      (document.getElementById("inbox-problem") || document.getElementById("inbox-notice") || document.getElementById("inbox-heading")).focus();
+      (document.getElementById("take-" + takingId) || document.getElementById("close-" + takingId) || document.getElementById("inbox-heading")).focus();
     }
     if (focusAfterClose && event.detail.requestConfig && event.detail.requestConfig.elt === closingForm) {
       var candidates = focusAfterClose;
@@ -197,15 +201,16 @@ function contactIds(section) {
   });
 }
 
-// Countdowns (an offer's time left in the inbox): the server writes the seconds left when it sent the
-// element (data-seconds-left); they are counted down here from the moment the element appeared, so the
-// browser's own clock does not matter. At zero the element says the time ran out. Each element swapped
-// in by htmx (the inbox polls) starts again from the server's fresh count.
+// Countdowns (an offer's time left in the inbox): the server writes the milliseconds left when it sent
+// the element (data-milliseconds-left); they are counted down here from the moment the element appeared,
+// so the browser's own clock does not matter, and shown in whole seconds rounded up, as the server shows
+// them. At zero the element says the time ran out. Each element swapped in by htmx (the inbox polls)
+// starts again from the server's fresh count, which agrees with this one to the latency of the answer.
 function setUpCountdowns() {
   var appeared = new WeakMap();
   function note(root) {
     var now = performance.now();
-    var found = root.querySelectorAll ? root.querySelectorAll("time[data-seconds-left]") : [];
+    var found = root.querySelectorAll ? root.querySelectorAll("time[data-milliseconds-left]") : [];
     Array.prototype.forEach.call(found, function (element) {
       if (!appeared.has(element)) {
         appeared.set(element, now);
@@ -215,9 +220,9 @@ function setUpCountdowns() {
   function tick() {
     var now = performance.now();
     note(document);
-    Array.prototype.forEach.call(document.querySelectorAll("time[data-seconds-left]"), function (element) {
-      var total = parseInt(element.getAttribute("data-seconds-left"), 10) || 0;
-      var left = Math.max(0, total - Math.floor((now - appeared.get(element)) / 1000));
+    Array.prototype.forEach.call(document.querySelectorAll("time[data-milliseconds-left]"), function (element) {
+      var total = parseInt(element.getAttribute("data-milliseconds-left"), 10) || 0;
+      var left = Math.max(0, Math.ceil((total - (now - appeared.get(element))) / 1000));
       var text = left > 0
         ? element.getAttribute("data-left-text").replace("{time}", countdown(left))
         : element.getAttribute("data-ran-out-text");
@@ -231,8 +236,8 @@ function setUpCountdowns() {
     note(event.detail.elt);
   });
   tick();
-  // Four times a second, so that a count started between two ticks is never a second behind.
-  setInterval(tick, 250);
+  // Ten times a second: each second shown changes within a tenth of a second of when it should.
+  setInterval(tick, 100);
 }
 
 // Seconds as leadcrm.web.ages.format_countdown writes them: 0:28, 4:05, 1:00:00.

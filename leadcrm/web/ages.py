@@ -31,9 +31,15 @@ def format_age(age: timedelta) -> str:
     return ngettext("%(num)s day", "%(num)s days", seconds // DAY)
 
 
-def seconds_left(until: datetime, now: datetime) -> int:
-    """Whole seconds from ``now`` to ``until``, rounded up (0:01 until the very end), never below 0."""
-    return max(math.ceil((until - now).total_seconds()), 0)
+def milliseconds_left(until: datetime, now: datetime) -> int:
+    """Milliseconds from ``now`` to ``until``, never below 0: what a countdown starts from (to the
+    millisecond, so that the browser's count and the next answer's agree on when a second ends)."""
+    return max(math.ceil((until - now) / timedelta(milliseconds=1)), 0)
+
+
+def seconds_of(milliseconds: int) -> int:
+    """The whole seconds a countdown shows for ``milliseconds`` left: rounded up, so 0:01 until the very end."""
+    return math.ceil(milliseconds / 1000)
 
 
 def format_countdown(seconds: int) -> str:

@@ -16,7 +16,7 @@ from leadcrm.extensions import db
 from leadcrm.i18n import translate
 from leadcrm.models import Contact, Operator, utcnow
 from leadcrm.vocabulary import Presence, Role
-from leadcrm.web.ages import format_age, seconds_left
+from leadcrm.web.ages import format_age, milliseconds_left, seconds_of
 from leadcrm.web.rendering import changed, is_htmx, local_target, render
 
 bp = Blueprint("inbox", __name__, url_prefix="/inbox")
@@ -30,8 +30,8 @@ def _start_of_today(now: datetime) -> datetime:
 def inbox_page(status: int = 200, notice: str | None = None, problem: str | None = None) -> Response:
     """The inbox of the logged-in operator user: the whole page, or its live section for htmx.
 
-    ``notice`` (what was just done) or ``problem`` (why it could not be) is said at the top of the list,
-    until the list next changes."""
+    ``notice`` (what was just done) or ``problem`` (why it could not be) is said above the list, until
+    the next action from the inbox."""
     operator_id = own_operator_id()
     if operator_id is None:
         return render("inbox/index.html", block="inbox", status=status, operator=None, open_contacts=[])
@@ -51,10 +51,14 @@ def inbox_page(status: int = 200, notice: str | None = None, problem: str | None
         # The poll of an inbox that shows exactly this already: nothing to send (htmx swaps nothing on a
         # 204). Most polls end here, without the names' queries and the template.
         return Response(status=204, headers={"Vary": "HX-Request"})
+    # After an action (Take, Close) htmx also gets the messages above the list, out of band: they live
+    # outside the polled section, so that the polls leave them (and a screen reader hears them change).
+    action = is_htmx() and request.method == "POST"
     return render(
         "inbox/index.html",
-        block="inbox",
+        block=["inbox", "inbox_messages"] if action else "inbox",
         status=status,
+        out_of_band=action,
         operator=operator,
         open_contacts=open_contacts,
         closed_today=closed_today,
@@ -62,7 +66,8 @@ def inbox_page(status: int = 200, notice: str | None = None, problem: str | None
         version=version,
         notice=notice,
         problem=problem,
-        seconds_left={c.id: seconds_left(c.offered_until, now) for c in open_contacts if c.offered_until},
+        milliseconds_left={c.id: milliseconds_left(c.offered_until, now) for c in open_contacts if c.offered_until},
+        seconds_of=seconds_of,
         **queries.names_for(db.session(), open_contacts + closed_today),
     )
 
