@@ -282,6 +282,16 @@ def history_of(session: Session, contact_ids: list[int]) -> tuple[list[ContactEv
     return events, operators
 
 
+def offer_missed_by(session: Session, contact_id: int, operator_id: int) -> bool:
+    """Was the contact once offered to the operator and taken back, not taken in time (its history says so)?"""
+    query = sa.select(ContactEvent.id).where(
+        ContactEvent.contact_id == contact_id,
+        ContactEvent.reason == EventReason.TIMEOUT,
+        ContactEvent.from_operator_id == operator_id,
+    )
+    return session.scalar(query.limit(1)) is not None
+
+
 class Names(TypedDict):
     """The leads, sources and operators some contacts refer to, by id: what pages show next to the ids."""
 
@@ -345,7 +355,8 @@ def operator_holds_lead(session: Session, operator_id: int, lead_id: int) -> boo
 INBOX_OPEN = (
     sa.select(Contact)
     .where(Contact.operator_id == sa.bindparam("operator_id"), Contact.status == ContactStatus.OPEN)
-    .order_by(Contact.assigned_at, Contact.id)
+    # Offers waiting to be taken first, the nearest deadline first; then the rest, oldest assignment first.
+    .order_by(Contact.offered_until.is_(None), Contact.offered_until, Contact.assigned_at, Contact.id)
 )
 # The closed-today list ends here: older closed contacts are on the contacts' own pages.
 INBOX_CLOSED_MAX = 100
@@ -360,7 +371,8 @@ INBOX_CLOSED = (
 
 
 def inbox_of(session: Session, operator_id: int, *, since: datetime) -> tuple[list[Contact], list[Contact]]:
-    """An operator's open contacts, oldest assignment first, and those it closed since ``since``, newest first."""
+    """An operator's open contacts (offers to take first, nearest deadline first; then oldest assignment
+    first), and those it closed since ``since``, newest first."""
     open_contacts = list(session.scalars(INBOX_OPEN, {"operator_id": operator_id}))
     closed = list(session.scalars(INBOX_CLOSED, {"operator_id": operator_id, "since": since}))
     return open_contacts, closed

@@ -1,7 +1,7 @@
 """Sources (channels contacts arrive through) and their per-operator weights."""
 
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, cast
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
@@ -106,6 +106,32 @@ def check_offers(offer_timeout_seconds: int | None, offer_misses_away: int, offe
     if not 1 <= offer_misses_away <= OFFER_MISSES_MAX:
         message = Message("Missed offers before away: 1 to %(max)s.", max=OFFER_MISSES_MAX)
         raise InvalidInput(message, {"offer_misses_away": message})
+
+
+def set_offers(
+    session: Session,
+    source_id: int,
+    *,
+    offer_timeout_seconds: int | None,
+    offer_misses_away: int,
+    offer_timeout_min: int,
+) -> None:
+    """Set whether the source's routed contacts are offers, and how many missed in a row set an operator away.
+
+    ``offer_timeout_seconds`` None turns offers off. Offers made already keep
+    their deadlines; the next contacts routed follow the new setting. Checked
+    as ``check_offers`` does (``offer_timeout_min``: LEADCRM_OFFER_TIMEOUT_MIN).
+    """
+    check_offers(offer_timeout_seconds, offer_misses_away, offer_timeout_min)
+    update = (
+        sa.update(Source)
+        .where(Source.id == source_id)
+        .values(offer_timeout_seconds=offer_timeout_seconds, offer_misses_away=offer_misses_away)
+    )
+    if cast("sa.CursorResult[Any]", session.execute(update)).rowcount != 1:
+        raise UnknownSource(
+            Message("No source with id %(id)s.", id=source_id), {"source_id": Message("Unknown source.")}
+        )
 
 
 def source_weights(session: Session, source_id: int) -> list[Weight]:

@@ -7,6 +7,7 @@ document.addEventListener("DOMContentLoaded", function () {
     event.detail.headers["X-CSRFToken"] = token;
   });
   setUpInbox();
+  setUpCountdowns();
 });
 
 // The operator's inbox (templates/inbox/index.html): the title's count, the announcement of new
@@ -21,6 +22,8 @@ function setUpInbox() {
   var closedTodayOpen = false;
   var focusAfterClose = null;
   var closingForm = null;
+  var takingForm = null;
+  var takingId = null;
   var message = document.getElementById("announce-message");
 
   var boxes = {
@@ -134,6 +137,17 @@ function setUpInbox() {
     }
   }, true);
 
+  // A Take in the list: once the list comes back (its message said in the live region above it), focus
+  // stays with the contact: its Close once taken, its Take if it could not be; the list if it is gone.
+  document.body.addEventListener("htmx:beforeRequest", function (event) {
+    var elt = event.detail.elt;
+    var button = elt.tagName === "FORM" && elt.closest("#inbox") ? elt.querySelector(".inbox-take") : null;
+    if (button) {
+      takingForm = elt;
+      takingId = button.closest(".inbox-row").getAttribute("data-contact-id");
+    }
+  });
+
   // A Close in the list: where focus goes once the list comes back without that row.
   document.body.addEventListener("htmx:beforeRequest", function (event) {
     // Only a row's own form (the poll's section holds Close buttons too).
@@ -164,6 +178,10 @@ function setUpInbox() {
       return seen.indexOf(row.getAttribute("data-contact-id")) < 0;
     }));
     seen = ids;
+    if (takingForm && event.detail.requestConfig && event.detail.requestConfig.elt === takingForm) {
+      takingForm = null;
+      (document.getElementById("take-" + takingId) || document.getElementById("close-" + takingId) || document.getElementById("inbox-heading")).focus();
+    }
     if (focusAfterClose && event.detail.requestConfig && event.detail.requestConfig.elt === closingForm) {
       var candidates = focusAfterClose;
       focusAfterClose = null;
@@ -181,4 +199,52 @@ function contactIds(section) {
   return Array.prototype.map.call(section.querySelectorAll(".inbox-row"), function (row) {
     return row.getAttribute("data-contact-id");
   });
+}
+
+// Countdowns (an offer's time left in the inbox): the server writes the milliseconds left when it sent
+// the element (data-milliseconds-left); they are counted down here from the moment the element appeared,
+// so the browser's own clock does not matter, and shown in whole seconds rounded up, as the server shows
+// them. At zero the element says the time ran out. Each element swapped in by htmx (the inbox polls)
+// starts again from the server's fresh count, which agrees with this one to the latency of the answer.
+function setUpCountdowns() {
+  var appeared = new WeakMap();
+  function note(root) {
+    var now = performance.now();
+    var found = root.querySelectorAll ? root.querySelectorAll("time[data-milliseconds-left]") : [];
+    Array.prototype.forEach.call(found, function (element) {
+      if (!appeared.has(element)) {
+        appeared.set(element, now);
+      }
+    });
+  }
+  function tick() {
+    var now = performance.now();
+    note(document);
+    Array.prototype.forEach.call(document.querySelectorAll("time[data-milliseconds-left]"), function (element) {
+      var total = parseInt(element.getAttribute("data-milliseconds-left"), 10) || 0;
+      var left = Math.max(0, Math.ceil((total - (now - appeared.get(element))) / 1000));
+      var text = left > 0
+        ? element.getAttribute("data-left-text").replace("{time}", countdown(left))
+        : element.getAttribute("data-ran-out-text");
+      if (element.textContent !== text) {
+        element.textContent = text;
+      }
+      element.classList.toggle("ran-out", left === 0);
+    });
+  }
+  document.body.addEventListener("htmx:load", function (event) {
+    note(event.detail.elt);
+  });
+  tick();
+  // Ten times a second: each second shown changes within a tenth of a second of when it should.
+  setInterval(tick, 100);
+}
+
+// Seconds as leadcrm.web.ages.format_countdown writes them: 0:28, 4:05, 1:00:00.
+function countdown(seconds) {
+  var hours = Math.floor(seconds / 3600);
+  var minutes = Math.floor((seconds % 3600) / 60);
+  var rest = seconds % 60;
+  var mm = hours ? (minutes < 10 ? "0" : "") + minutes : String(minutes);
+  return (hours ? hours + ":" : "") + mm + ":" + (rest < 10 ? "0" : "") + rest;
 }

@@ -52,6 +52,7 @@ EXPECTED: dict[str, set[str]] = {
     "auth.logout_everywhere": EVERYONE_LOGGED_IN,
     "inbox.index": OPERATORS,
     "inbox.presence": OPERATORS,
+    "inbox.take": OPERATORS,  # its own offers (and one it missed: the conflict in place, tests/test_offer_pages.py)
     "load.index": STAFF | OPERATORS,  # an operator user is sent to its inbox (tests/test_inbox.py)
     "intake.index": STAFF,
     "intake.register": STAFF,
@@ -116,6 +117,7 @@ EXPECTED: dict[str, set[str]] = {
 }
 # The routes an operator user may call for its own things only, and the URL that asks for another's.
 OWN = {
+    "inbox.take": "/inbox/contacts/2/take",
     "contacts.detail": "/contacts/2",
     "contacts.close": "/contacts/2/close",
     "contacts.reopen": "/contacts/2/reopen",

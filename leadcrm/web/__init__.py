@@ -38,9 +38,9 @@ from leadcrm.web import (
     tokens,
     users,
 )
-from leadcrm.web.ages import format_age
+from leadcrm.web.ages import format_age, format_countdown
 from leadcrm.web.rendering import local_target
-from leadcrm.web.times import organisation_timezone, sortable_time, utc_iso
+from leadcrm.web.times import clock_time, organisation_timezone, sortable_time, utc_iso
 
 BLUEPRINTS = (
     auth.bp,
@@ -95,6 +95,7 @@ def register_web(app: Flask) -> None:
         # Times on the organisation's clock (read once per request), and the UTC instant for <time datetime>.
         organisation_timezone=organisation_timezone,
         sortable_time=sortable_time,
+        clock_time=clock_time,
         utc_iso=utc_iso,
     )
 
@@ -103,6 +104,7 @@ def register_web(app: Flask) -> None:
         return {"languages": LANGUAGES, "current_language": str(get_locale())}
 
     app.add_template_filter(format_age, "age")
+    app.add_template_filter(format_countdown, "countdown")
 
     @app.template_filter("percent")
     def percent(share: float) -> str:

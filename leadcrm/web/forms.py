@@ -2,11 +2,13 @@
 
 from typing import Protocol, TypeVar
 
+from flask import current_app
+from flask_babel import gettext as _
 from flask_babel import lazy_gettext as _l
 from flask_wtf import FlaskForm
 from wtforms import BooleanField, Field, IntegerField, PasswordField, SelectField, StringField, TextAreaField
 from wtforms.fields.choices import SelectChoice  # type: ignore[attr-defined]  # new in WTForms 3.3; types-WTForms is 3.2
-from wtforms.validators import DataRequired, InputRequired, Length, NumberRange, Optional
+from wtforms.validators import DataRequired, InputRequired, Length, NumberRange, Optional, ValidationError
 
 from leadcrm.errors import DomainError, InvalidInput
 from leadcrm.i18n import translate
@@ -17,6 +19,9 @@ from leadcrm.vocabulary import (
     LIMIT_MAX,
     MESSAGE_MAX,
     NAME_MAX,
+    OFFER_MISSES_DEFAULT,
+    OFFER_MISSES_MAX,
+    OFFER_TIMEOUT_MAX,
     PASSWORD_MAX,
     PHONE_INPUT_MAX,
     TIMEZONE_MAX,
@@ -100,6 +105,46 @@ class SourceForm(FlaskForm):
         default=Strategy.RANDOM,
     )
     sticky = BooleanField(_l("Returning leads go back to their operator"), default=False)
+
+
+def offer_timeout_min() -> int:
+    """The shortest offer timeout a source may have (``LEADCRM_OFFER_TIMEOUT_MIN``; tests lower it)."""
+    return int(current_app.config["LEADCRM_OFFER_TIMEOUT_MIN"])
+
+
+class OfferTimeoutRange:
+    """From the configured minimum to OFFER_TIMEOUT_MAX seconds (read when the form is validated)."""
+
+    def __call__(self, form: FlaskForm, field: Field) -> None:
+        if field.data is not None and not offer_timeout_min() <= field.data <= OFFER_TIMEOUT_MAX:
+            raise ValidationError(
+                _(
+                    "From %(min)s to %(max)s seconds; empty for no offers.",
+                    min=offer_timeout_min(),
+                    max=f"{OFFER_TIMEOUT_MAX:,}",
+                )
+            )
+
+
+class SourceOffersForm(FlaskForm):
+    """A source's offers, part of the source's editor (which carries the CSRF token)."""
+
+    # Empty turns offers off: a routed contact is simply the operator's. (invalid_value_message is
+    # WTForms 3.3's; types-WTForms is 3.2.)
+    offer_timeout_seconds = IntegerField(  # type: ignore[call-arg]
+        _l("Offer timeout (seconds)"),
+        validators=[Optional(), OfferTimeoutRange()],
+        invalid_value_message=_l("A whole number of seconds; empty for no offers."),
+    )
+    offer_misses_away = IntegerField(  # type: ignore[call-arg]
+        _l("Missed offers before away"),
+        default=OFFER_MISSES_DEFAULT,
+        validators=[
+            InputRequired(_l("A whole number from %(min)s to %(max)s.", min=1, max=OFFER_MISSES_MAX)),
+            NumberRange(min=1, max=OFFER_MISSES_MAX, message=_l("A whole number from %(min)s to %(max)s.")),
+        ],
+        invalid_value_message=_l("A whole number from %(min)s to %(max)s.", min=1, max=OFFER_MISSES_MAX),
+    )
 
 
 class IntakeForm(FlaskForm):

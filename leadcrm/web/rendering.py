@@ -5,7 +5,7 @@ from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 from flask import Response, make_response, render_template, request
-from jinja2_fragments.flask import render_block
+from jinja2_fragments.flask import render_block, render_blocks
 from werkzeug.wrappers import Response as BaseResponse
 
 
@@ -14,9 +14,12 @@ def is_htmx() -> bool:
     return request.headers.get("HX-Request") == "true" and "HX-History-Restore-Request" not in request.headers
 
 
-def render(template: str, block: str | None = None, status: int = 200, **context: Any) -> Response:
-    """Render ``template``, or only its ``block`` when htmx asked; always ``Vary: HX-Request``."""
-    if block is not None and is_htmx():
+def render(template: str, block: str | list[str] | None = None, status: int = 200, **context: Any) -> Response:
+    """Render ``template``, or only its ``block`` (or blocks, one after the other) when htmx asked;
+    always ``Vary: HX-Request``."""
+    if isinstance(block, list) and is_htmx():
+        html = render_blocks(template, block, **context)
+    elif isinstance(block, str) and is_htmx():
         html = render_block(template, block, **context)
     else:
         html = render_template(template, **context)

@@ -1,6 +1,6 @@
-"""Sources page: list and create; per source, the weights editor and the strategy."""
+"""Sources page: list and create; per source, the weights editor, the strategy and the offers."""
 
-from flask import Blueprint, Response, redirect, request, url_for
+from flask import Blueprint, Response, current_app, redirect, request, url_for
 from flask.typing import ResponseReturnValue
 from flask_babel import gettext as _
 
@@ -11,8 +11,8 @@ from leadcrm.errors import DomainError
 from leadcrm.extensions import db
 from leadcrm.models import Operator, Source
 from leadcrm.operators import list_operators_query
-from leadcrm.vocabulary import WEIGHT_MAX, Role, Strategy
-from leadcrm.web.forms import SourceForm, required, show_domain_error
+from leadcrm.vocabulary import OFFER_MISSES_MAX, OFFER_TIMEOUT_MAX, WEIGHT_MAX, Role, Strategy
+from leadcrm.web.forms import SourceForm, SourceOffersForm, offer_timeout_min, required, show_domain_error
 from leadcrm.web.rendering import is_htmx, render
 
 bp = Blueprint("sources", __name__, url_prefix="/sources")
@@ -51,8 +51,16 @@ def create() -> ResponseReturnValue:
     return _list_page(form, status=422)
 
 
+# The offers' fields in the editor's form; a POST without them (an older page) leaves them as they are.
+OFFER_FIELDS = ("offer_timeout_seconds", "offer_misses_away")
+
+
 def _editor(
-    source: Source, status: int = 200, typed: dict[int, str] | None = None, errors: dict[int, str] | None = None
+    source: Source,
+    status: int = 200,
+    typed: dict[int, str] | None = None,
+    errors: dict[int, str] | None = None,
+    offers: SourceOffersForm | None = None,
 ) -> Response:
     weights = {row.operator_id: row.weight for row in domain.source_weights(db.session(), source.id)}
     total = sum(weights.values())
@@ -66,6 +74,10 @@ def _editor(
         not_serving=[op for op in operators if op.id not in weights],
         typed=typed or {},
         errors=errors or {},
+        offers=offers or SourceOffersForm(formdata=None, obj=source),
+        offer_timeout_min=offer_timeout_min(),
+        OFFER_TIMEOUT_MAX=OFFER_TIMEOUT_MAX,
+        OFFER_MISSES_MAX=OFFER_MISSES_MAX,
     )
 
 
@@ -87,7 +99,7 @@ def detail(source_id: int) -> ResponseReturnValue:
 @bp.post("/<id:source_id>")
 @allow(Role.SUPERVISOR)
 def save(source_id: int) -> ResponseReturnValue:
-    """Save the whole editor: every operator's weight (blank = 0) and the strategy."""
+    """Save the whole editor: every operator's weight (blank = 0), the strategy and the offers."""
     source = db.get_or_404(Source, source_id)
     operator_ids = set(db.session.scalars(list_operators_query().with_only_columns(Operator.id)))
     typed: dict[int, str] = {}
@@ -111,11 +123,24 @@ def save(source_id: int) -> ResponseReturnValue:
     strategy = request.form.get("strategy", source.strategy)
     if strategy not in tuple(Strategy):
         strategy = source.strategy
+    # Absent fields keep the stored values (obj); present ones are validated, the typed text kept.
+    offers = SourceOffersForm(obj=source)
+    offers_given = any(name in request.form for name in OFFER_FIELDS)
+    if offers_given and not offers.validate():
+        return _editor(source, status=422, typed=typed, errors=errors, offers=offers)
     if errors:
-        return _editor(source, status=422, typed=typed, errors=errors)
+        return _editor(source, status=422, typed=typed, errors=errors, offers=offers if offers_given else None)
     begin_write(db.session)
     domain.set_weights(db.session(), source, weights, replace=True)
     domain.update_source(db.session(), source, {"strategy": strategy, "sticky": request.form.get("sticky") == "1"})
+    if offers_given:
+        domain.set_offers(
+            db.session(),
+            source.id,
+            offer_timeout_seconds=offers.offer_timeout_seconds.data,
+            offer_misses_away=required(offers.offer_misses_away),
+            offer_timeout_min=current_app.config["LEADCRM_OFFER_TIMEOUT_MIN"],
+        )
     db.session.commit()
     if not is_htmx():
         return redirect(url_for(".detail", source_id=source.id))

@@ -55,6 +55,17 @@ def sortable_time(moment: datetime) -> str:
     return local(moment).strftime("%Y-%m-%d %H:%M")
 
 
+def clock_time(moment: datetime) -> str:
+    """18:31 in the organisation's zone: a time of today (a deadline), as the clock macro shows it."""
+    return local(moment).strftime("%H:%M")
+
+
+def start_of_today(now: datetime) -> datetime:
+    """Midnight that began the organisation's day ``now`` falls in (as an aware UTC time)."""
+    day = local(now).date()
+    return datetime.combine(day, datetime.min.time(), tzinfo=organisation_zone()).astimezone(UTC)
+
+
 def _locale() -> str:
     return str(get_locale() or "en")
 
