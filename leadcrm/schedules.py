@@ -107,7 +107,8 @@ def organisation_timezone(session: Session | Tx, preset: str = "UTC") -> str:
     """The organisation's time zone: as set on the settings page, else ``preset`` (LEADCRM_TIMEZONE)."""
     if isinstance(session, Tx):
         raise TypeError("organisation_timezone reads through the session")
-    stored = session.get(Setting, TIMEZONE_KEY)
+    # Read again, not from the session's identity map (kept across commits): the worker's session lives long.
+    stored = session.get(Setting, TIMEZONE_KEY, populate_existing=True)
     return stored.value if stored is not None else preset
 
 
@@ -392,12 +393,17 @@ def get_schedule_or_none(session: Session, operator_id: int) -> Schedule | None:
         return None
 
 
-def refresh_due_shifts(session: Session, now: datetime, organisation: str, limit: int = 50) -> int:
+def refresh_due_shifts(session: Session, now: datetime, preset: str, limit: int = 50) -> int:
     """The worker's step: recompute the stretches due at ``now`` (claimed with SKIP LOCKED on
     PostgreSQL, so two workers never take the same operator). Runs in the caller's transaction;
-    returns how many were recomputed."""
+    returns how many were recomputed.
+
+    The organisation's zone (``preset``: LEADCRM_TIMEZONE) is read here, after the claim: a change of
+    it committed a moment before is seen, and one still in flight waits for these rows, then marks
+    them due again."""
     tx = Tx.of(session)
     due = storage.due_shifts(tx, now, limit)
+    organisation = organisation_timezone(session, preset) if due else preset
     for operator_id in due:
         refresh_shift(session, operator_id, now, organisation)
     return len(due)

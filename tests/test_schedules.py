@@ -1,10 +1,13 @@
 """Schedules: the stretch on shift from weekly hours and absences, in two zones and across DST changes,
 and the claims that check it."""
 
+from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
+from flask import Flask
 
 from leadcrm import distribution, schedules
 from leadcrm.database import begin_write
@@ -236,3 +239,43 @@ def test_a_shift_that_starts_lets_the_queue_drain_through_the_worker_step(ctx: N
     from leadcrm.models import DrainRequest
 
     assert db.session.get(DrainRequest, source.id) is not None
+
+
+def test_the_worker_reads_the_organisation_zone_in_the_transaction_that_recomputes_the_shifts(
+    app: Flask, ctx: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A supervisor changes the organisation's zone just after the worker's round looked at what is due:
+    the stretches recomputed are on the new zone's clock, not the one the round read a moment before."""
+    from leadcrm.worker import Worker
+
+    anna = add_operator("Anna")
+    db.session.commit()
+    begin_write(db.session)
+    schedules.set_organisation_timezone(db.session(), "UTC")
+    # Every day 09:00-17:00 on the organisation's clock (no zone of her own).
+    hours = [Hours(day, 9 * 60, 17 * 60) for day in range(1, 8)]
+    schedules.replace_schedule(db.session(), anna.id, timezone=None, hours=hours, absences=[], organisation="UTC")
+    db.session.commit()
+    begin_write(db.session)
+    schedules.set_organisation_timezone(db.session(), "America/New_York")  # her stretch is due now
+    db.session.commit()
+
+    worker = Worker(app)
+    read = worker._read
+
+    def read_then_a_supervisor_changes_the_zone(work: Callable[[], Any]) -> Any:
+        result = read(work)
+        with app.app_context():  # another request, committed between the worker's read and its write
+            begin_write(db.session)
+            schedules.set_organisation_timezone(db.session(), "Asia/Tokyo")
+            db.session.commit()
+        monkeypatch.setattr(worker, "_read", read)
+        return result
+
+    monkeypatch.setattr(worker, "_read", read_then_a_supervisor_changes_the_zone)
+    assert worker.shifts() == 1
+    worker.shifts()  # anything still due
+    db.session.expire_all()
+    row = db.session.get_one(Operator, anna.id)
+    expected = stretch(hours, [], ZoneInfo("Asia/Tokyo"), utcnow())
+    assert (row.shift_from, row.shift_until) == (expected.shift_from, expected.shift_until)
