@@ -180,7 +180,9 @@ def stretch(hours: list[Hours], absences: list[Absence], zone: ZoneInfo, now: da
         while day < last_day:
             for h in hours:
                 if h.weekday == day.isoweekday():
-                    on.append((_local(day, h.starts, zone), _local(day, h.starts + h.minutes, zone)))
+                    start, end = _local(day, h.starts, zone), _local(day, h.starts + h.minutes, zone)
+                    if start < end:  # a start the spring change skips reads after the change, maybe past the end
+                        on.append((start, end))
             day += timedelta(days=1)
         on = _merge(on)
     else:

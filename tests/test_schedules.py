@@ -279,3 +279,13 @@ def test_the_worker_reads_the_organisation_zone_in_the_transaction_that_recomput
     row = db.session.get_one(Operator, anna.id)
     expected = stretch(hours, [], ZoneInfo("Asia/Tokyo"), utcnow())
     assert (row.shift_from, row.shift_until) == (expected.shift_from, expected.shift_until)
+
+
+def test_an_interval_the_spring_change_swallows_is_skipped_not_stored_backwards() -> None:
+    """Sunday 02:30-03:10 in Berlin on 29 March 2026 (02:00-03:00 does not happen): its start reads as
+    03:30, after its end. No stretch ends before it starts: that day has none, the next Sunday's is next."""
+    hours = [Hours(7, 150, 190)]
+    result = stretch(hours, [], BERLIN, utc(2026, 3, 28, 12))
+    assert result.shift_from is not None and result.shift_until is not None
+    assert result.shift_from < result.shift_until
+    assert (result.shift_from, result.shift_until) == (utc(2026, 4, 5, 0, 30), utc(2026, 4, 5, 1, 10))
