@@ -370,12 +370,15 @@ def replace_schedule(
     return result
 
 
-def refresh_shift(session: Session, operator_id: int, now: datetime, organisation: str) -> Stretch | None:
+def refresh_shift(
+    session: Session, operator_id: int, now: datetime, organisation: str, *, drains: set[int] | None = None
+) -> Stretch | None:
     """Recompute and store the operator's stretch on shift at ``now``; None if there is no such operator.
 
     When the stretch is on at ``now``, the waiting queues of the sources the
     operator serves are asked to drain (``drain_requests``, done by the
-    worker's next step): a shift that starts gets its contacts within seconds.
+    worker's next step): a shift that starts gets its contacts within seconds. With ``drains``, the
+    sources are added to it instead, for the caller to ask for them all at once, in id order.
     """
     schedule = get_schedule_or_none(session, operator_id)
     if schedule is None:
@@ -384,7 +387,10 @@ def refresh_shift(session: Session, operator_id: int, now: datetime, organisatio
     tx = Tx.of(session)
     storage.set_shift(tx, operator_id, result.shift_from, result.shift_until, result.due_at)
     if result.on_shift(now):
-        storage.request_drain(tx, storage.sources_served_by(tx, operator_id), now)
+        if drains is not None:
+            drains.update(storage.sources_served_by(tx, operator_id))
+        else:
+            storage.request_drain(tx, storage.sources_served_by(tx, operator_id), now)
     return result
 
 
@@ -406,6 +412,10 @@ def refresh_due_shifts(session: Session, now: datetime, preset: str, limit: int 
     tx = Tx.of(session)
     due = storage.due_shifts(tx, now, limit)
     organisation = organisation_timezone(session, preset) if due else preset
+    drains: set[int] = set()
     for operator_id in due:
-        refresh_shift(session, operator_id, now, organisation)
+        refresh_shift(session, operator_id, now, organisation, drains=drains)
+    # Once, last, in source order (as every other request_drain): the rows of drain_requests are locked
+    # in one order, so workers and requests asking for crossing sources queue instead of deadlocking.
+    storage.request_drain(tx, drains, now)
     return len(due)

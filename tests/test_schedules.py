@@ -1,6 +1,7 @@
 """Schedules: the stretch on shift from weekly hours and absences, in two zones and across DST changes,
 and the claims that check it."""
 
+import time
 from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -289,3 +290,55 @@ def test_an_interval_the_spring_change_swallows_is_skipped_not_stored_backwards(
     assert result.shift_from is not None and result.shift_until is not None
     assert result.shift_from < result.shift_until
     assert (result.shift_from, result.shift_until) == (utc(2026, 4, 5, 0, 30), utc(2026, 4, 5, 1, 10))
+
+
+def test_shifts_starting_at_once_ask_for_drains_in_source_order(backend: Any, app: Flask, ctx: None) -> None:
+    """The worker recomputes Anna's shift (she serves "chat") then Boris's ("web", the lower id): it asks for
+    their sources' drains in id order, as a request whose drain ran out of batch does, so that both queue
+    on the drain requests' rows instead of deadlocking (PostgreSQL's row locks)."""
+    if backend.name != "postgresql":
+        pytest.skip("row locks: PostgreSQL")
+    import threading
+
+    from leadcrm.storage import Tx, request_drain
+
+    anna, boris = add_operator("Anna"), add_operator("Boris")
+    web = add_source("web", {boris: 1})
+    chat = add_source("chat", {anna: 1})
+    db.session.commit()
+    long_ago = [Absence(date(2000, 1, 3), date(2000, 1, 3))]  # a schedule, and on shift now
+    begin_write(db.session)
+    for operator in (anna, boris):
+        schedules.replace_schedule(
+            db.session(), operator.id, timezone=None, hours=[], absences=long_ago, organisation="UTC"
+        )
+    schedules.set_organisation_timezone(db.session(), "Europe/Moscow")  # both due now, Anna first
+    db.session.commit()
+
+    failures: list[BaseException] = []
+
+    def worker() -> None:
+        try:
+            with app.app_context():
+                begin_write(db.session)
+                assert schedules.refresh_due_shifts(db.session(), utcnow(), "UTC") == 2
+                db.session.commit()
+        except BaseException as exc:  # noqa: BLE001  (reported by the test)
+            failures.append(exc)
+
+    with app.app_context():
+        # A request whose drain ran out of batch asks for both, in id order: "web" first, then "chat".
+        begin_write(db.session)
+        request_drain(Tx.of(db.session()), [web.id], utcnow())
+        thread = threading.Thread(target=worker)
+        thread.start()
+        time.sleep(0.5)
+        try:
+            request_drain(Tx.of(db.session()), [chat.id], utcnow())
+            db.session.commit()
+        except BaseException as exc:  # noqa: BLE001
+            db.session.rollback()
+            failures.append(exc)
+        thread.join(20)
+    assert not thread.is_alive()
+    assert not failures, failures
