@@ -92,7 +92,9 @@ class Schedule:
 
 @cache
 def known_timezones() -> frozenset[str]:
-    return frozenset(available_timezones())
+    # "localtime" (listed where the system has zoneinfo/localtime) is the server's own clock: one zone
+    # on this server, another on the next and on the worker's. Not a zone to store.
+    return frozenset(available_timezones()) - {"localtime"}
 
 
 def check_timezone(name: str, field: str = "timezone") -> str:
