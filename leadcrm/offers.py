@@ -69,13 +69,15 @@ def expire_offers(session: Session, now: datetime, limit: int = 1) -> int:
             continue
         missed_by = contact.operator_id
         assert missed_by is not None  # an offer has an operator
-        storage.lock_operators(tx, [missed_by])
-        if not storage.take_back_offer(tx, contact):
-            raise RuntimeError(f"offer of contact {contact.id} changed under its lock")  # cannot happen: we hold it
-        release_slot(tx, missed_by, contact.id)
         source = storage.source_by_id(tx, contact.source_id)
         if source is None:  # cannot happen: the contact's foreign key holds it
             raise RuntimeError(f"contact {contact.id} has no source {contact.source_id}")
+        # The one who missed it and everyone it may go to, in id order, before any change: a worker
+        # taking back a crossing offer (from the operator this one goes to) queues instead of deadlocking.
+        storage.lock_operators(tx, [missed_by, *storage.eligible_operator_ids(tx, source.id)])
+        if not storage.take_back_offer(tx, contact):
+            raise RuntimeError(f"offer of contact {contact.id} changed under its lock")  # cannot happen: we hold it
+        release_slot(tx, missed_by, contact.id)
         if storage.count_missed_offer(tx, source.id, missed_by) >= source.offer_misses_away:
             _set_away_for_missed_offers(tx, missed_by, source.id, now)
         operator = assign_operator(tx, source, exclude=missed_by)

@@ -92,7 +92,9 @@ class Schedule:
 
 @cache
 def known_timezones() -> frozenset[str]:
-    return frozenset(available_timezones())
+    # "localtime" (listed where the system has zoneinfo/localtime) is the server's own clock: one zone
+    # on this server, another on the next and on the worker's. Not a zone to store.
+    return frozenset(available_timezones()) - {"localtime"}
 
 
 def check_timezone(name: str, field: str = "timezone") -> str:
@@ -107,7 +109,8 @@ def organisation_timezone(session: Session | Tx, preset: str = "UTC") -> str:
     """The organisation's time zone: as set on the settings page, else ``preset`` (LEADCRM_TIMEZONE)."""
     if isinstance(session, Tx):
         raise TypeError("organisation_timezone reads through the session")
-    stored = session.get(Setting, TIMEZONE_KEY)
+    # Read again, not from the session's identity map (kept across commits): the worker's session lives long.
+    stored = session.get(Setting, TIMEZONE_KEY, populate_existing=True)
     return stored.value if stored is not None else preset
 
 
@@ -179,7 +182,9 @@ def stretch(hours: list[Hours], absences: list[Absence], zone: ZoneInfo, now: da
         while day < last_day:
             for h in hours:
                 if h.weekday == day.isoweekday():
-                    on.append((_local(day, h.starts, zone), _local(day, h.starts + h.minutes, zone)))
+                    start, end = _local(day, h.starts, zone), _local(day, h.starts + h.minutes, zone)
+                    if start < end:  # a start the spring change skips reads after the change, maybe past the end
+                        on.append((start, end))
             day += timedelta(days=1)
         on = _merge(on)
     else:
@@ -367,12 +372,15 @@ def replace_schedule(
     return result
 
 
-def refresh_shift(session: Session, operator_id: int, now: datetime, organisation: str) -> Stretch | None:
+def refresh_shift(
+    session: Session, operator_id: int, now: datetime, organisation: str, *, drains: set[int] | None = None
+) -> Stretch | None:
     """Recompute and store the operator's stretch on shift at ``now``; None if there is no such operator.
 
     When the stretch is on at ``now``, the waiting queues of the sources the
     operator serves are asked to drain (``drain_requests``, done by the
-    worker's next step): a shift that starts gets its contacts within seconds.
+    worker's next step): a shift that starts gets its contacts within seconds. With ``drains``, the
+    sources are added to it instead, for the caller to ask for them all at once, in id order.
     """
     schedule = get_schedule_or_none(session, operator_id)
     if schedule is None:
@@ -381,7 +389,10 @@ def refresh_shift(session: Session, operator_id: int, now: datetime, organisatio
     tx = Tx.of(session)
     storage.set_shift(tx, operator_id, result.shift_from, result.shift_until, result.due_at)
     if result.on_shift(now):
-        storage.request_drain(tx, storage.sources_served_by(tx, operator_id), now)
+        if drains is not None:
+            drains.update(storage.sources_served_by(tx, operator_id))
+        else:
+            storage.request_drain(tx, storage.sources_served_by(tx, operator_id), now)
     return result
 
 
@@ -392,12 +403,21 @@ def get_schedule_or_none(session: Session, operator_id: int) -> Schedule | None:
         return None
 
 
-def refresh_due_shifts(session: Session, now: datetime, organisation: str, limit: int = 50) -> int:
+def refresh_due_shifts(session: Session, now: datetime, preset: str, limit: int = 50) -> int:
     """The worker's step: recompute the stretches due at ``now`` (claimed with SKIP LOCKED on
     PostgreSQL, so two workers never take the same operator). Runs in the caller's transaction;
-    returns how many were recomputed."""
+    returns how many were recomputed.
+
+    The organisation's zone (``preset``: LEADCRM_TIMEZONE) is read here, after the claim: a change of
+    it committed a moment before is seen, and one still in flight waits for these rows, then marks
+    them due again."""
     tx = Tx.of(session)
     due = storage.due_shifts(tx, now, limit)
+    organisation = organisation_timezone(session, preset) if due else preset
+    drains: set[int] = set()
     for operator_id in due:
-        refresh_shift(session, operator_id, now, organisation)
+        refresh_shift(session, operator_id, now, organisation, drains=drains)
+    # Once, last, in source order (as every other request_drain): the rows of drain_requests are locked
+    # in one order, so workers and requests asking for crossing sources queue instead of deadlocking.
+    storage.request_drain(tx, drains, now)
     return len(due)

@@ -672,6 +672,12 @@ def eligible_operators(tx: Tx, source_id: int) -> EligibleOperators | None:
     return EligibleOperators(rows) if rows else None
 
 
+def eligible_operator_ids(tx: Tx, source_id: int) -> list[int]:
+    """The ids of ``eligible_operators`` (for locking them in id order before claiming one)."""
+    eligible = eligible_operators(tx, source_id)
+    return [eligible.operator_id(i) for i in range(len(eligible))] if eligible is not None else []
+
+
 def room(tx: Tx, source_id: int) -> int:
     """How many contacts the operators eligible for the source could take now, in all."""
     return tx.execute(ROOM, {"source_id": source_id, "active": True, "now": _now(tx)}).fetchone()[0]

@@ -202,17 +202,14 @@ class Worker:
     def shifts(self) -> int:
         """Recompute the stretches on shift that are due, 50 operators per transaction."""
 
-        def read() -> tuple[datetime | None, str]:
-            due = storage.next_shift_due(Tx.of(db.session()))
-            return due, schedules.organisation_timezone(db.session(), self.app.config["LEADCRM_TIMEZONE"])
-
-        due, organisation = self._read(read)
-        if not self._due(due):
+        if not self._due(self._read(lambda: storage.next_shift_due(Tx.of(db.session())))):
             return 0
+        # The organisation's zone is read by each step, in its transaction, after its claim.
+        preset = self.app.config["LEADCRM_TIMEZONE"]
         done = 0
         while done < ROUND_MAX and not self.stop.is_set():
             now = utcnow()
-            n = self._write(lambda: schedules.refresh_due_shifts(db.session(), now, organisation, limit=50))  # noqa: B023
+            n = self._write(lambda: schedules.refresh_due_shifts(db.session(), now, preset, limit=50))  # noqa: B023
             done += n
             if n < 50:
                 break

@@ -531,3 +531,64 @@ def test_the_domain_checks_the_offer_settings_itself(ctx: None) -> None:
     with pytest.raises(InvalidInput):
         sources.update_source(db.session(), source, {"offer_timeout_seconds": 1})  # the default minimum: 30
     assert source.offer_timeout_seconds == 1
+
+
+# --- two workers expiring crossing offers (PostgreSQL's row locks) ----------------------------
+
+
+def test_two_workers_expiring_crossing_offers_lock_operators_in_id_order(
+    backend: Any, app: Flask, client: FlaskClient
+) -> None:
+    """Anna's offer of one source and Boris's of another expire at once; each goes to the other. Two
+    workers (threads here, one per server in real life) each take one: the one who missed it and the one
+    it goes to are locked in id order, so the second worker queues behind the first instead of a deadlock.
+    A third connection holds Anna's weight row for her source a moment, so that the second worker has
+    locked Boris and claims Anna before the first claims Boris (the order that deadlocked)."""
+    if backend.name != "postgresql":
+        pytest.skip("row locks: PostgreSQL (on SQLite the workers take turns on the one write lock)")
+    import threading
+
+    world = World(app, client, ("Anna", "Boris"))
+    other = world.add_source("chat", {"Anna": 1, "Boris": 1}, offer_timeout_seconds=TIMEOUT)
+    anna, boris = world.ids["Anna"], world.ids["Boris"]
+    world.ok("PATCH", f"/operators/{boris}", {"presence": "away"})
+    first = world.register()["contact"]  # Anna's, from "web"
+    world.ok("PATCH", f"/operators/{boris}", {"presence": "available"})
+    world.ok("PATCH", f"/operators/{anna}", {"presence": "away"})
+    second = world.register(other)["contact"]  # Boris's, from "chat"
+    world.ok("PATCH", f"/operators/{anna}", {"presence": "available"})
+    assert (first["operator_id"], second["operator_id"]) == (anna, boris)
+    wait_past(first["offered_until"], second["offered_until"])
+
+    failures: list[BaseException] = []
+
+    def worker() -> None:
+        try:
+            with app.app_context():
+                begin_write(db.session)
+                assert offers.expire_offers(db.session(), utcnow()) == 1
+                db.session.commit()
+        except BaseException as exc:  # noqa: BLE001  (reported by the test)
+            failures.append(exc)
+
+    with app.app_context():
+        holder = db.engine.connect()
+        blocker = holder.begin()
+        holder.execute(
+            sa.text("SELECT 1 FROM source_operators WHERE source_id = :s AND operator_id = :o FOR UPDATE"),
+            {"s": world.source, "o": anna},
+        )
+        one = threading.Thread(target=worker)
+        one.start()  # takes Anna's offer, and waits at her weight row of "web"
+        time.sleep(0.5)
+        two = threading.Thread(target=worker)
+        two.start()  # takes Boris's offer, and goes on to Anna
+        time.sleep(0.5)
+        blocker.rollback()
+        holder.close()
+        one.join(20)
+        two.join(20)
+    assert not one.is_alive() and not two.is_alive()
+    assert not failures, failures
+    assert (world.holder(first["id"]), world.holder(second["id"])) == ("Boris", "Anna")
+    world.check_load()

@@ -345,3 +345,16 @@ def test_the_domain_refuses_what_the_database_would_refuse() -> None:
     with pytest.raises(InvalidInput) as refused:
         schedules.check_absences([Absence(date(2027, 1, 1), date(9999, 12, 31))])
     assert set(refused.value.fields) == {"absences.0.to"}
+
+
+def test_the_servers_own_localtime_is_not_a_time_zone_to_store(client: FlaskClient) -> None:
+    """zoneinfo lists "localtime" where the system has /usr/share/zoneinfo/localtime: whatever the server's
+    clock is set to, a different zone on each server (and for the worker). Refused, as an unknown name."""
+    from zoneinfo import available_timezones
+
+    if "localtime" not in available_timezones():
+        pytest.skip("this system's zoneinfo has no localtime entry")
+    operator_id = created(client, "/operators/", {"name": "Anna", "max_active_leads": 5})["id"]
+    assert_error(client.put(f"{API}/settings", json={"timezone": "localtime"}), 422, {"timezone"})
+    body = {"timezone": "localtime", "hours": [], "absences": []}
+    assert_error(put_schedule(client, operator_id, body), 422, {"timezone"})

@@ -1,10 +1,14 @@
 """Schedules: the stretch on shift from weekly hours and absences, in two zones and across DST changes,
 and the claims that check it."""
 
+import time
+from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
+from flask import Flask
 
 from leadcrm import distribution, schedules
 from leadcrm.database import begin_write
@@ -236,3 +240,105 @@ def test_a_shift_that_starts_lets_the_queue_drain_through_the_worker_step(ctx: N
     from leadcrm.models import DrainRequest
 
     assert db.session.get(DrainRequest, source.id) is not None
+
+
+def test_the_worker_reads_the_organisation_zone_in_the_transaction_that_recomputes_the_shifts(
+    app: Flask, ctx: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A supervisor changes the organisation's zone just after the worker's round looked at what is due:
+    the stretches recomputed are on the new zone's clock, not the one the round read a moment before."""
+    from leadcrm.worker import Worker
+
+    anna = add_operator("Anna")
+    db.session.commit()
+    begin_write(db.session)
+    schedules.set_organisation_timezone(db.session(), "UTC")
+    # Every day 09:00-17:00 on the organisation's clock (no zone of her own).
+    hours = [Hours(day, 9 * 60, 17 * 60) for day in range(1, 8)]
+    schedules.replace_schedule(db.session(), anna.id, timezone=None, hours=hours, absences=[], organisation="UTC")
+    db.session.commit()
+    begin_write(db.session)
+    schedules.set_organisation_timezone(db.session(), "America/New_York")  # her stretch is due now
+    db.session.commit()
+
+    worker = Worker(app)
+    read = worker._read
+
+    def read_then_a_supervisor_changes_the_zone(work: Callable[[], Any]) -> Any:
+        result = read(work)
+        with app.app_context():  # another request, committed between the worker's read and its write
+            begin_write(db.session)
+            schedules.set_organisation_timezone(db.session(), "Asia/Tokyo")
+            db.session.commit()
+        monkeypatch.setattr(worker, "_read", read)
+        return result
+
+    monkeypatch.setattr(worker, "_read", read_then_a_supervisor_changes_the_zone)
+    assert worker.shifts() == 1
+    worker.shifts()  # anything still due
+    db.session.expire_all()
+    row = db.session.get_one(Operator, anna.id)
+    expected = stretch(hours, [], ZoneInfo("Asia/Tokyo"), utcnow())
+    assert (row.shift_from, row.shift_until) == (expected.shift_from, expected.shift_until)
+
+
+def test_an_interval_the_spring_change_swallows_is_skipped_not_stored_backwards() -> None:
+    """Sunday 02:30-03:10 in Berlin on 29 March 2026 (02:00-03:00 does not happen): its start reads as
+    03:30, after its end. No stretch ends before it starts: that day has none, the next Sunday's is next."""
+    hours = [Hours(7, 150, 190)]
+    result = stretch(hours, [], BERLIN, utc(2026, 3, 28, 12))
+    assert result.shift_from is not None and result.shift_until is not None
+    assert result.shift_from < result.shift_until
+    assert (result.shift_from, result.shift_until) == (utc(2026, 4, 5, 0, 30), utc(2026, 4, 5, 1, 10))
+
+
+def test_shifts_starting_at_once_ask_for_drains_in_source_order(backend: Any, app: Flask, ctx: None) -> None:
+    """The worker recomputes Anna's shift (she serves "chat") then Boris's ("web", the lower id): it asks for
+    their sources' drains in id order, as a request whose drain ran out of batch does, so that both queue
+    on the drain requests' rows instead of deadlocking (PostgreSQL's row locks)."""
+    if backend.name != "postgresql":
+        pytest.skip("row locks: PostgreSQL")
+    import threading
+
+    from leadcrm.storage import Tx, request_drain
+
+    anna, boris = add_operator("Anna"), add_operator("Boris")
+    web = add_source("web", {boris: 1})
+    chat = add_source("chat", {anna: 1})
+    db.session.commit()
+    long_ago = [Absence(date(2000, 1, 3), date(2000, 1, 3))]  # a schedule, and on shift now
+    begin_write(db.session)
+    for operator in (anna, boris):
+        schedules.replace_schedule(
+            db.session(), operator.id, timezone=None, hours=[], absences=long_ago, organisation="UTC"
+        )
+    schedules.set_organisation_timezone(db.session(), "Europe/Moscow")  # both due now, Anna first
+    db.session.commit()
+
+    failures: list[BaseException] = []
+
+    def worker() -> None:
+        try:
+            with app.app_context():
+                begin_write(db.session)
+                assert schedules.refresh_due_shifts(db.session(), utcnow(), "UTC") == 2
+                db.session.commit()
+        except BaseException as exc:  # noqa: BLE001  (reported by the test)
+            failures.append(exc)
+
+    with app.app_context():
+        # A request whose drain ran out of batch asks for both, in id order: "web" first, then "chat".
+        begin_write(db.session)
+        request_drain(Tx.of(db.session()), [web.id], utcnow())
+        thread = threading.Thread(target=worker)
+        thread.start()
+        time.sleep(0.5)
+        try:
+            request_drain(Tx.of(db.session()), [chat.id], utcnow())
+            db.session.commit()
+        except BaseException as exc:  # noqa: BLE001
+            db.session.rollback()
+            failures.append(exc)
+        thread.join(20)
+    assert not thread.is_alive()
+    assert not failures, failures
