@@ -26,11 +26,57 @@ PAGES = [
     ("contacts", "/contacts/", "en"),
     ("operators", "/operators/", "en"),
     ("users", "/users/", "en"),
+    ("operator", "/operators/3", "en"),
+    ("settings", "/settings/", "en"),
     ("tokens", "/tokens/", "en"),
     ("load-ru", "/", "ru"),
 ]
 PASSWORD = "screenshots only"
 OPERATOR, OPERATOR_PASSWORD = "Анна Смирнова", "operator desk 1"
+
+
+def set_the_clock(url: str) -> None:
+    """The organisation in Moscow, an operator's week and absence, another one absent now, and offers
+    on the Telegram bot, with one made to Anna (registered until she gets one)."""
+    from datetime import timedelta
+
+    from leadcrm import create_app, distribution, schedules, storage
+    from leadcrm.database import begin_write
+    from leadcrm.extensions import db
+    from leadcrm.identity import LeadIdentity
+    from leadcrm.models import Operator, Source, utcnow
+
+    app = create_app({"SQLALCHEMY_DATABASE_URI": url})
+    with app.app_context():
+        begin_write(db.session)
+        schedules.set_organisation_timezone(db.session(), "Europe/Moscow")
+        week = [schedules.Hours(day, 9 * 60, 18 * 60) for day in range(1, 6)] + [schedules.Hours(6, 10 * 60, 14 * 60)]
+        today = utcnow().date()
+        holiday = [schedules.Absence(today + timedelta(days=20), today + timedelta(days=30), "holiday")]
+        schedules.replace_schedule(
+            db.session(), 3, timezone=None, hours=week, absences=holiday, organisation="Europe/Moscow"
+        )
+        sick = [schedules.Absence(today - timedelta(days=1), today + timedelta(days=2), "sick leave")]
+        schedules.replace_schedule(
+            db.session(), 4, timezone=None, hours=[], absences=sick, organisation="Europe/Moscow"
+        )
+        source = db.session.scalars(db.select(Source).order_by(Source.id)).first()
+        anna = db.session.scalar(db.select(Operator).where(Operator.name == OPERATOR))
+        assert source is not None and anna is not None
+        source.offer_timeout_seconds = 600
+        db.session.commit()
+        record = storage.source_by_id(storage.Tx.of(db.session()), source.id)
+        assert record is not None
+        for n in range(40):
+            begin_write(db.session)
+            got = distribution.register_contact(
+                db.session(), source=record, identity=LeadIdentity(phone=f"+7901555{n:04d}"), name="Пётр Орлов"
+            )
+            db.session.commit()
+            if got.operator is not None and got.operator.id == anna.id:
+                break
+        db.session.remove()
+        db.engine.dispose()
 
 
 def main() -> None:
@@ -51,6 +97,8 @@ def main() -> None:
              "--password", OPERATOR_PASSWORD],
             cwd=ROOT, env=env, check=True, capture_output=True,
         )  # fmt: skip
+        os.environ["LEADCRM_INSTANCE_PATH"] = f"{tmp}/instance"
+        set_the_clock(url)
         with gunicorn(url, Path(tmp), workers=2) as base, sync_playwright() as p:
             browser = p.chromium.launch(
                 executable_path=os.environ.get("LEADCRM_CHROMIUM", "/usr/bin/chromium"),
