@@ -99,43 +99,54 @@ def main() -> None:
         )  # fmt: skip
         os.environ["LEADCRM_INSTANCE_PATH"] = f"{tmp}/instance"
         set_the_clock(url)
-        with gunicorn(url, Path(tmp), workers=2) as base, sync_playwright() as p:
-            browser = p.chromium.launch(
-                executable_path=os.environ.get("LEADCRM_CHROMIUM", "/usr/bin/chromium"),
-                args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
-            )
-            OUT.mkdir(parents=True, exist_ok=True)
-            context = browser.new_context(viewport={"width": 1200, "height": 760})
-            page = context.new_page()
-            page.goto(f"{base}/login")
-            page.screenshot(path=str(OUT / "login.png"))
-            page.get_by_label("Username").fill("admin")
-            page.get_by_label("Password").fill(PASSWORD)
-            page.get_by_role("button", name="Log in").click()
-            page.wait_for_url(f"{base}/")
-            # Two operators away, set from the load table as a supervisor does.
-            for operator_id in (2, 5):
-                page.locator(f"#presence-toggle-{operator_id}").click()
-                page.wait_for_selector(f"[data-testid=presence-{operator_id}]:has-text('away')")
-            for name, path, language in PAGES:
-                if name == "tokens":
-                    page.goto(f"{base}/tokens/")
-                    page.get_by_label("Name", exact=True).fill("Website form")
-                    page.get_by_role("button", name="Create token").click()
-                    page.screenshot(path=str(OUT / f"{name}.png"))
-                    continue
-                page.goto(f"{base}/language/{language}?next={path}")
-                page.screenshot(path=str(OUT / f"{name}.png"))
-            context.close()
-            desk = browser.new_context(viewport={"width": 1200, "height": 760}).new_page()
-            desk.goto(f"{base}/login")
-            desk.get_by_label("Username").fill("anna")
-            desk.get_by_label("Password").fill(OPERATOR_PASSWORD)
-            desk.get_by_role("button", name="Log in").click()
-            desk.wait_for_url(f"{base}/inbox/")
-            desk.screenshot(path=str(OUT / "inbox.png"))
-            browser.close()
+        # The worker beside the app, as `make run` starts it: the load page shows no warning.
+        worker = subprocess.Popen([*flask, "leadcrm", "worker"], cwd=ROOT, env=env, stderr=subprocess.DEVNULL)
+        try:
+            shoot(url, tmp)
+        finally:
+            worker.terminate()
+            worker.wait(timeout=20)
     print(f"wrote {len(PAGES) + 2} screenshots to {OUT}")
+
+
+def shoot(url: str, tmp: str) -> None:
+    """Photograph the pages, logged in as the supervisor and as the operator user."""
+    with gunicorn(url, Path(tmp), workers=2) as base, sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=os.environ.get("LEADCRM_CHROMIUM", "/usr/bin/chromium"),
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+        )
+        OUT.mkdir(parents=True, exist_ok=True)
+        context = browser.new_context(viewport={"width": 1200, "height": 760})
+        page = context.new_page()
+        page.goto(f"{base}/login")
+        page.screenshot(path=str(OUT / "login.png"))
+        page.get_by_label("Username").fill("admin")
+        page.get_by_label("Password").fill(PASSWORD)
+        page.get_by_role("button", name="Log in").click()
+        page.wait_for_url(f"{base}/")
+        # Two operators away, set from the load table as a supervisor does.
+        for operator_id in (2, 5):
+            page.locator(f"#presence-toggle-{operator_id}").click()
+            page.wait_for_selector(f"[data-testid=presence-{operator_id}]:has-text('away')")
+        for name, path, language in PAGES:
+            if name == "tokens":
+                page.goto(f"{base}/tokens/")
+                page.get_by_label("Name", exact=True).fill("Website form")
+                page.get_by_role("button", name="Create token").click()
+                page.screenshot(path=str(OUT / f"{name}.png"))
+                continue
+            page.goto(f"{base}/language/{language}?next={path}")
+            page.screenshot(path=str(OUT / f"{name}.png"))
+        context.close()
+        desk = browser.new_context(viewport={"width": 1200, "height": 760}).new_page()
+        desk.goto(f"{base}/login")
+        desk.get_by_label("Username").fill("anna")
+        desk.get_by_label("Password").fill(OPERATOR_PASSWORD)
+        desk.get_by_role("button", name="Log in").click()
+        desk.wait_for_url(f"{base}/inbox/")
+        desk.screenshot(path=str(OUT / "inbox.png"))
+        browser.close()
 
 
 if __name__ == "__main__":
