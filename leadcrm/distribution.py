@@ -241,7 +241,7 @@ def _assign_by_hand(tx: Tx, contact_id: int, operator_id: int, *, override: bool
             Message("A closed contact cannot be assigned; reopen it first."), {"status": Message("Closed.")}
         )
     if contact.operator_id == operator_id:
-        if contact.offered_until is not None and storage.accept_offer(tx, contact.id, operator_id, utcnow()):
+        if contact.offered_until is not None and storage.take_offer_by_hand(tx, contact.id, operator_id, utcnow()):
             return get_contact(tx, contact.id)  # a supervisor's choice of its operator: taken
         return contact
     storage.lock_operators(tx, [contact.operator_id, operator_id])

@@ -1262,6 +1262,12 @@ ACCEPT_OFFER = Sql(
     "UPDATE contacts SET accepted_at = :now, offered_until = NULL "
     "WHERE id = :id AND status = 'open' AND operator_id = :operator_id AND offered_until > :now"
 )
+# A supervisor's choice of the operator it is offered to: taken, whatever the deadline (the worker has
+# not taken it back yet, or it would no longer be this operator's).
+TAKE_OFFER_BY_HAND = Sql(
+    "UPDATE contacts SET accepted_at = :now, offered_until = NULL "
+    "WHERE id = :id AND status = 'open' AND operator_id = :operator_id AND offered_until IS NOT NULL"
+)
 COUNT_MISSED_OFFER = Sql(
     "UPDATE source_operators SET missed_offers = missed_offers + 1 "
     "WHERE source_id = :source_id AND operator_id = :operator_id RETURNING missed_offers"
@@ -1297,6 +1303,12 @@ def accept_offer(tx: Tx, contact_id: int, operator_id: int, now: datetime) -> bo
     """The operator takes its offered contact before the deadline; False if it is not (or no longer) its offer."""
     params = {"id": contact_id, "operator_id": operator_id, "now": tx.stored(now)}
     return tx.execute(ACCEPT_OFFER, params).rowcount == 1
+
+
+def take_offer_by_hand(tx: Tx, contact_id: int, operator_id: int, now: datetime) -> bool:
+    """A supervisor assigns the offered contact to the operator it is offered to: taken, even past its deadline."""
+    params = {"id": contact_id, "operator_id": operator_id, "now": tx.stored(now)}
+    return tx.execute(TAKE_OFFER_BY_HAND, params).rowcount == 1
 
 
 def count_missed_offer(tx: Tx, source_id: int, operator_id: int) -> int:

@@ -407,6 +407,19 @@ def test_a_supervisor_assigning_an_offer_to_the_operator_it_is_offered_to_takes_
     world.check_load()
 
 
+def test_a_supervisor_assigning_to_the_offered_operator_past_the_deadline_before_the_worker_takes_it(
+    world: World,
+) -> None:
+    contact = world.register()["contact"]
+    holder = world.holder(contact["id"])
+    assert holder is not None
+    wait_past(contact["offered_until"])  # due, but the worker has not taken it back yet
+    assigned = world.ok("POST", f"/contacts/{contact['id']}/assign", {"operator_id": world.ids[holder]})
+    assert assigned["offered_until"] is None and assigned["accepted_at"] is not None
+    assert world.expire() == 0 and world.holder(contact["id"]) == holder
+    world.check_load()
+
+
 def test_reopening_through_a_source_with_offers_makes_an_offer(world: World) -> None:
     contact = world.register()["contact"]
     holder = world.holder(contact["id"])
