@@ -282,16 +282,6 @@ def history_of(session: Session, contact_ids: list[int]) -> tuple[list[ContactEv
     return events, operators
 
 
-def offer_missed_by(session: Session, contact_id: int, operator_id: int) -> bool:
-    """Was the contact once offered to the operator and taken back, not taken in time (its history says so)?"""
-    query = sa.select(ContactEvent.id).where(
-        ContactEvent.contact_id == contact_id,
-        ContactEvent.reason == EventReason.TIMEOUT,
-        ContactEvent.from_operator_id == operator_id,
-    )
-    return session.scalar(query.limit(1)) is not None
-
-
 class Names(TypedDict):
     """The leads, sources and operators some contacts refer to, by id: what pages show next to the ids."""
 

@@ -8,6 +8,7 @@ work offline). Without it these tests skip, unless LEADCRM_REQUIRE_BROWSER=1
 import os
 import shutil
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -51,8 +52,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield base
 
 
-@pytest.fixture(scope="module")
-def browser(server: str) -> Iterator["Browser"]:
+@contextmanager
+def chromium() -> Iterator["Browser"]:
+    """Debian's Chromium, headless, as every browser test launches it (skips where there is none)."""
     sync_playwright = _browser_or_skip()
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(
@@ -61,6 +63,12 @@ def browser(server: str) -> Iterator["Browser"]:
         )
         yield browser
         browser.close()
+
+
+@pytest.fixture(scope="module")
+def browser(server: str) -> Iterator["Browser"]:
+    with chromium() as browser:
+        yield browser
 
 
 def new_context(browser: "Browser", viewport: "ViewportSize") -> tuple["BrowserContext", list[str]]:

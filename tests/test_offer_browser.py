@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from tests.servers import gunicorn
-from tests.test_browser import ADMIN_PASSWORD, CHROMIUM, _browser_or_skip, log_in, new_context, shot
+from tests.test_browser import ADMIN_PASSWORD, chromium, log_in, new_context, shot
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, BrowserContext, ConsoleMessage, Locator
@@ -30,14 +30,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def browser(server: str) -> Iterator["Browser"]:
-    sync_playwright = _browser_or_skip()
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=CHROMIUM,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"],
-        )
+    with chromium() as browser:
         yield browser
-        browser.close()
 
 
 def record_console_errors(context: "BrowserContext", errors: list[str], expected: tuple[str, ...] = ()) -> None:

@@ -15,7 +15,7 @@ import pytest
 import sqlalchemy as sa
 
 from tests.servers import gunicorn
-from tests.test_browser import ADMIN_PASSWORD, CHROMIUM, _browser_or_skip, log_in, new_context, shot
+from tests.test_browser import ADMIN_PASSWORD, chromium, log_in, new_context, shot
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, Page
@@ -37,14 +37,8 @@ def server(database_file: Path) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def browser(server: str) -> Iterator["Browser"]:
-    sync_playwright = _browser_or_skip()
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=CHROMIUM,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"],
-        )
+    with chromium() as browser:
         yield browser
-        browser.close()
 
 
 # What sticks out past a phone's screen, for the message of a failed check.

@@ -137,7 +137,7 @@ def take(contact_id: int) -> ResponseReturnValue:
     if operator_id is None:
         raise Forbidden(_("Your account is not linked to an operator; ask a supervisor."))
     contact = db.get_or_404(Contact, contact_id)
-    if contact.operator_id != operator_id and not queries.offer_missed_by(db.session(), contact_id, operator_id):
+    if contact.operator_id != operator_id and not queries.missed_offer(db.session(), contact_id, operator_id):
         check_own_contact(contact.operator_id)  # someone else's, and never this operator's offer: refused
     begin_write(db.session)
     try:

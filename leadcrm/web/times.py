@@ -21,14 +21,12 @@ WEEKDAY_AHEAD = timedelta(days=6)
 
 
 def organisation_timezone() -> str:
-    """The organisation's time zone for this request (a name zoneinfo knows: a bad preset reads as UTC)."""
+    """The organisation's time zone for this request (LEADCRM_TIMEZONE is checked at start, stored ones when set)."""
     name = g.get("leadcrm_timezone")
     if name is None:
-        name = schedules.organisation_timezone(db.session(), current_app.config["LEADCRM_TIMEZONE"])
-        if name not in schedules.known_timezones():
-            current_app.logger.warning("LEADCRM_TIMEZONE %r is not a time zone zoneinfo knows: UTC is shown", name)
-            name = "UTC"
-        g.leadcrm_timezone = name
+        name = g.leadcrm_timezone = schedules.organisation_timezone(
+            db.session(), current_app.config["LEADCRM_TIMEZONE"]
+        )
     return name
 
 
