@@ -49,3 +49,15 @@ class Config:
     LEADCRM_WORKER_TICK = float(os.environ.get("LEADCRM_WORKER_TICK") or 10)
     # The shortest offer timeout a source may have (seconds); tests shorten it.
     LEADCRM_OFFER_TIMEOUT_MIN = int(os.environ.get("LEADCRM_OFFER_TIMEOUT_MIN") or OFFER_TIMEOUT_MIN)
+    # Events out: kept this many days (the worker forgets older ones); the worker looks for new ones this
+    # often (seconds). Webhooks: the first retry after about RETRY_BASE seconds, the gaps doubling up to
+    # RETRY_MAX; a delivery is retried (and an endpoint failing throughout is kept on) for RETRY_FOR
+    # seconds. SENDERS: how many endpoints are sent to at once. ALLOW_PRIVATE=1: webhooks may go to
+    # loopback, link-local and private addresses (a LAN install; the tests).
+    LEADCRM_EVENTS_KEEP_DAYS = float(os.environ.get("LEADCRM_EVENTS_KEEP_DAYS") or 30)
+    LEADCRM_EVENTS_POLL = float(os.environ.get("LEADCRM_EVENTS_POLL") or 1)
+    LEADCRM_WEBHOOK_RETRY_BASE = float(os.environ.get("LEADCRM_WEBHOOK_RETRY_BASE") or 5)
+    LEADCRM_WEBHOOK_RETRY_MAX = float(os.environ.get("LEADCRM_WEBHOOK_RETRY_MAX") or 3600)
+    LEADCRM_WEBHOOK_RETRY_FOR = float(os.environ.get("LEADCRM_WEBHOOK_RETRY_FOR") or 24 * 3600)
+    LEADCRM_WEBHOOK_SENDERS = int(os.environ.get("LEADCRM_WEBHOOK_SENDERS") or 16)
+    LEADCRM_WEBHOOKS_ALLOW_PRIVATE = os.environ.get("LEADCRM_WEBHOOKS_ALLOW_PRIVATE", "") == "1"

@@ -23,13 +23,13 @@ from itertools import accumulate
 
 from sqlalchemy.orm import Session
 
-from leadcrm import storage
+from leadcrm import outbox, storage
 from leadcrm.errors import Conflict, InvalidInput, Message, NotFound, UnknownOperator
 from leadcrm.identity import LeadIdentity
 from leadcrm.leads import resolve_lead
 from leadcrm.models import Source, utcnow
 from leadcrm.storage import Assignment, ContactRecord, LeadRecord, OperatorRecord, SourceRecord, Tx
-from leadcrm.vocabulary import ContactStatus, EventReason, Strategy
+from leadcrm.vocabulary import ContactStatus, EventReason, EventType, Strategy
 
 log = logging.getLogger(__name__)
 
@@ -151,6 +151,7 @@ def register_contact(
         now=now,
         offered_until=source.offer_deadline(now) if operator else None,
     )
+    outbox.registered(tx, contact, lead, operator, reason, now)
     return Registration(contact=contact, lead=lead, lead_created=lead_created, operator=operator)
 
 
@@ -180,6 +181,7 @@ def _close(tx: Tx, contact_id: int, *, drain: bool) -> ContactRecord:
     contact = storage.close_contact(tx, contact_id, utcnow())
     if contact is None:
         return get_contact(tx, contact_id)
+    outbox.contact_changed(tx, contact.id, [EventType.CONTACT_CLOSED])
     if contact.operator_id is not None and release_slot(tx, contact.operator_id, contact.id) and drain:
         drain_for_operators(tx, [contact.operator_id])
     return contact
@@ -242,6 +244,7 @@ def _assign_by_hand(tx: Tx, contact_id: int, operator_id: int, *, override: bool
         )
     if contact.operator_id == operator_id:
         if contact.offered_until is not None and storage.take_offer_by_hand(tx, contact.id, operator_id, utcnow()):
+            outbox.contact_changed(tx, contact.id, [EventType.CONTACT_ACCEPTED])
             return get_contact(tx, contact.id)  # a supervisor's choice of its operator: taken
         return contact
     storage.lock_operators(tx, [contact.operator_id, operator_id])
@@ -266,6 +269,9 @@ def _assign_by_hand(tx: Tx, contact_id: int, operator_id: int, *, override: bool
     storage.count_assignment(tx, contact.source_id, operator_id)
     reason = EventReason.OVERRIDE if override and operator.past_limit else EventReason.MANUAL
     storage.record_event(tx, contact.id, reason, contact.operator_id, operator_id, now)
+    outbox.contact_changed(
+        tx, contact.id, [EventType.CONTACT_ASSIGNED], reason=reason, previous_operator_id=contact.operator_id, now=now
+    )
     if contact.operator_id is not None and release_slot(tx, contact.operator_id, contact.id) and drain:
         drain_for_operators(tx, [contact.operator_id])
     return get_contact(tx, contact.id)
@@ -340,6 +346,9 @@ def reopen_contact(
         ):
             raise RuntimeError(f"reopened contact {contact.id} changed under its lock")  # cannot happen: we hold it
     storage.record_event(tx, contact.id, EventReason.REOPENED, None, operator.id if operator else None, now)
+    outbox.contact_changed(
+        tx, contact.id, [EventType.CONTACT_REOPENED, EventType.CONTACT_ASSIGNED], reason=EventReason.REOPENED, now=now
+    )
     return get_contact(tx, contact.id)
 
 
@@ -404,6 +413,14 @@ def drain_queue(
         if storage.assign_waiting(tx, assignments) != len(assignments):
             raise RuntimeError("a waiting contact changed under its lock")  # cannot happen under our locks
         storage.record_assignments(tx, EventReason.QUEUE, assignments)
+        for assignment in assignments:
+            outbox.contact_changed(
+                tx,
+                assignment.contact_id,
+                [EventType.CONTACT_ASSIGNED],
+                reason=EventReason.QUEUE,
+                now=assignment.assigned_at,
+            )
     return len(assignments)
 
 

@@ -14,6 +14,7 @@ import sqlalchemy.orm as so
 from leadcrm.identity import email_key
 from leadcrm.vocabulary import (
     ABSENCE_NOTE_MAX,
+    DESCRIPTION_MAX,
     EMAIL_MAX,
     EXTERNAL_ID_MAX,
     IDEMPOTENCY_KEY_MAX,
@@ -21,15 +22,19 @@ from leadcrm.vocabulary import (
     OFFER_MISSES_DEFAULT,
     PHONE_MAX,
     TIMEZONE_MAX,
+    URL_MAX,
     USERNAME_MAX,
     AwayReason,
     ContactStatus,
+    DeliveryState,
     EventReason,
+    EventType,
     OperatorChange,
     Presence,
     Role,
     Strategy,
     TokenScope,
+    WebhookDisabled,
 )
 
 
@@ -522,3 +527,141 @@ class DrainRequest(Base):
 
     source_id: so.Mapped[int] = so.mapped_column(sa.ForeignKey("sources.id", ondelete="CASCADE"), primary_key=True)
     requested_at: so.Mapped[datetime] = so.mapped_column(UTCDateTime)
+
+
+# A 64-bit id that SQLite still treats as its rowid (an INTEGER PRIMARY KEY): events outlive int32.
+BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
+
+class Event(Base):
+    """An event out: written by the domain in the same transaction as the change it describes.
+
+    ``data`` is the JSON of what changed as it was then (the contact with its
+    lead and operator, as the API shows them). ``position`` is the commit
+    order: NULL until the worker's sequencer numbers the committed events
+    (``outbox.sequence``); the feed and the webhooks read only numbered ones,
+    so a slow transaction's event, whose id is lower than ones committed
+    before it, is never passed over. ``subject`` (``contact:12``) orders
+    deliveries: one subject's events reach each webhook in order.
+    """
+
+    __tablename__ = "events"
+    __table_args__ = (
+        sa.CheckConstraint(one_of("type", EventType), name="type_known"),
+        # The sequencer's front: the committed events still without a position.
+        sa.Index(
+            "ix_events_unsequenced",
+            "id",
+            sqlite_where=sa.text("position IS NULL"),
+            postgresql_where=sa.text("position IS NULL"),
+        ),
+    )
+
+    id: so.Mapped[int] = so.mapped_column(BigId, primary_key=True)
+    position: so.Mapped[Optional[int]] = so.mapped_column(sa.BigInteger, unique=True)
+    type: so.Mapped[str] = so.mapped_column(sa.String(40))
+    subject: so.Mapped[str] = so.mapped_column(sa.String(40))
+    actor: so.Mapped[Optional[str]] = so.mapped_column(sa.String(NAME_MAX))
+    created_at: so.Mapped[datetime] = so.mapped_column(UTCDateTime, index=True)
+    data: so.Mapped[str] = so.mapped_column(sa.Text)
+
+
+class EventSequence(Base):
+    """One row: the last position the sequencer gave; its row lock makes sequencers take turns."""
+
+    __tablename__ = "event_sequence"
+    __table_args__ = (sa.CheckConstraint("id = 1", name="one_row"),)
+
+    id: so.Mapped[int] = so.mapped_column(primary_key=True)
+    last_position: so.Mapped[int] = so.mapped_column(sa.BigInteger)
+
+
+class Webhook(Base):
+    """An endpoint that gets the events it subscribed to, signed (Standard Webhooks).
+
+    ``fanned_out_to``: the position up to which events were queued for it
+    (``webhook_deliveries``); a new endpoint starts at the last position, so
+    it gets what happens from then on. Off (``enabled`` false) it is queued
+    nothing and sent nothing; on again, it resumes from the first event not
+    delivered. ``failing_since``: the first failure since the last success;
+    failing for the whole retry window, it is turned off (``failing``).
+    """
+
+    __tablename__ = "webhooks"
+    __table_args__ = (sa.CheckConstraint(one_of("disabled_reason", WebhookDisabled), name="disabled_reason_known"),)
+
+    id: so.Mapped[int] = so.mapped_column(primary_key=True)
+    url: so.Mapped[str] = so.mapped_column(sa.String(URL_MAX))
+    description: so.Mapped[Optional[str]] = so.mapped_column(sa.String(DESCRIPTION_MAX))
+    # The subscribed event types, as a JSON list.
+    events: so.Mapped[str] = so.mapped_column(sa.Text)
+    secret: so.Mapped[str] = so.mapped_column(sa.String(100))
+    enabled: so.Mapped[bool] = so.mapped_column(default=True)
+    disabled_reason: so.Mapped[Optional[str]] = so.mapped_column(sa.String(20))
+    disabled_at: so.Mapped[Optional[datetime]] = so.mapped_column(UTCDateTime)
+    failing_since: so.Mapped[Optional[datetime]] = so.mapped_column(UTCDateTime)
+    last_success_at: so.Mapped[Optional[datetime]] = so.mapped_column(UTCDateTime)
+    fanned_out_to: so.Mapped[int] = so.mapped_column(sa.BigInteger)
+    created_at: so.Mapped[datetime] = so.mapped_column(UTCDateTime, default=utcnow)
+
+
+class WebhookDelivery(Base):
+    """One event to send to one webhook, until a 2xx answer (or given up after the retry window).
+
+    ``leased_by``/``leased_until``: the worker sending it now; a worker killed
+    mid-send leaves a lease that runs out, and another sends it again (at
+    least once). One subject's deliveries go one at a time, in position order.
+    """
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (
+        sa.CheckConstraint(one_of("state", DeliveryState), name="state_known"),
+        sa.UniqueConstraint("webhook_id", "event_id", name="uq_webhook_deliveries_webhook_id_event_id"),
+        # What is still to send, per webhook in order; and per subject, the head of its line.
+        sa.Index(
+            "ix_webhook_deliveries_pending",
+            "webhook_id",
+            "next_attempt_at",
+            sqlite_where=sa.text("state = 'pending'"),
+            postgresql_where=sa.text("state = 'pending'"),
+        ),
+        sa.Index(
+            "ix_webhook_deliveries_subject",
+            "webhook_id",
+            "subject",
+            "position",
+            sqlite_where=sa.text("state = 'pending'"),
+            postgresql_where=sa.text("state = 'pending'"),
+        ),
+        sa.Index("ix_webhook_deliveries_event_id", "event_id"),
+    )
+
+    id: so.Mapped[int] = so.mapped_column(BigId, primary_key=True)
+    webhook_id: so.Mapped[int] = so.mapped_column(sa.ForeignKey("webhooks.id", ondelete="CASCADE"))
+    event_id: so.Mapped[int] = so.mapped_column(sa.BigInteger, sa.ForeignKey("events.id", ondelete="CASCADE"))
+    position: so.Mapped[int] = so.mapped_column(sa.BigInteger)
+    subject: so.Mapped[str] = so.mapped_column(sa.String(40))
+    state: so.Mapped[str] = so.mapped_column(sa.String(20), default=DeliveryState.PENDING)
+    attempts: so.Mapped[int] = so.mapped_column(default=0)
+    # NULL behind a pending delivery of the same subject: due when the one before it is done.
+    next_attempt_at: so.Mapped[Optional[datetime]] = so.mapped_column(UTCDateTime)
+    first_attempt_at: so.Mapped[Optional[datetime]] = so.mapped_column(UTCDateTime)
+    leased_by: so.Mapped[Optional[str]] = so.mapped_column(sa.String(200))
+    leased_until: so.Mapped[Optional[datetime]] = so.mapped_column(UTCDateTime)
+    delivered_at: so.Mapped[Optional[datetime]] = so.mapped_column(UTCDateTime)
+
+
+class WebhookAttempt(Base):
+    """One try at sending (a delivery or a test ping): the delivery log, the last few per webhook."""
+
+    __tablename__ = "webhook_attempts"
+
+    id: so.Mapped[int] = so.mapped_column(BigId, primary_key=True)
+    webhook_id: so.Mapped[int] = so.mapped_column(sa.ForeignKey("webhooks.id", ondelete="CASCADE"), index=True)
+    # The event (NULL for a ping); not a foreign key: the log outlives the events it names.
+    event_id: so.Mapped[Optional[int]] = so.mapped_column(sa.BigInteger)
+    event_type: so.Mapped[str] = so.mapped_column(sa.String(40))
+    at: so.Mapped[datetime] = so.mapped_column(UTCDateTime)
+    status_code: so.Mapped[Optional[int]]
+    duration_ms: so.Mapped[int]
+    error: so.Mapped[Optional[str]] = so.mapped_column(sa.String(500))

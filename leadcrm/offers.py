@@ -14,12 +14,12 @@ from datetime import datetime
 
 from sqlalchemy.orm import Session
 
-from leadcrm import storage
+from leadcrm import outbox, storage
 from leadcrm.distribution import assign_operator, drain_queue, lock_contact, release_slot
 from leadcrm.errors import Conflict, Message
 from leadcrm.models import utcnow
 from leadcrm.storage import ContactRecord, Tx
-from leadcrm.vocabulary import AwayReason, ContactStatus, EventReason, OperatorChange, Presence
+from leadcrm.vocabulary import AwayReason, ContactStatus, EventReason, EventType, OperatorChange, Presence
 
 
 def accept(session: Session, contact_id: int, operator_id: int | None = None) -> ContactRecord:
@@ -44,6 +44,7 @@ def accept(session: Session, contact_id: int, operator_id: int | None = None) ->
     if not storage.accept_offer(tx, contact.id, operator_id, now):
         raise Conflict(Message("The time to take this contact ran out; it is being offered to someone else."))
     storage.reset_missed_offers(tx, contact.source_id, operator_id)
+    outbox.contact_changed(tx, contact.id, [EventType.CONTACT_ACCEPTED], now=now)
     return storage.get_contact(tx, contact.id) or contact
 
 
@@ -93,6 +94,14 @@ def expire_offers(session: Session, now: datetime, limit: int = 1) -> int:
             if not moved:
                 raise RuntimeError(f"contact {contact.id} changed under its lock")  # cannot happen: we hold it
         storage.record_event(tx, contact.id, EventReason.TIMEOUT, missed_by, operator.id if operator else None, now)
+        outbox.contact_changed(
+            tx,
+            contact.id,
+            [EventType.CONTACT_ASSIGNED],
+            reason=EventReason.TIMEOUT,
+            previous_operator_id=missed_by,
+            now=now,
+        )
         # The freed slot: the operator's other sources (this contact's source would hand it straight back).
         others = [i for i in storage.sources_served_by(tx, missed_by) if i != source.id]
         if others:
@@ -107,8 +116,10 @@ def _set_away_for_missed_offers(tx: Tx, operator_id: int, source_id: int, now: d
     before = storage.operator_by_id(tx, operator_id)
     if before is None or before.presence == Presence.AWAY:
         return
-    storage.update_operator(tx, operator_id, presence=Presence.AWAY, away_reason=AwayReason.MISSED_OFFERS)
+    after = storage.update_operator(tx, operator_id, presence=Presence.AWAY, away_reason=AwayReason.MISSED_OFFERS)
     storage.record_operator_event(tx, operator_id, OperatorChange.PRESENCE, AwayReason.MISSED_OFFERS, now)
+    if after is not None:
+        outbox.operator_updated(tx, after, [OperatorChange.PRESENCE], now)
 
 
 def next_offer_due(session: Session) -> datetime | None:

@@ -6,7 +6,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from leadcrm import storage
+from leadcrm import outbox, storage
 from leadcrm.database import unique_or
 from leadcrm.distribution import drain_for_operators
 from leadcrm.errors import InvalidInput, Message, NameTaken, UnknownOperator
@@ -110,6 +110,8 @@ def update_operator(session: Session, operator_id: int, changes: dict[str, Any])
     changed = [field for field in RECORDED if getattr(before, field) != getattr(after, field)]
     for field in changed:
         storage.record_operator_event(tx, operator_id, field, _as_text(getattr(after, field)), now)
+    if changed:
+        outbox.operator_updated(tx, after, changed, now)
     gained = after.at_work(now) and (not before.at_work(now) or after.max_active_leads > before.max_active_leads)
     if gained and drain_for_operators(tx, [operator_id]):
         after = storage.operator_by_id(tx, operator_id) or after  # its load grew

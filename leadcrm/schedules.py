@@ -22,7 +22,7 @@ from zoneinfo import ZoneInfo, available_timezones
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from leadcrm import storage
+from leadcrm import outbox, storage
 from leadcrm.distribution import drain_for_operators
 from leadcrm.errors import InvalidInput, Message, UnknownOperator
 from leadcrm.models import Operator, OperatorAbsence, OperatorHours, Setting, utcnow
@@ -367,6 +367,9 @@ def replace_schedule(
     storage.record_operator_event(tx, operator_id, OperatorChange.SCHEDULE, None, now)
     result = stretch(hours, absences, ZoneInfo(timezone or organisation), now)
     storage.set_shift(tx, operator_id, result.shift_from, result.shift_until, result.due_at)
+    after = storage.operator_by_id(tx, operator_id)
+    if after is not None:
+        outbox.operator_updated(tx, after, [OperatorChange.SCHEDULE], now)
     if result.on_shift(now) and not before.on_shift(now):
         drain_for_operators(tx, [operator_id])
     return result

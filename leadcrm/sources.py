@@ -6,11 +6,11 @@ from typing import Any, cast
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from leadcrm import storage
+from leadcrm import outbox, storage
 from leadcrm.database import unique_or
 from leadcrm.distribution import drain_queue
 from leadcrm.errors import InvalidInput, Message, NameTaken, UnknownOperator, UnknownSource
-from leadcrm.models import Operator, Source, SourceOperator
+from leadcrm.models import Operator, Source, SourceOperator, utcnow
 from leadcrm.storage import SourceRecord, Tx, Weight
 from leadcrm.vocabulary import OFFER_MISSES_DEFAULT, OFFER_MISSES_MAX, OFFER_TIMEOUT_MAX, OFFER_TIMEOUT_MIN, Strategy
 
@@ -169,6 +169,10 @@ def set_weights(session: Session, source: Source | SourceRecord, weights: dict[i
     changed = {op: w for op, w in wanted.items() if op in stored and stored[op] != w}
     added = {op: w for op, w in wanted.items() if op not in stored and w > 0}
     storage.store_weights(tx, source.id, changed=changed, added=added)
+    if changed or added:
+        record = storage.source_by_id(tx, source.id)
+        if record is not None:
+            outbox.weights_changed(tx, record, utcnow())
     # An operator added or given more weight: waiting contacts may now have somewhere to go.
     if added or any(w > stored[op] for op, w in changed.items()):
         drain_queue(tx, [source.id])  # one batch at most; later batches assign the rest

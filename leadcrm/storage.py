@@ -1330,3 +1330,401 @@ LAST_BEAT = Sql("SELECT max(beat_at) FROM worker_beats")
 def last_beat(tx: Tx) -> datetime | None:
     """The latest heartbeat of any worker (None: none): one prebuilt statement, for ``/healthz``."""
     return from_stored_time(tx.execute(LAST_BEAT, {}).fetchone()[0])
+
+
+# --- events out (leadcrm/outbox.py) and their delivery (leadcrm/webhooks.py) ----------
+
+INSERT_OUT_EVENT = Sql(
+    "INSERT INTO events (type, subject, actor, created_at, data) VALUES (:type, :subject, :actor, :created_at, :data)"
+)
+CONTACT_SNAPSHOT = Sql(
+    f"SELECT {', '.join('c.' + c.strip() for c in CONTACT_COLUMNS.split(','))}, "
+    f"{', '.join('l.' + c.strip() for c in LEAD_COLUMNS.split(','))}, "
+    f"{', '.join('o.' + c.strip() for c in OPERATOR_COLUMNS.split(','))} "
+    "FROM contacts c JOIN leads l ON l.id = c.lead_id LEFT JOIN operators o ON o.id = c.operator_id WHERE c.id = :id"
+)
+_CONTACT_WIDTH = len(CONTACT_COLUMNS.split(","))
+_LEAD_WIDTH = len(LEAD_COLUMNS.split(","))
+
+
+@dataclass(frozen=True, slots=True)
+class OutEvent:
+    """An event to write: its type, what it is about (``contact:12``) and its data, as JSON text."""
+
+    type: str
+    subject: str
+    data: str
+
+
+def write_events(tx: Tx, events: list[OutEvent], now: datetime) -> None:
+    """Add events to the outbox, in this order, naming the unit of work's actor (or ``system``)."""
+    at = tx.stored(now)
+    actor = tx.actor or "system"
+    rows = [{"type": e.type, "subject": e.subject, "actor": actor, "created_at": at, "data": e.data} for e in events]
+    if len(rows) == 1:
+        tx.execute(INSERT_OUT_EVENT, rows[0])
+    elif rows:
+        tx.execute_many(INSERT_OUT_EVENT, rows)
+
+
+def contact_snapshot(tx: Tx, contact_id: int) -> tuple[ContactRecord, LeadRecord, OperatorRecord | None] | None:
+    """The contact as it is now in this transaction, with its lead and its operator (None: it waits)."""
+    row = tx.execute(CONTACT_SNAPSHOT, {"id": contact_id}).fetchone()
+    if row is None:
+        return None
+    contact = _contact(row[:_CONTACT_WIDTH])
+    assert contact is not None
+    lead_row = row[_CONTACT_WIDTH : _CONTACT_WIDTH + _LEAD_WIDTH]
+    lead = LeadRecord(lead_row[0], lead_row[1], lead_row[2], lead_row[3], lead_row[4], from_stored_time(lead_row[5]))
+    operator_row = row[_CONTACT_WIDTH + _LEAD_WIDTH :]
+    return contact, lead, _operator(operator_row) if operator_row[0] is not None else None
+
+
+# The sequencer: its row (written the first time), locked so that sequencers take turns; then the
+# committed events still without a position, oldest id first, numbered after the last position.
+ENSURE_SEQUENCE = Sql("INSERT INTO event_sequence (id, last_position) VALUES (1, 0) ON CONFLICT (id) DO NOTHING")
+LAST_POSITION = Sql("SELECT last_position FROM event_sequence WHERE id = 1")
+LOCK_LAST_POSITION = Sql(LAST_POSITION.text + " FOR UPDATE")
+UNSEQUENCED = Sql("SELECT id FROM events WHERE position IS NULL ORDER BY id LIMIT :limit")
+ANY_UNSEQUENCED = Sql("SELECT 1 FROM events WHERE position IS NULL LIMIT 1")
+SET_POSITION = Sql("UPDATE events SET position = :position WHERE id = :id AND position IS NULL")
+SET_LAST_POSITION = Sql(
+    "UPDATE event_sequence SET last_position = :position WHERE id = 1 AND last_position = :previous"
+)
+
+
+def sequence_events(tx: Tx, limit: int) -> int:
+    """Number the committed events without a position, in id order, after the last position given;
+    how many were numbered. Sequencers take turns on the sequence row's lock (PostgreSQL) or the write
+    lock (SQLite); the events are read after the lock, so a turn sees every event committed before it."""
+    last_row = tx.execute(LOCK_LAST_POSITION if tx.row_locks else LAST_POSITION, {}).fetchone()
+    if last_row is None:
+        tx.execute(ENSURE_SEQUENCE, {})
+        last_row = tx.execute(LOCK_LAST_POSITION if tx.row_locks else LAST_POSITION, {}).fetchone()
+    last = last_row[0]
+    ids = [row[0] for row in tx.execute(UNSEQUENCED, {"limit": limit})]
+    if not ids:
+        return 0
+    rows = [{"id": event_id, "position": last + n} for n, event_id in enumerate(ids, start=1)]
+    if tx.execute_many(SET_POSITION, rows).rowcount != len(rows):
+        raise RuntimeError("an event was numbered by another sequencer under the sequence lock")
+    if tx.execute(SET_LAST_POSITION, {"position": last + len(ids), "previous": last}).rowcount != 1:
+        raise RuntimeError("the sequence moved under its lock")
+    return len(ids)
+
+
+def any_unsequenced(tx: Tx) -> bool:
+    """Is an event waiting for its position (the front of ix_events_unsequenced)?"""
+    return tx.execute(ANY_UNSEQUENCED, {}).fetchone() is not None
+
+
+def last_position(tx: Tx) -> int:
+    """The last position given (0 before the first)."""
+    row = tx.execute(LAST_POSITION, {}).fetchone()
+    return row[0] if row else 0
+
+
+# Fan-out: the webhooks behind the last position, each locked (skipped if another worker holds it),
+# then the events after its cursor, queued as its deliveries.
+WEBHOOKS_BEHIND = Sql(
+    "SELECT id, events, fanned_out_to FROM webhooks WHERE enabled AND fanned_out_to < :last ORDER BY id LIMIT :limit"
+)
+WEBHOOKS_BEHIND_LOCKED = Sql(WEBHOOKS_BEHIND.text + " FOR UPDATE SKIP LOCKED")
+ANY_WEBHOOK_BEHIND = Sql(
+    "SELECT 1 FROM webhooks WHERE enabled AND fanned_out_to < "
+    "(SELECT coalesce(max(last_position), 0) FROM event_sequence) LIMIT 1"
+)
+EVENTS_AFTER = Sql(
+    "SELECT id, position, type, subject, created_at FROM events WHERE position > :after ORDER BY position LIMIT :limit"
+)
+INSERT_DELIVERY = Sql(
+    "INSERT INTO webhook_deliveries (webhook_id, event_id, position, subject, state, attempts, next_attempt_at) "
+    "VALUES (:webhook_id, :event_id, :position, :subject, 'pending', 0, :next_attempt_at) "
+    "ON CONFLICT (webhook_id, event_id) DO NOTHING"
+)
+SUBJECT_PENDING = Sql(
+    "SELECT 1 FROM webhook_deliveries WHERE webhook_id = :webhook_id AND subject = :subject AND state = 'pending' "
+    "LIMIT 1"
+)
+# The next of a subject's line, once the one before it is delivered or given up: due now.
+NEXT_IN_LINE = Sql(
+    "UPDATE webhook_deliveries SET next_attempt_at = :now WHERE id = (SELECT id FROM webhook_deliveries "
+    "WHERE webhook_id = :webhook_id AND subject = :subject AND state = 'pending' AND next_attempt_at IS NULL "
+    "ORDER BY position LIMIT 1)"
+)
+SET_FANNED_OUT = Sql("UPDATE webhooks SET fanned_out_to = :to WHERE id = :id AND fanned_out_to = :previous")
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookCursor:
+    id: int
+    events: str  # the subscribed types, as JSON
+    fanned_out_to: int
+
+
+@dataclass(frozen=True, slots=True)
+class PositionedEvent:
+    id: int
+    position: int
+    type: str
+    subject: str
+    created_at: datetime
+
+
+def webhooks_behind(tx: Tx, last: int, limit: int) -> list[WebhookCursor]:
+    """Enabled webhooks whose deliveries were queued up to a position before ``last``; locked (PostgreSQL)."""
+    statement = WEBHOOKS_BEHIND_LOCKED if tx.row_locks else WEBHOOKS_BEHIND
+    return [WebhookCursor(*row) for row in tx.execute(statement, {"last": last, "limit": limit})]
+
+
+def any_webhook_behind(tx: Tx) -> bool:
+    return tx.execute(ANY_WEBHOOK_BEHIND, {}).fetchone() is not None
+
+
+def events_after(tx: Tx, after: int, limit: int) -> list[PositionedEvent]:
+    """Numbered events after position ``after``, in position order."""
+    rows = tx.execute(EVENTS_AFTER, {"after": after, "limit": limit})
+    return [PositionedEvent(r[0], r[1], r[2], r[3], from_stored_time(r[4])) for r in rows]
+
+
+def queue_deliveries(tx: Tx, webhook_id: int, events: list[PositionedEvent]) -> None:
+    """Queue these events (in position order) for the webhook; an event queued already is left as it is.
+
+    Each subject's deliveries form a line: only its head has a due time
+    (``next_attempt_at``); one queued behind a pending delivery of the same
+    subject has none until the one before it is done (``next_in_line``).
+    The caller holds the webhook's row lock, as every writer of its lines does.
+    """
+    waiting: set[str] = set()
+    rows = []
+    for e in events:
+        behind = e.subject in waiting or (
+            tx.execute(SUBJECT_PENDING, {"webhook_id": webhook_id, "subject": e.subject}).fetchone() is not None
+        )
+        waiting.add(e.subject)
+        rows.append(
+            {
+                "webhook_id": webhook_id,
+                "event_id": e.id,
+                "position": e.position,
+                "subject": e.subject,
+                "next_attempt_at": None if behind else tx.stored(e.created_at),
+            }
+        )
+    if rows:
+        tx.execute_many(INSERT_DELIVERY, rows)
+
+
+def next_in_line(tx: Tx, webhook_id: int, subject: str, now: datetime) -> None:
+    """Make the next delivery of the subject's line due now (the one before it is done)."""
+    tx.execute(NEXT_IN_LINE, {"webhook_id": webhook_id, "subject": subject, "now": tx.stored(now)})
+
+
+def set_fanned_out(tx: Tx, webhook_id: int, previous: int, to: int) -> bool:
+    """Move the webhook's cursor from ``previous`` to ``to``; False if it had moved (another worker)."""
+    return tx.execute(SET_FANNED_OUT, {"id": webhook_id, "previous": previous, "to": to}).rowcount == 1
+
+
+# Claims: a webhook's due deliveries (only the head of a subject's line has a due time) that nobody
+# holds, leased to this worker for a while.
+DUE_DELIVERIES = Sql(
+    "SELECT d.id FROM webhook_deliveries d WHERE d.webhook_id = :webhook_id AND d.state = 'pending' "
+    "AND d.next_attempt_at <= :now AND (d.leased_until IS NULL OR d.leased_until < :now) "
+    "ORDER BY d.next_attempt_at, d.position LIMIT :limit"
+)
+DUE_DELIVERIES_LOCKED = Sql(DUE_DELIVERIES.text + " FOR UPDATE OF d SKIP LOCKED")
+WEBHOOKS_WITH_DUE = Sql(
+    "SELECT w.id FROM webhooks w WHERE w.enabled AND EXISTS (SELECT 1 FROM webhook_deliveries d "
+    "WHERE d.webhook_id = w.id AND d.state = 'pending' AND d.next_attempt_at <= :now "
+    "AND (d.leased_until IS NULL OR d.leased_until < :now)) ORDER BY w.id"
+)
+NEXT_DELIVERY_DUE = Sql(
+    "SELECT min(CASE WHEN d.leased_until IS NOT NULL AND d.leased_until > d.next_attempt_at "
+    "THEN d.leased_until ELSE d.next_attempt_at END) FROM webhook_deliveries d "
+    "JOIN webhooks w ON w.id = d.webhook_id WHERE w.enabled AND d.state = 'pending' "
+    "AND d.next_attempt_at IS NOT NULL"
+)
+LEASE_DELIVERY = Sql(
+    "UPDATE webhook_deliveries SET leased_by = :worker, leased_until = :until "
+    "WHERE id = :id AND state = 'pending' AND (leased_until IS NULL OR leased_until < :now)"
+)
+DELIVERY_JOB = Sql(
+    "SELECT d.id, d.attempts, d.first_attempt_at, e.id, e.type, e.actor, e.created_at, e.data, w.url, w.secret, "
+    "d.subject "
+    "FROM webhook_deliveries d JOIN events e ON e.id = d.event_id JOIN webhooks w ON w.id = d.webhook_id "
+    "WHERE d.id = :id"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryJob:
+    """One delivery leased to a worker: what to send where, and the attempts so far."""
+
+    delivery_id: int
+    attempts: int
+    first_attempt_at: datetime | None
+    event_id: int
+    event_type: str
+    actor: str | None
+    created_at: datetime
+    data: str
+    url: str
+    secret: str
+    subject: str
+
+
+def webhooks_with_due(tx: Tx, now: datetime) -> list[int]:
+    """Enabled webhooks with a delivery due now that nobody holds."""
+    return [row[0] for row in tx.execute(WEBHOOKS_WITH_DUE, {"now": tx.stored(now)})]
+
+
+def next_delivery_due(tx: Tx) -> datetime | None:
+    """The earliest moment a pending delivery of an enabled webhook is due (or its lease runs out)."""
+    return from_stored_time(tx.execute(NEXT_DELIVERY_DUE, {}).fetchone()[0])
+
+
+def lease_deliveries(
+    tx: Tx, webhook_id: int, worker: str, now: datetime, until: datetime, limit: int
+) -> list[DeliveryJob]:
+    """Lease the webhook's due deliveries that head their subjects' lines to ``worker`` until ``until``."""
+    statement = DUE_DELIVERIES_LOCKED if tx.row_locks else DUE_DELIVERIES
+    at = tx.stored(now)
+    ids = [row[0] for row in tx.execute(statement, {"webhook_id": webhook_id, "now": at, "limit": limit})]
+    jobs = []
+    for delivery_id in ids:
+        params = {"id": delivery_id, "worker": worker, "until": tx.stored(until), "now": at}
+        if tx.execute(LEASE_DELIVERY, params).rowcount != 1:
+            continue  # leased by another worker since it was read (SQLite cannot: the write lock)
+        row = tx.execute(DELIVERY_JOB, {"id": delivery_id}).fetchone()
+        jobs.append(
+            DeliveryJob(
+                row[0],
+                row[1],
+                from_stored_time(row[2]),
+                row[3],
+                row[4],
+                row[5],
+                from_stored_time(row[6]),
+                row[7],
+                row[8],
+                row[9],
+                row[10],
+            )
+        )
+    return jobs
+
+
+# Results, written only by the worker that holds the lease.
+DELIVERED = Sql(
+    "UPDATE webhook_deliveries SET state = 'delivered', delivered_at = :now, attempts = attempts + 1, "
+    "first_attempt_at = coalesce(first_attempt_at, :now), leased_by = NULL, leased_until = NULL "
+    "WHERE id = :id AND state = 'pending' AND leased_by = :worker"
+)
+RETRY_LATER = Sql(
+    "UPDATE webhook_deliveries SET state = :state, next_attempt_at = :next_attempt_at, attempts = attempts + 1, "
+    "first_attempt_at = coalesce(first_attempt_at, :now), leased_by = NULL, leased_until = NULL "
+    "WHERE id = :id AND state = 'pending' AND leased_by = :worker"
+)
+WEBHOOK_SUCCEEDED = Sql("UPDATE webhooks SET last_success_at = :now, failing_since = NULL WHERE id = :id")
+WEBHOOK_FAILED = Sql("UPDATE webhooks SET failing_since = coalesce(failing_since, :now) WHERE id = :id")
+# Failing since before the cutoff with no success since: turned off.
+DISABLE_FAILING = Sql(
+    "UPDATE webhooks SET enabled = FALSE, disabled_reason = 'failing', disabled_at = :now "
+    "WHERE id = :id AND enabled AND failing_since <= :cutoff"
+)
+INSERT_ATTEMPT = Sql(
+    "INSERT INTO webhook_attempts (webhook_id, event_id, event_type, at, status_code, duration_ms, error) "
+    "VALUES (:webhook_id, :event_id, :event_type, :at, :status_code, :duration_ms, :error)"
+)
+# The log keeps the newest WEBHOOK_ATTEMPTS_KEPT attempts per webhook.
+PRUNE_ATTEMPTS = Sql(
+    "DELETE FROM webhook_attempts WHERE webhook_id = :webhook_id AND id <= "
+    "(SELECT id FROM webhook_attempts WHERE webhook_id = :webhook_id ORDER BY id DESC LIMIT 1 OFFSET :keep)"
+)
+LOCK_WEBHOOK = Sql("SELECT id FROM webhooks WHERE id = :id FOR UPDATE")
+
+
+def lock_webhook(tx: Tx, webhook_id: int) -> None:
+    """Lock the webhook's row (PostgreSQL): webhook rows before their deliveries, in every path."""
+    if tx.row_locks:
+        tx.execute(LOCK_WEBHOOK, {"id": webhook_id})
+
+
+def delivered(tx: Tx, delivery_id: int, worker: str, now: datetime) -> bool:
+    """The delivery got a 2xx; False if ``worker`` no longer holds it (its lease ran out and it was taken)."""
+    return tx.execute(DELIVERED, {"id": delivery_id, "worker": worker, "now": tx.stored(now)}).rowcount == 1
+
+
+def retry_later(tx: Tx, delivery_id: int, worker: str, now: datetime, next_attempt_at: datetime, give_up: bool) -> bool:
+    """The delivery failed: due again at ``next_attempt_at``, or given up (``failed``); False if not held."""
+    params = {
+        "id": delivery_id,
+        "worker": worker,
+        "now": tx.stored(now),
+        "next_attempt_at": tx.stored(next_attempt_at),
+        "state": "failed" if give_up else "pending",
+    }
+    return tx.execute(RETRY_LATER, params).rowcount == 1
+
+
+def webhook_succeeded(tx: Tx, webhook_id: int, now: datetime) -> None:
+    tx.execute(WEBHOOK_SUCCEEDED, {"id": webhook_id, "now": tx.stored(now)})
+
+
+def webhook_failed(tx: Tx, webhook_id: int, now: datetime, cutoff: datetime) -> bool:
+    """Note a failure; turn the webhook off if it has failed since before ``cutoff``. Whether it was turned off."""
+    tx.execute(WEBHOOK_FAILED, {"id": webhook_id, "now": tx.stored(now)})
+    params = {"id": webhook_id, "now": tx.stored(now), "cutoff": tx.stored(cutoff)}
+    return tx.execute(DISABLE_FAILING, params).rowcount == 1
+
+
+def log_attempt(
+    tx: Tx,
+    webhook_id: int,
+    event_id: int | None,
+    event_type: str,
+    at: datetime,
+    status_code: int | None,
+    duration_ms: int,
+    error: str | None,
+) -> None:
+    params = {
+        "webhook_id": webhook_id,
+        "event_id": event_id,
+        "event_type": event_type,
+        "at": tx.stored(at),
+        "status_code": status_code,
+        "duration_ms": duration_ms,
+        "error": error,
+    }
+    tx.execute(INSERT_ATTEMPT, params)
+
+
+def prune_attempts(tx: Tx, webhook_id: int, keep: int) -> None:
+    tx.execute(PRUNE_ATTEMPTS, {"webhook_id": webhook_id, "keep": keep})
+
+
+# Forgetting: numbered events older than the cutoff, a batch at a time, with their deliveries.
+OLD_EVENTS = Sql("SELECT id FROM events WHERE created_at < :before AND position IS NOT NULL ORDER BY id LIMIT :limit")
+FORGET_DELIVERIES_OF = Sql("DELETE FROM webhook_deliveries WHERE event_id = :id")
+FORGET_EVENT = Sql("DELETE FROM events WHERE id = :id")
+
+
+def forget_events(tx: Tx, before: datetime, limit: int) -> int:
+    """Delete up to ``limit`` numbered events created before ``before``, and their deliveries; how many."""
+    rows = [{"id": row[0]} for row in tx.execute(OLD_EVENTS, {"before": tx.stored(before), "limit": limit})]
+    if not rows:
+        return 0
+    tx.execute_many(FORGET_DELIVERIES_OF, rows)
+    return int(tx.execute_many(FORGET_EVENT, rows).rowcount)
+
+
+RELEASE_LEASE = Sql(
+    "UPDATE webhook_deliveries SET leased_by = NULL, leased_until = NULL "
+    "WHERE id = :id AND leased_by = :worker AND state = 'pending'"
+)
+
+
+def release_leases(tx: Tx, worker: str, delivery_ids: list[int]) -> None:
+    if delivery_ids:
+        tx.execute_many(RELEASE_LEASE, [{"id": i, "worker": worker} for i in delivery_ids])

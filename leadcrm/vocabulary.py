@@ -70,6 +70,38 @@ class AwayReason(StrEnum):
     MISSED_OFFERS = "missed_offers"  # it let OFFER_MISSES in a row of one source's offers pass
 
 
+class EventType(StrEnum):
+    """What an event out (the outbox, the feed, webhooks) says happened."""
+
+    CONTACT_REGISTERED = "contact.registered"
+    CONTACT_ASSIGNED = "contact.assigned"  # every change of operator; data.reason as in the history
+    CONTACT_WAITING = "contact.waiting"  # stored, taken back or reopened with no operator
+    CONTACT_CLOSED = "contact.closed"
+    CONTACT_REOPENED = "contact.reopened"
+    CONTACT_ACCEPTED = "contact.accepted"
+    OPERATOR_UPDATED = "operator.updated"  # limit, active, presence (and idle setting, schedule)
+    SOURCE_WEIGHTS_CHANGED = "source.weights_changed"
+
+
+# The type of a webhook's test delivery (never stored as an event, never in the feed).
+PING = "ping"
+
+
+class DeliveryState(StrEnum):
+    """Where one event stands with one webhook."""
+
+    PENDING = "pending"  # to be sent (again, at next_attempt_at)
+    DELIVERED = "delivered"  # a 2xx answer
+    FAILED = "failed"  # retried for the whole retry window without a 2xx: given up (redeliver sends it again)
+
+
+class WebhookDisabled(StrEnum):
+    """Why a webhook is off."""
+
+    BY_HAND = "by_hand"  # a supervisor turned it off
+    FAILING = "failing"  # no 2xx answer for the whole retry window
+
+
 class TokenScope(StrEnum):
     """What an API token may call: ``register`` only registering contacts and the distribution status."""
 
@@ -116,6 +148,17 @@ ABSENCE_YEAR_MIN = 2000
 ABSENCE_YEAR_MAX = 2999
 # The worker: a page warns when no worker has beaten for this long (seconds).
 WORKER_SILENT_AFTER = 120
+# Events out: a webhook's URL and description; how many event types one subscribes to is bounded by
+# EventType. A delivery waits at most this long (seconds) for an answer and reads at most this much of it.
+URL_MAX = 2000
+DESCRIPTION_MAX = 200
+WEBHOOK_TIMEOUT = 10
+WEBHOOK_BODY_READ_MAX = 64 * 1024
+# The delivery log keeps this many attempts per webhook.
+WEBHOOK_ATTEMPTS_KEPT = 1000
+# The event feed: events per page by default and at most.
+FEED_LIMIT = 100
+FEED_LIMIT_MAX = 1000
 # Bounded so that a source's total weight always fits an integer column.
 WEIGHT_MAX = 1_000_000
 # Lists: a page holds PER_PAGE items (the API's default; pages always), at most PER_PAGE_MAX.

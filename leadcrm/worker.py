@@ -2,7 +2,16 @@
 
 Shifts that start or end (``schedules.refresh_due_shifts``), offers whose
 deadline passed (``offers.expire_offers``), queues a drain left longer than
-one batch (``drain_requests``), and forgetting expired Idempotency-Keys.
+one batch (``drain_requests``), events out (numbering them in commit order,
+``outbox.sequence``; queueing them for webhooks, ``webhooks.fan_out``;
+sending those, ``webhooks.lease``/``record``), and forgetting expired
+Idempotency-Keys and old events.
+
+Webhook deliveries are sent by threads of the worker (``Senders``), one
+endpoint's batch per thread at a time, outside any transaction: a slow or
+dead receiver holds its own thread for at most its timeout per delivery and
+delays neither the other endpoints nor the worker's other steps. Leasing and
+recording the outcomes are steps of the loop, in its transactions.
 Each step is a short write transaction of its own, committed before the
 next; on SQLite it takes the write lock like any writer and never holds it
 while sleeping. Every step claims its rows (``FOR UPDATE SKIP LOCKED`` on
@@ -31,6 +40,7 @@ import signal
 import socket
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from types import FrameType
 from typing import Any, TypeVar
@@ -38,19 +48,19 @@ from typing import Any, TypeVar
 import sqlalchemy as sa
 from flask import Flask
 
-from leadcrm import offers, schedules, storage
+from leadcrm import delivery, offers, outbox, schedules, storage, webhooks
 from leadcrm.database import begin_write, reads_only
 from leadcrm.distribution import DRAIN_BATCH, drain_queue, limit_drains
 from leadcrm.extensions import db
 from leadcrm.idempotency import forget_expired
 from leadcrm.models import WorkerBeat, utcnow
-from leadcrm.storage import Tx, act_as
+from leadcrm.storage import DeliveryJob, Tx, act_as
 from leadcrm.vocabulary import WORKER_SILENT_AFTER
 
 log = logging.getLogger(__name__)
 
 ACTOR = "worker"
-# Idempotency-Keys are kept 24 hours; forgetting them a few minutes late is harmless.
+# Idempotency-Keys are kept 24 hours; forgetting them a few minutes late is harmless. Old events too.
 FORGET_KEYS_EVERY = timedelta(minutes=10)
 # Heartbeats of workers gone for longer are deleted (a worker stopped cleanly deletes its own).
 FORGET_BEATS_AFTER = timedelta(days=1)
@@ -69,6 +79,8 @@ TICK_MIN = 0.1
 COMPLAIN_EVERY = 60.0
 
 T = TypeVar("T")
+# What a sender thread did with one leased delivery: the outcome, and when it began.
+Sent = tuple[DeliveryJob, delivery.Outcome, datetime]
 
 
 def last_beat(session: sa.orm.Session) -> datetime | None:
@@ -110,10 +122,14 @@ class Stop:
 
     def set(self) -> None:
         self._flag = True
+        self.nudge()
+
+    def nudge(self) -> None:
+        """Wake ``wait`` without stopping (a sender thread finished)."""
         try:
             os.write(self._write_fd, b"\0")
         except (BlockingIOError, OSError):
-            pass  # full (set many times already) or closed: the flag says it
+            pass  # full (woken many times already) or closed: it wakes all the same
 
     def is_set(self) -> bool:
         return self._flag
@@ -121,7 +137,13 @@ class Stop:
     def wait(self, timeout: float) -> bool:
         """Sleep until set or ``timeout`` seconds passed; whether it is set."""
         if not self._flag and timeout > 0:
-            select.select([self._read_fd], [], [], timeout)
+            readable, _, _ = select.select([self._read_fd], [], [], timeout)
+            if readable and not self._flag:
+                try:
+                    while os.read(self._read_fd, 4096):
+                        pass
+                except (BlockingIOError, OSError):
+                    pass  # drained
         return self._flag
 
     def __del__(self) -> None:
@@ -143,6 +165,20 @@ class Worker:
         self.batch = int(app.config.get("LEADCRM_DRAIN_BATCH") or DRAIN_BATCH)
         self.started_at = utcnow()
         self.stop = Stop()
+        config = app.config
+        # Events out: how often to look for new ones, how long to keep them, how to retry webhooks.
+        self.events_poll = max(TICK_MIN, float(config["LEADCRM_EVENTS_POLL"]))
+        self.keep_events = timedelta(days=float(config["LEADCRM_EVENTS_KEEP_DAYS"]))
+        self.retries = webhooks.Retries(
+            base=float(config["LEADCRM_WEBHOOK_RETRY_BASE"]),
+            max=float(config["LEADCRM_WEBHOOK_RETRY_MAX"]),
+            for_=float(config["LEADCRM_WEBHOOK_RETRY_FOR"]),
+        )
+        self.allow_private = bool(config["LEADCRM_WEBHOOKS_ALLOW_PRIVATE"])
+        self.senders = ThreadPoolExecutor(max_workers=int(config["LEADCRM_WEBHOOK_SENDERS"]), thread_name_prefix="send")
+        # Per webhook: the batch being sent by a sender thread (one at a time per webhook).
+        self._sending: dict[int, tuple[list[DeliveryJob], Future[list[Sent]]]] = {}
+        self._events_forgotten_at: datetime | None = None
         self._keys_forgotten_at: datetime | None = None
         self._beaten_at: datetime | None = None
         # Per step: the failure last logged and when (monotonic), so that a lasting one is not logged every tick.
@@ -250,6 +286,100 @@ class Worker:
                 assigned += self._write(drain)
         return assigned
 
+    def events(self) -> int:
+        """Number the committed events in commit order, then queue them for the webhooks behind."""
+        numbered = 0
+        if self._read(lambda: storage.any_unsequenced(Tx.of(db.session()))):
+            while not self.stop.is_set():
+                n = self._write(lambda: outbox.sequence(Tx.of(db.session())))
+                numbered += n
+                if n < outbox.SEQUENCE_BATCH:
+                    break
+        if self._read(lambda: storage.any_webhook_behind(Tx.of(db.session()))):
+            for _ in range(ROUND_MAX):
+                if self.stop.is_set() or not self._write(lambda: webhooks.fan_out(db.session())):
+                    break
+        return numbered
+
+    def deliveries(self) -> int:
+        """Record what the sender threads got; lease each webhook's due deliveries and hand them to a
+        thread (a webhook whose batch is still being sent waits for it). How many outcomes were recorded."""
+        recorded = self.record_sent()
+        if self.stop.is_set():
+            return recorded
+        now = utcnow()
+        for webhook_id in self._read(lambda: webhooks.webhooks_with_due(db.session(), now)):
+            if webhook_id in self._sending or self.stop.is_set():
+                continue
+            jobs = self._write(lambda: webhooks.lease(db.session(), webhook_id, self.name, utcnow()))  # noqa: B023
+            if jobs:
+                future = self.senders.submit(self._send, jobs)
+                future.add_done_callback(lambda _: self.stop.nudge())
+                self._sending[webhook_id] = (jobs, future)
+        return recorded
+
+    def _send(self, jobs: list[DeliveryJob]) -> list[Sent]:
+        """A sender thread: POST each leased delivery in turn (no database here); stops early when stopping."""
+        sent = []
+        for job in jobs:
+            if self.stop.is_set():
+                break
+            at = utcnow()
+            body = webhooks.envelope(job.event_id, job.event_type, job.created_at, job.actor, job.data)
+            outcome = delivery.send(
+                job.url, job.secret, webhooks.message_id(job.event_id), body, allow_private=self.allow_private
+            )
+            sent.append((job, outcome, at))
+        return sent
+
+    def record_sent(self, wait: bool = False) -> int:
+        """Write the outcomes of the batches sent (all of them, waiting, with ``wait``); give back the
+        leases of what a stopping thread did not send."""
+        recorded = 0
+        for webhook_id, (jobs, future) in list(self._sending.items()):
+            if not future.done() and not wait:
+                continue
+            try:
+                sent = future.result()
+            except Exception as exc:  # a bug in a sender: its leases run out, the deliveries go again
+                del self._sending[webhook_id]
+                self._complain("send", f"{type(exc).__name__}: {exc}", exc)
+                continue
+            sent_ids = {job.delivery_id for job, _, _ in sent}
+            unsent = [job for job in jobs if job.delivery_id not in sent_ids]
+            now = utcnow()
+
+            def write(
+                webhook_id: int = webhook_id,
+                sent: list[Sent] = sent,
+                unsent: list[DeliveryJob] = unsent,
+                now: datetime = now,
+            ) -> int:
+                n = webhooks.record(db.session(), webhook_id, self.name, sent, now, self.retries) if sent else 0
+                webhooks.release(db.session(), self.name, unsent)
+                return n
+
+            recorded += self._write(write)
+            del self._sending[webhook_id]  # kept until written: a failed write is tried again next round
+        return recorded
+
+    def forget_events(self) -> int:
+        """Forget events older than LEADCRM_EVENTS_KEEP_DAYS (with their deliveries), every few minutes."""
+        now = utcnow()
+        if (
+            self._events_forgotten_at is not None
+            and timedelta(0) <= now - self._events_forgotten_at < FORGET_KEYS_EVERY
+        ):
+            return 0
+        forgotten = 0
+        while not self.stop.is_set():
+            n = self._write(lambda: webhooks.forget_events(db.session(), now - self.keep_events))
+            forgotten += n
+            if n < 1000:
+                break
+        self._events_forgotten_at = now
+        return forgotten
+
     def forget_keys(self) -> int:
         now = utcnow()
         if self._keys_forgotten_at is not None and timedelta(0) <= now - self._keys_forgotten_at < FORGET_KEYS_EVERY:
@@ -267,6 +397,12 @@ class Worker:
             due += [d for d in (storage.next_shift_due(tx), storage.next_offer_due(tx)) if d is not None]
             if storage.drain_requests(tx):
                 due.append(now)
+            # New events are looked for every LEADCRM_EVENTS_POLL seconds; a sender that finishes wakes the loop.
+            due.append(now + timedelta(seconds=self.events_poll))
+            delivery_due = storage.next_delivery_due(tx)
+            # Due now but not leased: behind a batch still being sent here, whose end wakes the loop.
+            if delivery_due is not None and not (delivery_due <= now and self._sending):
+                due.append(delivery_due)
             return min(due)
 
         return self._read(read)
@@ -286,6 +422,9 @@ class Worker:
             ("shifts", self.shifts),
             ("offers", self.offers),
             ("drained", self.drains),
+            ("events", self.events),
+            ("delivered", self.deliveries),
+            ("forgotten events", self.forget_events),
             ("keys", self.forget_keys),
         )
         for name, step in steps:
@@ -348,6 +487,9 @@ class Worker:
             finally:
                 if self._stopped_by:
                     log.info("worker %s: %s, stopping", self.name, self._stopped_by)
+                # The senders finish the delivery at hand (at most its timeout); their outcomes are written.
+                self._step("delivered", lambda: self.record_sent(wait=True))
+                self.senders.shutdown(wait=True)
                 try:
                     self.forget_beat()
                 except sa.exc.DBAPIError:

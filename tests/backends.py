@@ -14,27 +14,11 @@ from flask_migrate import upgrade
 
 from leadcrm import create_app
 from leadcrm.extensions import db
+from leadcrm.models import Base
 
 POSTGRES_URL = os.environ.get("LEADCRM_TEST_POSTGRES_URL", "")
-TABLES = (
-    "idempotency_keys",
-    "contact_events",
-    "contacts",
-    "source_operators",
-    "leads",
-    "sources",
-    "operators",
-    "api_tokens",
-    "login_sessions",
-    "users",
-    "login_failures",
-    "operator_events",
-    "operator_hours",
-    "operator_absences",
-    "drain_requests",
-    "worker_beats",
-    "settings",
-)
+# Every table of the models: a test's fresh PostgreSQL schema is the shared one emptied.
+TABLES = tuple(table.name for table in reversed(Base.metadata.sorted_tables))
 
 
 def migrate(url: str) -> None:

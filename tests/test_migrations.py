@@ -208,6 +208,72 @@ ROWS: dict[str, list[dict[str, Any]]] = {
     "settings": [{"key": "timezone", "value": "Europe/Moscow"}],
     "worker_beats": [{"name": "host-1:4242", "started_at": at(53), "beat_at": at(54)}],
     "drain_requests": [{"source_id": 2, "requested_at": at(55)}],
+    # Two events out, one numbered in commit order; a webhook that got the first and waits for the second.
+    "events": [
+        {
+            "id": 1,
+            "position": 1,
+            "type": "contact.registered",
+            "subject": "contact:1",
+            "actor": "user:olga",
+            "created_at": at(56),
+            "data": '{"contact": {"id": 1}}',
+        },
+        {
+            "id": 2,
+            "position": None,
+            "type": "contact.closed",
+            "subject": "contact:1",
+            "actor": "token:crm (#2)",
+            "created_at": at(57),
+            "data": '{"contact": {"id": 1}}',
+        },
+    ],
+    "event_sequence": [{"id": 1, "last_position": 1}],
+    "webhooks": [
+        {
+            "id": 1,
+            "url": "https://crm.example.com/hooks/leadcrm",
+            "description": "Sales CRM",
+            "events": '["contact.registered", "contact.closed"]',
+            "secret": "whsec_" + "A" * 32,
+            "enabled": True,
+            "disabled_reason": None,
+            "disabled_at": None,
+            "failing_since": None,
+            "last_success_at": at(58),
+            "fanned_out_to": 1,
+            "created_at": at(55),
+        },
+    ],
+    "webhook_deliveries": [
+        {
+            "id": 1,
+            "webhook_id": 1,
+            "event_id": 1,
+            "position": 1,
+            "subject": "contact:1",
+            "state": "delivered",
+            "attempts": 1,
+            "next_attempt_at": at(56),
+            "first_attempt_at": at(58),
+            "leased_by": None,
+            "leased_until": None,
+            "delivered_at": at(58),
+        },
+    ],
+    "webhook_attempts": [
+        {
+            "id": 1,
+            "webhook_id": 1,
+            "event_id": 1,
+            "event_type": "contact.registered",
+            "at": at(58),
+            "status_code": 204,
+            "duration_ms": 12,
+            "error": None,
+        },
+    ],
 }
 
 # What rows written before a column existed hold in it after the upgrade (a

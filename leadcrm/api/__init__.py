@@ -5,4 +5,15 @@ from flask import Blueprint
 bp = Blueprint("api", __name__)
 
 # Importing the modules registers their routes.
-from leadcrm.api import contacts, leads, openapi, operators, schedules, settings, sources, status  # noqa: E402,F401
+from leadcrm.api import (  # noqa: E402,F401
+    contacts,
+    events,
+    leads,
+    openapi,
+    operators,
+    schedules,
+    settings,
+    sources,
+    status,
+    webhooks,
+)

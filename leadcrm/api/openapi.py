@@ -272,6 +272,8 @@ def _build(app: Flask) -> dict[str, Any]:
             "description": answer.description,
             "content": {answer.media_type: {"schema": content}},
         }
+        if answer.status == 204:
+            del success["content"]  # no body
         if answer.location:
             success["headers"] = {"Location": {"schema": {"type": "string"}, "description": "URL of the new resource."}}
         statuses = [*op.errors, *ALWAYS]

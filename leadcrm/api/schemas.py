@@ -29,8 +29,11 @@ from leadcrm.schedules import read_clock
 from leadcrm.storage import is_at_work, is_on_shift
 from leadcrm.vocabulary import (
     ABSENCE_NOTE_MAX,
+    DESCRIPTION_MAX,
     EMAIL_MAX,
     EXTERNAL_ID_MAX,
+    FEED_LIMIT,
+    FEED_LIMIT_MAX,
     IDEMPOTENCY_KEY_MAX,
     IDLE_MINUTES_MAX,
     INT_MAX,
@@ -47,12 +50,16 @@ from leadcrm.vocabulary import (
     SCHEDULE_ABSENCES_MAX,
     SCHEDULE_HOURS_MAX,
     TIMEZONE_MAX,
+    URL_MAX,
     WEIGHT_MAX,
     AwayReason,
     ContactStatus,
+    DeliveryState,
     EventReason,
+    EventType,
     Presence,
     Strategy,
+    WebhookDisabled,
 )
 
 
@@ -613,3 +620,114 @@ class ContactFilter(PageArgs):
 
 class LeadSearch(PageArgs):
     q: Optional[Annotated[str, Text(NAME_MAX)]] = None
+
+
+# --- events out: the feed and webhooks ---------------------------------------------------------
+
+EVENT_TYPES_TEXT = "Event types: " + ", ".join(EventType) + "."
+
+
+class OutEventOut(BaseModel):
+    """An event out, as the feed lists it and a webhook's body carries it."""
+
+    id: str = Field(description="Stable: the same in the feed, in a webhook's body and webhook-id header, on retries.")
+    type: EventType
+    created_at: datetime
+    actor: Optional[str] = Field(
+        description="Who made the change: user:<name>, token:<name> (#<id>), worker, or system (a command)."
+    )
+    data: dict[str, Any] = Field(
+        description="What changed, as it was then: contact events {contact, lead, operator} (contact.assigned and "
+        "contact.waiting add reason and previous_operator_id); operator.updated {operator, changed}; "
+        "source.weights_changed {source, weights}."
+    )
+
+
+class EventFeedOut(BaseModel):
+    events: list[OutEventOut] = Field(description="In commit order.")
+    next: str = Field(description="The cursor to continue from: pass it as after= next time.")
+    has_more: bool = Field(description="true: more events follow at once; ask again with after=next.")
+
+
+class EventFeedArgs(BaseModel):
+    after: Optional[Annotated[str, Field(pattern=r"^[0-9]{1,18}$", description="A cursor (next of a page).")]] = None
+    types: Optional[
+        Annotated[str, Field(max_length=1000, description="Comma-separated event types; all if left out.")]
+    ] = None
+    limit: int = Field(FEED_LIMIT, ge=1, le=FEED_LIMIT_MAX)
+
+
+Url = Annotated[str, Text(URL_MAX, required=True), Field(description="http:// or https://; receives POSTs.")]
+EventTypes = Annotated[list[EventType], Field(min_length=1, max_length=len(EventType), description=EVENT_TYPES_TEXT)]
+Description = Annotated[str, Text(DESCRIPTION_MAX)]
+
+
+class WebhookCreate(Strict):
+    url: Url
+    events: EventTypes
+    description: Optional[Description] = None
+
+
+class WebhookUpdate(Strict):
+    url: Url = omittable()
+    events: EventTypes = omittable()
+    description: Description = omittable()
+    enabled: bool = Field(  # type: ignore[assignment]  # omittable, not nullable
+        None,
+        description="false: nothing more is queued or sent; true: resumes from the first event not delivered.",
+        json_schema_extra=_no_default,
+    )
+
+
+class WebhookOut(BaseModel):
+    id: int
+    url: str
+    description: Optional[str]
+    events: list[EventType]
+    enabled: bool
+    disabled_reason: Optional[WebhookDisabled] = Field(
+        description="by_hand: turned off by a supervisor; failing: no 2xx answer for the whole retry window."
+    )
+    disabled_at: Optional[datetime]
+    failing_since: Optional[datetime] = Field(description="The first failure since the last success; null if none.")
+    last_success_at: Optional[datetime]
+    created_at: datetime
+    pending: int = Field(description="Deliveries waiting to be sent (again).")
+    failed: int = Field(description="Deliveries given up after the retry window (redeliver sends them again).")
+    delivered: int = Field(description="Deliveries that got a 2xx answer (of the events kept).")
+
+
+class WebhookCreatedOut(WebhookOut):
+    secret: str = Field(description="The signing secret (whsec_...): shown this once. Verify with Standard Webhooks.")
+
+
+class WebhookAttemptOut(Out):
+    id: int
+    event_id: Optional[str] = Field(description="The event's id; null for a test ping.")
+    event_type: str
+    at: datetime
+    status_code: Optional[int] = Field(description="The receiver's answer; null: none (refused, timeout, ...).")
+    duration_ms: int
+    error: Optional[str]
+
+
+class WebhookDeliveryOut(BaseModel):
+    id: int
+    event_id: str
+    event_type: EventType
+    state: DeliveryState
+    attempts: int
+    next_attempt_at: Optional[datetime] = Field(description="null: behind an earlier event of the same subject.")
+    delivered_at: Optional[datetime]
+
+
+class WebhookDeliveryArgs(BaseModel):
+    state: Optional[DeliveryState] = None
+    limit: int = Field(100, ge=1, le=1000)
+
+
+class PingOut(BaseModel):
+    ok: bool = Field(description="A 2xx answer came.")
+    status_code: Optional[int]
+    duration_ms: int
+    error: Optional[str]

@@ -1,0 +1,217 @@
+"""One HTTP POST of a webhook: signed, to a checked address, within a deadline.
+
+Signed as the Standard Webhooks specification says (``webhook-id``,
+``webhook-timestamp``, ``webhook-signature``: HMAC-SHA256 over
+``id.timestamp.body``), with the ``standardwebhooks`` package. The URL's
+host is resolved here, at send time, and every address it resolves to is
+checked: by default none may be loopback, link-local, private or otherwise
+not global (``allow_private`` lifts that for LAN installs and tests), and
+the connection goes to the checked address, so a DNS change between the
+check and the connection cannot point it inside. Redirects are not followed
+(a 3xx is a failure); at most ``WEBHOOK_BODY_READ_MAX`` bytes of the answer
+are read; the whole exchange has ``timeout`` seconds.
+
+No database and no Flask here: the worker's threads call ``send``.
+"""
+
+import http.client
+import ipaddress
+import socket
+import ssl
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from urllib.parse import urlsplit
+
+from standardwebhooks.webhooks import Webhook
+
+from leadcrm.vocabulary import WEBHOOK_BODY_READ_MAX, WEBHOOK_TIMEOUT
+
+USER_AGENT = "leadcrm-webhooks/1"
+# What the delivery log keeps of an error or an answer's start.
+ERROR_MAX = 500
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What one attempt got: the status code (None: no answer), how long it took, and what went wrong."""
+
+    status_code: int | None
+    duration_ms: int
+    error: str | None
+
+    @property
+    def ok(self) -> bool:
+        return self.status_code is not None and 200 <= self.status_code < 300
+
+
+class Refused(Exception):
+    """The URL may not be sent to (its scheme, or an address it resolves to)."""
+
+
+def check_url(url: str) -> tuple[str, str, int, str]:
+    """The URL's scheme, host, port and path with query, or Refused: only http(s) with a host."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise Refused(f"not a valid URL: {exc}") from None
+    if parts.scheme not in ("http", "https"):
+        raise Refused("only http:// and https:// URLs are allowed")
+    if not parts.hostname:
+        raise Refused("the URL has no host")
+    if parts.username is not None or parts.password is not None:
+        raise Refused("the URL may not carry a user name or password")
+    path = parts.path or "/"
+    if parts.query:
+        path += "?" + parts.query
+    return parts.scheme, parts.hostname, port or (443 if parts.scheme == "https" else 80), path
+
+
+def address_refused(address: str) -> str | None:
+    """Why webhooks may not go to this IP address by default (None: it is a global address)."""
+    ip = ipaddress.ip_address(address.split("%", 1)[0])
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    if ip.is_loopback:
+        return f"{ip} is a loopback address"
+    if ip.is_link_local:
+        return f"{ip} is a link-local address"
+    if ip.is_private:
+        return f"{ip} is a private address"
+    if not ip.is_global or ip.is_multicast:
+        return f"{ip} is not a public address"
+    return None
+
+
+def literal_address_refused(host: str) -> str | None:
+    """For a URL whose host is an IP address: why it is refused by default (None: a name, or allowed)."""
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return None
+    return address_refused(host.strip("[]"))
+
+
+def resolve(host: str, port: int, allow_private: bool) -> list[str]:
+    """The addresses ``host`` resolves to, all of them checked; Refused if any may not be sent to."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as exc:
+        raise Refused(f"cannot resolve {host}: {exc}") from None
+    addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
+    if not allow_private:
+        for address in addresses:
+            why = address_refused(address)
+            if why is not None:
+                raise Refused(f"{host} resolves to {why}; set LEADCRM_WEBHOOKS_ALLOW_PRIVATE=1 to allow it")
+    return addresses
+
+
+class _PinnedHTTP(http.client.HTTPConnection):
+    """An HTTP connection to an address checked beforehand; the Host header still names the URL's host."""
+
+    def __init__(self, host: str, port: int, address: str, timeout: float) -> None:
+        super().__init__(host, port, timeout=timeout)
+        self._address = address
+
+    def connect(self) -> None:
+        self.sock = socket.create_connection((self._address, self.port), self.timeout)
+
+
+class _PinnedHTTPS(http.client.HTTPSConnection):
+    """HTTPS to a checked address, the certificate checked against the URL's host (SNI too)."""
+
+    def __init__(self, host: str, port: int, address: str, timeout: float) -> None:
+        super().__init__(host, port, timeout=timeout, context=ssl.create_default_context())
+        self._address = address
+
+    def connect(self) -> None:
+        raw = socket.create_connection((self._address, self.port), self.timeout)
+        self.sock = self._context.wrap_socket(raw, server_hostname=self.host)  # type: ignore[attr-defined]
+
+
+def sign(secret: str, message_id: str, body: str, at: datetime) -> dict[str, str]:
+    """The Standard Webhooks headers of ``body`` sent as ``message_id`` at ``at``."""
+    return {
+        "webhook-id": message_id,
+        "webhook-timestamp": str(int(at.timestamp())),
+        "webhook-signature": Webhook(secret).sign(message_id, at, body),
+    }
+
+
+def send(
+    url: str,
+    secret: str,
+    message_id: str,
+    body: str,
+    *,
+    allow_private: bool,
+    timeout: float = WEBHOOK_TIMEOUT,
+) -> Outcome:
+    """POST ``body`` to ``url``, signed; never raises (what went wrong is the outcome's error)."""
+    started = time.monotonic()
+    deadline = started + timeout
+
+    def took() -> int:
+        return int((time.monotonic() - started) * 1000)
+
+    try:
+        scheme, host, port, path = check_url(url)
+        addresses = resolve(host, port, allow_private)
+        headers = sign(secret, message_id, body, datetime.now(UTC)) | {
+            "Content-Type": "application/json",
+            "User-Agent": USER_AGENT,
+        }
+        payload = body.encode()
+        last_error: Exception | None = None
+        for address in addresses:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            kind = _PinnedHTTPS if scheme == "https" else _PinnedHTTP
+            connection = kind(host, port, address, left)
+            try:
+                try:
+                    connection.connect()
+                except OSError as exc:  # refused, unreachable: the next address, if any
+                    last_error = exc
+                    continue
+                connection.request("POST", path, body=payload, headers=headers)
+                response = connection.getresponse()
+                _read_some(response, deadline, connection)
+                error = (
+                    None if 200 <= response.status < 300 else f"HTTP {response.status} {response.reason}"[:ERROR_MAX]
+                )
+                return Outcome(response.status, took(), error)
+            finally:
+                connection.close()
+        if last_error is not None:
+            return Outcome(None, took(), _describe(last_error))
+        return Outcome(None, took(), f"no answer within {timeout:g} s")
+    except Refused as exc:
+        return Outcome(None, took(), str(exc)[:ERROR_MAX])
+    except TimeoutError:
+        return Outcome(None, took(), f"no answer within {timeout:g} s")
+    except (OSError, http.client.HTTPException, ValueError) as exc:
+        return Outcome(None, took(), _describe(exc))
+
+
+def _read_some(response: http.client.HTTPResponse, deadline: float, connection: http.client.HTTPConnection) -> None:
+    """Read at most WEBHOOK_BODY_READ_MAX bytes of the answer, within the deadline (the rest is dropped)."""
+    left = WEBHOOK_BODY_READ_MAX
+    while left > 0:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError
+        if connection.sock is not None:
+            connection.sock.settimeout(remaining)
+        chunk = response.read1(min(left, 16 * 1024))
+        if not chunk:
+            return
+        left -= len(chunk)
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return f"{type(exc).__name__}: {text}"[:ERROR_MAX]

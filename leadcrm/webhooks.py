@@ -1,0 +1,446 @@
+"""Webhooks: endpoints that get events out, signed, at least once, in order per subject.
+
+A supervisor adds an endpoint (URL, event types, description) and gets its
+signing secret once. The worker then, in short transactions of its own:
+
+- queues (``fan_out``) every numbered event (``leadcrm.outbox``) an enabled
+  endpoint subscribed to as a delivery, moving the endpoint's cursor
+  (``fanned_out_to``) in the same transaction, so nothing is queued twice
+  or skipped, also with several workers (the endpoint's row is locked);
+- leases (``lease``) an endpoint's due deliveries that head their subject's
+  line (nothing of the same contact still pending before them), sends them
+  outside any transaction (``leadcrm.delivery``), and records the outcomes
+  (``record``) only while it still holds the lease. A worker killed
+  mid-send leaves leases that run out: the deliveries are sent again.
+
+A failed delivery is retried with exponential backoff and jitter (the first
+retry after about ``retry_base`` seconds, the gaps doubling up to
+``retry_max``) for ``retry_for`` seconds, then given up (``failed``;
+redeliver sends it again). An endpoint with no 2xx answer for ``retry_for``
+is turned off (``failing``); its pending deliveries wait, and on again it
+resumes from the first undelivered event.
+"""
+
+import json
+import random
+from base64 import b64encode
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from secrets import token_bytes
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from leadcrm import storage
+from leadcrm.delivery import Outcome, Refused, check_url, literal_address_refused
+from leadcrm.errors import Conflict, InvalidInput, Message, NotFound
+from leadcrm.models import Event, Webhook, WebhookAttempt, WebhookDelivery, utcnow
+from leadcrm.outbox import moment, public_id
+from leadcrm.storage import DeliveryJob, Tx
+from leadcrm.vocabulary import (
+    DESCRIPTION_MAX,
+    PING,
+    URL_MAX,
+    WEBHOOK_ATTEMPTS_KEPT,
+    WEBHOOK_TIMEOUT,
+    DeliveryState,
+    EventType,
+    WebhookDisabled,
+)
+
+_system_random = random.SystemRandom()
+
+# Events queued per endpoint and transaction of the fan-out; endpoints per fan-out transaction.
+FAN_OUT_BATCH = 1000
+FAN_OUT_WEBHOOKS = 20
+# Deliveries one worker leases from one endpoint at a time, sent one after the other.
+LEASE_BATCH = 10
+
+
+@dataclass(frozen=True)
+class Retries:
+    """How failed deliveries are retried (seconds): first gap, longest gap, and for how long in all."""
+
+    base: float = 5.0
+    max: float = 3600.0
+    for_: float = 24 * 3600.0
+
+    def delay(self, failures: int) -> timedelta:
+        """The gap after the ``failures``-th failure in a row: doubling from ``base``, at most ``max``,
+        spread by ±25 % so that deliveries that failed together do not come back together."""
+        gap = min(self.max, self.base * 2 ** min(failures - 1, 40))
+        return timedelta(seconds=min(self.max, gap * _system_random.uniform(0.75, 1.25)))
+
+
+def new_secret() -> str:
+    """A signing secret as Standard Webhooks writes it: ``whsec_`` and 24 random bytes in base64."""
+    return "whsec_" + b64encode(token_bytes(24)).decode()
+
+
+# --- endpoints (the API's and the page's) ---------------------------------------------------
+
+
+def check_url_allowed(url: str, allow_private: bool) -> str:
+    """The URL, stripped; InvalidInput naming ``url`` when it is not http(s), or (by default) names a
+    loopback, link-local or private address. Names are checked again at each send, on what they resolve to."""
+    url = url.strip()
+    if not url:
+        raise InvalidInput(Message("Give the endpoint's URL."), {"url": Message("Required.")})
+    if len(url) > URL_MAX:
+        message = Message("At most %(max)s characters.", max=URL_MAX)
+        raise InvalidInput(message, {"url": message})
+    try:
+        _, host, _, _ = check_url(url)
+    except Refused:
+        message = Message("An http:// or https:// URL with a host, such as https://crm.example.com/hooks/leadcrm.")
+        raise InvalidInput(message, {"url": message}) from None
+    if not allow_private and literal_address_refused(host) is not None:
+        message = Message(
+            "Webhooks may not go to loopback, link-local or private addresses "
+            "(LEADCRM_WEBHOOKS_ALLOW_PRIVATE=1 allows them on a LAN install)."
+        )
+        raise InvalidInput(message, {"url": message})
+    return url
+
+
+def check_event_types(types: Iterable[str]) -> list[str]:
+    """The subscribed types, known and without repeats, in the vocabulary's order; at least one."""
+    wanted = list(types)
+    unknown = [t for t in wanted if t not in tuple(EventType)]
+    if unknown:
+        message = Message(
+            "Unknown event type: %(types)s. Known: %(known)s.", types=", ".join(unknown), known=", ".join(EventType)
+        )
+        raise InvalidInput(message, {"events": message})
+    if not wanted:
+        message = Message("Choose at least one event type.")
+        raise InvalidInput(message, {"events": message})
+    return [t for t in EventType if t in wanted]
+
+
+def _description(description: str | None) -> str | None:
+    description = (description or "").strip() or None
+    if description is not None and len(description) > DESCRIPTION_MAX:
+        message = Message("At most %(max)s characters.", max=DESCRIPTION_MAX)
+        raise InvalidInput(message, {"description": message})
+    return description
+
+
+def create_webhook(
+    session: Session, *, url: str, events: Iterable[str], description: str | None, allow_private: bool
+) -> Webhook:
+    """A new enabled endpoint, with a new secret; it gets the events that happen from now on."""
+    tx = Tx.of(session)
+    webhook = Webhook(
+        url=check_url_allowed(url, allow_private),
+        events=json.dumps(check_event_types(events)),
+        description=_description(description),
+        secret=new_secret(),
+        enabled=True,
+        fanned_out_to=storage.last_position(tx),
+        created_at=utcnow(),
+    )
+    session.add(webhook)
+    session.flush()
+    return webhook
+
+
+def get_webhook(session: Session, webhook_id: int) -> Webhook:
+    webhook = session.get(Webhook, webhook_id)
+    if webhook is None:
+        raise NotFound(Message("No webhook with id %(id)s.", id=webhook_id))
+    return webhook
+
+
+def lock_webhook(session: Session, webhook_id: int) -> Webhook:
+    """The webhook, its row locked (PostgreSQL) before its deliveries are touched: the one order."""
+    storage.lock_webhook(Tx.of(session), webhook_id)
+    webhook = get_webhook(session, webhook_id)
+    session.refresh(webhook)
+    return webhook
+
+
+def list_webhooks(session: Session) -> list[Webhook]:
+    return list(session.scalars(sa.select(Webhook).order_by(Webhook.id)))
+
+
+def subscribed(webhook: Webhook) -> list[str]:
+    types: list[str] = json.loads(webhook.events)
+    return types
+
+
+def update_webhook(
+    session: Session,
+    webhook_id: int,
+    *,
+    url: str | None = None,
+    events: Iterable[str] | None = None,
+    description: str | None = None,
+    enabled: bool | None = None,
+    allow_private: bool,
+) -> Webhook:
+    """Change an endpoint's URL, types, description or whether it is on.
+
+    Turned off by hand it is queued and sent nothing more; turned on (after
+    a supervisor or its failures turned it off) it resumes from the first
+    event not delivered: what waited is due at once, and what happened
+    meanwhile is queued. New types apply to events from now on.
+    """
+    webhook = lock_webhook(session, webhook_id)
+    if url is not None:
+        webhook.url = check_url_allowed(url, allow_private)
+    if events is not None:
+        webhook.events = json.dumps(check_event_types(events))
+    if description is not None:
+        webhook.description = _description(description)
+    now = utcnow()
+    if enabled is True and not webhook.enabled:
+        webhook.enabled = True
+        webhook.disabled_reason = None
+        webhook.disabled_at = None
+        webhook.failing_since = None
+        session.execute(
+            sa.update(WebhookDelivery)
+            .where(
+                WebhookDelivery.webhook_id == webhook.id,
+                WebhookDelivery.state == DeliveryState.PENDING,
+                WebhookDelivery.next_attempt_at.is_not(None),  # the heads of their lines
+            )
+            .values(next_attempt_at=now, first_attempt_at=None)
+        )
+    elif enabled is False and webhook.enabled:
+        webhook.enabled = False
+        webhook.disabled_reason = WebhookDisabled.BY_HAND
+        webhook.disabled_at = now
+    session.flush()
+    return webhook
+
+
+def delete_webhook(session: Session, webhook_id: int) -> None:
+    """Delete the endpoint, its queue and its log."""
+    webhook = lock_webhook(session, webhook_id)
+    session.execute(sa.delete(WebhookDelivery).where(WebhookDelivery.webhook_id == webhook.id))
+    session.execute(sa.delete(WebhookAttempt).where(WebhookAttempt.webhook_id == webhook.id))
+    session.delete(webhook)
+    session.flush()
+
+
+def redeliver(session: Session, webhook_id: int, delivery_id: int) -> WebhookDelivery:
+    """Send a delivery again (delivered, given up, or waiting for its next try), with a new retry window:
+    at once, or, when another delivery of its subject is pending, in that line after it."""
+    lock_webhook(session, webhook_id)
+    delivery = session.get(WebhookDelivery, delivery_id)
+    if delivery is None or delivery.webhook_id != webhook_id:
+        raise NotFound(Message("No delivery with id %(id)s for this webhook.", id=delivery_id))
+    others = session.scalar(
+        sa.select(sa.func.count())
+        .select_from(WebhookDelivery)
+        .where(
+            WebhookDelivery.webhook_id == webhook_id,
+            WebhookDelivery.subject == delivery.subject,
+            WebhookDelivery.state == DeliveryState.PENDING,
+            WebhookDelivery.id != delivery.id,
+        )
+    )
+    due = None if others else utcnow()
+    if delivery.state == DeliveryState.PENDING and delivery.next_attempt_at is not None:
+        due = utcnow()  # the head of its line already: sooner
+    changed = session.execute(
+        sa.update(WebhookDelivery)
+        .where(
+            WebhookDelivery.id == delivery_id,
+            sa.or_(WebhookDelivery.leased_until.is_(None), WebhookDelivery.leased_until < utcnow()),
+        )
+        .values(state=DeliveryState.PENDING, next_attempt_at=due, first_attempt_at=None, attempts=0)
+    )
+    if changed.rowcount != 1:  # type: ignore[attr-defined]
+        raise Conflict(Message("This delivery is being sent right now; look again in a moment."))
+    session.refresh(delivery)
+    return delivery
+
+
+@dataclass(frozen=True)
+class QueueCounts:
+    pending: int
+    failed: int
+    delivered: int
+
+
+def queue_counts(session: Session, webhook_ids: Iterable[int]) -> dict[int, QueueCounts]:
+    """Per webhook: deliveries waiting, given up and delivered (the events kept)."""
+    ids = list(webhook_ids)
+    counts: dict[int, dict[str, int]] = {i: {} for i in ids}
+    if ids:
+        rows = session.execute(
+            sa.select(WebhookDelivery.webhook_id, WebhookDelivery.state, sa.func.count())
+            .where(WebhookDelivery.webhook_id.in_(ids))
+            .group_by(WebhookDelivery.webhook_id, WebhookDelivery.state)
+        )
+        for webhook_id, state, n in rows:
+            counts[webhook_id][state] = n
+    return {
+        i: QueueCounts(
+            c.get(DeliveryState.PENDING, 0), c.get(DeliveryState.FAILED, 0), c.get(DeliveryState.DELIVERED, 0)
+        )
+        for i, c in counts.items()
+    }
+
+
+def not_yet_queued(session: Session, webhook: Webhook) -> int:
+    """Numbered events after the endpoint's cursor (off: what it will be queued when on again, if subscribed)."""
+    types = subscribed(webhook)
+    return (
+        session.scalar(
+            sa.select(sa.func.count())
+            .select_from(Event)
+            .where(Event.position > webhook.fanned_out_to, Event.type.in_(types))
+        )
+        or 0
+    )
+
+
+def attempts(session: Session, webhook_id: int, limit: int = WEBHOOK_ATTEMPTS_KEPT) -> list[WebhookAttempt]:
+    """The delivery log, newest first."""
+    return list(
+        session.scalars(
+            sa.select(WebhookAttempt)
+            .where(WebhookAttempt.webhook_id == webhook_id)
+            .order_by(WebhookAttempt.id.desc())
+            .limit(limit)
+        )
+    )
+
+
+def deliveries(
+    session: Session, webhook_id: int, *, state: str | None = None, limit: int = 100
+) -> list[tuple[WebhookDelivery, str]]:
+    """The endpoint's deliveries with their event types, newest event first."""
+    query = (
+        sa.select(WebhookDelivery, Event.type)
+        .join(Event, Event.id == WebhookDelivery.event_id)
+        .where(WebhookDelivery.webhook_id == webhook_id)
+        .order_by(WebhookDelivery.position.desc())
+        .limit(limit)
+    )
+    if state is not None:
+        query = query.where(WebhookDelivery.state == state)
+    return [(d, t) for d, t in session.execute(query).tuples()]
+
+
+# --- what is sent -----------------------------------------------------------------------------
+
+
+message_id = public_id
+
+
+def envelope(event_id: int, event_type: str, created_at: datetime, actor: str | None, data: str) -> str:
+    """The JSON body of an event, its ``data`` as stored (not parsed and written again)."""
+    head = json.dumps(
+        {"id": message_id(event_id), "type": event_type, "created_at": moment(created_at), "actor": actor},
+        ensure_ascii=False,
+        separators=(",", ":"),
+    )
+    return head[:-1] + ',"data":' + data + "}"
+
+
+def ping_body(webhook_id: int, now: datetime) -> tuple[str, str]:
+    """A test delivery's id and body: ``ping``, never stored as an event."""
+    ping_id = f"ping_{webhook_id}_{int(now.timestamp() * 1000)}"
+    head = {"id": ping_id, "type": PING, "created_at": moment(now), "actor": None, "data": {"webhook_id": webhook_id}}
+    return ping_id, json.dumps(head, separators=(",", ":"))
+
+
+def record_ping(session: Session, webhook_id: int, outcome: Outcome, at: datetime) -> None:
+    """Log a test delivery's outcome (it changes nothing else: a ping is no evidence of events received)."""
+    tx = Tx.of(session)
+    storage.lock_webhook(tx, webhook_id)
+    get_webhook(session, webhook_id)
+    storage.log_attempt(tx, webhook_id, None, PING, at, outcome.status_code, outcome.duration_ms, outcome.error)
+    storage.prune_attempts(tx, webhook_id, WEBHOOK_ATTEMPTS_KEPT)
+
+
+# --- the worker's steps -----------------------------------------------------------------------
+
+
+def fan_out(session: Session, limit: int = FAN_OUT_BATCH) -> int:
+    """Queue numbered events for the enabled endpoints behind, up to ``limit`` events each; how many
+    endpoints moved. Each endpoint's row is locked (skipped if another worker holds it)."""
+    tx = Tx.of(session)
+    last = storage.last_position(tx)
+    moved = 0
+    for cursor in storage.webhooks_behind(tx, last, FAN_OUT_WEBHOOKS):
+        events = storage.events_after(tx, cursor.fanned_out_to, limit)
+        if not events:
+            continue
+        types = set(json.loads(cursor.events))
+        storage.queue_deliveries(tx, cursor.id, [e for e in events if e.type in types])
+        if not storage.set_fanned_out(tx, cursor.id, cursor.fanned_out_to, events[-1].position):
+            raise RuntimeError(f"webhook {cursor.id}'s cursor moved under its lock")
+        moved += 1
+    return moved
+
+
+def lease(session: Session, webhook_id: int, worker: str, now: datetime, limit: int = LEASE_BATCH) -> list[DeliveryJob]:
+    """Lease the endpoint's due deliveries to ``worker`` for as long as sending them may take."""
+    until = now + timedelta(seconds=limit * (WEBHOOK_TIMEOUT + 1) + 30)
+    return storage.lease_deliveries(Tx.of(session), webhook_id, worker, now, until, limit)
+
+
+def record(
+    session: Session,
+    webhook_id: int,
+    worker: str,
+    results: list[tuple[DeliveryJob, Outcome, datetime]],
+    now: datetime,
+    retries: Retries,
+) -> int:
+    """Write what sending the leased deliveries got; how many were recorded (a delivery whose lease
+    ran out and was taken by another worker is left to it). Webhook row first, then its deliveries."""
+    tx = Tx.of(session)
+    storage.lock_webhook(tx, webhook_id)
+    succeeded = any(outcome.ok for _, outcome, _ in results)
+    failed = any(not outcome.ok for _, outcome, _ in results)
+    turned_off = False
+    if succeeded:
+        storage.webhook_succeeded(tx, webhook_id, now)
+    if failed and not succeeded:
+        turned_off = storage.webhook_failed(tx, webhook_id, now, now - timedelta(seconds=retries.for_))
+    recorded = 0
+    for job, outcome, at in results:
+        storage.log_attempt(
+            tx, webhook_id, job.event_id, job.event_type, at, outcome.status_code, outcome.duration_ms, outcome.error
+        )
+        if outcome.ok:
+            done = storage.delivered(tx, job.delivery_id, worker, now)
+            if done:
+                storage.next_in_line(tx, webhook_id, job.subject, now)
+        else:
+            first = job.first_attempt_at or at
+            # Given up after the retry window, unless the whole endpoint was just turned off: then it waits for it.
+            give_up = not turned_off and first <= now - timedelta(seconds=retries.for_)
+            next_at = now + retries.delay(job.attempts + 1)
+            done = storage.retry_later(tx, job.delivery_id, worker, now, next_at, give_up)
+            if done and give_up:
+                storage.next_in_line(tx, webhook_id, job.subject, now)
+        recorded += done
+    storage.prune_attempts(tx, webhook_id, WEBHOOK_ATTEMPTS_KEPT)
+    return recorded
+
+
+def webhooks_with_due(session: Session, now: datetime) -> list[int]:
+    return storage.webhooks_with_due(Tx.of(session), now)
+
+
+def forget_events(session: Session, before: datetime, limit: int = 1000) -> int:
+    """Forget numbered events created before ``before`` (and their deliveries), ``limit`` at most."""
+    return storage.forget_events(Tx.of(session), before, limit)
+
+
+def release(session: Session, worker: str, jobs: Iterable[DeliveryJob]) -> None:
+    """Give back the leases of deliveries not sent (the worker is stopping): due again at once."""
+    storage.release_leases(Tx.of(session), worker, [job.delivery_id for job in jobs])
+
+
+def event_type_of(session: Session, event_id: int) -> str:
+    return session.scalar(sa.select(Event.type).where(Event.id == event_id)) or ""
