@@ -1530,7 +1530,7 @@ def set_fanned_out(tx: Tx, webhook_id: int, previous: int, to: int) -> bool:
 DUE_DELIVERIES = Sql(
     "SELECT d.id FROM webhook_deliveries d WHERE d.webhook_id = :webhook_id AND d.state = 'pending' "
     "AND d.next_attempt_at <= :now AND (d.leased_until IS NULL OR d.leased_until < :now) "
-    "ORDER BY d.next_attempt_at, d.position LIMIT :limit"
+    "ORDER BY d.position LIMIT :limit"
 )
 DUE_DELIVERIES_LOCKED = Sql(DUE_DELIVERIES.text + " FOR UPDATE OF d SKIP LOCKED")
 WEBHOOKS_WITH_DUE = Sql(

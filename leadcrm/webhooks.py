@@ -325,7 +325,7 @@ def deliveries(
     )
     if state is not None:
         query = query.where(WebhookDelivery.state == state)
-    return [(d, t) for d, t in session.execute(query).tuples()]
+    return [(d, t) for d, t in session.execute(query)]
 
 
 # --- what is sent -----------------------------------------------------------------------------

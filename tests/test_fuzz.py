@@ -43,7 +43,8 @@ current_app = CurrentApp()
 # source's weights, that no operator is listed twice; a schedule, that its
 # time zone is one zoneinfo knows, that no interval is empty or overlaps
 # another and that no absence ends before it starts; the settings, the time
-# zone. Everything else must be accepted.
+# zone; a webhook, that its URL parses and does not name a private address.
+# Everything else must be accepted.
 FUZZ_TOKEN = "lcrm_" + "fuzz" * 10 + "abc"
 CONFIG = SchemathesisConfig.from_dict(
     {
@@ -60,6 +61,8 @@ CONFIG = SchemathesisConfig.from_dict(
                 "/sources/{source_id}/config",
                 "/operators/{operator_id}/schedule",
                 "/settings",
+                "/webhooks/",
+                "/webhooks/{webhook_id}",
             )
         ],
     }

@@ -649,16 +649,34 @@ class EventFeedOut(BaseModel):
     has_more: bool = Field(description="true: more events follow at once; ask again with after=next.")
 
 
+_ONE_TYPE = "(?:" + "|".join(re.escape(t) for t in EventType) + ")"
+
+
 class EventFeedArgs(BaseModel):
     after: Optional[Annotated[str, Field(pattern=r"^[0-9]{1,18}$", description="A cursor (next of a page).")]] = None
     types: Optional[
-        Annotated[str, Field(max_length=1000, description="Comma-separated event types; all if left out.")]
+        Annotated[
+            str,
+            Field(
+                pattern=rf"^{_ONE_TYPE}(?:,{_ONE_TYPE})*$",
+                max_length=1000,
+                description="Comma-separated event types; all if left out.",
+            ),
+        ]
     ] = None
     limit: int = Field(FEED_LIMIT, ge=1, le=FEED_LIMIT_MAX)
 
 
-Url = Annotated[str, Text(URL_MAX, required=True), Field(description="http:// or https://; receives POSTs.")]
-EventTypes = Annotated[list[EventType], Field(min_length=1, max_length=len(EventType), description=EVENT_TYPES_TEXT)]
+Url = Annotated[
+    str,
+    Text(URL_MAX, required=True),
+    Field(
+        description="http:// or https://; receives POSTs. By default not a loopback, link-local or private address "
+        "(checked again at each send, on what the name resolves to)."
+    ),
+]
+EventTypeIn = Annotated[EventType, Field(strict=False)]
+EventTypes = Annotated[list[EventTypeIn], Field(min_length=1, max_length=len(EventType), description=EVENT_TYPES_TEXT)]
 Description = Annotated[str, Text(DESCRIPTION_MAX)]
 
 

@@ -15,6 +15,7 @@ from leadcrm.vocabulary import (
     PASSWORD_MAX,
     PASSWORD_MIN,
     TIMEZONE_MAX,
+    URL_MAX,
     USERNAME_MAX,
     WEIGHT_MAX,
     ContactStatus,
@@ -37,6 +38,7 @@ from leadcrm.web import (
     sources,
     tokens,
     users,
+    webhooks,
 )
 from leadcrm.web.ages import format_age, format_countdown
 from leadcrm.web.rendering import local_target
@@ -46,6 +48,7 @@ BLUEPRINTS = (
     auth.bp,
     users.bp,
     tokens.bp,
+    webhooks.bp,
     load.bp,
     inbox.bp,
     intake.bp,
@@ -85,6 +88,7 @@ def register_web(app: Flask) -> None:
         Strategy=Strategy,
         NAME_MAX=NAME_MAX,
         USERNAME_MAX=USERNAME_MAX,
+        URL_MAX=URL_MAX,
         PASSWORD_MIN=PASSWORD_MIN,
         PASSWORD_MAX=PASSWORD_MAX,
         LIMIT_MAX=LIMIT_MAX,

@@ -6,13 +6,23 @@ from flask import current_app
 from flask_babel import gettext as _
 from flask_babel import lazy_gettext as _l
 from flask_wtf import FlaskForm
-from wtforms import BooleanField, Field, IntegerField, PasswordField, SelectField, StringField, TextAreaField
+from wtforms import (
+    BooleanField,
+    Field,
+    IntegerField,
+    PasswordField,
+    SelectField,
+    SelectMultipleField,
+    StringField,
+    TextAreaField,
+)
 from wtforms.fields.choices import SelectChoice  # type: ignore[attr-defined]  # new in WTForms 3.3; types-WTForms is 3.2
 from wtforms.validators import DataRequired, InputRequired, Length, NumberRange, Optional, ValidationError
 
 from leadcrm.errors import DomainError, InvalidInput
 from leadcrm.i18n import translate
 from leadcrm.vocabulary import (
+    DESCRIPTION_MAX,
     EMAIL_MAX,
     EXTERNAL_ID_MAX,
     IDLE_MINUTES_MAX,
@@ -25,7 +35,9 @@ from leadcrm.vocabulary import (
     PASSWORD_MAX,
     PHONE_INPUT_MAX,
     TIMEZONE_MAX,
+    URL_MAX,
     USERNAME_MAX,
+    EventType,
     Role,
     Strategy,
     TokenScope,
@@ -236,4 +248,14 @@ class TokenForm(FlaskForm):
             SelectChoice(TokenScope.FULL, _l("full: the whole API")),
         ],
         default=TokenScope.REGISTER,
+    )
+
+
+class WebhookForm(FlaskForm):
+    url = StringField(_l("URL"), filters=[strip], validators=[DataRequired(), Length(max=URL_MAX)])
+    description = StringField(_l("Description"), filters=[strip], validators=[Length(max=DESCRIPTION_MAX)])
+    events = SelectMultipleField(
+        _l("Events"),
+        choices=[SelectChoice(t.value, t.value) for t in EventType],
+        validators=[DataRequired(message=_l("Choose at least one event type."))],
     )

@@ -1,0 +1,92 @@
+"""A real HTTP receiver for webhook tests: a server on 127.0.0.1 in a thread, recording every POST.
+
+Its answer (status, delay, body, headers) can change while it runs; ``stop``
+closes the listening socket (connections are refused) and ``start`` listens
+again on the same port.
+"""
+
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from tests.servers import free_port
+
+
+@dataclass
+class Received:
+    headers: dict[str, str]
+    body: bytes
+    answered: int  # the status this receiver answered
+    at: float = field(default_factory=time.monotonic)
+
+    @property
+    def json(self) -> Any:
+        import json
+
+        return json.loads(self.body)
+
+
+class Receiver:
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.status = 204
+        self.delay = 0.0
+        self.answer_body = b""
+        self.answer_headers: dict[str, str] = {}
+        self.received: list[Received] = []
+        self._lock = threading.Lock()
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/hooks"
+
+    def start(self) -> "Receiver":
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - http.server's name
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length)
+                if receiver.delay:
+                    time.sleep(receiver.delay)
+                status = receiver.status
+                with receiver._lock:
+                    receiver.received.append(Received(dict(self.headers), body, status))
+                self.send_response(status)
+                for name, value in receiver.answer_headers.items():
+                    self.send_header(name, value)
+                self.send_header("Content-Length", str(len(receiver.answer_body)))
+                self.end_headers()
+                try:
+                    self.wfile.write(receiver.answer_body)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the sender stopped reading (it reads 64 KiB at most)
+
+            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - http.server's name
+                pass
+
+        ThreadingHTTPServer.allow_reuse_address = True
+        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    def ok(self) -> list[Received]:
+        """What was received and answered with a 2xx."""
+        with self._lock:
+            return [r for r in self.received if 200 <= r.answered < 300]
+
+    def all(self) -> list[Received]:
+        with self._lock:
+            return list(self.received)
