@@ -9,7 +9,8 @@ not global (``allow_private`` lifts that for LAN installs and tests), and
 the connection goes to the checked address, so a DNS change between the
 check and the connection cannot point it inside. Redirects are not followed
 (a 3xx is a failure); at most ``WEBHOOK_BODY_READ_MAX`` bytes of the answer
-are read; the whole exchange has ``timeout`` seconds.
+are read; the whole exchange has ``timeout`` seconds (a timer shuts the
+socket down then, however slowly the receiver keeps answering).
 
 No database and no Flask here: the worker's threads call ``send``.
 """
@@ -18,6 +19,7 @@ import http.client
 import ipaddress
 import socket
 import ssl
+import threading
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -119,6 +121,34 @@ class _PinnedHTTP(http.client.HTTPConnection):
         self.sock = socket.create_connection((self._address, self.port), self.timeout)
 
 
+class _Deadline:
+    """Shuts the connection's socket down when the exchange's time is up.
+
+    A socket's timeout bounds each read, not the whole answer: a receiver
+    that sends its head a line at a time, each within the timeout, would
+    otherwise hold the sender (and outlive the delivery's lease) for hours.
+    """
+
+    def __init__(self, connection: http.client.HTTPConnection, seconds: float) -> None:
+        self.passed = False
+        self._connection = connection
+        self._timer = threading.Timer(seconds, self._cut)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def _cut(self) -> None:
+        self.passed = True
+        sock = self._connection.sock
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)  # the blocked read returns at once
+            except OSError:
+                pass
+
+    def cancel(self) -> None:
+        self._timer.cancel()
+
+
 class _PinnedHTTPS(http.client.HTTPSConnection):
     """HTTPS to a checked address, the certificate checked against the URL's host (SNI too)."""
 
@@ -128,6 +158,7 @@ class _PinnedHTTPS(http.client.HTTPSConnection):
 
     def connect(self) -> None:
         raw = socket.create_connection((self._address, self.port), self.timeout)
+        self.sock = raw  # the deadline can cut a handshake that dribbles too
         self.sock = self._context.wrap_socket(raw, server_hostname=self.host)  # type: ignore[attr-defined]
 
 
@@ -171,20 +202,31 @@ def send(
                 break
             kind = _PinnedHTTPS if scheme == "https" else _PinnedHTTP
             connection = kind(host, port, address, left)
+            cutoff = _Deadline(connection, left)
             try:
                 try:
                     connection.connect()
                 except OSError as exc:  # refused, unreachable: the next address, if any
+                    if cutoff.passed:
+                        raise TimeoutError from None
                     last_error = exc
                     continue
-                connection.request("POST", path, body=payload, headers=headers)
-                response = connection.getresponse()
-                _read_some(response, deadline, connection)
+                try:
+                    connection.request("POST", path, body=payload, headers=headers)
+                    response = connection.getresponse()
+                    _read_some(response, deadline, connection)
+                except (OSError, http.client.HTTPException):
+                    if cutoff.passed:
+                        raise TimeoutError from None
+                    raise
+                if cutoff.passed:  # cut off while reading the rest of the answer
+                    raise TimeoutError
                 error = (
                     None if 200 <= response.status < 300 else f"HTTP {response.status} {response.reason}"[:ERROR_MAX]
                 )
                 return Outcome(response.status, took(), error)
             finally:
+                cutoff.cancel()
                 connection.close()
         if last_error is not None:
             return Outcome(None, took(), _describe(last_error))

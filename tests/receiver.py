@@ -1,6 +1,6 @@
 """A real HTTP receiver for webhook tests: a server on 127.0.0.1 in a thread, recording every POST.
 
-Its answer (status, delay, body, headers) can change while it runs; ``stop``
+Its answer (status, delay, body, headers, dribble) can change while it runs; ``stop``
 closes the listening socket (connections are refused) and ``start`` listens
 again on the same port.
 """
@@ -35,6 +35,8 @@ class Receiver:
         self.delay = 0.0
         self.answer_body = b""
         self.answer_headers: dict[str, str] = {}
+        # Seconds between the lines of the answer's head: a receiver that answers a little at a time.
+        self.dribble = 0.0
         self.received: list[Received] = []
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
@@ -57,6 +59,14 @@ class Receiver:
                 with receiver._lock:
                     receiver.received.append(Received(dict(self.headers), body, status))
                 self.send_response(status)
+                if receiver.dribble:
+                    try:
+                        for n in range(int(30 / receiver.dribble)):
+                            self.flush_headers()  # what is buffered goes now, then one more line later
+                            time.sleep(receiver.dribble)
+                            self.send_header(f"X-Dribble-{n}", "x")
+                    except (BrokenPipeError, ConnectionResetError):
+                        return  # the sender gave up
                 for name, value in receiver.answer_headers.items():
                     self.send_header(name, value)
                 self.send_header("Content-Length", str(len(receiver.answer_body)))

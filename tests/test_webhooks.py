@@ -226,6 +226,16 @@ def test_a_receiver_that_does_not_answer_in_time_is_a_failure(receiver: Receiver
     assert 400 <= outcome.duration_ms < 2000
 
 
+def test_a_receiver_that_dribbles_its_answer_is_cut_off_at_the_timeout(receiver: Receiver) -> None:
+    # Each read waits less than the timeout, but the answer never ends: the whole exchange still has
+    # the timeout, or one receiver could hold its sender (and outlive the delivery's lease) for hours.
+    receiver.dribble = 0.2
+    started = time.monotonic()
+    outcome = delivery.send(receiver.url, "whsec_" + "A" * 32, "evt_1", "{}", allow_private=True, timeout=1)
+    assert time.monotonic() - started < 2.5, outcome
+    assert outcome.status_code is None and "within" in (outcome.error or ""), outcome
+
+
 # --- delivered by the worker --------------------------------------------------------------------
 
 
