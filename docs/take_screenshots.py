@@ -15,6 +15,7 @@ from playwright.sync_api import sync_playwright
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from tests.receiver import Receiver  # noqa: E402
 from tests.servers import gunicorn  # noqa: E402
 
 OUT = ROOT / "docs" / "screenshots"
@@ -29,6 +30,7 @@ PAGES = [
     ("operator", "/operators/3", "en"),
     ("settings", "/settings/", "en"),
     ("tokens", "/tokens/", "en"),
+    ("webhook", "/webhooks/1", "en"),
     ("load-ru", "/", "ru"),
 ]
 PASSWORD = "screenshots only"
@@ -82,7 +84,14 @@ def set_the_clock(url: str) -> None:
 def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         url = f"sqlite:///{tmp}/demo.sqlite3"
-        env = {**os.environ, "DATABASE_URL": url, "LEADCRM_INSTANCE_PATH": f"{tmp}/instance", "FLASK_APP": "app.py"}
+        # Webhooks go to a receiver on this machine (a LAN install's setting).
+        env = {
+            **os.environ,
+            "DATABASE_URL": url,
+            "LEADCRM_INSTANCE_PATH": f"{tmp}/instance",
+            "FLASK_APP": "app.py",
+            "LEADCRM_WEBHOOKS_ALLOW_PRIVATE": "1",
+        }
         flask = [sys.executable, "-m", "flask"]
         subprocess.run([*flask, "db", "upgrade"], cwd=ROOT, env=env, check=True, capture_output=True)
         subprocess.run([*flask, "leadcrm", "demo"], cwd=ROOT, env=env, check=True)
@@ -101,17 +110,20 @@ def main() -> None:
         set_the_clock(url)
         # The worker beside the app, as `make run` starts it: the load page shows no warning.
         worker = subprocess.Popen([*flask, "leadcrm", "worker"], cwd=ROOT, env=env, stderr=subprocess.DEVNULL)
+        receiver = Receiver().start()
         try:
-            shoot(url, tmp)
+            shoot(url, tmp, receiver)
         finally:
+            receiver.stop()
             worker.terminate()
             worker.wait(timeout=20)
     print(f"wrote {len(PAGES) + 2} screenshots to {OUT}")
 
 
-def shoot(url: str, tmp: str) -> None:
+def shoot(url: str, tmp: str, receiver: Receiver) -> None:
     """Photograph the pages, logged in as the supervisor and as the operator user."""
-    with gunicorn(url, Path(tmp), workers=2) as base, sync_playwright() as p:
+    env = {"LEADCRM_WEBHOOKS_ALLOW_PRIVATE": "1"}
+    with gunicorn(url, Path(tmp), workers=2, env=env) as base, sync_playwright() as p:
         browser = p.chromium.launch(
             executable_path=os.environ.get("LEADCRM_CHROMIUM", "/usr/bin/chromium"),
             args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
@@ -125,10 +137,21 @@ def shoot(url: str, tmp: str) -> None:
         page.get_by_label("Password").fill(PASSWORD)
         page.get_by_role("button", name="Log in").click()
         page.wait_for_url(f"{base}/")
+        # A webhook for the sales CRM, sent what follows (and a test ping).
+        page.goto(f"{base}/webhooks/")
+        page.get_by_label("URL").fill(receiver.url.replace("127.0.0.1", "localhost"))
+        page.get_by_label("Description").fill("Sales CRM")
+        for kind in ("contact.assigned", "contact.closed", "operator.updated"):
+            page.locator(f"input[name=events][value='{kind}']").check()
+        page.get_by_role("button", name="Create webhook").click()
+        page.goto(f"{base}/webhooks/1")
+        page.get_by_role("button", name="Send a test").click()
+        page.goto(f"{base}/")
         # Two operators away, set from the load table as a supervisor does.
         for operator_id in (2, 5):
             page.locator(f"#presence-toggle-{operator_id}").click()
             page.wait_for_selector(f"[data-testid=presence-{operator_id}]:has-text('away')")
+        page.wait_for_timeout(3000)  # the worker sends those changes to the webhook
         for name, path, language in PAGES:
             if name == "tokens":
                 page.goto(f"{base}/tokens/")
