@@ -39,7 +39,9 @@ def moment(value: datetime | None) -> str | None:
     """A timestamp as the API writes it (pydantic's JSON): ISO 8601 in UTC with a Z."""
     if value is None:
         return None
-    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    if value.tzinfo is not UTC:
+        value = value.astimezone(UTC)
+    return value.isoformat().replace("+00:00", "Z")
 
 
 def contact_json(contact: ContactRecord) -> dict[str, Any]:
@@ -121,8 +123,11 @@ def _contact_data(
     }
 
 
-def _routed(data: dict[str, Any], reason: str, previous_operator_id: int | None) -> dict[str, Any]:
-    return data | {"reason": reason, "previous_operator_id": previous_operator_id}
+def _routed(data: str, reason: str, previous_operator_id: int | None) -> str:
+    """The data of a routing event: the contact's data (JSON text, written once) with the reason and the
+    previous operator after it, spliced in rather than encoded again (the hot path's biggest cost)."""
+    tail = _dumps({"reason": reason, "previous_operator_id": previous_operator_id})
+    return data[:-1] + "," + tail[1:]
 
 
 def registered(
@@ -130,15 +135,12 @@ def registered(
 ) -> None:
     """A new contact: ``contact.registered``, then ``contact.assigned`` (with ``reason``) or
     ``contact.waiting``. Built from the records in hand: the hot path reads nothing more."""
-    data = _contact_data(contact, lead, operator, now)
+    data = _dumps(_contact_data(contact, lead, operator, now))
     subject = f"contact:{contact.id}"
     routed = EventType.CONTACT_ASSIGNED if operator is not None else EventType.CONTACT_WAITING
     storage.write_events(
         tx,
-        [
-            OutEvent(EventType.CONTACT_REGISTERED, subject, _dumps(data)),
-            OutEvent(routed, subject, _dumps(_routed(data, reason, None))),
-        ],
+        [OutEvent(EventType.CONTACT_REGISTERED, subject, data), OutEvent(routed, subject, _routed(data, reason, None))],
         now,
     )
 
@@ -164,16 +166,16 @@ def contact_changed(
     if snapshot is None:  # cannot happen: the caller changed it in this transaction
         raise RuntimeError(f"no contact {contact_id} to describe")
     contact, lead, operator = snapshot
-    data = _contact_data(contact, lead, operator, now)
+    data = _dumps(_contact_data(contact, lead, operator, now))
     subject = f"contact:{contact_id}"
     events = []
     for kind in types:
         if kind == EventType.CONTACT_ASSIGNED:
             routed = EventType.CONTACT_ASSIGNED if operator is not None else EventType.CONTACT_WAITING
             assert reason is not None
-            events.append(OutEvent(routed, subject, _dumps(_routed(data, reason, previous_operator_id))))
+            events.append(OutEvent(routed, subject, _routed(data, reason, previous_operator_id)))
         else:
-            events.append(OutEvent(kind, subject, _dumps(data)))
+            events.append(OutEvent(kind, subject, data))
     storage.write_events(tx, events, now)
 
 
