@@ -56,6 +56,7 @@ bench: $(VENV)/.installed-dev $(MO)
 	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get install -y -q wrk >/dev/null; } || \
 		{ echo "make bench needs wrk: apt-get install wrk"; exit 1; }
 	$(BIN)/python bench/bench.py
+	$(BIN)/python bench/webhooks.py
 
 ## lint: ruff (rules and formatting) and mypy (pyproject.toml [tool.mypy]); `make test` runs it first
 lint: $(VENV)/.installed-dev
