@@ -52,7 +52,12 @@ class Refused(Exception):
 
 
 def check_url(url: str) -> tuple[str, str, int, str]:
-    """The URL's scheme, host, port and path with query, or Refused: only http(s) with a host."""
+    """The URL's scheme, host, port and path with query, or Refused: only http(s) with a host.
+
+    Whitespace or control characters anywhere in it are refused too: http.client would refuse
+    them at send time (or, in a host, a resolver might read something else), so they never get stored."""
+    if any(c.isspace() or ord(c) < 0x20 or ord(c) == 0x7F for c in url):
+        raise Refused("the URL may not contain spaces or control characters")
     try:
         parts = urlsplit(url)
         port = parts.port
