@@ -1708,15 +1708,36 @@ def prune_attempts(tx: Tx, webhook_id: int, keep: int) -> None:
 OLD_EVENTS = Sql("SELECT id FROM events WHERE created_at < :before AND position IS NOT NULL ORDER BY id LIMIT :limit")
 FORGET_DELIVERIES_OF = Sql("DELETE FROM webhook_deliveries WHERE event_id = :id")
 FORGET_EVENT = Sql("DELETE FROM events WHERE id = :id")
+# The lines that lose pending deliveries with the old events (a superset: the events up to the limit are among these).
+LINES_OF_OLD_EVENTS = Sql(
+    "SELECT DISTINCT d.webhook_id, d.subject FROM webhook_deliveries d JOIN events e ON e.id = d.event_id "
+    "WHERE e.created_at < :before AND e.position IS NOT NULL AND d.state = 'pending' ORDER BY d.webhook_id, d.subject"
+)
+LINE_HAS_HEAD = Sql(
+    "SELECT 1 FROM webhook_deliveries WHERE webhook_id = :webhook_id AND subject = :subject "
+    "AND state = 'pending' AND next_attempt_at IS NOT NULL LIMIT 1"
+)
 
 
-def forget_events(tx: Tx, before: datetime, limit: int) -> int:
-    """Delete up to ``limit`` numbered events created before ``before``, and their deliveries; how many."""
+def forget_events(tx: Tx, before: datetime, limit: int, now: datetime) -> int:
+    """Delete up to ``limit`` numbered events created before ``before``, and their deliveries; how many.
+
+    A pending delivery forgotten at the head of its subject's line would leave
+    the rest of the line waiting for ever: the next one of each line that lost
+    its head is made due. The webhooks concerned are locked first (in id order).
+    """
     rows = [{"id": row[0]} for row in tx.execute(OLD_EVENTS, {"before": tx.stored(before), "limit": limit})]
     if not rows:
         return 0
+    lines = [(row[0], row[1]) for row in tx.execute(LINES_OF_OLD_EVENTS, {"before": tx.stored(before)})]
+    for webhook_id in sorted({webhook_id for webhook_id, _ in lines}):
+        lock_webhook(tx, webhook_id)
     tx.execute_many(FORGET_DELIVERIES_OF, rows)
-    return int(tx.execute_many(FORGET_EVENT, rows).rowcount)
+    forgotten = int(tx.execute_many(FORGET_EVENT, rows).rowcount)
+    for webhook_id, subject in lines:
+        if tx.execute(LINE_HAS_HEAD, {"webhook_id": webhook_id, "subject": subject}).fetchone() is None:
+            next_in_line(tx, webhook_id, subject, now)
+    return forgotten
 
 
 RELEASE_LEASE = Sql(

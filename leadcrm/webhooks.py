@@ -432,9 +432,9 @@ def webhooks_with_due(session: Session, now: datetime) -> list[int]:
     return storage.webhooks_with_due(Tx.of(session), now)
 
 
-def forget_events(session: Session, before: datetime, limit: int = 1000) -> int:
+def forget_events(session: Session, before: datetime, now: datetime, limit: int = 1000) -> int:
     """Forget numbered events created before ``before`` (and their deliveries), ``limit`` at most."""
-    return storage.forget_events(Tx.of(session), before, limit)
+    return storage.forget_events(Tx.of(session), before, limit, now)
 
 
 def release(session: Session, worker: str, jobs: Iterable[DeliveryJob]) -> None:

@@ -373,7 +373,7 @@ class Worker:
             return 0
         forgotten = 0
         while not self.stop.is_set():
-            n = self._write(lambda: webhooks.forget_events(db.session(), now - self.keep_events))
+            n = self._write(lambda: webhooks.forget_events(db.session(), now - self.keep_events, now))
             forgotten += n
             if n < 1000:
                 break

@@ -236,7 +236,7 @@ def test_old_events_are_forgotten_with_their_deliveries_and_unnumbered_ones_neve
     db.session.commit()  # two events not numbered yet
     total = db.session.scalar(sa.select(sa.func.count()).select_from(Event)) or 0
     begin_write(db.session)
-    forgotten = webhooks.forget_events(db.session(), utcnow() + timedelta(days=1))
+    forgotten = webhooks.forget_events(db.session(), utcnow() + timedelta(days=1), utcnow())
     db.session.commit()
     assert forgotten == total - 2
     left = db.session.scalars(sa.select(Event)).all()

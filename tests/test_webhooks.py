@@ -11,6 +11,7 @@ import json
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -19,10 +20,10 @@ from flask import Flask
 from flask.testing import FlaskClient
 from standardwebhooks.webhooks import Webhook as Verifier
 
-from leadcrm import create_app, delivery
-from leadcrm.database import reads_only
+from leadcrm import create_app, delivery, webhooks
+from leadcrm.database import begin_write, reads_only
 from leadcrm.extensions import db
-from leadcrm.models import Webhook, WebhookAttempt
+from leadcrm.models import Event, Webhook, WebhookAttempt, utcnow
 from leadcrm.vocabulary import Role, TokenScope
 from leadcrm.worker import Worker
 from tests.helpers import add_operator, add_source, add_token, add_user, json_of, login_client
@@ -167,6 +168,9 @@ def test_an_endpoint_is_created_with_its_secret_shown_once_changed_and_deleted(a
         ({"url": "https://example.com/x", "events": ["contact.nope"]}, "events.0"),
         ({"url": "https://example.com/x", "events": ["contact.closed"], "secret": "mine"}, "secret"),
         ({"url": "https://user:pw@example.com/x", "events": ["contact.closed"]}, "url"),
+        ({"url": "https://example.com/a b", "events": ["contact.closed"]}, "url"),
+        ({"url": "https://exa mple.com/x", "events": ["contact.closed"]}, "url"),
+        ({"url": "https://example.com/x\r\nX-Injected: 1", "events": ["contact.closed"]}, "url"),
     ],
 )
 def test_bad_endpoints_are_refused_naming_the_field(api: FlaskClient, body: dict[str, Any], field: str) -> None:
@@ -403,3 +407,33 @@ def test_an_endpoint_gets_only_what_happens_after_it_was_added_and_only_its_type
     with hooks_app.app_context():
         assert db.session.scalar(sa.select(sa.func.count()).select_from(Webhook)) == 1
     assert json.loads(receiver.ok()[0].body)["actor"] == "token:crm (#1)"
+
+
+def test_forgetting_the_head_of_a_contacts_line_lets_the_rest_of_it_go(
+    hooks_app: Flask, api: FlaskClient, receiver: Receiver, running: Running
+) -> None:
+    """An old event forgotten while its delivery was still pending (the receiver down): the contact's
+    later events, queued behind it, must not wait for ever for a delivery that no longer exists."""
+    source_id = setup_source(hooks_app)
+    create(api, receiver.url, ["contact.registered", "contact.closed"])
+    receiver.stop()
+    c = register(api, source_id, 1)
+    api.post(f"/api/v1/contacts/{c['id']}/close")
+    with hooks_app.app_context():
+
+        def tried() -> bool:
+            return (db.session.scalar(sa.select(sa.func.count()).select_from(WebhookAttempt)) or 0) >= 1
+
+    running.until(tried, what="the registration's delivery tried and failed")
+    with hooks_app.app_context():
+        begin_write(db.session)
+        db.session.execute(
+            sa.update(Event).where(Event.type == "contact.registered").values(created_at=utcnow() - timedelta(days=60))
+        )
+        db.session.commit()
+        begin_write(db.session)
+        assert webhooks.forget_events(db.session(), utcnow() - timedelta(days=30), utcnow()) == 1
+        db.session.commit()
+    receiver.start()
+    running.until(lambda: len(receiver.ok()) >= 1, what="the close, once the registration was forgotten")
+    assert [r.json["type"] for r in receiver.ok()] == ["contact.closed"]
