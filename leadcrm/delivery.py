@@ -12,15 +12,20 @@ check and the connection cannot point it inside. Redirects are not followed
 are read; the whole exchange has ``timeout`` seconds (a timer shuts the
 socket down then, however slowly the receiver keeps answering).
 
-No database and no Flask here: the worker's threads call ``send``.
+No database and no Flask here: the worker's sender threads use a ``Sender`` per batch, which keeps
+the connection open between deliveries while the receiver allows it; ``send`` is one POST on its own.
 """
 
+import heapq
 import http.client
 import ipaddress
+import itertools
+import os
 import socket
 import ssl
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from urllib.parse import urlsplit
@@ -115,6 +120,14 @@ def resolve(host: str, port: int, allow_private: bool) -> list[str]:
     return addresses
 
 
+def _connect(address: str, port: int, timeout: float | None) -> socket.socket:
+    """A TCP connection that sends each request at once (no Nagle delay waiting for an ACK; http.client
+    sets this itself, in the ``connect`` the pinned connections replace)."""
+    sock = socket.create_connection((address, port), timeout)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
+
+
 class _PinnedHTTP(http.client.HTTPConnection):
     """An HTTP connection to an address checked beforehand; the Host header still names the URL's host."""
 
@@ -123,7 +136,7 @@ class _PinnedHTTP(http.client.HTTPConnection):
         self._address = address
 
     def connect(self) -> None:
-        self.sock = socket.create_connection((self._address, self.port), self.timeout)
+        self.sock = _connect(self._address, self.port, self.timeout)
 
 
 class _Deadline:
@@ -132,16 +145,20 @@ class _Deadline:
     A socket's timeout bounds each read, not the whole answer: a receiver
     that sends its head a line at a time, each within the timeout, would
     otherwise hold the sender (and outlive the delivery's lease) for hours.
+    One watchdog thread per process keeps every deadline (a thread per
+    exchange would cost more than the exchange).
     """
 
-    def __init__(self, connection: http.client.HTTPConnection, seconds: float) -> None:
-        self.passed = False
-        self._connection = connection
-        self._timer = threading.Timer(seconds, self._cut)
-        self._timer.daemon = True
-        self._timer.start()
+    __slots__ = ("at", "passed", "cancelled", "_connection")
 
-    def _cut(self) -> None:
+    def __init__(self, connection: http.client.HTTPConnection, seconds: float) -> None:
+        self.at = time.monotonic() + seconds
+        self.passed = False
+        self.cancelled = False
+        self._connection = connection
+        _WATCHDOG.watch(self)
+
+    def cut(self) -> None:
         self.passed = True
         sock = self._connection.sock
         if sock is not None:
@@ -151,7 +168,52 @@ class _Deadline:
                 pass
 
     def cancel(self) -> None:
-        self._timer.cancel()
+        self.cancelled = True
+
+
+class _Watchdog:
+    """The thread that cuts exchanges whose deadline passed, earliest first (started on first use,
+    again in a forked child)."""
+
+    def __init__(self) -> None:
+        self._pid = 0
+        self._ready = threading.Condition()
+        self._due: list[tuple[float, int, _Deadline]] = []
+        self._order = itertools.count()
+
+    def watch(self, deadline: _Deadline) -> None:
+        if self._pid != os.getpid():
+            with _STARTING:
+                if self._pid != os.getpid():
+                    self._start()
+        with self._ready:
+            heapq.heappush(self._due, (deadline.at, next(self._order), deadline))
+            if self._due[0][2] is deadline:
+                self._ready.notify()  # earlier than what the thread waits for
+
+    def _start(self) -> None:
+        self._pid = os.getpid()
+        self._ready = threading.Condition()
+        self._due = []
+        threading.Thread(target=self._run, name="webhook-deadlines", daemon=True).start()
+
+    def _run(self) -> None:
+        with self._ready:
+            while True:
+                while self._due and self._due[0][2].cancelled:
+                    heapq.heappop(self._due)
+                if not self._due:
+                    self._ready.wait()
+                    continue
+                left = self._due[0][0] - time.monotonic()
+                if left > 0:
+                    self._ready.wait(left)
+                    continue
+                heapq.heappop(self._due)[2].cut()
+
+
+_STARTING = threading.Lock()
+_WATCHDOG = _Watchdog()
 
 
 class _PinnedHTTPS(http.client.HTTPSConnection):
@@ -162,18 +224,136 @@ class _PinnedHTTPS(http.client.HTTPSConnection):
         self._address = address
 
     def connect(self) -> None:
-        raw = socket.create_connection((self._address, self.port), self.timeout)
+        raw = _connect(self._address, self.port, self.timeout)
         self.sock = raw  # the deadline can cut a handshake that dribbles too
         self.sock = self._context.wrap_socket(raw, server_hostname=self.host)  # type: ignore[attr-defined]
 
 
-def sign(secret: str, message_id: str, body: str, at: datetime) -> dict[str, str]:
-    """The Standard Webhooks headers of ``body`` sent as ``message_id`` at ``at``."""
-    return {
-        "webhook-id": message_id,
-        "webhook-timestamp": str(int(at.timestamp())),
-        "webhook-signature": Webhook(secret).sign(message_id, at, body),
-    }
+class _Stale(Exception):
+    """A kept connection the receiver had closed before it answered: send again on a new one."""
+
+
+# What a kept connection shows when the receiver closed it while it was idle.
+_STALE = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError)
+
+
+class Sender:
+    """POSTs to one URL, one delivery after another, over one connection while the receiver keeps it
+    open (HTTP/1.1 keep-alive: no new TCP or TLS handshake per delivery); ``close`` when done.
+
+    Every new connection resolves the host again and checks every address; a
+    kept one goes on to the address checked when it was opened. The worker uses
+    one Sender per batch, so an address is at most one send window old.
+    """
+
+    def __init__(self, url: str, secret: str, *, allow_private: bool, timeout: float = WEBHOOK_TIMEOUT) -> None:
+        self.url = url
+        self.allow_private = allow_private
+        self.timeout = timeout
+        self._signer = Webhook(secret)
+        self._connection: http.client.HTTPConnection | None = None
+
+    def close(self) -> None:
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
+
+    def send(self, message_id: str, body: str) -> Outcome:
+        """POST ``body``, signed as ``message_id``; never raises (what went wrong is the outcome's error)."""
+        started = time.monotonic()
+        deadline = started + self.timeout
+
+        def took() -> int:
+            return int((time.monotonic() - started) * 1000)
+
+        try:
+            scheme, host, port, path = check_url(self.url)
+            now = datetime.now(UTC)
+            headers = {
+                "webhook-id": message_id,
+                "webhook-timestamp": str(int(now.timestamp())),
+                "webhook-signature": self._signer.sign(message_id, now, body),
+                "Content-Type": "application/json",
+                "User-Agent": USER_AGENT,
+            }
+            payload = body.encode()
+            if self._connection is not None:
+                try:
+                    return self._exchange(path, payload, headers, deadline, took, kept=True)
+                except _Stale:
+                    self.close()
+            last_error: Exception | None = None
+            for address in resolve(host, port, self.allow_private):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                kind = _PinnedHTTPS if scheme == "https" else _PinnedHTTP
+                connection = kind(host, port, address, left)
+                cutoff = _Deadline(connection, left)
+                try:
+                    connection.connect()
+                except OSError as exc:  # refused, unreachable: the next address, if any
+                    connection.close()
+                    if cutoff.passed:
+                        raise TimeoutError from None
+                    last_error = exc
+                    continue
+                finally:
+                    cutoff.cancel()
+                self._connection = connection
+                return self._exchange(path, payload, headers, deadline, took, kept=False)
+            if last_error is not None:
+                return Outcome(None, took(), _describe(last_error))
+            return Outcome(None, took(), f"no answer within {self.timeout:g} s")
+        except Refused as exc:
+            return Outcome(None, took(), str(exc)[:ERROR_MAX])
+        except TimeoutError:
+            return Outcome(None, took(), f"no answer within {self.timeout:g} s")
+        except (OSError, http.client.HTTPException, ValueError) as exc:
+            return Outcome(None, took(), _describe(exc))
+
+    def _exchange(
+        self,
+        path: str,
+        payload: bytes,
+        headers: dict[str, str],
+        deadline: float,
+        took: Callable[[], int],
+        *,
+        kept: bool,
+    ) -> Outcome:
+        """One request and its answer on the open connection, within the deadline; the connection is
+        kept only if the answer was read whole and the receiver did not ask to close."""
+        connection = self._connection
+        assert connection is not None
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError
+        cutoff = _Deadline(connection, left)
+        keep = False
+        try:
+            try:
+                if connection.sock is not None:
+                    connection.sock.settimeout(left)
+                connection.request("POST", path, body=payload, headers=headers)
+                response = connection.getresponse()
+                whole = _read_some(response, deadline, connection)
+                response.close()  # the connection is free for the next request (kept) or closed below
+            except (OSError, http.client.HTTPException) as exc:
+                if cutoff.passed:
+                    raise TimeoutError from None
+                if kept and isinstance(exc, _STALE):
+                    raise _Stale from None
+                raise
+            if cutoff.passed:  # cut off while reading the rest of the answer
+                raise TimeoutError
+            keep = whole and not response.will_close
+            error = None if 200 <= response.status < 300 else f"HTTP {response.status} {response.reason}"[:ERROR_MAX]
+            return Outcome(response.status, took(), error)
+        finally:
+            cutoff.cancel()
+            if not keep:
+                self.close()
 
 
 def send(
@@ -185,67 +365,17 @@ def send(
     allow_private: bool,
     timeout: float = WEBHOOK_TIMEOUT,
 ) -> Outcome:
-    """POST ``body`` to ``url``, signed; never raises (what went wrong is the outcome's error)."""
-    started = time.monotonic()
-    deadline = started + timeout
-
-    def took() -> int:
-        return int((time.monotonic() - started) * 1000)
-
+    """POST ``body`` to ``url``, signed, on a connection of its own; never raises."""
+    sender = Sender(url, secret, allow_private=allow_private, timeout=timeout)
     try:
-        scheme, host, port, path = check_url(url)
-        addresses = resolve(host, port, allow_private)
-        headers = sign(secret, message_id, body, datetime.now(UTC)) | {
-            "Content-Type": "application/json",
-            "User-Agent": USER_AGENT,
-        }
-        payload = body.encode()
-        last_error: Exception | None = None
-        for address in addresses:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                break
-            kind = _PinnedHTTPS if scheme == "https" else _PinnedHTTP
-            connection = kind(host, port, address, left)
-            cutoff = _Deadline(connection, left)
-            try:
-                try:
-                    connection.connect()
-                except OSError as exc:  # refused, unreachable: the next address, if any
-                    if cutoff.passed:
-                        raise TimeoutError from None
-                    last_error = exc
-                    continue
-                try:
-                    connection.request("POST", path, body=payload, headers=headers)
-                    response = connection.getresponse()
-                    _read_some(response, deadline, connection)
-                except (OSError, http.client.HTTPException):
-                    if cutoff.passed:
-                        raise TimeoutError from None
-                    raise
-                if cutoff.passed:  # cut off while reading the rest of the answer
-                    raise TimeoutError
-                error = (
-                    None if 200 <= response.status < 300 else f"HTTP {response.status} {response.reason}"[:ERROR_MAX]
-                )
-                return Outcome(response.status, took(), error)
-            finally:
-                cutoff.cancel()
-                connection.close()
-        if last_error is not None:
-            return Outcome(None, took(), _describe(last_error))
-        return Outcome(None, took(), f"no answer within {timeout:g} s")
-    except Refused as exc:
-        return Outcome(None, took(), str(exc)[:ERROR_MAX])
-    except TimeoutError:
-        return Outcome(None, took(), f"no answer within {timeout:g} s")
-    except (OSError, http.client.HTTPException, ValueError) as exc:
-        return Outcome(None, took(), _describe(exc))
+        return sender.send(message_id, body)
+    finally:
+        sender.close()
 
 
-def _read_some(response: http.client.HTTPResponse, deadline: float, connection: http.client.HTTPConnection) -> None:
-    """Read at most WEBHOOK_BODY_READ_MAX bytes of the answer, within the deadline (the rest is dropped)."""
+def _read_some(response: http.client.HTTPResponse, deadline: float, connection: http.client.HTTPConnection) -> bool:
+    """Read at most WEBHOOK_BODY_READ_MAX bytes of the answer, within the deadline (the rest is dropped);
+    whether it was read whole."""
     left = WEBHOOK_BODY_READ_MAX
     while left > 0:
         remaining = deadline - time.monotonic()
@@ -255,8 +385,9 @@ def _read_some(response: http.client.HTTPResponse, deadline: float, connection: 
             connection.sock.settimeout(remaining)
         chunk = response.read1(min(left, 16 * 1024))
         if not chunk:
-            return
+            return True
         left -= len(chunk)
+    return response.read1(1) == b""
 
 
 def _describe(exc: BaseException) -> str:

@@ -1439,12 +1439,15 @@ EVENTS_AFTER = Sql(
 )
 INSERT_DELIVERY = Sql(
     "INSERT INTO webhook_deliveries (webhook_id, event_id, position, subject, state, attempts, next_attempt_at) "
-    "VALUES (:webhook_id, :event_id, :position, :subject, 'pending', 0, :next_attempt_at) "
+    "VALUES (:webhook_id, :event_id, :position, :subject, 'pending', 0, NULL) "
     "ON CONFLICT (webhook_id, event_id) DO NOTHING"
 )
-SUBJECT_PENDING = Sql(
-    "SELECT 1 FROM webhook_deliveries WHERE webhook_id = :webhook_id AND subject = :subject AND state = 'pending' "
-    "LIMIT 1"
+# The deliveries just queued (after the cursor) with nothing of their subject pending before them: due now.
+HEADS_DUE = Sql(
+    "UPDATE webhook_deliveries SET next_attempt_at = :now WHERE webhook_id = :webhook_id AND state = 'pending' "
+    "AND next_attempt_at IS NULL AND position > :after AND NOT EXISTS (SELECT 1 FROM webhook_deliveries o "
+    "WHERE o.webhook_id = webhook_deliveries.webhook_id AND o.subject = webhook_deliveries.subject "
+    "AND o.state = 'pending' AND o.position < webhook_deliveries.position)"
 )
 # The next of a subject's line, once the one before it is delivered or given up: due now.
 NEXT_IN_LINE = Sql(
@@ -1487,32 +1490,20 @@ def events_after(tx: Tx, after: int, limit: int) -> list[PositionedEvent]:
     return [PositionedEvent(r[0], r[1], r[2], r[3], from_stored_time(r[4])) for r in rows]
 
 
-def queue_deliveries(tx: Tx, webhook_id: int, events: list[PositionedEvent]) -> None:
-    """Queue these events (in position order) for the webhook; an event queued already is left as it is.
+def queue_deliveries(tx: Tx, webhook_id: int, events: list[PositionedEvent], after: int, now: datetime) -> None:
+    """Queue these events (numbered after position ``after``, in order) for the webhook; an event
+    queued already is left as it is.
 
     Each subject's deliveries form a line: only its head has a due time
     (``next_attempt_at``); one queued behind a pending delivery of the same
-    subject has none until the one before it is done (``next_in_line``).
+    subject has none until the one before it is done (``next_in_line``). All
+    are inserted without one, then one statement makes the new heads due.
     The caller holds the webhook's row lock, as every writer of its lines does.
     """
-    waiting: set[str] = set()
-    rows = []
-    for e in events:
-        behind = e.subject in waiting or (
-            tx.execute(SUBJECT_PENDING, {"webhook_id": webhook_id, "subject": e.subject}).fetchone() is not None
-        )
-        waiting.add(e.subject)
-        rows.append(
-            {
-                "webhook_id": webhook_id,
-                "event_id": e.id,
-                "position": e.position,
-                "subject": e.subject,
-                "next_attempt_at": None if behind else tx.stored(e.created_at),
-            }
-        )
+    rows = [{"webhook_id": webhook_id, "event_id": e.id, "position": e.position, "subject": e.subject} for e in events]
     if rows:
         tx.execute_many(INSERT_DELIVERY, rows)
+        tx.execute(HEADS_DUE, {"webhook_id": webhook_id, "after": after, "now": tx.stored(now)})
 
 
 def next_in_line(tx: Tx, webhook_id: int, subject: str, now: datetime) -> None:
@@ -1548,11 +1539,13 @@ LEASE_DELIVERY = Sql(
     "UPDATE webhook_deliveries SET leased_by = :worker, leased_until = :until "
     "WHERE id = :id AND state = 'pending' AND (leased_until IS NULL OR leased_until < :now)"
 )
-DELIVERY_JOB = Sql(
+# What one lease took, in line order (``until`` is this lease's own moment).
+LEASED_JOBS = Sql(
     "SELECT d.id, d.attempts, d.first_attempt_at, e.id, e.type, e.actor, e.created_at, e.data, w.url, w.secret, "
     "d.subject "
     "FROM webhook_deliveries d JOIN events e ON e.id = d.event_id JOIN webhooks w ON w.id = d.webhook_id "
-    "WHERE d.id = :id"
+    "WHERE d.webhook_id = :webhook_id AND d.state = 'pending' AND d.leased_by = :worker "
+    "AND d.leased_until = :until ORDER BY d.position"
 )
 
 
@@ -1588,30 +1581,29 @@ def lease_deliveries(
 ) -> list[DeliveryJob]:
     """Lease the webhook's due deliveries that head their subjects' lines to ``worker`` until ``until``."""
     statement = DUE_DELIVERIES_LOCKED if tx.row_locks else DUE_DELIVERIES
-    at = tx.stored(now)
+    at, held_until = tx.stored(now), tx.stored(until)
     ids = [row[0] for row in tx.execute(statement, {"webhook_id": webhook_id, "now": at, "limit": limit})]
-    jobs = []
-    for delivery_id in ids:
-        params = {"id": delivery_id, "worker": worker, "until": tx.stored(until), "now": at}
-        if tx.execute(LEASE_DELIVERY, params).rowcount != 1:
-            continue  # leased by another worker since it was read (SQLite cannot: the write lock)
-        row = tx.execute(DELIVERY_JOB, {"id": delivery_id}).fetchone()
-        jobs.append(
-            DeliveryJob(
-                row[0],
-                row[1],
-                from_stored_time(row[2]),
-                row[3],
-                row[4],
-                row[5],
-                from_stored_time(row[6]),
-                row[7],
-                row[8],
-                row[9],
-                row[10],
-            )
+    if not ids:
+        return []
+    # Locked as read (PostgreSQL) or under the write lock (SQLite): each update finds its row free.
+    tx.execute_many(LEASE_DELIVERY, [{"id": i, "worker": worker, "until": held_until, "now": at} for i in ids])
+    params = {"webhook_id": webhook_id, "worker": worker, "until": held_until}
+    return [
+        DeliveryJob(
+            row[0],
+            row[1],
+            from_stored_time(row[2]),
+            row[3],
+            row[4],
+            row[5],
+            from_stored_time(row[6]),
+            row[7],
+            row[8],
+            row[9],
+            row[10],
         )
-    return jobs
+        for row in tx.execute(LEASED_JOBS, params)
+    ]
 
 
 # Results, written only by the worker that holds the lease.
@@ -1655,6 +1647,12 @@ def delivered(tx: Tx, delivery_id: int, worker: str, now: datetime) -> bool:
     return tx.execute(DELIVERED, {"id": delivery_id, "worker": worker, "now": tx.stored(now)}).rowcount == 1
 
 
+def next_in_lines(tx: Tx, webhook_id: int, subjects: list[str], now: datetime) -> None:
+    """``next_in_line`` for each of these subjects (one delivery of each was just done)."""
+    at = tx.stored(now)
+    tx.execute_many(NEXT_IN_LINE, [{"webhook_id": webhook_id, "subject": s, "now": at} for s in subjects])
+
+
 def retry_later(tx: Tx, delivery_id: int, worker: str, now: datetime, next_attempt_at: datetime, give_up: bool) -> bool:
     """The delivery failed: due again at ``next_attempt_at``, or given up (``failed``); False if not held."""
     params = {
@@ -1688,16 +1686,27 @@ def log_attempt(
     duration_ms: int,
     error: str | None,
 ) -> None:
-    params = {
-        "webhook_id": webhook_id,
-        "event_id": event_id,
-        "event_type": event_type,
-        "at": tx.stored(at),
-        "status_code": status_code,
-        "duration_ms": duration_ms,
-        "error": error,
-    }
-    tx.execute(INSERT_ATTEMPT, params)
+    log_attempts(tx, webhook_id, [(event_id, event_type, at, status_code, duration_ms, error)])
+
+
+def log_attempts(
+    tx: Tx, webhook_id: int, attempts: list[tuple[int | None, str, datetime, int | None, int, str | None]]
+) -> None:
+    """Log several attempts at once: (event id, event type, when, status code, milliseconds, error) each."""
+    rows = [
+        {
+            "webhook_id": webhook_id,
+            "event_id": event_id,
+            "event_type": event_type,
+            "at": tx.stored(at),
+            "status_code": status_code,
+            "duration_ms": duration_ms,
+            "error": error,
+        }
+        for event_id, event_type, at, status_code, duration_ms, error in attempts
+    ]
+    if rows:
+        tx.execute_many(INSERT_ATTEMPT, rows)
 
 
 def prune_attempts(tx: Tx, webhook_id: int, keep: int) -> None:

@@ -33,7 +33,8 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from leadcrm import storage
-from leadcrm.delivery import Outcome, Refused, check_url, literal_address_refused
+from leadcrm.database import begin_write
+from leadcrm.delivery import Outcome, Refused, check_url, literal_address_refused, send
 from leadcrm.errors import Conflict, InvalidInput, Message, NotFound
 from leadcrm.models import Event, Webhook, WebhookAttempt, WebhookDelivery, utcnow
 from leadcrm.outbox import moment, public_id
@@ -54,8 +55,13 @@ _system_random = random.SystemRandom()
 # Events queued per endpoint and transaction of the fan-out; endpoints per fan-out transaction.
 FAN_OUT_BATCH = 1000
 FAN_OUT_WEBHOOKS = 20
-# Deliveries one worker leases from one endpoint at a time, sent one after the other.
-LEASE_BATCH = 10
+# Deliveries one worker leases from one endpoint at a time, sent one after the other (over one
+# connection where the receiver keeps it open): many per transaction, so that delivering takes the
+# database's write lock seldom. A batch stops starting new sends after SEND_WINDOW seconds; what it
+# did not send goes back at once. The lease covers the window, one send's timeout and recording.
+LEASE_BATCH = 100
+SEND_WINDOW = 30.0
+LEASE_FOR = timedelta(seconds=SEND_WINDOW + WEBHOOK_TIMEOUT + 30)
 
 
 @dataclass(frozen=True)
@@ -351,6 +357,24 @@ def ping_body(webhook_id: int, now: datetime) -> tuple[str, str]:
     return ping_id, json.dumps(head, separators=(",", ":"))
 
 
+def ping(session: Session, webhook_id: int, *, allow_private: bool) -> Outcome:
+    """Send a signed ping to the endpoint now and log what it answered (its own unit of work).
+
+    Nothing is held while the ping is on its way (at most WEBHOOK_TIMEOUT): the
+    read ends before the send, and the log is written in a write of its own.
+    """
+    webhook = get_webhook(session, webhook_id)
+    url, secret = webhook.url, webhook.secret
+    session.rollback()
+    now = utcnow()
+    ping_id, body = ping_body(webhook_id, now)
+    outcome = send(url, secret, ping_id, body, allow_private=allow_private)
+    begin_write(session)
+    record_ping(session, webhook_id, outcome, now)
+    session.commit()
+    return outcome
+
+
 def record_ping(session: Session, webhook_id: int, outcome: Outcome, at: datetime) -> None:
     """Log a test delivery's outcome (it changes nothing else: a ping is no evidence of events received)."""
     tx = Tx.of(session)
@@ -367,6 +391,7 @@ def fan_out(session: Session, limit: int = FAN_OUT_BATCH) -> int:
     """Queue numbered events for the enabled endpoints behind, up to ``limit`` events each; how many
     endpoints moved. Each endpoint's row is locked (skipped if another worker holds it)."""
     tx = Tx.of(session)
+    now = utcnow()
     last = storage.last_position(tx)
     moved = 0
     for cursor in storage.webhooks_behind(tx, last, FAN_OUT_WEBHOOKS):
@@ -374,7 +399,7 @@ def fan_out(session: Session, limit: int = FAN_OUT_BATCH) -> int:
         if not events:
             continue
         types = set(json.loads(cursor.events))
-        storage.queue_deliveries(tx, cursor.id, [e for e in events if e.type in types])
+        storage.queue_deliveries(tx, cursor.id, [e for e in events if e.type in types], cursor.fanned_out_to, now)
         if not storage.set_fanned_out(tx, cursor.id, cursor.fanned_out_to, events[-1].position):
             raise RuntimeError(f"webhook {cursor.id}'s cursor moved under its lock")
         moved += 1
@@ -382,8 +407,8 @@ def fan_out(session: Session, limit: int = FAN_OUT_BATCH) -> int:
 
 
 def lease(session: Session, webhook_id: int, worker: str, now: datetime, limit: int = LEASE_BATCH) -> list[DeliveryJob]:
-    """Lease the endpoint's due deliveries to ``worker`` for as long as sending them may take."""
-    until = now + timedelta(seconds=limit * (WEBHOOK_TIMEOUT + 1) + 30)
+    """Lease the endpoint's due deliveries to ``worker`` for as long as sending them may take (LEASE_FOR)."""
+    until = now + LEASE_FOR
     return storage.lease_deliveries(Tx.of(session), webhook_id, worker, now, until, limit)
 
 
@@ -406,15 +431,19 @@ def record(
         storage.webhook_succeeded(tx, webhook_id, now)
     if failed and not succeeded:
         turned_off = storage.webhook_failed(tx, webhook_id, now, now - timedelta(seconds=retries.for_))
+    storage.log_attempts(
+        tx,
+        webhook_id,
+        [(job.event_id, job.event_type, at, outcome.status_code, outcome.duration_ms, outcome.error)
+         for job, outcome, at in results],
+    )  # fmt: skip
     recorded = 0
+    line_moves = []  # subjects whose next delivery is due now (the one before it done)
     for job, outcome, at in results:
-        storage.log_attempt(
-            tx, webhook_id, job.event_id, job.event_type, at, outcome.status_code, outcome.duration_ms, outcome.error
-        )
         if outcome.ok:
             done = storage.delivered(tx, job.delivery_id, worker, now)
             if done:
-                storage.next_in_line(tx, webhook_id, job.subject, now)
+                line_moves.append(job.subject)
         else:
             first = job.first_attempt_at or at
             # Given up after the retry window, unless the whole endpoint was just turned off: then it waits for it.
@@ -422,8 +451,9 @@ def record(
             next_at = now + retries.delay(job.attempts + 1)
             done = storage.retry_later(tx, job.delivery_id, worker, now, next_at, give_up)
             if done and give_up:
-                storage.next_in_line(tx, webhook_id, job.subject, now)
+                line_moves.append(job.subject)
         recorded += done
+    storage.next_in_lines(tx, webhook_id, line_moves, now)
     storage.prune_attempts(tx, webhook_id, WEBHOOK_ATTEMPTS_KEPT)
     return recorded
 

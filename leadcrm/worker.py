@@ -7,9 +7,10 @@ one batch (``drain_requests``), events out (numbering them in commit order,
 sending those, ``webhooks.lease``/``record``), and forgetting expired
 Idempotency-Keys and old events.
 
-Webhook deliveries are sent by threads of the worker (``Senders``), one
-endpoint's batch per thread at a time, outside any transaction: a slow or
-dead receiver holds its own thread for at most its timeout per delivery and
+Webhook deliveries are sent by threads of the worker (``senders``, nicer
+than the loop: ``SENDER_NICE``), one endpoint's batch per thread at a time,
+over one kept-alive connection, outside any transaction: a slow or dead
+receiver holds its own thread for at most its timeout per delivery and
 delays neither the other endpoints nor the worker's other steps. Leasing and
 recording the outcomes are steps of the loop, in its transactions.
 Each step is a short write transaction of its own, committed before the
@@ -38,6 +39,7 @@ import os
 import select
 import signal
 import socket
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -77,6 +79,9 @@ WAKE_AFTER = 0.001
 TICK_MIN = 0.1
 # The same failure of a step is logged again at most this often (seconds) while it lasts.
 COMPLAIN_EVERY = 60.0
+# Sender threads run this much nicer than the rest of the process (Linux keeps a nice value per thread):
+# when registrations keep the CPU busy, delivering yields to them and catches up when the load drops.
+SENDER_NICE = 10
 
 T = TypeVar("T")
 # What a sender thread did with one leased delivery: the outcome, and when it began.
@@ -175,7 +180,9 @@ class Worker:
             for_=float(config["LEADCRM_WEBHOOK_RETRY_FOR"]),
         )
         self.allow_private = bool(config["LEADCRM_WEBHOOKS_ALLOW_PRIVATE"])
-        self.senders = ThreadPoolExecutor(max_workers=int(config["LEADCRM_WEBHOOK_SENDERS"]), thread_name_prefix="send")
+        self.senders = ThreadPoolExecutor(
+            max_workers=int(config["LEADCRM_WEBHOOK_SENDERS"]), thread_name_prefix="send", initializer=yield_cpu
+        )
         # Per webhook: the batch being sent by a sender thread (one at a time per webhook).
         self._sending: dict[int, tuple[list[DeliveryJob], Future[list[Sent]]]] = {}
         self._events_forgotten_at: datetime | None = None
@@ -319,17 +326,21 @@ class Worker:
         return recorded
 
     def _send(self, jobs: list[DeliveryJob]) -> list[Sent]:
-        """A sender thread: POST each leased delivery in turn (no database here); stops early when stopping."""
+        """A sender thread: POST each leased delivery in turn (no database here); stops early when stopping,
+        and starts none after the send window (the rest of the batch goes back)."""
         sent = []
-        for job in jobs:
-            if self.stop.is_set():
-                break
-            at = utcnow()
-            body = webhooks.envelope(job.event_id, job.event_type, job.created_at, job.actor, job.data)
-            outcome = delivery.send(
-                job.url, job.secret, webhooks.message_id(job.event_id), body, allow_private=self.allow_private
-            )
-            sent.append((job, outcome, at))
+        window_ends = time.monotonic() + webhooks.SEND_WINDOW
+        # One endpoint's batch: one URL and secret, one connection while the receiver keeps it open.
+        sender = delivery.Sender(jobs[0].url, jobs[0].secret, allow_private=self.allow_private)
+        try:
+            for job in jobs:
+                if self.stop.is_set() or time.monotonic() > window_ends:
+                    break
+                at = utcnow()
+                body = webhooks.envelope(job.event_id, job.event_type, job.created_at, job.actor, job.data)
+                sent.append((job, sender.send(webhooks.message_id(job.event_id), body), at))
+        finally:
+            sender.close()
         return sent
 
     def record_sent(self, wait: bool = False) -> int:
@@ -507,6 +518,16 @@ class Worker:
 
         signal.signal(signal.SIGTERM, handle)
         signal.signal(signal.SIGINT, handle)
+
+
+def yield_cpu(nicer: int = SENDER_NICE) -> None:
+    """Make the calling thread ``nicer`` (Linux sets a nice value per thread; elsewhere, or when the
+    system refuses, it stays as it was: sending is only slower to yield)."""
+    try:
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + nicer))
+    except (AttributeError, OSError):
+        pass
 
 
 def _roll_back() -> None:

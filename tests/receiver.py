@@ -5,12 +5,14 @@ closes the listening socket (connections are refused) and ``start`` listens
 again on the same port.
 """
 
+import socket
 import threading
 import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from leadcrm.worker import yield_cpu
 from tests.servers import free_port
 
 
@@ -19,6 +21,7 @@ class Received:
     headers: dict[str, str]
     body: bytes
     answered: int  # the status this receiver answered
+    port: int = 0  # the sender's port: one per connection
     at: float = field(default_factory=time.monotonic)
 
     @property
@@ -29,15 +32,20 @@ class Received:
 
 
 class Receiver:
-    def __init__(self) -> None:
+    def __init__(self, nice: int = 0) -> None:
         self.port = free_port()
+        # How much nicer than the test its threads run (a benchmark's receiver stands for another machine).
+        self.nice = nice
         self.status = 204
         self.delay = 0.0
         self.answer_body = b""
         self.answer_headers: dict[str, str] = {}
         # Seconds between the lines of the answer's head: a receiver that answers a little at a time.
         self.dribble = 0.0
+        # HTTP/1.1 keeps a connection open between requests (as most receivers do); False: one per request.
+        self.keep_alive = True
         self.received: list[Received] = []
+        self._connections: set[Any] = set()
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -50,6 +58,18 @@ class Receiver:
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1" if receiver.keep_alive else "HTTP/1.0"
+
+            def setup(self) -> None:
+                super().setup()
+                with receiver._lock:
+                    receiver._connections.add(self.connection)
+
+            def finish(self) -> None:
+                with receiver._lock:
+                    receiver._connections.discard(self.connection)
+                super().finish()
+
             def do_POST(self) -> None:  # noqa: N802 - http.server's name
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length)
@@ -57,7 +77,7 @@ class Receiver:
                     time.sleep(receiver.delay)
                 status = receiver.status
                 with receiver._lock:
-                    receiver.received.append(Received(dict(self.headers), body, status))
+                    receiver.received.append(Received(dict(self.headers), body, status, port=self.client_address[1]))
                 self.send_response(status)
                 if receiver.dribble:
                     try:
@@ -82,15 +102,30 @@ class Receiver:
         ThreadingHTTPServer.allow_reuse_address = True
         self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
         self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        server = self._server
+
+        def serve() -> None:
+            if receiver.nice:
+                yield_cpu(receiver.nice)  # the threads it starts for each connection inherit it
+            server.serve_forever()
+
+        self._thread = threading.Thread(target=serve, daemon=True)
         self._thread.start()
         return self
 
     def stop(self) -> None:
+        """Stop listening and cut the connections kept open: down, as a crashed receiver is."""
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
+        with self._lock:
+            connections = list(self._connections)
+        for connection in connections:
+            try:
+                connection.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
 
     def ok(self) -> list[Received]:
         """What was received and answered with a 2xx."""

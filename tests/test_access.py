@@ -90,8 +90,7 @@ EXPECTED: dict[str, set[str]] = {
     "webhooks.create": SUPERVISORS,
     "webhooks.show": SUPERVISORS,
     "webhooks.update": SUPERVISORS,
-    "webhooks.turn_on": SUPERVISORS,
-    "webhooks.turn_off": SUPERVISORS,
+    "webhooks.turn": SUPERVISORS,
     "webhooks.test": SUPERVISORS,
     "webhooks.redeliver": SUPERVISORS,
     "webhooks.delete": SUPERVISORS,
@@ -165,7 +164,7 @@ OPERATOR_REACH = {
     "api.update_operator": "its own operator's presence only",
     "api.get_operator_schedule": "its own operator only",
 }
-SAMPLE_ARGS = {"filename": "app.js", "code": "ru"}
+SAMPLE_ARGS = {"filename": "app.js", "code": "ru", "state": "off"}
 
 
 URL_MAP = create_app({"SQLALCHEMY_DATABASE_URI": "sqlite://"}).url_map
@@ -175,7 +174,7 @@ def _routes() -> list[tuple[str, str, str]]:
     """(endpoint, method, url) for every rule and method of the real app's URL map."""
     routes = []
     for rule in URL_MAP.iter_rules():
-        url = re.sub(r"<(?:\w+:)?(\w+)>", lambda m: SAMPLE_ARGS.get(m.group(1), "1"), rule.rule)
+        url = re.sub(r"<(?:\w+(?:\([^)]*\))?:)?(\w+)>", lambda m: SAMPLE_ARGS.get(m.group(1), "1"), rule.rule)
         assert rule.methods is not None  # Flask gives every rule its methods
         routes += [(rule.endpoint, method, url) for method in sorted(rule.methods - {"HEAD", "OPTIONS"})]
     return routes

@@ -437,3 +437,39 @@ def test_forgetting_the_head_of_a_contacts_line_lets_the_rest_of_it_go(
     receiver.start()
     running.until(lambda: len(receiver.ok()) >= 1, what="the close, once the registration was forgotten")
     assert [r.json["type"] for r in receiver.ok()] == ["contact.closed"]
+
+
+def test_a_batch_goes_over_one_kept_connection_and_one_the_receiver_closed_is_opened_again(receiver: Receiver) -> None:
+    sender = delivery.Sender(receiver.url, "whsec_" + "A" * 32, allow_private=True)
+    try:
+        assert all(sender.send(f"evt_{n}", "{}").ok for n in range(3))
+        assert len({r.port for r in receiver.all()}) == 1  # one TCP connection for the three
+        receiver.stop()  # the kept connection is cut while idle
+        receiver.start()
+        assert sender.send("evt_3", "{}").ok  # on a new connection, sent once
+        receiver.stop()
+        receiver.keep_alive = False  # HTTP/1.0: the receiver closes after each answer
+        receiver.start()
+        assert sender.send("evt_4", "{}").ok and sender.send("evt_5", "{}").ok
+    finally:
+        sender.close()
+    ports = [r.port for r in receiver.all()]
+    assert [r.headers["webhook-id"] for r in receiver.all()] == [f"evt_{n}" for n in range(6)]
+    assert len(set(ports)) == 4 and ports[3] != ports[0] and ports[4] != ports[5]
+
+
+def test_a_batch_stops_at_its_send_window_and_the_rest_goes_next_once_each_in_order(
+    hooks_app: Flask, api: FlaskClient, receiver: Receiver, running: Running, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(webhooks, "SEND_WINDOW", 0.25)
+    source_id = setup_source(hooks_app)
+    create(api, receiver.url, ["contact.registered"])
+    receiver.delay = 0.2  # two sends fit the window, not six
+    for n in range(6):
+        register(api, source_id, n)
+    running.until(lambda: len(receiver.ok()) >= 6, what="all six, over several batches")
+    running.rounds(0.5)
+    ports = [r.port for r in receiver.ok()]
+    ids = [r.json["id"] for r in receiver.ok()]
+    assert len(ids) == len(set(ids)) == 6 and ids == sorted(ids, key=lambda i: int(i.removeprefix("evt_")))
+    assert len(set(ports)) >= 3  # a connection per batch: the window cut the batch at least twice

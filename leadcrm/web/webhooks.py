@@ -6,12 +6,12 @@ from flask import Blueprint, Response, current_app, redirect, request, url_for
 from flask.typing import ResponseReturnValue
 from flask_babel import gettext as _
 
-from leadcrm import delivery, webhooks
+from leadcrm import webhooks
 from leadcrm.auth import allow
 from leadcrm.database import begin_write
 from leadcrm.errors import DomainError
 from leadcrm.extensions import db
-from leadcrm.models import Webhook, utcnow
+from leadcrm.models import Webhook
 from leadcrm.outbox import public_id
 from leadcrm.vocabulary import DeliveryState, Role
 from leadcrm.web.forms import WebhookForm, required, show_domain_error
@@ -150,38 +150,21 @@ def update(webhook_id: int) -> ResponseReturnValue:
     return _show(webhooks.get_webhook(db.session(), hook.id), form, status=422)
 
 
-@bp.post("/<id:webhook_id>/on")
+@bp.post("/<id:webhook_id>/<any(on, off):state>")
 @allow(Role.SUPERVISOR)
-def turn_on(webhook_id: int) -> ResponseReturnValue:
+def turn(webhook_id: int, state: str) -> ResponseReturnValue:
+    """Turn the endpoint on (it resumes from its first undelivered event) or off."""
     webhooks.get_webhook(db.session(), webhook_id)
     begin_write(db.session)
-    webhooks.update_webhook(db.session(), webhook_id, enabled=True, allow_private=_allow_private())
+    webhooks.update_webhook(db.session(), webhook_id, enabled=state == "on", allow_private=_allow_private())
     db.session.commit()
-    return redirect(url_for(".show", webhook_id=webhook_id, done="on"))
-
-
-@bp.post("/<id:webhook_id>/off")
-@allow(Role.SUPERVISOR)
-def turn_off(webhook_id: int) -> ResponseReturnValue:
-    webhooks.get_webhook(db.session(), webhook_id)
-    begin_write(db.session)
-    webhooks.update_webhook(db.session(), webhook_id, enabled=False, allow_private=_allow_private())
-    db.session.commit()
-    return redirect(url_for(".show", webhook_id=webhook_id, done="off"))
+    return redirect(url_for(".show", webhook_id=webhook_id, done=state))
 
 
 @bp.post("/<id:webhook_id>/test")
 @allow(Role.SUPERVISOR)
 def test(webhook_id: int) -> ResponseReturnValue:
-    hook = webhooks.get_webhook(db.session(), webhook_id)
-    url, secret = hook.url, hook.secret
-    db.session.rollback()  # nothing is held while the ping is on its way
-    now = utcnow()
-    ping_id, body = webhooks.ping_body(webhook_id, now)
-    outcome = delivery.send(url, secret, ping_id, body, allow_private=_allow_private())
-    begin_write(db.session)
-    webhooks.record_ping(db.session(), webhook_id, outcome, now)
-    db.session.commit()
+    outcome = webhooks.ping(db.session(), webhook_id, allow_private=_allow_private())
     if outcome.ok:
         notice = _(
             "Test sent: the endpoint answered %(status)s in %(ms)s ms.",
