@@ -21,6 +21,7 @@ import http.client
 import ipaddress
 import itertools
 import os
+import select
 import socket
 import ssl
 import threading
@@ -233,8 +234,9 @@ class _Stale(Exception):
     """A kept connection the receiver had closed before it answered: send again on a new one."""
 
 
-# What a kept connection shows when the receiver closed it while it was idle.
-_STALE = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError)
+# What a kept connection shows when the receiver closed it while it was idle (RemoteDisconnected is a
+# BadStatusLine), or sent bytes after its last answer that now precede this one: sent again, on a new one.
+_STALE = (http.client.BadStatusLine, ConnectionResetError, BrokenPipeError)
 
 
 class Sender:
@@ -277,6 +279,8 @@ class Sender:
                 "User-Agent": USER_AGENT,
             }
             payload = body.encode()
+            if self._connection is not None and _not_quiet(self._connection):
+                self.close()  # closed by the receiver, or bytes no request asked for: never read as an answer
             if self._connection is not None:
                 try:
                     return self._exchange(path, payload, headers, deadline, took, kept=True)
@@ -371,6 +375,18 @@ def send(
         return sender.send(message_id, body)
     finally:
         sender.close()
+
+
+def _not_quiet(connection: http.client.HTTPConnection) -> bool:
+    """Whether an idle kept connection has something to read: its end (the receiver closed it) or
+    bytes after the last answer (a body sent with a 204, say), which the next answer must not start with."""
+    sock = connection.sock
+    if sock is None:
+        return True
+    if isinstance(sock, ssl.SSLSocket) and sock.pending():
+        return True
+    readable, _, _ = select.select([sock], [], [], 0)
+    return bool(readable)
 
 
 def _read_some(response: http.client.HTTPResponse, deadline: float, connection: http.client.HTTPConnection) -> bool:

@@ -473,3 +473,17 @@ def test_a_batch_stops_at_its_send_window_and_the_rest_goes_next_once_each_in_or
     ids = [r.json["id"] for r in receiver.ok()]
     assert len(ids) == len(set(ids)) == 6 and ids == sorted(ids, key=lambda i: int(i.removeprefix("evt_")))
     assert len(set(ports)) >= 3  # a connection per batch: the window cut the batch at least twice
+
+
+def test_bytes_a_receiver_sends_after_its_answer_do_not_fail_the_next_delivery(receiver: Receiver) -> None:
+    """A receiver that writes a body after a 204 (which has none): the stray bytes are dropped with
+    the connection, seen before the next request or when they garble its answer (then sent again)."""
+    receiver.answer_body = b"accepted"
+    sender = delivery.Sender(receiver.url, "whsec_" + "A" * 32, allow_private=True)
+    try:
+        outcomes = [sender.send(f"evt_{n}", "{}") for n in range(4)]
+    finally:
+        sender.close()
+    assert [o.status_code for o in outcomes] == [204] * 4, outcomes  # each the receiver's own answer
+    # At least once: a request whose answer came after stray bytes may have gone twice, never fewer.
+    assert {r.headers["webhook-id"] for r in receiver.all()} == {f"evt_{n}" for n in range(4)}
