@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session
 
 from leadcrm import storage
 from leadcrm.models import Event, utcnow
+from leadcrm.queries import next_shift_change
 from leadcrm.storage import ContactRecord, LeadRecord, OperatorRecord, OutEvent, SourceRecord, Tx, is_on_shift
 from leadcrm.vocabulary import EventType
 
@@ -42,6 +43,9 @@ def moment(value: datetime | None) -> str | None:
     if value.tzinfo is not UTC:
         value = value.astimezone(UTC)
     return value.isoformat().replace("+00:00", "Z")
+
+
+# The records as the API shows them (its schemas' JSON): the API's answers and the events' data alike.
 
 
 def contact_json(contact: ContactRecord) -> dict[str, Any]:
@@ -75,12 +79,6 @@ def lead_json(lead: LeadRecord) -> dict[str, Any]:
 
 def operator_json(operator: OperatorRecord, now: datetime) -> dict[str, Any]:
     """The operator as ``OperatorOut`` shows it, its shift and whether it is at work as of ``now``."""
-    if operator.shift_from is not None and now < operator.shift_from:
-        next_change = operator.shift_from
-    elif operator.shift_until is not None and now < operator.shift_until:
-        next_change = operator.shift_until
-    else:
-        next_change = None
     return {
         "id": operator.id,
         "name": operator.name,
@@ -92,7 +90,7 @@ def operator_json(operator: OperatorRecord, now: datetime) -> dict[str, Any]:
         "last_seen_at": moment(operator.last_seen_at),
         "away_reason": operator.away_reason,
         "on_shift": is_on_shift(operator.shift_from, operator.shift_until, now),
-        "next_shift_change_at": moment(next_change),
+        "next_shift_change_at": moment(next_shift_change(operator.shift_from, operator.shift_until, now)),
         "at_work": operator.at_work(now),
     }
 

@@ -12,9 +12,10 @@ from flask.testing import FlaskClient
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from leadcrm.api.contacts import lead_json, registration_json
+from leadcrm.api.contacts import registration_json
 from leadcrm.api.schemas import ContactOut, DistributionStatusOut, LeadOut, OperatorOut, RegistrationOut
 from leadcrm.distribution import Registration
+from leadcrm.outbox import lead_json
 from leadcrm.storage import ContactRecord, LeadRecord, OperatorRecord
 from leadcrm.vocabulary import IDLE_MINUTES_MAX, INT_MAX, AwayReason, Presence
 from tests.helpers import json_of

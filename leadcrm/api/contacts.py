@@ -1,6 +1,5 @@
 """Contacts: register (the hot path), list, read, history, assign, reopen, close, export."""
 
-from datetime import datetime
 from typing import Any
 
 from flask import Response as FlaskResponse
@@ -31,8 +30,8 @@ from leadcrm.errors import Conflict, InvalidInput, LeadConflict, Message, NotFou
 from leadcrm.extensions import db
 from leadcrm.identity import LeadIdentity, parse_identity
 from leadcrm.models import Contact, utcnow
-from leadcrm.queries import next_shift_change
-from leadcrm.storage import ContactRecord, LeadRecord, OperatorRecord
+from leadcrm.outbox import contact_json, lead_json, operator_json
+from leadcrm.storage import LeadRecord
 from leadcrm.units import on_driver_connection, request_unit
 from leadcrm.vocabulary import IDEMPOTENCY_KEY_MAX, Role
 
@@ -124,59 +123,6 @@ def _registered_lead(lead: LeadRecord, identity: LeadIdentity, name: str | None)
 # document says so), and tests/test_api.py checks the two agree on any record.
 
 
-def utc_text(value: datetime | None) -> str | None:
-    """A timestamp as pydantic writes it: ISO 8601 with a Z."""
-    return value.isoformat().replace("+00:00", "Z") if value is not None else None
-
-
-def contact_json(c: ContactRecord) -> dict[str, Any]:
-    """ContactOut of a record."""
-    return {
-        "id": c.id,
-        "lead_id": c.lead_id,
-        "source_id": c.source_id,
-        "operator_id": c.operator_id,
-        "status": c.status,
-        "message": c.message,
-        "created_at": utc_text(c.created_at),
-        "assigned_at": utc_text(c.assigned_at),
-        "closed_at": utc_text(c.closed_at),
-        "offered_until": utc_text(c.offered_until),
-        "accepted_at": utc_text(c.accepted_at),
-    }
-
-
-def lead_json(lead: LeadRecord) -> dict[str, Any]:
-    """LeadOut of a record."""
-    return {
-        "id": lead.id,
-        "external_id": lead.external_id,
-        "phone": lead.phone,
-        "email": lead.email,
-        "name": lead.name,
-        "created_at": utc_text(lead.created_at),
-    }
-
-
-def operator_json(o: OperatorRecord) -> dict[str, Any]:
-    """OperatorOut of a record."""
-    now = utcnow()
-    return {
-        "id": o.id,
-        "name": o.name,
-        "is_active": o.is_active,
-        "max_active_leads": o.max_active_leads,
-        "active_leads": o.active_leads,
-        "presence": o.presence,
-        "idle_away_minutes": o.idle_away_minutes,
-        "last_seen_at": utc_text(o.last_seen_at),
-        "away_reason": o.away_reason,
-        "on_shift": o.on_shift(now),
-        "next_shift_change_at": utc_text(next_shift_change(o.shift_from, o.shift_until, now)),
-        "at_work": o.at_work(now),
-    }
-
-
 def registration_json(registration: Registration, lead: dict[str, Any]) -> dict[str, Any]:
     """RegistrationOut of a registration, with the lead as the caller may see it."""
     operator = registration.operator
@@ -184,7 +130,7 @@ def registration_json(registration: Registration, lead: dict[str, Any]) -> dict[
         "contact": contact_json(registration.contact),
         "lead": lead,
         "lead_created": registration.lead_created,
-        "assigned_operator": operator_json(operator) if operator is not None else None,
+        "assigned_operator": operator_json(operator, utcnow()) if operator is not None else None,
     }
 
 

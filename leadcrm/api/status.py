@@ -1,6 +1,5 @@
 """The distribution status: loads, weights, shares and queues in one answer."""
 
-from datetime import datetime
 from typing import Any
 
 from leadcrm import queries
@@ -11,13 +10,9 @@ from leadcrm.api.schemas import DistributionStatusOut
 from leadcrm.auth import allow
 from leadcrm.extensions import db
 from leadcrm.models import from_stored_time, utcnow
+from leadcrm.outbox import moment
 from leadcrm.storage import is_at_work
 from leadcrm.vocabulary import Role
-
-
-def _utc_text(value: datetime | None) -> str | None:
-    # As pydantic writes the other timestamps: ISO 8601 with a Z.
-    return value.isoformat().replace("+00:00", "Z") if value else None
 
 
 @bp.get("/distribution_status/")
@@ -65,7 +60,7 @@ def distribution_status() -> Response:
                 "strategy": source.strategy,
                 "operators": shares.get(source.id, []),
                 "waiting": queues.get(source.id, queries.NO_QUEUE).count,
-                "oldest_waiting_at": _utc_text(queues.get(source.id, queries.NO_QUEUE).oldest_created_at),
+                "oldest_waiting_at": moment(queues.get(source.id, queries.NO_QUEUE).oldest_created_at),
             }
             for source in queries.source_rows(db.session())
         ],
