@@ -665,3 +665,32 @@ def test_0010_downgrades_with_schedules_offers_and_timeouts_and_upgrades_again(
             assert conn.execute(sa.text("SELECT offer_timeout_seconds FROM sources WHERE id = 1")).scalar() is None
     finally:
         engine.dispose()
+
+
+def test_0011_downgrades_with_events_webhooks_and_deliveries_and_upgrades_again(
+    backend, tmp_path: Path, instance: Path
+) -> None:
+    """Back to 0010 with events (numbered and not), a webhook, a delivery and an attempt stored; then 0011 again."""
+    url = backend.empty_url(tmp_path, "down11")
+    migrate_to(url)
+    fill(url)
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as conn:
+            contacts = conn.execute(sa.text("SELECT count(*) FROM contacts")).scalar()
+        engine.dispose()
+        migrate_down_to(url, "0010_clock")
+        with engine.connect() as conn:
+            assert conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar() == "0010_clock"
+            tables = set(sa.inspect(conn).get_table_names())
+            gone = {"events", "event_sequence", "webhooks", "webhook_deliveries", "webhook_attempts"}
+            assert not tables & gone, tables & gone
+            assert conn.execute(sa.text("SELECT count(*) FROM contacts")).scalar() == contacts
+        engine.dispose()
+        migrate_to(url)
+        with engine.connect() as conn:
+            for table in ("events", "webhooks", "webhook_deliveries", "webhook_attempts"):
+                assert conn.execute(sa.text(f"SELECT count(*) FROM {table}")).scalar() == 0, table
+            assert conn.execute(sa.text("SELECT count(*) FROM contacts")).scalar() == contacts
+    finally:
+        engine.dispose()
