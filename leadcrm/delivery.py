@@ -9,8 +9,8 @@ not global (``allow_private`` lifts that for LAN installs and tests), and
 the connection goes to the checked address, so a DNS change between the
 check and the connection cannot point it inside. Redirects are not followed
 (a 3xx is a failure); at most ``WEBHOOK_BODY_READ_MAX`` bytes of the answer
-are read; the whole exchange has ``timeout`` seconds (a timer shuts the
-socket down then, however slowly the receiver keeps answering).
+are read; the whole exchange has ``timeout`` seconds (a watchdog thread shuts
+the socket down then, however slowly the receiver keeps answering).
 
 No database and no Flask here: the worker's sender threads use a ``Sender`` per batch, which keeps
 the connection open between deliveries while the receiver allows it; ``send`` is one POST on its own.
@@ -231,7 +231,8 @@ class _PinnedHTTPS(http.client.HTTPSConnection):
 
 
 class _Stale(Exception):
-    """A kept connection the receiver had closed before it answered: send again on a new one."""
+    """A kept connection that failed before a real answer (closed by the receiver, or garbled by bytes
+    it sent after its last answer): send again on a new one."""
 
 
 # What a kept connection shows when the receiver closed it while it was idle (RemoteDisconnected is a
@@ -385,8 +386,9 @@ def _not_quiet(connection: http.client.HTTPConnection) -> bool:
         return True
     if isinstance(sock, ssl.SSLSocket) and sock.pending():
         return True
-    readable, _, _ = select.select([sock], [], [], 0)
-    return bool(readable)
+    poller = select.poll()  # not select(): it refuses descriptors past 1023
+    poller.register(sock, select.POLLIN)
+    return bool(poller.poll(0))
 
 
 def _read_some(response: http.client.HTTPResponse, deadline: float, connection: http.client.HTTPConnection) -> bool:
