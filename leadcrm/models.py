@@ -579,12 +579,20 @@ class EventSequence(Base):
 class Webhook(Base):
     """An endpoint that gets the events it subscribed to, signed (Standard Webhooks).
 
-    ``fanned_out_to``: the position up to which events were queued for it
-    (``webhook_deliveries``); a new endpoint starts at the last position, so
-    it gets what happens from then on. Off (``enabled`` false) it is queued
-    nothing and sent nothing; on again, it resumes from the first event not
-    delivered. ``failing_since``: the first failure since the last success;
-    failing for the whole retry window, it is turned off (``failing``).
+    Its stream: the numbered events after ``sent_to`` that it subscribed to,
+    sent in position order by the one worker holding the stream's lease
+    (``stream_leased_by``/``stream_leased_until``); the cursor moves past
+    each batch once its outcomes are written. A delivered event leaves no row;
+    one that failed becomes a delivery (``webhook_deliveries``) retried on its
+    own, and its subject's later events queue behind it there. A new endpoint
+    starts at the last position, so it gets what happens from then on.
+
+    A stream batch with failures and no success pauses the stream until
+    ``stream_due_at`` (backing off with ``stream_failures``); any success
+    resumes it. Off (``enabled`` false) it is sent nothing; on again, it
+    resumes from the first event not delivered. ``failing_since``: the first
+    failure since the last success; failing for the whole retry window, it is
+    turned off (``failing``). ``delivered_count``: events it answered 2xx to.
     """
 
     __tablename__ = "webhooks"
@@ -601,12 +609,19 @@ class Webhook(Base):
     disabled_at: so.Mapped[Optional[datetime]] = so.mapped_column(UTCDateTime)
     failing_since: so.Mapped[Optional[datetime]] = so.mapped_column(UTCDateTime)
     last_success_at: so.Mapped[Optional[datetime]] = so.mapped_column(UTCDateTime)
-    fanned_out_to: so.Mapped[int] = so.mapped_column(sa.BigInteger)
+    sent_to: so.Mapped[int] = so.mapped_column(sa.BigInteger)
+    stream_leased_by: so.Mapped[Optional[str]] = so.mapped_column(sa.String(200))
+    stream_leased_until: so.Mapped[Optional[datetime]] = so.mapped_column(UTCDateTime)
+    stream_due_at: so.Mapped[Optional[datetime]] = so.mapped_column(UTCDateTime)
+    stream_failures: so.Mapped[int] = so.mapped_column(default=0, server_default="0")
+    delivered_count: so.Mapped[int] = so.mapped_column(sa.BigInteger, default=0, server_default="0")
     created_at: so.Mapped[datetime] = so.mapped_column(UTCDateTime, default=utcnow)
 
 
 class WebhookDelivery(Base):
-    """One event to send to one webhook, until a 2xx answer (or given up after the retry window).
+    """One event to send to one webhook off its stream, until a 2xx answer (or given up after the
+    retry window): one that failed from the stream, one queued behind such a one of its subject, or
+    one sent again by hand (redeliver).
 
     ``leased_by``/``leased_until``: the worker sending it now; a worker killed
     mid-send leaves a lease that runs out, and another sends it again (at

@@ -36,6 +36,14 @@ def public_id(event_id: int) -> str:
     return f"evt_{event_id}"
 
 
+def event_number(public: str) -> int | None:
+    """The event id in ``evt_12`` (None: not an event's id, or past what a BIGINT holds)."""
+    if not (public.startswith("evt_") and public[4:].isascii() and public[4:].isdigit()):
+        return None
+    number = int(public[4:])
+    return number if 0 < number < 2**63 else None
+
+
 def moment(value: datetime | None) -> str | None:
     """A timestamp as the API writes it (pydantic's JSON): ISO 8601 in UTC with a Z."""
     if value is None:

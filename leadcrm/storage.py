@@ -16,6 +16,7 @@ PostgreSQL share (RETURNING, ON CONFLICT DO NOTHING). Where the databases
 differ (row locks), the functions here choose.
 """
 
+import json
 import re
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -30,7 +31,7 @@ from sqlalchemy.orm import Session, scoped_session
 
 from leadcrm.database import UndeclaredWrite
 from leadcrm.models import UTCDateTime, from_stored_time, offer_deadline, utcnow
-from leadcrm.vocabulary import ContactStatus, EventReason, Presence
+from leadcrm.vocabulary import ContactStatus, EventReason, EventType, Presence
 
 # --- records ---------------------------------------------------------------------------
 
@@ -1424,25 +1425,49 @@ def last_position(tx: Tx) -> int:
     return row[0] if row else 0
 
 
-# Fan-out: the webhooks behind the last position, each locked (skipped if another worker holds it),
-# then the events after its cursor, queued as its deliveries.
-WEBHOOKS_BEHIND = Sql(
-    "SELECT id, events, fanned_out_to FROM webhooks WHERE enabled AND fanned_out_to < :last ORDER BY id LIMIT :limit"
+# The stream: a webhook's numbered events after its cursor (``sent_to``), of the types it subscribed
+# to, in position order, sent by the one worker that holds the stream's lease. A delivered event
+# leaves no row; rows (webhook_deliveries) are only for what failed and what queues behind it.
+# The types, as many placeholders as there are event types (a webhook's list padded with its first).
+_TYPE_SLOTS = tuple(f"type{n}" for n in range(len(EventType)))
+STREAMS_DUE = Sql(
+    "SELECT id FROM webhooks WHERE enabled AND sent_to < :last "
+    "AND (stream_leased_until IS NULL OR stream_leased_until < :now) "
+    "AND (stream_due_at IS NULL OR stream_due_at <= :now) ORDER BY id"
 )
-WEBHOOKS_BEHIND_LOCKED = Sql(WEBHOOKS_BEHIND.text + " FOR UPDATE SKIP LOCKED")
-ANY_WEBHOOK_BEHIND = Sql(
-    "SELECT 1 FROM webhooks WHERE enabled AND fanned_out_to < "
-    "(SELECT coalesce(max(last_position), 0) FROM event_sequence) LIMIT 1"
+# When the next stream is due: now if one waits with no lease or pause, else the lease's or pause's end.
+NEXT_STREAM_DUE = Sql(
+    "SELECT min(CASE WHEN stream_leased_until IS NULL THEN coalesce(stream_due_at, :now) "
+    "WHEN stream_due_at IS NULL OR stream_leased_until > stream_due_at THEN stream_leased_until "
+    "ELSE stream_due_at END) FROM webhooks WHERE enabled AND sent_to < :last"
 )
-EVENTS_AFTER = Sql(
-    "SELECT id, position, type, subject, created_at FROM events WHERE position > :after ORDER BY position LIMIT :limit"
+LEASE_STREAM = Sql(
+    "UPDATE webhooks SET stream_leased_by = :worker, stream_leased_until = :until WHERE id = :id AND enabled "
+    "AND sent_to < :last AND (stream_leased_until IS NULL OR stream_leased_until < :now) "
+    "AND (stream_due_at IS NULL OR stream_due_at <= :now)"
 )
-INSERT_DELIVERY = Sql(
-    "INSERT INTO webhook_deliveries (webhook_id, event_id, position, subject, state, attempts, next_attempt_at) "
-    "VALUES (:webhook_id, :event_id, :position, :subject, 'pending', 0, NULL) "
-    "ON CONFLICT (webhook_id, event_id) DO NOTHING"
+STREAM_OF = Sql("SELECT url, secret, events, sent_to, stream_failures FROM webhooks WHERE id = :id")
+STREAM_EVENTS = Sql(
+    "SELECT id, position, type, subject, actor, created_at, data FROM events WHERE position > :after "
+    f"AND position <= :last AND type IN ({', '.join(':' + s for s in _TYPE_SLOTS)}) ORDER BY position LIMIT :limit"
 )
-# The deliveries just queued (after the cursor) with nothing of their subject pending before them: due now.
+STREAM_BACKLOG = Sql(
+    f"SELECT count(*) FROM events WHERE position > :after AND type IN ({', '.join(':' + s for s in _TYPE_SLOTS)})"
+)
+# Subjects with a delivery still to send: their events in the stream queue behind it.
+OPEN_LINES = Sql("SELECT DISTINCT subject FROM webhook_deliveries WHERE webhook_id = :webhook_id AND state = 'pending'")
+STREAM_DONE = Sql(
+    "UPDATE webhooks SET sent_to = :to, stream_leased_by = NULL, stream_leased_until = NULL, "
+    "stream_due_at = :due_at, stream_failures = :failures "
+    "WHERE id = :id AND stream_leased_by = :worker AND stream_leased_until = :until AND sent_to = :after"
+)
+QUEUE_DELIVERY = Sql(
+    "INSERT INTO webhook_deliveries (webhook_id, event_id, position, subject, state, attempts, next_attempt_at, "
+    "first_attempt_at) VALUES (:webhook_id, :event_id, :position, :subject, 'pending', :attempts, :next_attempt_at, "
+    ":first_attempt_at) ON CONFLICT (webhook_id, event_id) DO NOTHING"
+)
+# Deliveries queued without a due time after position ``after`` with nothing of their subject pending
+# before them (the one they queued behind was delivered meanwhile): due now.
 HEADS_DUE = Sql(
     "UPDATE webhook_deliveries SET next_attempt_at = :now WHERE webhook_id = :webhook_id AND state = 'pending' "
     "AND next_attempt_at IS NULL AND position > :after AND NOT EXISTS (SELECT 1 FROM webhook_deliveries o "
@@ -1455,65 +1480,126 @@ NEXT_IN_LINE = Sql(
     "WHERE webhook_id = :webhook_id AND subject = :subject AND state = 'pending' AND next_attempt_at IS NULL "
     "ORDER BY position LIMIT 1)"
 )
-SET_FANNED_OUT = Sql("UPDATE webhooks SET fanned_out_to = :to WHERE id = :id AND fanned_out_to = :previous")
 
 
 @dataclass(frozen=True, slots=True)
-class WebhookCursor:
-    id: int
-    events: str  # the subscribed types, as JSON
-    fanned_out_to: int
+class StreamEvent:
+    """One event of a stream batch, as the sender needs it."""
 
-
-@dataclass(frozen=True, slots=True)
-class PositionedEvent:
-    id: int
+    event_id: int
     position: int
-    type: str
+    event_type: str
     subject: str
+    actor: str | None
     created_at: datetime
+    data: str
 
 
-def webhooks_behind(tx: Tx, last: int, limit: int) -> list[WebhookCursor]:
-    """Enabled webhooks whose deliveries were queued up to a position before ``last``; locked (PostgreSQL)."""
-    statement = WEBHOOKS_BEHIND_LOCKED if tx.row_locks else WEBHOOKS_BEHIND
-    return [WebhookCursor(*row) for row in tx.execute(statement, {"last": last, "limit": limit})]
+@dataclass(frozen=True, slots=True)
+class StreamBatch:
+    """The events a worker leased from a webhook's stream: after ``after``, covering up to ``to``.
 
-
-def any_webhook_behind(tx: Tx) -> bool:
-    return tx.execute(ANY_WEBHOOK_BEHIND, {}).fetchone() is not None
-
-
-def events_after(tx: Tx, after: int, limit: int) -> list[PositionedEvent]:
-    """Numbered events after position ``after``, in position order."""
-    rows = tx.execute(EVENTS_AFTER, {"after": after, "limit": limit})
-    return [PositionedEvent(r[0], r[1], r[2], r[3], from_stored_time(r[4])) for r in rows]
-
-
-def queue_deliveries(tx: Tx, webhook_id: int, events: list[PositionedEvent], after: int, now: datetime) -> None:
-    """Queue these events (numbered after position ``after``, in order) for the webhook; an event
-    queued already is left as it is.
-
-    Each subject's deliveries form a line: only its head has a due time
-    (``next_attempt_at``); one queued behind a pending delivery of the same
-    subject has none until the one before it is done (``next_in_line``). All
-    are inserted without one, then one statement makes the new heads due.
-    The caller holds the webhook's row lock, as every writer of its lines does.
+    ``blocked``: subjects with a delivery still to send when leased; their
+    events are not sent but queued behind it. ``failures``: batches in a row
+    that got failures and no success (the pause backs off with it).
     """
-    rows = [{"webhook_id": webhook_id, "event_id": e.id, "position": e.position, "subject": e.subject} for e in events]
-    if rows:
-        tx.execute_many(INSERT_DELIVERY, rows)
-        tx.execute(HEADS_DUE, {"webhook_id": webhook_id, "after": after, "now": tx.stored(now)})
+
+    webhook_id: int
+    url: str
+    secret: str
+    after: int
+    to: int
+    held_until: datetime
+    failures: int
+    events: list[StreamEvent]
+    blocked: frozenset[str]
+
+
+def _types(subscribed: list[str]) -> dict[str, str]:
+    padded = (subscribed or [""]) + [subscribed[0] if subscribed else ""] * (len(_TYPE_SLOTS) - len(subscribed))
+    return dict(zip(_TYPE_SLOTS, padded, strict=True))
+
+
+def streams_due(tx: Tx, now: datetime) -> list[int]:
+    """Enabled webhooks with events after their cursor, not leased and not paused."""
+    return [row[0] for row in tx.execute(STREAMS_DUE, {"last": last_position(tx), "now": tx.stored(now)})]
+
+
+def next_stream_due(tx: Tx, now: datetime) -> datetime | None:
+    row = tx.execute(NEXT_STREAM_DUE, {"last": last_position(tx), "now": tx.stored(now)}).fetchone()
+    return from_stored_time(row[0])
+
+
+def lease_stream(
+    tx: Tx, webhook_id: int, worker: str, now: datetime, until: datetime, limit: int
+) -> StreamBatch | None:
+    """Lease the webhook's stream to ``worker`` until ``until`` and read its next ``limit`` events; None
+    if it is not due (another worker holds it, it is paused or off, or nothing is after its cursor).
+
+    The lease is one update of the webhook's row (locked first, as in every
+    path), so two workers never hold one stream. The batch covers the events
+    read; when fewer than ``limit`` came, it covers up to the last position.
+    """
+    last = last_position(tx)
+    params = {"id": webhook_id, "worker": worker, "until": tx.stored(until), "now": tx.stored(now), "last": last}
+    if tx.execute(LEASE_STREAM, params).rowcount != 1:
+        return None
+    url, secret, subscribed, after, failures = tx.execute(STREAM_OF, {"id": webhook_id}).fetchone()
+    rows = tx.execute(STREAM_EVENTS, {"after": after, "last": last, "limit": limit, **_types(json.loads(subscribed))})
+    events = [StreamEvent(r[0], r[1], r[2], r[3], r[4], from_stored_time(r[5]), r[6]) for r in rows]
+    covered = events[-1].position if len(events) == limit else last
+    subjects = {e.subject for e in events}
+    lines = {row[0] for row in tx.execute(OPEN_LINES, {"webhook_id": webhook_id})} if subjects else set()
+    return StreamBatch(webhook_id, url, secret, after, covered, until, failures, events, frozenset(lines & subjects))
+
+
+def stream_done(tx: Tx, batch: StreamBatch, worker: str, to: int, paused_until: datetime | None, failures: int) -> bool:
+    """Move the stream's cursor to ``to`` and give its lease back (paused until ``paused_until``, if set);
+    False if ``worker`` no longer held it (it ran out and another worker took the stream)."""
+    params = {
+        "id": batch.webhook_id,
+        "worker": worker,
+        "until": tx.stored(batch.held_until),
+        "after": batch.after,
+        "to": to,
+        "due_at": tx.stored(paused_until) if paused_until is not None else None,
+        "failures": failures,
+    }
+    return tx.execute(STREAM_DONE, params).rowcount == 1
+
+
+def queue_from_stream(
+    tx: Tx, batch: StreamBatch, rows: list[tuple[StreamEvent, datetime | None, datetime | None]], now: datetime
+) -> None:
+    """Queue these stream events as deliveries: (event, when it first failed or None, when to try again
+    or None: behind an earlier one of its subject). Those queued behind a delivery that went meanwhile
+    are due now. The caller holds the stream's lease and the webhook's row lock."""
+    if not rows:
+        return
+    params = [
+        {
+            "webhook_id": batch.webhook_id,
+            "event_id": e.event_id,
+            "position": e.position,
+            "subject": e.subject,
+            "attempts": 1 if failed_at is not None else 0,
+            "first_attempt_at": tx.stored(failed_at) if failed_at is not None else None,
+            "next_attempt_at": tx.stored(retry_at) if retry_at is not None else None,
+        }
+        for e, failed_at, retry_at in rows
+    ]
+    tx.execute_many(QUEUE_DELIVERY, params)
+    tx.execute(HEADS_DUE, {"webhook_id": batch.webhook_id, "after": batch.after, "now": tx.stored(now)})
+
+
+def stream_backlog(tx: Tx, after: int, subscribed: list[str]) -> int:
+    """Numbered events after position ``after`` of these types: what the stream has still to send."""
+    return int(tx.execute(STREAM_BACKLOG, {"after": after, **_types(subscribed)}).fetchone()[0])
 
 
 def next_in_line(tx: Tx, webhook_id: int, subject: str, now: datetime) -> None:
     """Make the next delivery of the subject's line due now (the one before it is done)."""
     tx.execute(NEXT_IN_LINE, {"webhook_id": webhook_id, "subject": subject, "now": tx.stored(now)})
-
-
-def set_fanned_out(tx: Tx, webhook_id: int, previous: int, to: int) -> bool:
-    """Move the webhook's cursor from ``previous`` to ``to``; False if it had moved (another worker)."""
-    return tx.execute(SET_FANNED_OUT, {"id": webhook_id, "previous": previous, "to": to}).rowcount == 1
 
 
 # Claims: a webhook's due deliveries (only the head of a subject's line has a due time) that nobody
@@ -1617,7 +1703,11 @@ RETRY_LATER = Sql(
     "first_attempt_at = coalesce(first_attempt_at, :now), leased_by = NULL, leased_until = NULL "
     "WHERE id = :id AND state = 'pending' AND leased_by = :worker"
 )
-WEBHOOK_SUCCEEDED = Sql("UPDATE webhooks SET last_success_at = :now, failing_since = NULL WHERE id = :id")
+# A 2xx: the endpoint is not failing, and its stream, if paused for failures, goes on at once.
+WEBHOOK_SUCCEEDED = Sql(
+    "UPDATE webhooks SET last_success_at = :now, failing_since = NULL, stream_due_at = NULL, stream_failures = 0, "
+    "delivered_count = delivered_count + :delivered WHERE id = :id"
+)
 WEBHOOK_FAILED = Sql("UPDATE webhooks SET failing_since = coalesce(failing_since, :now) WHERE id = :id")
 # Failing since before the cutoff with no success since: turned off.
 DISABLE_FAILING = Sql(
@@ -1665,8 +1755,9 @@ def retry_later(tx: Tx, delivery_id: int, worker: str, now: datetime, next_attem
     return tx.execute(RETRY_LATER, params).rowcount == 1
 
 
-def webhook_succeeded(tx: Tx, webhook_id: int, now: datetime) -> None:
-    tx.execute(WEBHOOK_SUCCEEDED, {"id": webhook_id, "now": tx.stored(now)})
+def webhook_succeeded(tx: Tx, webhook_id: int, now: datetime, delivered: int) -> None:
+    """Note ``delivered`` events answered with a 2xx (none: a ping): no longer failing, the stream unpaused."""
+    tx.execute(WEBHOOK_SUCCEEDED, {"id": webhook_id, "now": tx.stored(now), "delivered": delivered})
 
 
 def webhook_failed(tx: Tx, webhook_id: int, now: datetime, cutoff: datetime) -> bool:

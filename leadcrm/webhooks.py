@@ -3,28 +3,34 @@
 A supervisor adds an endpoint (URL, event types, description) and gets its
 signing secret once. The worker then, in short transactions of its own:
 
-- queues (``fan_out``) every numbered event (``leadcrm.outbox``) an enabled
-  endpoint subscribed to as a delivery, moving the endpoint's cursor
-  (``fanned_out_to``) in the same transaction, so nothing is queued twice
-  or skipped, also with several workers (the endpoint's row is locked);
-- leases (``lease``) an endpoint's due deliveries that head their subject's
-  line (nothing of the same contact still pending before them), sends them
-  outside any transaction (``leadcrm.delivery``), and records the outcomes
-  (``record``) only while it still holds the lease. A worker killed
-  mid-send leaves leases that run out: the deliveries are sent again.
+- leases (``lease_stream``) the endpoint's stream: the numbered events
+  (``leadcrm.outbox``) after its cursor that it subscribed to, a batch at a
+  time, one worker at a time (the lease is on the endpoint's row); sends them
+  in position order outside any transaction (``send_stream``,
+  ``leadcrm.delivery``); and, only while it still holds the lease, moves the
+  cursor past what it sent (``record_stream``). A delivered event leaves no
+  row behind: delivering takes the database's write lock twice per batch.
+- An event that failed becomes a delivery (``webhook_deliveries``) retried
+  on its own, and the later events of its subject (contact) queue behind it
+  there, so one contact's events still arrive in order while the others flow.
+  Due deliveries are leased (``lease``) and recorded (``record``) likewise.
+  A worker killed mid-send leaves leases that run out: the events are sent
+  again (at least once).
 
 A failed delivery is retried with exponential backoff and jitter (the first
 retry after about ``retry_base`` seconds, the gaps doubling up to
 ``retry_max``) for ``retry_for`` seconds, then given up (``failed``;
-redeliver sends it again). An endpoint with no 2xx answer for ``retry_for``
-is turned off (``failing``); its pending deliveries wait, and on again it
-resumes from the first undelivered event.
+redeliver sends it again). A stream batch that got failures and no success
+pauses the stream, backing off the same way, until a try succeeds. An
+endpoint with no 2xx answer for ``retry_for`` is turned off (``failing``);
+its pending deliveries and its stream wait, and on again it resumes from the
+first undelivered event.
 """
 
 import json
 import random
 from base64 import b64encode
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from secrets import token_bytes
@@ -38,7 +44,7 @@ from leadcrm.delivery import Outcome, Refused, check_url, literal_address_refuse
 from leadcrm.errors import Conflict, InvalidInput, Message, NotFound
 from leadcrm.models import Event, Webhook, WebhookAttempt, WebhookDelivery, utcnow
 from leadcrm.outbox import moment, public_id
-from leadcrm.storage import DeliveryJob, Tx
+from leadcrm.storage import DeliveryJob, StreamBatch, StreamEvent, Tx
 from leadcrm.vocabulary import (
     DESCRIPTION_MAX,
     PING,
@@ -52,14 +58,14 @@ from leadcrm.vocabulary import (
 
 _system_random = random.SystemRandom()
 
-# Events queued per endpoint and transaction of the fan-out; endpoints per fan-out transaction.
-FAN_OUT_BATCH = 1000
-FAN_OUT_WEBHOOKS = 20
-# Deliveries one worker leases from one endpoint at a time, sent one after the other (over one
-# connection where the receiver keeps it open): many per transaction, so that delivering takes the
-# database's write lock seldom. A batch stops starting new sends after SEND_WINDOW seconds; what it
-# did not send goes back at once. The lease covers the window, one send's timeout and recording.
+# Events (of a stream) or deliveries one worker leases from one endpoint at a time, sent one after the
+# other (over one connection where the receiver keeps it open): many per transaction, so that
+# delivering takes the database's write lock seldom. A batch stops starting new sends after
+# SEND_WINDOW seconds; what it did not send goes back at once. The lease covers the window, one
+# send's timeout and recording. A stream batch also stops after STREAM_FAILURES_IN_A_ROW failures
+# in a row: the receiver is likely down, and the stream pauses rather than turn every event into a retry.
 LEASE_BATCH = 100
+STREAM_FAILURES_IN_A_ROW = 3
 SEND_WINDOW = 30.0
 LEASE_FOR = timedelta(seconds=SEND_WINDOW + WEBHOOK_TIMEOUT + 30)
 
@@ -144,7 +150,7 @@ def create_webhook(
         description=_description(description),
         secret=new_secret(),
         enabled=True,
-        fanned_out_to=storage.last_position(tx),
+        sent_to=storage.last_position(tx),
         created_at=utcnow(),
     )
     session.add(webhook)
@@ -188,10 +194,10 @@ def update_webhook(
 ) -> Webhook:
     """Change an endpoint's URL, types, description or whether it is on.
 
-    Turned off by hand it is queued and sent nothing more; turned on (after
-    a supervisor or its failures turned it off) it resumes from the first
-    event not delivered: what waited is due at once, and what happened
-    meanwhile is queued. New types apply to events from now on.
+    Turned off by hand it is sent nothing more; turned on (after a supervisor
+    or its failures turned it off) it resumes from the first event not
+    delivered: what waited to be retried is due at once, and its stream goes
+    on from its cursor. New types apply to the events not sent yet.
     """
     webhook = lock_webhook(session, webhook_id)
     if url is not None:
@@ -206,6 +212,8 @@ def update_webhook(
         webhook.disabled_reason = None
         webhook.disabled_at = None
         webhook.failing_since = None
+        webhook.stream_due_at = None
+        webhook.stream_failures = 0
         session.execute(
             sa.update(WebhookDelivery)
             .where(
@@ -230,6 +238,35 @@ def delete_webhook(session: Session, webhook_id: int) -> None:
     session.execute(sa.delete(WebhookAttempt).where(WebhookAttempt.webhook_id == webhook.id))
     session.delete(webhook)
     session.flush()
+
+
+def redeliver_event(session: Session, webhook_id: int, event_id: int) -> WebhookDelivery:
+    """Send an event the endpoint's stream already sent again (as ``redeliver`` does): its delivery,
+    made for it if the stream delivered it at the first try. An event the stream has still to send
+    goes with it (Conflict); one not kept (or never numbered) is NotFound."""
+    webhook = lock_webhook(session, webhook_id)
+    event = session.get(Event, event_id)
+    if event is None or event.position is None:
+        raise NotFound(Message("No event %(id)s is kept.", id=public_id(event_id)))
+    delivery = session.scalar(
+        sa.select(WebhookDelivery).where(WebhookDelivery.webhook_id == webhook_id, WebhookDelivery.event_id == event_id)
+    )
+    if delivery is None:
+        if event.position > webhook.sent_to:
+            raise Conflict(Message("This event is not sent yet; it goes with the others, in order."))
+        if event.type not in subscribed(webhook):
+            raise Conflict(Message("This endpoint is not subscribed to %(type)s.", type=event.type))
+        delivery = WebhookDelivery(
+            webhook_id=webhook_id,
+            event_id=event_id,
+            position=event.position,
+            subject=event.subject,
+            state=DeliveryState.DELIVERED,
+            attempts=0,
+        )
+        session.add(delivery)
+        session.flush()
+    return redeliver(session, webhook_id, delivery.id)
 
 
 def redeliver(session: Session, webhook_id: int, delivery_id: int) -> WebhookDelivery:
@@ -274,36 +311,31 @@ class QueueCounts:
 
 
 def queue_counts(session: Session, webhook_ids: Iterable[int]) -> dict[int, QueueCounts]:
-    """Per webhook: deliveries waiting, given up and delivered (the events kept)."""
+    """Per webhook: events waiting to be sent (retries due later, queued behind them, and the stream's
+    numbered events after its cursor), deliveries given up, and events delivered since it was added."""
     ids = list(webhook_ids)
     counts: dict[int, dict[str, int]] = {i: {} for i in ids}
-    if ids:
-        rows = session.execute(
-            sa.select(WebhookDelivery.webhook_id, WebhookDelivery.state, sa.func.count())
-            .where(WebhookDelivery.webhook_id.in_(ids))
-            .group_by(WebhookDelivery.webhook_id, WebhookDelivery.state)
-        )
-        for webhook_id, state, n in rows:
-            counts[webhook_id][state] = n
-    return {
-        i: QueueCounts(
-            c.get(DeliveryState.PENDING, 0), c.get(DeliveryState.FAILED, 0), c.get(DeliveryState.DELIVERED, 0)
-        )
-        for i, c in counts.items()
-    }
-
-
-def not_yet_queued(session: Session, webhook: Webhook) -> int:
-    """Numbered events after the endpoint's cursor (off: what it will be queued when on again, if subscribed)."""
-    types = subscribed(webhook)
-    return (
-        session.scalar(
-            sa.select(sa.func.count())
-            .select_from(Event)
-            .where(Event.position > webhook.fanned_out_to, Event.type.in_(types))
-        )
-        or 0
+    if not ids:
+        return {}
+    rows = session.execute(
+        sa.select(WebhookDelivery.webhook_id, WebhookDelivery.state, sa.func.count())
+        .where(WebhookDelivery.webhook_id.in_(ids), WebhookDelivery.state != DeliveryState.DELIVERED)
+        .group_by(WebhookDelivery.webhook_id, WebhookDelivery.state)
     )
+    for webhook_id, state, n in rows:
+        counts[webhook_id][state] = n
+    tx = Tx.of(session)
+    hooks = session.execute(
+        sa.select(Webhook.id, Webhook.sent_to, Webhook.events, Webhook.delivered_count).where(Webhook.id.in_(ids))
+    )
+    result = {}
+    for webhook_id, sent_to, types, delivered in hooks:
+        backlog = storage.stream_backlog(tx, sent_to, json.loads(types))
+        c = counts[webhook_id]
+        result[webhook_id] = QueueCounts(
+            c.get(DeliveryState.PENDING, 0) + backlog, c.get(DeliveryState.FAILED, 0), delivered
+        )
+    return result
 
 
 def attempts(session: Session, webhook_id: int, limit: int = WEBHOOK_ATTEMPTS_KEPT) -> list[WebhookAttempt]:
@@ -387,23 +419,94 @@ def record_ping(session: Session, webhook_id: int, outcome: Outcome, at: datetim
 # --- the worker's steps -----------------------------------------------------------------------
 
 
-def fan_out(session: Session, limit: int = FAN_OUT_BATCH) -> int:
-    """Queue numbered events for the enabled endpoints behind, up to ``limit`` events each; how many
-    endpoints moved. Each endpoint's row is locked (skipped if another worker holds it)."""
-    tx = Tx.of(session)
-    now = utcnow()
-    last = storage.last_position(tx)
-    moved = 0
-    for cursor in storage.webhooks_behind(tx, last, FAN_OUT_WEBHOOKS):
-        events = storage.events_after(tx, cursor.fanned_out_to, limit)
-        if not events:
+def lease_stream(
+    session: Session, webhook_id: int, worker: str, now: datetime, limit: int = LEASE_BATCH
+) -> StreamBatch | None:
+    """Lease the endpoint's stream to ``worker`` for as long as sending a batch may take (LEASE_FOR)
+    and read its next events; None if it is not due."""
+    return storage.lease_stream(Tx.of(session), webhook_id, worker, now, now + LEASE_FOR, limit)
+
+
+@dataclass(frozen=True, slots=True)
+class StreamSent:
+    """What became of one event of a stream batch: the answer, or None when it was not sent (an
+    earlier event of its subject waits to be retried: it queues behind that one); and when."""
+
+    event: StreamEvent
+    outcome: Outcome | None
+    at: datetime
+
+
+def send_stream(
+    batch: StreamBatch, send_one: Callable[[str, str], Outcome], go_on: Callable[[], bool]
+) -> list[StreamSent]:
+    """Send the batch's events in position order with ``send_one(message id, body)`` (no database here);
+    what it got for each, a prefix of the batch. After an event fails, the later ones of its subject are
+    not sent (they queue behind it); it stops when ``go_on()`` says so or after
+    STREAM_FAILURES_IN_A_ROW failures in a row."""
+    blocked = set(batch.blocked)
+    done: list[StreamSent] = []
+    in_a_row = 0
+    for event in batch.events:
+        if not go_on():
+            break
+        at = utcnow()
+        if event.subject in blocked:
+            done.append(StreamSent(event, None, at))
             continue
-        types = set(json.loads(cursor.events))
-        storage.queue_deliveries(tx, cursor.id, [e for e in events if e.type in types], cursor.fanned_out_to, now)
-        if not storage.set_fanned_out(tx, cursor.id, cursor.fanned_out_to, events[-1].position):
-            raise RuntimeError(f"webhook {cursor.id}'s cursor moved under its lock")
-        moved += 1
-    return moved
+        body = envelope(event.event_id, event.event_type, event.created_at, event.actor, event.data)
+        outcome = send_one(message_id(event.event_id), body)
+        done.append(StreamSent(event, outcome, at))
+        if outcome.ok:
+            in_a_row = 0
+            continue
+        blocked.add(event.subject)
+        in_a_row += 1
+        if in_a_row >= STREAM_FAILURES_IN_A_ROW:
+            break
+    return done
+
+
+def record_stream(
+    session: Session, batch: StreamBatch, worker: str, done: list[StreamSent], now: datetime, retries: Retries
+) -> int:
+    """Write what a stream batch got, only while ``worker`` still holds the stream: the cursor moves past
+    what was done, the failed events become deliveries due for a retry and the ones not sent queue
+    behind them; how many were sent (0 when the lease ran out and another worker took the stream: it
+    sends them again). Webhook row first, then its deliveries."""
+    tx = Tx.of(session)
+    storage.lock_webhook(tx, batch.webhook_id)
+    sent = [d for d in done if d.outcome is not None]
+    succeeded = sum(1 for d in sent if d.outcome is not None and d.outcome.ok)
+    failed = len(sent) - succeeded
+    to = batch.to if len(done) == len(batch.events) else done[-1].event.position if done else batch.after
+    failures = batch.failures + 1 if failed and not succeeded else 0
+    paused_until = now + retries.delay(failures) if failures else None
+    if not storage.stream_done(tx, batch, worker, to, paused_until, failures):
+        return 0
+    if succeeded:
+        storage.webhook_succeeded(tx, batch.webhook_id, now, succeeded)
+    elif failed:
+        storage.webhook_failed(tx, batch.webhook_id, now, now - timedelta(seconds=retries.for_))
+    queued: list[tuple[StreamEvent, datetime | None, datetime | None]] = [
+        (d.event, None, None) if d.outcome is None else (d.event, d.at, now + retries.delay(1))
+        for d in done
+        if d.outcome is None or not d.outcome.ok
+    ]
+    storage.queue_from_stream(tx, batch, queued, now)
+    storage.log_attempts(
+        tx,
+        batch.webhook_id,
+        [(d.event.event_id, d.event.event_type, d.at, d.outcome.status_code, d.outcome.duration_ms, d.outcome.error)
+         for d in sent if d.outcome is not None],
+    )  # fmt: skip
+    if sent:
+        storage.prune_attempts(tx, batch.webhook_id, WEBHOOK_ATTEMPTS_KEPT)
+    return len(sent)
+
+
+def streams_due(session: Session, now: datetime) -> list[int]:
+    return storage.streams_due(Tx.of(session), now)
 
 
 def lease(session: Session, webhook_id: int, worker: str, now: datetime, limit: int = LEASE_BATCH) -> list[DeliveryJob]:
@@ -427,8 +530,6 @@ def record(
     succeeded = any(outcome.ok for _, outcome, _ in results)
     failed = any(not outcome.ok for _, outcome, _ in results)
     turned_off = False
-    if succeeded:
-        storage.webhook_succeeded(tx, webhook_id, now)
     if failed and not succeeded:
         turned_off = storage.webhook_failed(tx, webhook_id, now, now - timedelta(seconds=retries.for_))
     storage.log_attempts(
@@ -438,12 +539,14 @@ def record(
          for job, outcome, at in results],
     )  # fmt: skip
     recorded = 0
+    delivered = 0
     line_moves = []  # subjects whose next delivery is due now (the one before it done)
     for job, outcome, at in results:
         if outcome.ok:
             done = storage.delivered(tx, job.delivery_id, worker, now)
             if done:
                 line_moves.append(job.subject)
+                delivered += 1
         else:
             first = job.first_attempt_at or at
             # Given up after the retry window, unless the whole endpoint was just turned off: then it waits for it.
@@ -453,6 +556,8 @@ def record(
             if done and give_up:
                 line_moves.append(job.subject)
         recorded += done
+    if succeeded:
+        storage.webhook_succeeded(tx, webhook_id, now, delivered)
     storage.next_in_lines(tx, webhook_id, line_moves, now)
     storage.prune_attempts(tx, webhook_id, WEBHOOK_ATTEMPTS_KEPT)
     return recorded

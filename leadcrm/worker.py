@@ -3,12 +3,14 @@
 Shifts that start or end (``schedules.refresh_due_shifts``), offers whose
 deadline passed (``offers.expire_offers``), queues a drain left longer than
 one batch (``drain_requests``), events out (numbering them in commit order,
-``outbox.sequence``; queueing them for webhooks, ``webhooks.fan_out``;
-sending those, ``webhooks.lease``/``record``), and forgetting expired
-Idempotency-Keys and old events.
+``outbox.sequence``; sending them from each webhook's stream,
+``webhooks.lease_stream``/``record_stream``, and retrying those that failed,
+``webhooks.lease``/``record``), and forgetting expired Idempotency-Keys and
+old events.
 
-Webhook deliveries are sent by threads of the worker (``senders``, nicer
-than the loop: ``SENDER_NICE``), one endpoint's batch per thread at a time,
+Webhook deliveries are sent by threads of the worker (``senders``, which
+run only on CPU time nothing else wants: ``yield_cpu``; under a full load
+they wait and catch up after it), one endpoint's batch per thread at a time,
 over one kept-alive connection, outside any transaction: a slow or dead
 receiver holds its own thread for at most its timeout per delivery and
 delays neither the other endpoints nor the worker's other steps. Leasing and
@@ -56,7 +58,7 @@ from leadcrm.distribution import DRAIN_BATCH, drain_queue, limit_drains
 from leadcrm.extensions import db
 from leadcrm.idempotency import forget_expired
 from leadcrm.models import WorkerBeat, utcnow
-from leadcrm.storage import DeliveryJob, Tx, act_as
+from leadcrm.storage import DeliveryJob, StreamBatch, Tx, act_as
 from leadcrm.vocabulary import WORKER_SILENT_AFTER
 
 log = logging.getLogger(__name__)
@@ -79,9 +81,6 @@ WAKE_AFTER = 0.001
 TICK_MIN = 0.1
 # The same failure of a step is logged again at most this often (seconds) while it lasts.
 COMPLAIN_EVERY = 60.0
-# Sender threads run this much nicer than the rest of the process (Linux keeps a nice value per thread):
-# when registrations keep the CPU busy, delivering yields to them and catches up when the load drops.
-SENDER_NICE = 10
 
 T = TypeVar("T")
 # What a sender thread did with one leased delivery: the outcome, and when it began.
@@ -183,8 +182,9 @@ class Worker:
         self.senders = ThreadPoolExecutor(
             max_workers=int(config["LEADCRM_WEBHOOK_SENDERS"]), thread_name_prefix="send", initializer=yield_cpu
         )
-        # Per webhook: the batch being sent by a sender thread (one at a time per webhook).
-        self._sending: dict[int, tuple[list[DeliveryJob], Future[list[Sent]]]] = {}
+        # Per webhook: the batch being sent by a sender thread (one at a time per webhook): leased
+        # deliveries to retry, or a batch of its stream.
+        self._sending: dict[int, tuple[list[DeliveryJob] | StreamBatch, Future[Any]]] = {}
         self._events_forgotten_at: datetime | None = None
         self._keys_forgotten_at: datetime | None = None
         self._beaten_at: datetime | None = None
@@ -294,7 +294,7 @@ class Worker:
         return assigned
 
     def events(self) -> int:
-        """Number the committed events in commit order, then queue them for the webhooks behind."""
+        """Number the committed events in commit order (the webhooks' streams follow the numbers)."""
         numbered = 0
         if self._read(lambda: storage.any_unsequenced(Tx.of(db.session()))):
             while not self.stop.is_set():
@@ -302,39 +302,68 @@ class Worker:
                 numbered += n
                 if n < outbox.SEQUENCE_BATCH:
                     break
-        if self._read(lambda: storage.any_webhook_behind(Tx.of(db.session()))):
-            for _ in range(ROUND_MAX):
-                if self.stop.is_set() or not self._write(lambda: webhooks.fan_out(db.session())):
-                    break
         return numbered
 
     def deliveries(self) -> int:
-        """Record what the sender threads got; lease each webhook's due deliveries and hand them to a
-        thread (a webhook whose batch is still being sent waits for it). How many outcomes were recorded."""
+        """Record what the sender threads got; then per webhook (one whose batch is still being sent
+        waits for it) lease its due retries, or else the next batch of its stream, and hand it to a
+        thread. How many outcomes were recorded."""
         recorded = self.record_sent()
         if self.stop.is_set():
             return recorded
         now = utcnow()
-        for webhook_id in self._read(lambda: webhooks.webhooks_with_due(db.session(), now)):
+
+        def due() -> tuple[set[int], set[int]]:
+            session = db.session()
+            return set(webhooks.webhooks_with_due(session, now)), set(webhooks.streams_due(session, now))
+
+        retries_due, streams_due = self._read(due)
+        for webhook_id in sorted(retries_due | streams_due):
             if webhook_id in self._sending or self.stop.is_set():
                 continue
-            jobs = self._write(lambda: webhooks.lease(db.session(), webhook_id, self.name, utcnow()))  # noqa: B023
-            if jobs:
-                future = self.senders.submit(self._send, jobs)
+            work: list[DeliveryJob] | StreamBatch | None = None
+            if webhook_id in retries_due:
+                work = self._write(lambda: webhooks.lease(db.session(), webhook_id, self.name, utcnow()))  # noqa: B023
+            if not work and webhook_id in streams_due:
+                work = self._write(
+                    lambda: webhooks.lease_stream(db.session(), webhook_id, self.name, utcnow())  # noqa: B023
+                )
+            if isinstance(work, StreamBatch) and not work.events:
+                # Only events of types it did not subscribe to: the cursor moves past them, nothing to send.
+                def skip(batch: StreamBatch = work) -> int:
+                    return webhooks.record_stream(db.session(), batch, self.name, [], utcnow(), self.retries)
+
+                self._write(skip)
+                continue
+            if work:
+                future: Future[Any] = self.senders.submit(self._send, work)
                 future.add_done_callback(lambda _: self.stop.nudge())
-                self._sending[webhook_id] = (jobs, future)
+                self._sending[webhook_id] = (work, future)
         return recorded
 
-    def _send(self, jobs: list[DeliveryJob]) -> list[Sent]:
-        """A sender thread: POST each leased delivery in turn (no database here); stops early when stopping,
-        and starts none after the send window (the rest of the batch goes back)."""
-        sent = []
+    def _go_on(self, window_ends: float) -> bool:
+        return not self.stop.is_set() and time.monotonic() <= window_ends
+
+    def _send(self, work: list[DeliveryJob] | StreamBatch) -> list[Sent] | list[webhooks.StreamSent]:
+        """A sender thread: send the batch (no database here) over one connection while the receiver
+        keeps it open; stops early when stopping, and starts no send after the send window."""
         window_ends = time.monotonic() + webhooks.SEND_WINDOW
+        if isinstance(work, StreamBatch):
+            sender = delivery.Sender(work.url, work.secret, allow_private=self.allow_private)
+            try:
+                return webhooks.send_stream(work, sender.send, lambda: self._go_on(window_ends))
+            finally:
+                sender.close()
+        return self._send_retries(work, window_ends)
+
+    def _send_retries(self, jobs: list[DeliveryJob], window_ends: float) -> list[Sent]:
+        """POST each leased delivery in turn; what it did not send goes back."""
+        sent = []
         # One endpoint's batch: one URL and secret, one connection while the receiver keeps it open.
         sender = delivery.Sender(jobs[0].url, jobs[0].secret, allow_private=self.allow_private)
         try:
             for job in jobs:
-                if self.stop.is_set() or time.monotonic() > window_ends:
+                if not self._go_on(window_ends):
                     break
                 at = utcnow()
                 body = webhooks.envelope(job.event_id, job.event_type, job.created_at, job.actor, job.data)
@@ -347,18 +376,29 @@ class Worker:
         """Write the outcomes of the batches sent (all of them, waiting, with ``wait``); give back the
         leases of what a stopping thread did not send."""
         recorded = 0
-        for webhook_id, (jobs, future) in list(self._sending.items()):
+        for webhook_id, (work, future) in list(self._sending.items()):
             if not future.done() and not wait:
                 continue
             try:
-                sent = future.result()
+                result = future.result()
             except Exception as exc:  # a bug in a sender: its leases run out, the deliveries go again
                 del self._sending[webhook_id]
                 self._complain("send", f"{type(exc).__name__}: {exc}", exc)
                 continue
+            now = utcnow()
+            if isinstance(work, StreamBatch):
+
+                def write_stream(
+                    batch: StreamBatch = work, done: list[webhooks.StreamSent] = result, now: datetime = now
+                ) -> int:
+                    return webhooks.record_stream(db.session(), batch, self.name, done, now, self.retries)
+
+                recorded += self._write(write_stream)
+                del self._sending[webhook_id]
+                continue
+            jobs, sent = work, result
             sent_ids = {job.delivery_id for job, _, _ in sent}
             unsent = [job for job in jobs if job.delivery_id not in sent_ids]
-            now = utcnow()
 
             def write(
                 webhook_id: int = webhook_id,
@@ -410,10 +450,10 @@ class Worker:
                 due.append(now)
             # New events are looked for every LEADCRM_EVENTS_POLL seconds; a sender that finishes wakes the loop.
             due.append(now + timedelta(seconds=self.events_poll))
-            delivery_due = storage.next_delivery_due(tx)
-            # Due now but not leased: behind a batch still being sent here, whose end wakes the loop.
-            if delivery_due is not None and not (delivery_due <= now and self._sending):
-                due.append(delivery_due)
+            for delivery_due in (storage.next_delivery_due(tx), storage.next_stream_due(tx, now)):
+                # Due now but not leased: behind a batch still being sent here, whose end wakes the loop.
+                if delivery_due is not None and not (delivery_due <= now and self._sending):
+                    due.append(delivery_due)
             return min(due)
 
         return self._read(read)
@@ -520,12 +560,19 @@ class Worker:
         signal.signal(signal.SIGINT, handle)
 
 
-def yield_cpu(nicer: int = SENDER_NICE) -> None:
-    """Make the calling thread ``nicer`` (Linux sets a nice value per thread; elsewhere, or when the
-    system refuses, it stays as it was: sending is only slower to yield)."""
+def yield_cpu() -> None:
+    """Let the calling thread run only on CPU time nothing else wants: Linux's SCHED_IDLE policy, set
+    per thread (threads it starts inherit it). Measured on a 2-core machine (bench/notes.md): two
+    busy threads at nice 19 took 30 % of gunicorn's registrations, two at SCHED_IDLE none. Where that
+    policy is missing or refused, nice 19; where that fails too, it stays as it was (it only yields less)."""
+    try:
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))  # 0: the calling thread
+        return
+    except (AttributeError, OSError):
+        pass
     try:
         tid = threading.get_native_id()
-        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + nicer))
+        os.setpriority(os.PRIO_PROCESS, tid, 19)
     except (AttributeError, OSError):
         pass
 

@@ -8,6 +8,7 @@ again on the same port.
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -32,11 +33,13 @@ class Received:
 
 
 class Receiver:
-    def __init__(self, nice: int = 0) -> None:
+    def __init__(self, idle: bool = False) -> None:
         self.port = free_port()
-        # How much nicer than the test its threads run (a benchmark's receiver stands for another machine).
-        self.nice = nice
+        # Its threads run only on CPU time nothing else wants (a benchmark's receiver stands for another machine).
+        self.idle = idle
         self.status = 204
+        # Answered 500 whatever ``status`` says when this returns True for the body (None: never).
+        self.fail_if: Callable[[bytes], bool] | None = None
         self.delay = 0.0
         self.answer_body = b""
         self.answer_headers: dict[str, str] = {}
@@ -75,7 +78,8 @@ class Receiver:
                 body = self.rfile.read(length)
                 if receiver.delay:
                     time.sleep(receiver.delay)
-                status = receiver.status
+                fail_if = receiver.fail_if
+                status = 500 if fail_if is not None and fail_if(body) else receiver.status
                 with receiver._lock:
                     receiver.received.append(Received(dict(self.headers), body, status, port=self.client_address[1]))
                 self.send_response(status)
@@ -105,8 +109,8 @@ class Receiver:
         server = self._server
 
         def serve() -> None:
-            if receiver.nice:
-                yield_cpu(receiver.nice)  # the threads it starts for each connection inherit it
+            if receiver.idle:
+                yield_cpu()  # the threads it starts for each connection inherit it
             server.serve_forever()
 
         self._thread = threading.Thread(target=serve, daemon=True)

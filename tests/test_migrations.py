@@ -242,7 +242,8 @@ ROWS: dict[str, list[dict[str, Any]]] = {
             "disabled_at": None,
             "failing_since": None,
             "last_success_at": at(58),
-            "fanned_out_to": 1,
+            "fanned_out_to": 1,  # before 0012
+            "sent_to": 1,
             "created_at": at(55),
         },
     ],
@@ -300,6 +301,17 @@ ADDED_LATER: dict[tuple[str, str], Any] = {
     ("sources", "offer_misses_away"): 3,
     ("contacts", "offered_until"): None,
     ("contacts", "accepted_at"): None,
+    # Webhook streams: no lease or pause yet; delivered_count counts the deliveries stored as delivered.
+    ("webhooks", "stream_leased_by"): None,
+    ("webhooks", "stream_leased_until"): None,
+    ("webhooks", "stream_due_at"): None,
+    ("webhooks", "stream_failures"): 0,
+    ("webhooks", "delivered_count"): 1,
+}
+
+# Columns a later revision renamed (the value kept): (table, old name) -> new name.
+RENAMED: dict[tuple[str, str], str] = {
+    ("webhooks", "fanned_out_to"): "sent_to",
 }
 
 WAITING_CONTACTS = [6, 7]
@@ -393,6 +405,7 @@ def test_upgrade_from_every_revision_keeps_the_data(backend, tmp_path: Path, ins
     for name, rows in before.items():
         assert len(after[name]) == len(rows), name
         for old, new in zip(rows, after[name], strict=True):
+            old = {RENAMED.get((name, key), key): value for key, value in old.items()}
             assert {key: new[key] for key in old} == old, name
             for key in set(new) - set(old):
                 assert (name, key) in ADDED_LATER, f"{name}.{key} is new since {revision}: add it to ADDED_LATER"
@@ -692,5 +705,45 @@ def test_0011_downgrades_with_events_webhooks_and_deliveries_and_upgrades_again(
             for table in ("events", "webhooks", "webhook_deliveries", "webhook_attempts"):
                 assert conn.execute(sa.text(f"SELECT count(*) FROM {table}")).scalar() == 0, table
             assert conn.execute(sa.text("SELECT count(*) FROM contacts")).scalar() == contacts
+    finally:
+        engine.dispose()
+
+
+def test_0012_downgrades_with_a_stream_leased_and_paused_and_upgrades_again(
+    backend, tmp_path: Path, instance: Path
+) -> None:
+    """Back to 0011: the cursor becomes fanned_out_to again and every delivery stays; then 0012 again."""
+    url = backend.empty_url(tmp_path, "down12")
+    migrate_to(url)
+    fill(url)
+    engine = sa.create_engine(url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(
+                sa.text(
+                    "UPDATE webhooks SET sent_to = 7, stream_leased_by = 'w:1', stream_leased_until = :at, "
+                    "stream_due_at = :at, stream_failures = 2, delivered_count = 40"
+                ),
+                {"at": at(59)},
+            )
+            deliveries = conn.execute(sa.text("SELECT * FROM webhook_deliveries ORDER BY id")).fetchall()
+        engine.dispose()
+        migrate_down_to(url, "0011_events_out")
+        with engine.connect() as conn:
+            assert conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar() == "0011_events_out"
+            assert conn.execute(sa.text("SELECT fanned_out_to FROM webhooks")).scalar() == 7
+            columns = {c["name"] for c in sa.inspect(conn).get_columns("webhooks")}
+            assert not columns & {"sent_to", "stream_leased_by", "stream_due_at", "delivered_count"}
+            assert conn.execute(sa.text("SELECT * FROM webhook_deliveries ORDER BY id")).fetchall() == deliveries
+        engine.dispose()
+        migrate_to(url)
+        with engine.connect() as conn:
+            row = conn.execute(
+                sa.text(
+                    "SELECT sent_to, stream_leased_by, stream_due_at, stream_failures, delivered_count FROM webhooks"
+                )
+            ).one()
+            # Counted again from the deliveries stored as delivered (the one in ROWS).
+            assert tuple(row) == (7, None, None, 0, 1)
     finally:
         engine.dispose()

@@ -12,7 +12,7 @@ from flask.testing import FlaskClient
 
 from leadcrm import create_app
 from leadcrm.extensions import db
-from leadcrm.models import Webhook, WebhookDelivery
+from leadcrm.models import Event, Webhook, WebhookAttempt, WebhookDelivery, utcnow
 from leadcrm.vocabulary import Role
 from tests.helpers import add_user, csrf_token_of, login_client
 from tests.receiver import Receiver
@@ -117,3 +117,36 @@ def test_the_webhook_page_turns_it_off_and_on_tests_it_redelivers_and_deletes_it
             assert db.session.scalar(sa.select(sa.func.count()).select_from(WebhookDelivery)) == 0
     finally:
         receiver.stop()
+
+
+def test_an_event_the_stream_delivered_is_sent_again_from_the_log(page_app: Flask, browser: FlaskClient) -> None:
+    form_post(browser, "/webhooks/", {"url": "https://crm.example.com/hooks", "events": ["contact.closed"]})
+    with page_app.app_context():
+        hook = db.session.scalars(sa.select(Webhook)).one()
+        at = utcnow()
+        sent = Event(position=1, type="contact.closed", subject="contact:7", actor="worker", created_at=at, data="{}")
+        later = Event(position=2, type="contact.closed", subject="contact:8", actor="worker", created_at=at, data="{}")
+        db.session.add_all([sent, later])
+        db.session.flush()
+        hook.sent_to = 1  # the stream delivered the first (logged), not the second yet
+        db.session.add(
+            WebhookAttempt(
+                webhook_id=hook.id, event_id=sent.id, event_type=sent.type, at=at, status_code=204, duration_ms=5
+            )
+        )
+        db.session.commit()
+        hook_id, sent_id, later_id = hook.id, sent.id, later.id
+    page = f"/webhooks/{hook_id}"
+    shown = browser.get(page).get_data(as_text=True)
+    action = f"/webhooks/{hook_id}/events/{sent_id}/redeliver"
+    assert f'action="{action}"' in shown and "Send again" in shown
+    again = form_post(browser, action, {}, page)
+    assert again.status_code == 302 and "done=redelivered" in again.headers["Location"]
+    with page_app.app_context():
+        (row,) = db.session.scalars(sa.select(WebhookDelivery)).all()
+        assert (row.event_id, row.state, row.attempts, row.subject) == (sent_id, "pending", 0, "contact:7")
+        assert row.next_attempt_at is not None
+    assert "Queued again" in browser.get(again.headers["Location"]).get_data(as_text=True)
+    not_yet = form_post(browser, f"/webhooks/{hook_id}/events/{later_id}/redeliver", {}, page)
+    assert not_yet.status_code == 409 and "not sent yet" in not_yet.get_data(as_text=True)
+    assert form_post(browser, f"/webhooks/{hook_id}/events/999999/redeliver", {}, page).status_code == 404

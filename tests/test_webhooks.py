@@ -23,7 +23,7 @@ from standardwebhooks.webhooks import Webhook as Verifier
 from leadcrm import create_app, delivery, webhooks
 from leadcrm.database import begin_write, reads_only
 from leadcrm.extensions import db
-from leadcrm.models import Event, Webhook, WebhookAttempt, utcnow
+from leadcrm.models import Event, Webhook, WebhookAttempt, WebhookDelivery, utcnow
 from leadcrm.vocabulary import Role, TokenScope
 from leadcrm.worker import Worker
 from tests.helpers import add_operator, add_source, add_token, add_user, json_of, login_client
@@ -352,21 +352,33 @@ def test_redeliver_sends_a_delivered_event_again_with_the_same_id_and_a_ping_is_
 ) -> None:
     source_id = setup_source(hooks_app)
     hook = create(api, receiver.url, ["contact.registered"])
+    base = f"/api/v1/webhooks/{hook['id']}"
     register(api, source_id, 1)
-    listed = f"/api/v1/webhooks/{hook['id']}/deliveries"
-    running.until(lambda: json_of(api.get(listed, query_string={"state": "delivered"})) != [], what="delivered")
-    deliveries = json_of(api.get(listed))
-    assert [d["state"] for d in deliveries] == ["delivered"] and deliveries[0]["attempts"] == 1
-    again = api.post(f"/api/v1/webhooks/{hook['id']}/deliveries/{deliveries[0]['id']}/redeliver")
-    assert again.status_code == 200 and json_of(again)["state"] == "pending"
+    running.until(lambda: json_of(api.get(base))["delivered"] == 1, what="delivered")
+    # Delivered at the first try, from the stream: no delivery row, the log names the event.
+    assert json_of(api.get(f"{base}/deliveries")) == []
+    (logged,) = json_of(api.get(f"{base}/attempts"))
+    assert logged["status_code"] == 204 and logged["event_type"] == "contact.registered"
+    again = api.post(f"{base}/events/{logged['event_id']}/redeliver")
+    assert again.status_code == 200 and json_of(again)["state"] == "pending", again.get_data(as_text=True)
     running.until(lambda: len(receiver.ok()) == 2, what="the redelivery")
     first, second = receiver.ok()
-    assert first.headers["webhook-id"] == second.headers["webhook-id"] == deliveries[0]["event_id"]
-    assert api.post(f"/api/v1/webhooks/{hook['id']}/deliveries/999999/redeliver").status_code == 404
+    assert first.headers["webhook-id"] == second.headers["webhook-id"] == logged["event_id"]
+    running.until(lambda: json_of(api.get(f"{base}/deliveries"))[0]["state"] == "delivered", what="recorded")
+    (row,) = json_of(api.get(f"{base}/deliveries"))
+    assert row["event_id"] == logged["event_id"] and row["attempts"] == 1
+    assert json_of(api.get(base))["delivered"] == 2
+    # The delivery it made is redelivered by its own id as well, and once more from the log.
+    assert json_of(api.post(f"{base}/deliveries/{row['id']}/redeliver"))["state"] == "pending"
+    running.until(lambda: len(receiver.ok()) == 3, what="the second redelivery")
+    assert api.post(f"{base}/deliveries/999999/redeliver").status_code == 404
+    for bad in ("evt_999999", "evt_0", "12", "evt_99999999999999999999", "evt_x"):
+        answer = api.post(f"{base}/events/{bad}/redeliver")
+        assert answer.status_code == 404 and answer.is_json, (bad, answer.status_code)
 
     ping = api.post(f"/api/v1/webhooks/{hook['id']}/test")
     assert ping.status_code == 200 and json_of(ping)["ok"] is True and json_of(ping)["status_code"] == 204
-    (body,) = verified(receiver.ok()[2:], hook["secret"])
+    (body,) = verified(receiver.ok()[3:], hook["secret"])
     assert body["type"] == "ping" and body["data"] == {"webhook_id": hook["id"]}
     assert json_of(api.get(f"/api/v1/webhooks/{hook['id']}/attempts"))[0]["event_type"] == "ping"
     receiver.stop()
@@ -487,3 +499,134 @@ def test_bytes_a_receiver_sends_after_its_answer_do_not_fail_the_next_delivery(r
     assert [o.status_code for o in outcomes] == [204] * 4, outcomes  # each the receiver's own answer
     # At least once: a request whose answer came after stray bytes may have gone twice, never fewer.
     assert {r.headers["webhook-id"] for r in receiver.all()} == {f"evt_{n}" for n in range(4)}
+
+
+# --- the stream: rows only for what failed ------------------------------------------------------
+
+
+def rows(app: Flask) -> list[tuple[str, str, int]]:
+    """The deliveries stored (the stream's failures and what queued behind them): (subject, state, attempts)."""
+    with app.app_context():
+        found = db.session.execute(
+            sa.select(WebhookDelivery.subject, WebhookDelivery.state, WebhookDelivery.attempts).order_by(
+                WebhookDelivery.position
+            )
+        )
+        result = [tuple(r) for r in found]
+        db.session.remove()
+        return result  # type: ignore[return-value]
+
+
+def test_a_failed_event_holds_back_only_its_contacts_later_events_and_the_rest_flows_without_rows(
+    hooks_app: Flask, api: FlaskClient, receiver: Receiver, running: Running
+) -> None:
+    source_id = setup_source(hooks_app)
+    hook = create(api, receiver.url, ["contact.registered", "contact.assigned", "contact.closed"])
+    receiver.fail_if = lambda body: b"+79005550001" in body  # the receiver chokes on one customer
+    a = register(api, source_id, 1)
+    b = register(api, source_id, 2)
+    running.until(lambda: len(receiver.ok()) >= 2, what="the other contact's two events")
+    api.post(f"/api/v1/contacts/{a['id']}/close")
+    api.post(f"/api/v1/contacts/{b['id']}/close")
+    running.until(lambda: len(receiver.ok()) >= 3, what="the other contact's close")
+    running.rounds(0.5)  # retries of the first contact's registration fail meanwhile
+    assert {r.json["data"]["contact"]["id"] for r in receiver.ok()} == {b["id"]}
+    assert [r.json["type"] for r in receiver.ok()] == ["contact.registered", "contact.assigned", "contact.closed"]
+    # Only the failing contact has rows: its registration retried, its assignment and close queued behind.
+    stored = rows(hooks_app)
+    subject = f"contact:{a['id']}"
+    assert [(s, state) for s, state, _ in stored] == [(subject, "pending")] * 3
+    assert stored[0][2] >= 2 and stored[1][2] == stored[2][2] == 0
+    assert json_of(api.get(f"/api/v1/webhooks/{hook['id']}"))["pending"] == 3
+    tried = [r.json["type"] for r in receiver.all() if b"+79005550001" in r.body]
+    assert set(tried) == {"contact.registered"}  # nothing of it went before its registration
+
+    receiver.fail_if = None
+    running.until(lambda: len(receiver.ok()) >= 6, what="the held-back contact, once it is accepted")
+    running.rounds(0.3)
+    held = [r.json["type"] for r in receiver.ok() if r.json["data"]["contact"]["id"] == a["id"]]
+    assert held == ["contact.registered", "contact.assigned", "contact.closed"]
+    assert [state for _, state, _ in rows(hooks_app)] == ["delivered"] * 3
+    shown = json_of(api.get(f"/api/v1/webhooks/{hook['id']}"))
+    assert shown["pending"] == 0 and shown["delivered"] == 6 and shown["failing_since"] is None
+
+
+def test_a_receiver_that_fails_everything_pauses_the_stream_rather_than_retry_every_event(
+    hooks_app: Flask, api: FlaskClient, receiver: Receiver, running: Running
+) -> None:
+    source_id = setup_source(hooks_app)
+    hook = create(api, receiver.url, ["contact.registered"])
+    receiver.status = 500
+    contacts = [register(api, source_id, n) for n in range(40)]
+
+    def paused_twice() -> bool:
+        webhook = db.session.get_one(Webhook, hook["id"])
+        db.session.refresh(webhook)
+        return webhook.stream_failures >= 2
+
+    running.until(paused_twice, what="two stream batches that failed")
+    with hooks_app.app_context():
+        webhook = db.session.get_one(Webhook, hook["id"])
+        assert webhook.stream_due_at is not None  # kept while a batch is out again, until its outcome
+        failures = webhook.stream_failures
+    stored = rows(hooks_app)
+    # Each paused batch tried STREAM_FAILURES_IN_A_ROW events: the other 30-odd wait in the stream.
+    assert len(stored) <= webhooks.STREAM_FAILURES_IN_A_ROW * (failures + 1) < len(contacts)
+    assert json_of(api.get(f"/api/v1/webhooks/{hook['id']}"))["pending"] == len(contacts)
+
+    receiver.status = 204
+    running.until(lambda: len(receiver.ok()) >= len(contacts), what="everything once the receiver is back")
+    running.rounds(0.3)
+    ids = [r.json["id"] for r in receiver.ok()]
+    assert len(ids) == len(set(ids)) == len(contacts)
+    with hooks_app.app_context():
+        webhook = db.session.get_one(Webhook, hook["id"])
+        assert webhook.stream_due_at is None and webhook.stream_failures == 0 and webhook.delivered_count == 40
+    assert [state for _, state, _ in rows(hooks_app)] == ["delivered"] * len(stored)
+
+
+def test_a_stream_lease_that_ran_out_is_taken_over_and_the_first_holder_writes_nothing(
+    hooks_app: Flask, api: FlaskClient
+) -> None:
+    """Two workers, the first stalled past its lease: the second sends the same events again (at least
+    once) and only its outcome moves the cursor; the first's late write changes nothing."""
+    source_id = setup_source(hooks_app)
+    hook = create(api, "https://crm.example.com/hooks", ["contact.registered"])
+    for n in range(3):
+        register(api, source_id, n)
+    ok = delivery.Outcome(204, 3, None)
+    with hooks_app.app_context():
+        session = db.session()
+
+        def write(work: Callable[[], Any]) -> Any:
+            begin_write(db.session)
+            result = work()
+            db.session.commit()
+            return result
+
+        from leadcrm import outbox
+        from leadcrm.storage import Tx
+
+        write(lambda: outbox.sequence(Tx.of(db.session())))
+        now = utcnow()
+        first = write(lambda: webhooks.lease_stream(session, hook["id"], "first", now))
+        assert first is not None and len(first.events) == 3 and first.after < first.to
+        assert write(lambda: webhooks.lease_stream(session, hook["id"], "second", now)) is None  # held
+        later = now + webhooks.LEASE_FOR + timedelta(seconds=1)
+        second = write(lambda: webhooks.lease_stream(session, hook["id"], "second", later))
+        assert second is not None and [e.event_id for e in second.events] == [e.event_id for e in first.events]
+        late = [webhooks.StreamSent(e, ok, now) for e in first.events]
+        assert write(lambda: webhooks.record_stream(session, first, "first", late, later, webhooks.Retries())) == 0
+        webhook = db.session.get_one(Webhook, hook["id"])
+        db.session.refresh(webhook)
+        assert webhook.sent_to == first.after and webhook.stream_leased_by == "second"
+        assert webhook.delivered_count == 0 and db.session.scalars(sa.select(WebhookAttempt)).all() == []
+        # The second sends one and is stopped: the cursor moves past that one only.
+        done = [webhooks.StreamSent(second.events[0], ok, later)]
+        assert write(lambda: webhooks.record_stream(session, second, "second", done, later, webhooks.Retries())) == 1
+        db.session.refresh(webhook)
+        assert webhook.sent_to == second.events[0].position and webhook.stream_leased_by is None
+        assert webhook.delivered_count == 1
+        third = write(lambda: webhooks.lease_stream(session, hook["id"], "first", later))
+        assert third is not None and [e.event_id for e in third.events] == [e.event_id for e in first.events[1:]]
+        db.session.remove()

@@ -692,7 +692,7 @@ class WebhookUpdate(Strict):
     description: Description = omittable()
     enabled: bool = Field(  # type: ignore[assignment]  # omittable, not nullable
         None,
-        description="false: nothing more is queued or sent; true: resumes from the first event not delivered.",
+        description="false: nothing more is sent; true: resumes from the first event not delivered.",
         json_schema_extra=_no_default,
     )
 
@@ -710,9 +710,11 @@ class WebhookOut(BaseModel):
     failing_since: Optional[datetime] = Field(description="The first failure since the last success; null if none.")
     last_success_at: Optional[datetime]
     created_at: datetime
-    pending: int = Field(description="Deliveries waiting to be sent (again).")
+    pending: int = Field(
+        description="Events still to send: its stream's after its cursor, retries and those queued behind them."
+    )
     failed: int = Field(description="Deliveries given up after the retry window (redeliver sends them again).")
-    delivered: int = Field(description="Deliveries that got a 2xx answer (of the events kept).")
+    delivered: int = Field(description="Events that got a 2xx answer since the endpoint was added.")
 
 
 class WebhookCreatedOut(WebhookOut):

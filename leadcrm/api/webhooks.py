@@ -5,7 +5,7 @@ from typing import Any
 
 from flask import current_app, url_for
 
-from leadcrm import webhooks
+from leadcrm import outbox, webhooks
 from leadcrm.api import bp
 from leadcrm.api.http import Response, dump, json_body, parse, query_args
 from leadcrm.api.openapi import Answer, created, operation
@@ -21,6 +21,7 @@ from leadcrm.api.schemas import (
 )
 from leadcrm.auth import allow
 from leadcrm.database import begin_write
+from leadcrm.errors import Message, NotFound
 from leadcrm.extensions import db
 from leadcrm.models import Webhook, WebhookDelivery
 from leadcrm.outbox import public_id
@@ -207,6 +208,24 @@ def redeliver(webhook_id: int, delivery_id: int) -> Response:
     webhooks.get_webhook(db.session(), webhook_id)
     begin_write(db.session)
     row = webhooks.redeliver(db.session(), webhook_id, delivery_id)
+    event_type = webhooks.event_type_of(db.session(), row.event_id)
+    db.session.commit()
+    return _delivery_json(row, event_type)
+
+
+@bp.post("/webhooks/<id:webhook_id>/events/<event_id>/redeliver")
+@allow(Role.SUPERVISOR)
+@operation("redeliverWebhookEvent", Answer("The event's delivery, due again.", WebhookDeliveryOut), errors=(404, 409))
+def redeliver_event(webhook_id: int, event_id: str) -> Response:
+    """Send an event again that the endpoint's stream already sent (by its id, ``evt_...``, as the log
+    shows it): events delivered at the first try have no delivery to redeliver until this makes one.
+    409 for an event not sent yet (it goes in order with the others) or of a type not subscribed."""
+    webhooks.get_webhook(db.session(), webhook_id)
+    number = outbox.event_number(event_id)
+    if number is None:
+        raise NotFound(Message("No event %(id)s is kept.", id=event_id))
+    begin_write(db.session)
+    row = webhooks.redeliver_event(db.session(), webhook_id, number)
     event_type = webhooks.event_type_of(db.session(), row.event_id)
     db.session.commit()
     return _delivery_json(row, event_type)

@@ -108,7 +108,6 @@ def _show(hook: Webhook, form: WebhookForm | None = None, status: int = 200, **c
         hook=hook,
         form=form,
         counts=webhooks.queue_counts(session, [hook.id])[hook.id],
-        not_queued=webhooks.not_yet_queued(session, hook),
         attempts=webhooks.attempts(session, hook.id, LOG_SHOWN),
         waiting=webhooks.deliveries(session, hook.id, state=DeliveryState.PENDING, limit=LOG_SHOWN),
         failed=webhooks.deliveries(session, hook.id, state=DeliveryState.FAILED, limit=LOG_SHOWN),
@@ -182,6 +181,17 @@ def redeliver(webhook_id: int, delivery_id: int) -> ResponseReturnValue:
     webhooks.get_webhook(db.session(), webhook_id)
     begin_write(db.session)
     webhooks.redeliver(db.session(), webhook_id, delivery_id)
+    db.session.commit()
+    return redirect(url_for(".show", webhook_id=webhook_id, done="redelivered"))
+
+
+@bp.post("/<id:webhook_id>/events/<id:event_id>/redeliver")
+@allow(Role.SUPERVISOR)
+def redeliver_event(webhook_id: int, event_id: int) -> ResponseReturnValue:
+    """Send an event of the log again (one the stream delivered leaves no delivery to redeliver)."""
+    webhooks.get_webhook(db.session(), webhook_id)
+    begin_write(db.session)
+    webhooks.redeliver_event(db.session(), webhook_id, event_id)
     db.session.commit()
     return redirect(url_for(".show", webhook_id=webhook_id, done="redelivered"))
 
