@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 from flask import Flask
 from flask.testing import FlaskClient
 from hypothesis import given, settings
@@ -14,7 +15,10 @@ from hypothesis import strategies as st
 
 from leadcrm.api.contacts import registration_json
 from leadcrm.api.schemas import ContactOut, DistributionStatusOut, LeadOut, OperatorOut, RegistrationOut
+from leadcrm.database import begin_write
 from leadcrm.distribution import Registration
+from leadcrm.extensions import db
+from leadcrm.models import Contact
 from leadcrm.outbox import lead_json
 from leadcrm.storage import ContactRecord, LeadRecord, OperatorRecord
 from leadcrm.vocabulary import IDLE_MINUTES_MAX, INT_MAX, AwayReason, Presence
@@ -790,14 +794,19 @@ def test_export_csv_follows_the_filters_and_defuses_formulas(client: FlaskClient
     response = client.get(f"{API}/contacts/export.csv")
     assert response.status_code == 200 and response.mimetype == "text/csv"
     assert "attachment" in response.headers["Content-Disposition"]
-    rows = list(csv.DictReader(io.StringIO(response.get_data(as_text=True))))
+    assert response.data.startswith(b"\xef\xbb\xbfcontact_id,")  # UTF-8 with a byte-order mark
+    rows = list(csv.DictReader(io.StringIO(response.data.decode("utf-8-sig"))))
     assert [r["contact_id"] for r in rows] == ["2", "1"]
     assert rows[1]["lead_name"] == "'=HYPERLINK(1)" and rows[1]["phone"] == "+79001234567"
     assert rows[0]["message"] == 'a, "quoted"\nline' and rows[1]["status"] == "closed"
-    assert rows[1]["operator"] in ("Anna", "Boris") and rows[1]["closed_at"].endswith("Z")
-    only_open = list(csv.DictReader(io.StringIO(client.get(f"{API}/contacts/export.csv?status=open").text)))
+    assert rows[1]["operator"] in ("Anna", "Boris") and re.fullmatch(
+        r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", rows[1]["closed_at"]
+    )
+    opened = client.get(f"{API}/contacts/export.csv?status=open").data.decode("utf-8-sig")
+    only_open = list(csv.DictReader(io.StringIO(opened)))
     assert [r["contact_id"] for r in only_open] == ["2"]
     assert_error(client.get(f"{API}/contacts/export.csv?status=nonsense"), 422)
+    assert_error(client.get(f"{API}/contacts/export.csv?sep=tab"), 422)
 
 
 def test_unknown_query_parameters_are_refused_like_unknown_fields(client: FlaskClient) -> None:
@@ -938,6 +947,35 @@ def test_the_openapi_document_says_exactly_one_source(client: FlaskClient) -> No
     assert not validator.is_valid({"source_id": None, "source_name": None, "phone": "+79001234567"})
 
 
+def test_export_opens_in_a_russian_spreadsheet_semicolons_bom_and_the_organisations_clock(
+    app: Flask, client: FlaskClient, setup: dict
+) -> None:
+    """Cyrillic survives as UTF-8 (a byte-order mark tells Excel), cells split on semicolons, and times are
+    on the organisation's wall clock on both sides of a DST change (Berlin: UTC+2 in July, UTC+1 in December)."""
+    import csv
+    import io
+
+    assert client.put(f"{API}/settings", json={"timezone": "Europe/Berlin"}).status_code == 200
+    post(client, "/contacts/register", {"source_id": 1, "phone": "+79001234567", "name": "Ольга; «Рога и копыта»"})
+    post(client, "/contacts/register", {"source_id": 1, "phone": "+79001234568", "message": "Перезвоните, 3,5 млн"})
+    with app.app_context():
+        begin_write(db.session)
+        summer, winter = datetime(2026, 7, 1, 21, 30, tzinfo=UTC), datetime(2026, 12, 1, 23, 5, 9, tzinfo=UTC)
+        db.session.execute(sa.update(Contact).where(Contact.id == 1).values(created_at=summer, assigned_at=summer))
+        db.session.execute(sa.update(Contact).where(Contact.id == 2).values(created_at=winter, assigned_at=winter))
+        db.session.commit()
+    response = client.get(f"{API}/contacts/export.csv?sep=semicolon")
+    assert response.status_code == 200 and response.headers["Content-Type"] == "text/csv; charset=utf-8"
+    assert response.data.startswith("\ufeffcontact_id;created_at;".encode())
+    rows = {r["contact_id"]: r for r in csv.DictReader(io.StringIO(response.data.decode("utf-8-sig")), delimiter=";")}
+    assert rows["1"]["lead_name"] == "Ольга; «Рога и копыта»" and rows["2"]["message"] == "Перезвоните, 3,5 млн"
+    # The next day, in Berlin, for the winter one: the day boundary follows the organisation's zone.
+    assert rows["1"]["created_at"] == rows["1"]["assigned_at"] == "2026-07-01 23:30:00"
+    assert rows["2"]["created_at"] == "2026-12-02 00:05:09" and rows["2"]["closed_at"] == ""
+    commas = client.get(f"{API}/contacts/export.csv").data.decode("utf-8-sig")
+    assert commas.startswith("contact_id,created_at,") and '"Перезвоните, 3,5 млн"' in commas
+
+
 def test_export_defuses_formulas_in_operator_and_source_names(client: FlaskClient) -> None:
     import csv
     import io
@@ -946,7 +984,7 @@ def test_export_defuses_formulas_in_operator_and_source_names(client: FlaskClien
     source = create_source(client, "@SUM(1+1)")
     post(client, f"/sources/{source['id']}/config", {"operator_id": operator["id"], "weight": 1})
     post(client, "/contacts/register", {"source_id": source["id"], "phone": "+79001234567", "email": "-1@example.com"})
-    rows = list(csv.DictReader(io.StringIO(client.get(f"{API}/contacts/export.csv").text)))
+    rows = list(csv.DictReader(io.StringIO(client.get(f"{API}/contacts/export.csv").data.decode("utf-8-sig"))))
     assert rows[0]["operator"] == "'" + operator["name"] and rows[0]["source"] == "'@SUM(1+1)"
     assert rows[0]["email"] == "'-1@example.com" and rows[0]["phone"] == "+79001234567"
 

@@ -196,7 +196,7 @@ def test_a_generated_client_runs_the_readme_walk_through(served: tuple[str, str]
     assert isinstance(found, m.LeadPage) and [item.id for item in found.items] == [registration.lead.id]
     csv = op.export_contacts.sync(client=client, status=m.ContactStatus.CLOSED)
     header, row = csv.splitlines()
-    assert header.startswith("contact_id,") and row.startswith("1,")
+    assert header.startswith("\ufeffcontact_id,") and row.startswith("1,")
 
     # A change names only what changes: the generated model leaves out (never nulls) the rest.
     changed = op.update_operator.sync(operator_id=1, client=client, body=m.OperatorUpdate(max_active_leads=3))

@@ -417,6 +417,22 @@ def test_contacts_list_filters(client: FlaskClient, setup: dict) -> None:
     assert client.get("/contacts/?operator_id=abc&status=nonsense").status_code == 200
 
 
+def test_the_export_link_splits_on_semicolons_in_russian_and_on_commas_in_english(client: FlaskClient) -> None:
+    def links(headers: dict[str, str]) -> list[tuple[str, str]]:
+        page = client.get("/contacts/?status=open", headers=headers).get_data(as_text=True)
+        found: list[tuple[str, str]] = re.findall(
+            r'href="(/api/v1/contacts/export\.csv\?[^"]*)" download>([^<]*)<', page
+        )
+        return found
+
+    (main, main_label), (other, other_label) = links({"Accept-Language": "ru"})
+    assert "sep=semicolon" in main and "status=open" in main and main_label == "Выгрузить CSV"
+    assert "sep=comma" in other and "запят" in other_label
+    (main, _), (other, other_label) = links({"Accept-Language": "en"})
+    assert "sep=comma" in main and "sep=semicolon" in other and other_label == "separated by semicolons"
+    assert client.get(main.replace("&amp;", "&")).data.startswith(b"\xef\xbb\xbfcontact_id,")
+
+
 def test_close_from_the_list_updates_the_row_and_the_load(client: FlaskClient, setup: dict) -> None:
     contact = json_of(client.post("/api/v1/contacts/register", json={"source_id": 1, "phone": "+79001234567"}))
     operator_id = contact["assigned_operator"]["id"]

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal
 from functools import partial
-from typing import Annotated, Any, Generic, Optional, TypeVar
+from typing import Annotated, Any, Generic, Literal, Optional, TypeVar
 
 from annotated_types import GroupedMetadata, MaxLen
 from pydantic import (
@@ -616,6 +616,14 @@ class ContactFilter(PageArgs):
     source_id: Optional[Id] = None
     lead_id: Optional[Id] = None
     unassigned: Optional[bool] = None
+
+
+class ContactExport(ContactFilter):
+    sep: Literal["comma", "semicolon"] = Field(
+        "comma",
+        description="The cell separator: semicolon for spreadsheets in locales whose decimal mark is a comma "
+        "(Russian Excel and LibreOffice split on it).",
+    )
 
 
 class LeadSearch(PageArgs):
