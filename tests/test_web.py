@@ -617,7 +617,7 @@ def test_bulk_close_and_reassign_all_or_nothing(client: FlaskClient, setup: dict
     for n in range(4):
         client.post("/api/v1/contacts/register", json={"source_id": 1, "external_id": f"x{n}"})
     page = text(client.get("/contacts/"))
-    assert page.count('form="bulk-form"') == 4 and 'href="/api/v1/contacts/export.csv"' in page
+    assert page.count('form="bulk-form"') == 4 and 'href="/api/v1/contacts/export.csv?sep=comma"' in page
     closed = post_form(client, "/contacts/bulk", {"action": "close", "contact_id": ["1", "2"], "next": "/contacts/"})
     assert closed.status_code == 302 and closed.headers["Location"] == "/contacts/"
     assert [c["status"] for c in json_of(client.get("/api/v1/contacts/?per_page=10"))["items"]] == [
